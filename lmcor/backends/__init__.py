@@ -1,0 +1,1 @@
+"""LLM backends for the sampling job: JAX model, OpenAI-compatible HTTP, precomputed files."""

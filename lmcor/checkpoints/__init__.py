@@ -1,0 +1,1 @@
+"""Importers (HF safetensors, GGUF) and Orbax save/restore of lmcor params."""

@@ -1,0 +1,1 @@
+"""Candidate pools: schema, I/O, importers, SeqIO preprocessing and vocabularies."""

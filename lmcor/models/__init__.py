@@ -1,0 +1,1 @@
+"""Pure Flax model definitions (no I/O, no globals)."""
