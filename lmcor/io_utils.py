@@ -1,0 +1,64 @@
+"""Atomic file writes: a reader never sees a half-written file, even if the writer is killed.
+
+The data goes to a temporary file in the destination's own directory (so the final rename stays
+on one filesystem and is atomic), is fsynced, then renamed over the destination.
+"""
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename itself lives in the directory entry; without this a crash can lose it.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems (and Windows) refuse to open directories
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
+    """Open a temporary file next to `path`; on clean exit fsync and rename it onto `path`.
+
+    If the block raises, the temporary file is removed and `path` is left untouched.
+    Only write modes ("w", "wb", "x", "xb") make sense here.
+    """
+    if not any(c in mode for c in "wx") or "+" in mode:
+        raise ValueError(f"atomic_open supports write modes only, got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    if "x" in mode and os.path.exists(path):
+        raise FileExistsError(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, data: str, encoding: str = "utf-8") -> None:
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(data)
