@@ -1,0 +1,140 @@
+"""Turn the public evaluation sets in ../shared/data into pool records, reading them in place.
+
+Each importer yields records in the pool schema (lmcor/data/pool.py) in the data's own order.
+`data_dir` may be the shared data root or the dataset's own folder.
+"""
+import csv
+import os
+import sys
+from typing import Any, Dict, Iterator, List
+
+from lmcor.data.pool import PoolError
+
+E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
+JFLEG_SPLITS = ("dev", "test")
+WMT_YEARS = ("wmt21", "wmt22", "wmt23")
+JFLEG_REFS = 4
+
+
+class DatasetError(PoolError):
+    """Raw dataset files are missing or inconsistent (names the file and what is wrong)."""
+
+
+def _dataset_dir(data_dir: str, name: str) -> str:
+    # Accept both the shared root and the dataset folder itself.
+    for cand in (os.path.join(data_dir, name), data_dir):
+        if os.path.basename(os.path.normpath(cand)) == os.path.basename(name) and os.path.isdir(cand):
+            return cand
+    raise DatasetError(f"{os.path.join(data_dir, name)}: dataset folder not found")
+
+
+def _check_choice(value: str, choices, what: str) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(choices)}")
+
+
+def read_lines(path: str) -> List[str]:
+    """A plain-text file's lines without their '\\n', keeping empty lines and inner whitespace.
+
+    Splits on '\\n' only: str.splitlines() would also split on U+2028, form feeds etc. and
+    shift every later segment against its source.
+    """
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    with open(path, "r", encoding="utf-8", newline="\n") as f:
+        return [line[:-1] if line.endswith("\n") else line for line in f]
+
+
+def _aligned(paths: List[str]) -> List[List[str]]:
+    """Read line-aligned files; refuse any whose line count differs from the first one's."""
+    columns = [read_lines(p) for p in paths]
+    expected = len(columns[0])
+    for path, col in zip(paths, columns):
+        if len(col) != expected:
+            raise DatasetError(f"{path}: has {len(col)} lines but {paths[0]} has {expected}; "
+                               "files of one test set must be line-aligned")
+    return columns
+
+
+def _e2e_rows(path: str) -> Iterator[tuple]:
+    # The MRs and references hold commas and quotes: the csv module handles the quoting.
+    csv.field_size_limit(sys.maxsize)
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"mr", "ref"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{path}:1: missing column(s) {sorted(missing)} in the header")
+        for row in reader:
+            if row["mr"] is None or row["ref"] is None:
+                raise DatasetError(f"{path}:{reader.line_num}: field 'ref': row has too few columns")
+            yield row["mr"], row["ref"], row.get("orig_mr")
+
+
+def import_e2e(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
+    """E2E NLG (cleaned MRs): one multi-reference record per distinct cleaned `mr`.
+
+    Records follow the order of each MR's first appearance in the CSV.
+    """
+    _check_choice(split, E2E_FILES, "E2E split")
+    path = os.path.join(_dataset_dir(data_dir, "e2e_cleaned"), E2E_FILES[split])
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    groups: Dict[str, Dict[str, list]] = {}
+    for mr, ref, orig_mr in _e2e_rows(path):
+        group = groups.setdefault(mr, {"refs": [], "orig": []})
+        group["refs"].append(ref)
+        if orig_mr is not None and orig_mr not in group["orig"]:
+            group["orig"].append(orig_mr)
+    for i, (mr, group) in enumerate(groups.items()):  # dicts keep first-appearance order
+        yield {"id": f"e2e-{split}-{i:05d}", "source": mr, "references": group["refs"],
+               "candidates": [],
+               "meta": {"dataset": "e2e_cleaned", "split": split, "orig_mrs": group["orig"]}}
+
+
+def import_jfleg(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
+    """JFLEG: the original sentence as source, its four human corrections as references."""
+    _check_choice(split, JFLEG_SPLITS, "JFLEG split")
+    folder = os.path.join(_dataset_dir(data_dir, "jfleg"), split)
+    paths = [os.path.join(folder, f"{split}.src")]
+    paths += [os.path.join(folder, f"{split}.ref{k}") for k in range(JFLEG_REFS)]
+    spell = os.path.join(folder, f"{split}.spellchecked.src")
+    has_spell = os.path.isfile(spell)
+    columns = _aligned(paths + ([spell] if has_spell else []))
+    for i, row in enumerate(zip(*columns)):
+        meta = {"dataset": "jfleg", "split": split}
+        if has_spell:
+            meta["spellchecked_source"] = row[-1]
+        yield {"id": f"jfleg-{split}-{i:04d}", "source": row[0],
+               "references": list(row[1:1 + JFLEG_REFS]), "candidates": [], "meta": meta}
+
+
+def _wmt_files(folder: str, prefix: str, suffix: str) -> List[tuple]:
+    names = sorted(n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(suffix)
+                   and not n.startswith("."))
+    return [(n[len(prefix):-len(suffix)], os.path.join(folder, n)) for n in names]
+
+
+def import_wmt(data_dir: str, year: str, source_lang: str = "en",
+               target_lang: str = "de") -> Iterator[Dict[str, Any]]:
+    """WMT general/news test set: every system's translation becomes a (greedy) candidate."""
+    _check_choice(year, WMT_YEARS, "WMT year")
+    folder = os.path.join(_dataset_dir(data_dir, f"wmt_{source_lang}_{target_lang}"), year)
+    source = os.path.join(folder, f"source.{source_lang}")
+    refs = _wmt_files(folder, "reference.", f".{target_lang}")
+    sys_dir = os.path.join(folder, "systems")
+    systems = _wmt_files(sys_dir, "", f".{target_lang}") if os.path.isdir(sys_dir) else []
+    if not refs:
+        raise DatasetError(f"{folder}: no reference.*.{target_lang} files")
+    columns = _aligned([source] + [p for _, p in refs] + [p for _, p in systems])
+    n_refs = len(refs)
+    meta = {"dataset": year, "langpair": f"{source_lang}-{target_lang}",
+            "reference_names": [name for name, _ in refs]}
+    for i, row in enumerate(zip(*columns)):
+        cands = [{"text": text, "generator": name, "prompt_id": None, "decoding": "greedy",
+                  "temperature": 0.0, "logprob": None}
+                 for (name, _), text in zip(systems, row[1 + n_refs:])]
+        yield {"id": f"{year}-{source_lang}{target_lang}-{i:05d}", "source": row[0],
+               "references": list(row[1:1 + n_refs]), "candidates": cands, "meta": dict(meta)}
+
+
+IMPORTERS = {"e2e": import_e2e, "jfleg": import_jfleg, "wmt": import_wmt}

@@ -1,0 +1,284 @@
+"""Candidate pools: sharded, schema-checked JSONL (optionally gzip), streamed line by line.
+
+One record per input: its source, its references and the candidates one or more generators
+produced for it. The schema is documented in docs/pool_format.md; `validate_record` is its
+executable form. Readers never hold a whole file in memory (pools can have millions of lines);
+only the ids seen so far are kept, to refuse duplicates across shards.
+"""
+import collections
+import dataclasses
+import glob
+import gzip
+import io
+import json
+import math
+import os
+from typing import Any, Dict, Iterable, Iterator, List, Optional
+
+from lmcor.io_utils import atomic_open
+
+DECODINGS = ("greedy", "sample")
+_RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
+_CANDIDATE_KEYS = {"text", "generator", "prompt_id", "decoding", "temperature", "logprob"}
+SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+class PoolError(ValueError):
+    """A pool file or record breaks the schema; the message names file, line and field."""
+
+
+def _fail(where: str, field: str, problem: str) -> None:
+    raise PoolError(f"{where}: field {field!r}: {problem}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_str(value: Any, where: str, field: str, allow_empty: bool = True) -> None:
+    if not isinstance(value, str):
+        _fail(where, field, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value:
+        _fail(where, field, "must not be empty")
+
+
+def _validate_candidate(cand: Any, where: str, field: str) -> None:
+    if not isinstance(cand, dict):
+        _fail(where, field, f"expected an object, got {type(cand).__name__}")
+    unknown = sorted(set(cand) - _CANDIDATE_KEYS)
+    if unknown:
+        _fail(where, f"{field}.{unknown[0]}", "unknown field (candidate fields: "
+              + ", ".join(sorted(_CANDIDATE_KEYS)) + ")")
+    for key in ("text", "generator", "decoding", "temperature"):
+        if key not in cand:
+            _fail(where, f"{field}.{key}", "missing required field")
+    _check_str(cand["text"], where, f"{field}.text")  # empty text is legal: counted, not dropped
+    _check_str(cand["generator"], where, f"{field}.generator", allow_empty=False)
+    if cand["decoding"] not in DECODINGS:
+        _fail(where, f"{field}.decoding", f"must be one of {list(DECODINGS)}, got {cand['decoding']!r}")
+    if not _is_number(cand["temperature"]) or cand["temperature"] < 0:
+        _fail(where, f"{field}.temperature",
+              f"expected a finite number >= 0, got {cand['temperature']!r}")
+    if cand.get("prompt_id") is not None:
+        _check_str(cand["prompt_id"], where, f"{field}.prompt_id")
+    if cand.get("logprob") is not None and not _is_number(cand["logprob"]):
+        _fail(where, f"{field}.logprob", f"expected a finite number or null, got {cand['logprob']!r}")
+
+
+def validate_record(rec: Any, where: str) -> Dict[str, Any]:
+    """Check `rec` against the pool schema; return it with optional fields filled in.
+
+    `where` (e.g. "pool-00000.jsonl:17") prefixes every error. Raises PoolError on the first
+    problem, naming the offending field (dotted path, e.g. "candidates[2].decoding").
+    """
+    if not isinstance(rec, dict):
+        _fail(where, "<record>", f"expected a JSON object, got {type(rec).__name__}")
+    unknown = sorted(set(rec) - _RECORD_KEYS)
+    if unknown:
+        _fail(where, unknown[0], "unknown field (put extra information under 'meta')")
+    for key in ("id", "source", "references", "candidates"):
+        if key not in rec:
+            _fail(where, key, "missing required field")
+    _check_str(rec["id"], where, "id", allow_empty=False)
+    _check_str(rec["source"], where, "source")
+    refs = rec["references"]
+    if not isinstance(refs, list) or not refs:
+        _fail(where, "references", "expected a non-empty list of strings")
+    for i, ref in enumerate(refs):
+        _check_str(ref, where, f"references[{i}]")
+    if not isinstance(rec["candidates"], list):
+        _fail(where, "candidates", f"expected a list, got {type(rec['candidates']).__name__}")
+    for i, cand in enumerate(rec["candidates"]):
+        _validate_candidate(cand, where, f"candidates[{i}]")
+    if not isinstance(rec.get("meta", {}), dict):
+        _fail(where, "meta", f"expected an object, got {type(rec['meta']).__name__}")
+    return _normalized(rec)
+
+
+def _normalized(rec: Dict[str, Any]) -> Dict[str, Any]:
+    cands = [{"text": c["text"], "generator": c["generator"], "prompt_id": c.get("prompt_id"),
+              "decoding": c["decoding"], "temperature": float(c["temperature"]),
+              "logprob": None if c.get("logprob") is None else float(c["logprob"])}
+             for c in rec["candidates"]]
+    return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
+            "candidates": cands, "meta": dict(rec.get("meta") or {})}
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclasses.dataclass
+class PoolStats:
+    """Counts gathered while streaming a pool (pass one to `read_pool` to fill it)."""
+
+    files: int = 0
+    examples: int = 0
+    references: int = 0
+    candidates: int = 0
+    empty_candidates: int = 0
+    source_words: int = 0
+    reference_words: int = 0
+    candidate_words: int = 0
+    candidates_per_generator: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    empty_per_generator: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, rec: Dict[str, Any]) -> None:
+        self.examples += 1
+        self.references += len(rec["references"])
+        self.source_words += _words(rec["source"])
+        self.reference_words += sum(_words(r) for r in rec["references"])
+        for cand in rec["candidates"]:
+            self.candidates += 1
+            self.candidates_per_generator[cand["generator"]] += 1
+            self.candidate_words += _words(cand["text"])
+            if not cand["text"].strip():
+                self.empty_candidates += 1
+                self.empty_per_generator[cand["generator"]] += 1
+
+    def to_dict(self) -> Dict[str, Any]:
+        def mean(total: int, count: int) -> float:
+            return round(total / count, 3) if count else 0.0
+
+        return {
+            "files": self.files, "examples": self.examples, "references": self.references,
+            "candidates": self.candidates, "empty_candidates": self.empty_candidates,
+            "candidates_per_generator": dict(sorted(self.candidates_per_generator.items())),
+            "empty_candidates_per_generator": dict(sorted(self.empty_per_generator.items())),
+            "mean_source_words": mean(self.source_words, self.examples),
+            "mean_reference_words": mean(self.reference_words, self.references),
+            "mean_candidate_words": mean(self.candidate_words, self.candidates),
+            "mean_references_per_example": mean(self.references, self.examples),
+            "mean_candidates_per_example": mean(self.candidates, self.examples),
+        }
+
+
+def is_shard(path: str) -> bool:
+    name = os.path.basename(path)
+    return name.endswith(SHARD_SUFFIXES) and not name.startswith(".")
+
+
+def pool_files(path_or_dir: str) -> List[str]:
+    """The shard files of a pool: the file itself, or a directory's shards in sorted order."""
+    path = os.fspath(path_or_dir)
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "*")) if is_shard(f))
+        if not files:
+            raise PoolError(f"{path}: no pool shards (*.jsonl or *.jsonl.gz) in this directory")
+        return files
+    if not os.path.exists(path):
+        raise PoolError(f"{path}: no such pool file or directory")
+    return [path]
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    # newline="\n": JSON may carry raw U+2028/U+0085, which universal-newline mode would split on.
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    return open(path, "r", encoding="utf-8", newline="\n")
+
+
+def _file_lines(path: str) -> Iterator[tuple]:
+    lineno = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line
+    except (EOFError, OSError, UnicodeDecodeError) as e:
+        raise PoolError(f"{path}:{lineno + 1}: field '<file>': unreadable ({e})") from e
+
+
+def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> Iterator[Dict[str, Any]]:
+    count = 0
+    for lineno, line in _file_lines(path):
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            _fail(where, "<line>", "blank line (one JSON record per line expected)")
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(where, "<json>", f"invalid JSON at column {e.colno}: {e.msg} (truncated line?)")
+        rec = validate_record(raw, where)
+        if rec["id"] in seen:
+            _fail(where, "id", f"duplicate id {rec['id']!r} (first seen at {seen[rec['id']]})")
+        seen[rec["id"]] = where
+        if stats is not None:
+            stats.add(rec)
+        count += 1
+        yield rec
+    if count == 0:
+        raise PoolError(f"{path}:0: field '<file>': empty pool file (no records)")
+
+
+def read_pool(path_or_dir: str, stats: Optional[PoolStats] = None) -> Iterator[Dict[str, Any]]:
+    """Stream validated records from a pool file or a directory of shards (sorted order).
+
+    Raises PoolError naming file, line and field on the first malformed record, on an empty
+    file and on an id already seen in this pool. Pass a PoolStats to collect counts.
+    """
+    seen: Dict[str, str] = {}
+    for path in pool_files(path_or_dir):
+        if stats is not None:
+            stats.files += 1
+        yield from _read_file(path, seen, stats)
+
+
+def pool_stats(path_or_dir: str) -> PoolStats:
+    stats = PoolStats()
+    for _ in read_pool(path_or_dir, stats):
+        pass
+    return stats
+
+
+def _shard_path(out_dir: str, prefix: str, index: int, compress: bool) -> str:
+    return os.path.join(out_dir, f"{prefix}-{index:05d}.jsonl" + (".gz" if compress else ""))
+
+
+def _write_shard(path: str, lines: List[str], compress: bool) -> None:
+    with atomic_open(path, "wb") as raw:
+        # mtime=0 keeps the gzip bytes a pure function of the records (reproducible shards).
+        stream = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else raw
+        stream.write("".join(lines).encode("utf-8"))
+        if compress:
+            stream.close()
+
+
+def _existing_shards(out_dir: str, prefix: str) -> List[str]:
+    return sorted(f for f in glob.glob(os.path.join(out_dir, f"{prefix}-*")) if is_shard(f))
+
+
+def write_pool(records: Iterable[Dict[str, Any]], out_dir: str, shard_size: int = 1000,
+               prefix: str = "pool", compress: bool = False, overwrite: bool = False) -> List[str]:
+    """Validate and write records as `{prefix}-NNNNN.jsonl[.gz]` shards; return their paths.
+
+    Each shard appears atomically. Existing shards with this prefix are refused unless
+    `overwrite`, in which case the stale ones not rewritten are removed at the end.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    os.makedirs(out_dir, exist_ok=True)
+    old = _existing_shards(out_dir, prefix)
+    if old and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {len(old)} '{prefix}' shards "
+                              f"(e.g. {os.path.basename(old[0])}); pass overwrite=True")
+    written: List[str] = []
+    seen = set()
+    buffer: List[str] = []
+    for n, rec in enumerate(records):
+        rec = validate_record(rec, f"record {n}")
+        if rec["id"] in seen:
+            _fail(f"record {n}", "id", f"duplicate id {rec['id']!r}")
+        seen.add(rec["id"])
+        buffer.append(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+        if len(buffer) == shard_size:
+            written.append(_shard_path(out_dir, prefix, len(written), compress))
+            _write_shard(written[-1], buffer, compress)
+            buffer = []
+    if not buffer and not written:
+        raise PoolError(f"{out_dir}: no records to write (an empty pool is not a pool)")
+    if buffer:
+        written.append(_shard_path(out_dir, prefix, len(written), compress))
+        _write_shard(written[-1], buffer, compress)
+    for stale in set(old) - set(written):
+        os.unlink(stale)
+    return written
