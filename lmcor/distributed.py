@@ -1,0 +1,223 @@
+"""Multi-host plumbing: one `initialize()` call turns a script into a multi-host JAX job.
+
+Where the process learns its place in the job, first match wins:
+  1. arguments (e.g. from `--coordinator_address/--num_processes/--process_id`, see
+     `split_distributed_flags`);
+  2. the environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (what
+     launch/slurm_gpu.sbatch and launch/tpu.sh export);
+  3. a cluster JAX detects by itself: SLURM (`srun lmcor ...`: SLURM_PROCID, SLURM_NTASKS,
+     first host of SLURM_STEP_NODELIST), Open MPI, or a Cloud TPU VM (worker metadata);
+  4. none of these: a single process, and `initialize` changes nothing.
+
+Data sharding across hosts (`host_shard`) is round-robin by example index: host `i` of `n`
+reads examples `i, i + n, i + 2n, ...`, which is exactly what `tf.data.Dataset.shard(n, i)`
+does, so a count, a Python iterable and a tf.data pipeline split the same way and every
+example is read by exactly one host per epoch. Hosts may then hold up to one example more
+than each other; a trainer that needs equal step counts repeats its stream (training) or pads
+its last batch (evaluation) rather than dropping examples.
+
+jax is imported inside the functions so that the launchers' dry runs, which import nothing
+but this module's helpers, stay instant.
+"""
+import dataclasses
+import itertools
+import logging
+import os
+from typing import Any, Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+FLAG_NAMES = ("coordinator_address", "num_processes", "process_id")
+# Environment markers of the clusters that jax.distributed detects on its own.
+_AUTO_CLUSTER_MARKERS = ("SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInfo:
+    process_index: int
+    process_count: int
+    coordinator_address: str | None
+
+
+_state: HostInfo | None = None
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _explicit_settings(coordinator_address, num_processes, process_id):
+    """Arguments override the JAX_* environment, field by field."""
+    address = coordinator_address or os.environ.get(ENV_ADDRESS) or None
+    count = num_processes if num_processes is not None else _env_int(ENV_COUNT)
+    index = process_id if process_id is not None else _env_int(ENV_ID)
+    given = {"coordinator_address": address, "num_processes": count, "process_id": index}
+    if all(v is None for v in given.values()):
+        return None
+    if count == 1 and index in (None, 0):
+        return given  # a one-process job needs no coordinator
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValueError(
+            f"multi-host settings incomplete: {', '.join(missing)} missing (set them as flags "
+            f"or as {ENV_ADDRESS}/{ENV_COUNT}/{ENV_ID}); got {given}")
+    if not 0 <= index < count:
+        raise ValueError(f"process_id={index} is outside 0..{count - 1} (num_processes={count})")
+    return given
+
+
+def _on_tpu_vm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None and not os.environ.get("TPU_SKIP_MDS_QUERY")
+
+
+def _use_gloo_on_cpu() -> None:
+    import jax
+
+    # Without a CPU collectives backend, a computation spanning processes fails on CPU; gloo
+    # is what lets two local processes (tests, laptops) stand in for a cluster.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, timeout_s: int = 300) -> HostInfo:
+    """Joins the multi-host job (see the module docstring); safe to call more than once."""
+    global _state
+    import jax
+
+    if _state is not None:
+        return _state
+    settings = _explicit_settings(coordinator_address, num_processes, process_id)
+    if settings is not None and settings["num_processes"] == 1:
+        _state = HostInfo(0, 1, None)
+        return _state
+    if jax.distributed.is_initialized():  # someone called jax.distributed directly
+        _state = HostInfo(jax.process_index(), jax.process_count(), None)
+        return _finish(_state)
+    _use_gloo_on_cpu()
+    if settings is not None:
+        jax.distributed.initialize(**settings, initialization_timeout=timeout_s)
+    elif any(m in os.environ for m in _AUTO_CLUSTER_MARKERS) or _on_tpu_vm():
+        jax.distributed.initialize(initialization_timeout=timeout_s)
+    else:
+        _state = HostInfo(0, 1, None)
+        return _state
+    address = settings["coordinator_address"] if settings else None
+    _state = HostInfo(jax.process_index(), jax.process_count(), address)
+    return _finish(_state)
+
+
+def _finish(info: HostInfo) -> HostInfo:
+    import jax
+
+    install_log_filter(info.process_index)
+    log.info("joined multi-host job: process %d of %d, %d local / %d global devices",
+             info.process_index, info.process_count, jax.local_device_count(), jax.device_count())
+    return info
+
+
+def _jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _jax_process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def is_main_host() -> bool:
+    """True on the host that writes summaries, reports and logs (process 0)."""
+    return _jax_process_index() == 0
+
+
+class MainHostFilter(logging.Filter):
+    """Lets every record through on host 0; elsewhere only warnings and errors.
+
+    N hosts printing the same progress line N times buries the one line that differs, so the
+    other hosts stay quiet unless something goes wrong on them.
+    """
+
+    def __init__(self, process_index: int):
+        super().__init__()
+        self.process_index = process_index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.process_index == 0 or record.levelno >= logging.WARNING
+
+
+def install_log_filter(process_index: int) -> None:
+    """Applies `MainHostFilter` to lmcor's loggers and to the handlers present now."""
+    if process_index == 0:
+        return
+    # Child loggers ("lmcor.train") inherit this level unless they set their own; the handler
+    # filters also catch records of other libraries (absl, orbax) that reach the root logger.
+    logging.getLogger("lmcor").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, MainHostFilter) for f in handler.filters):
+            handler.addFilter(MainHostFilter(process_index))
+
+
+def _is_tf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.startswith("tensorflow") and hasattr(obj, "shard")
+
+
+def host_shard(data: int | Iterable, process_index: int | None = None,
+               process_count: int | None = None):
+    """This host's share of `data`, round-robin by example index (see the module docstring).
+
+    `data` is a count (returns a `range` of example indices), a `tf.data.Dataset` (returns
+    `data.shard(count, index)`), or any iterable (returns an iterator over its items at this
+    host's indices). Index and count default to `jax.process_index()`/`jax.process_count()`.
+    """
+    index = process_index if process_index is not None else _jax_process_index()
+    count = process_count if process_count is not None else _jax_process_count()
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"host_shard: process_index={index} must lie in 0..{count - 1}")
+    if isinstance(data, bool):
+        raise TypeError("host_shard: expected a count, a tf.data.Dataset or an iterable, got a bool")
+    if isinstance(data, int):
+        if data < 0:
+            raise ValueError(f"host_shard: example count must be >= 0, got {data}")
+        return range(index, data, count)
+    if _is_tf_dataset(data):
+        return data.shard(count, index)
+    return itertools.islice(data, index, None, count)
+
+
+def split_distributed_flags(argv: Sequence[str]):
+    """Pulls `--coordinator_address=`, `--num_processes=`, `--process_id=` out of argv.
+
+    Returns (kwargs for `initialize`, remaining argv), so a command's `main(argv)` can accept
+    the flags without its own parser knowing about them.
+    """
+    kwargs, rest = {}, []
+    it = iter(argv)
+    for arg in it:
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in FLAG_NAMES:
+            rest.append(arg)
+            continue
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"flag --{name} needs a value")
+        kwargs[name] = value if name == "coordinator_address" else _flag_int(name, value)
+    return kwargs, rest
+
+
+def _flag_int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"flag --{name}={value!r} is not an integer") from None
