@@ -6,7 +6,7 @@ on one filesystem and is atomic), is fsynced, then renamed over the destination.
 import contextlib
 import os
 import tempfile
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, List, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -62,3 +62,27 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 def atomic_write_text(path: PathLike, data: str, encoding: str = "utf-8") -> None:
     with atomic_open(path, "w", encoding=encoding) as f:
         f.write(data)
+
+
+class LineCountError(ValueError):
+    """Files that must be line-aligned have different numbers of lines."""
+
+
+def read_lines(path: PathLike) -> List[str]:
+    """A text file's lines without their '\\n', keeping empty lines and all other whitespace.
+
+    Splits on '\\n' only: universal newlines and str.splitlines() also split on '\\r', U+2028,
+    form feeds etc., which would shift every later segment against its aligned files.
+    """
+    with open(path, "r", encoding="utf-8", newline="\n") as f:
+        return [line[:-1] if line.endswith("\n") else line for line in f]
+
+
+def read_aligned(paths: Sequence[PathLike]) -> List[List[str]]:
+    """Read line-aligned files; refuse (naming both files and counts) any that differ."""
+    columns = [read_lines(p) for p in paths]
+    for path, col in zip(paths[1:], columns[1:]):
+        if len(col) != len(columns[0]):
+            raise LineCountError(f"{os.fspath(path)}: has {len(col)} lines but {os.fspath(paths[0])} "
+                                 f"has {len(columns[0])}; these files must be line-aligned")
+    return columns

@@ -9,6 +9,7 @@ import sys
 from typing import Any, Dict, Iterator, List
 
 from lmcor.data.pool import PoolError
+from lmcor.io_utils import read_aligned
 
 E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
 JFLEG_SPLITS = ("dev", "test")
@@ -31,29 +32,6 @@ def _dataset_dir(data_dir: str, name: str) -> str:
 def _check_choice(value: str, choices, what: str) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(choices)}")
-
-
-def read_lines(path: str) -> List[str]:
-    """A plain-text file's lines without their '\\n', keeping empty lines and inner whitespace.
-
-    Splits on '\\n' only: str.splitlines() would also split on U+2028, form feeds etc. and
-    shift every later segment against its source.
-    """
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8", newline="\n") as f:
-        return [line[:-1] if line.endswith("\n") else line for line in f]
-
-
-def _aligned(paths: List[str]) -> List[List[str]]:
-    """Read line-aligned files; refuse any whose line count differs from the first one's."""
-    columns = [read_lines(p) for p in paths]
-    expected = len(columns[0])
-    for path, col in zip(paths, columns):
-        if len(col) != expected:
-            raise DatasetError(f"{path}: has {len(col)} lines but {paths[0]} has {expected}; "
-                               "files of one test set must be line-aligned")
-    return columns
 
 
 def _e2e_rows(path: str) -> Iterator[tuple]:
@@ -99,7 +77,7 @@ def import_jfleg(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
     paths += [os.path.join(folder, f"{split}.ref{k}") for k in range(JFLEG_REFS)]
     spell = os.path.join(folder, f"{split}.spellchecked.src")
     has_spell = os.path.isfile(spell)
-    columns = _aligned(paths + ([spell] if has_spell else []))
+    columns = read_aligned(paths + ([spell] if has_spell else []))
     for i, row in enumerate(zip(*columns)):
         meta = {"dataset": "jfleg", "split": split}
         if has_spell:
@@ -125,7 +103,7 @@ def import_wmt(data_dir: str, year: str, source_lang: str = "en",
     systems = _wmt_files(sys_dir, "", f".{target_lang}") if os.path.isdir(sys_dir) else []
     if not refs:
         raise DatasetError(f"{folder}: no reference.*.{target_lang} files")
-    columns = _aligned([source] + [p for _, p in refs] + [p for _, p in systems])
+    columns = read_aligned([source] + [p for _, p in refs] + [p for _, p in systems])
     n_refs = len(refs)
     meta = {"dataset": year, "langpair": f"{source_lang}-{target_lang}",
             "reference_names": [name for name, _ in refs]}

@@ -1,0 +1,83 @@
+"""`lmcor score`: score a hypothesis file against reference files; prints one JSON object.
+
+  lmcor score --metric=bleu --hyp=out.de --ref=ref.A.de [--ref=ref.B.de]
+  lmcor score --metric=gleu --hyp=out.txt --src=test.src --ref=test.ref0 ... --ref=test.ref3
+  lmcor score --metric=chrf --hyp=B.de --ref=ref.de --baseline=A.de --bootstrap=1000
+
+Files are plain text, one segment per line, all line-aligned.
+"""
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional
+
+from lmcor import metrics
+from lmcor.io_utils import read_aligned
+
+METRICS = ("bleu", "chrf", "ter", "rouge", "gleu")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmcor score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--metric", required=True, choices=METRICS)
+    p.add_argument("--hyp", required=True, help="hypothesis file")
+    p.add_argument("--ref", required=True, action="append", help="reference file (repeatable)")
+    p.add_argument("--src", help="source file (required for gleu)")
+    p.add_argument("--baseline", help="second system: run a paired bootstrap test against it")
+    p.add_argument("--bootstrap", type=int, default=0,
+                   help="resamples for a 95%% CI (and the paired test); 0 = off")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--tokenize", help="sacreBLEU tokenizer for bleu/ter (default 13a)")
+    return p
+
+
+def _score(metric: str, hyps: List[str], refs: List[List[str]], srcs, tokenize) -> Dict[str, float]:
+    if metric == "rouge":
+        return metrics.rouge(hyps, refs)
+    if metric == "gleu":
+        return {"gleu": metrics.gleu(srcs, hyps, refs)}
+    kwargs = {"tokenize": tokenize} if tokenize and metric != "chrf" else {}
+    return {metric: getattr(metrics, metric)(hyps, refs, **kwargs)}
+
+
+def _bootstrap_metric(metric: str) -> str:
+    return "rougeLsum" if metric == "rouge" else metric
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    if args.metric == "gleu" and not args.src:
+        raise ValueError("--metric=gleu needs --src (GLEU penalises n-grams kept from the source)")
+    paths = [args.hyp] + args.ref + ([args.src] if args.src else [])
+    paths += [args.baseline] if args.baseline else []
+    columns = read_aligned(paths)
+    hyps, refs = columns[0], columns[1:1 + len(args.ref)]
+    srcs: Optional[List[str]] = columns[1 + len(args.ref)] if args.src else None
+    result: Dict[str, object] = {k: round(v, 4) for k, v in
+                                 _score(args.metric, hyps, refs, srcs, args.tokenize).items()}
+    if args.bootstrap > 0:
+        name = _bootstrap_metric(args.metric)
+        ci = metrics.bootstrap_ci(name, hyps, refs, srcs, n_samples=args.bootstrap, seed=args.seed)
+        result["ci95"] = [round(ci["low"], 4), round(ci["high"], 4)]
+        if args.baseline:
+            test = metrics.paired_bootstrap(name, columns[-1], hyps, refs, srcs,
+                                            n_samples=args.bootstrap, seed=args.seed)
+            result["baseline"] = round(test["a"], 4)
+            result["delta"] = round(test["delta"], 4)
+            result["p_value"] = round(test["p_value"], 4)
+    return result
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (OSError, ValueError) as e:
+        print(f"lmcor score: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
