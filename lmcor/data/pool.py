@@ -260,7 +260,7 @@ def write_pool(records: Iterable[Dict[str, Any]], out_dir: str, shard_size: int 
     old = _existing_shards(out_dir, prefix)
     if old and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {len(old)} '{prefix}' shards "
-                              f"(e.g. {os.path.basename(old[0])}); pass overwrite=True")
+                              f"(e.g. {os.path.basename(old[0])}); pass overwrite=True (--overwrite)")
     written: List[str] = []
     seen = set()
     buffer: List[str] = []

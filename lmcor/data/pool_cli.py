@@ -1,0 +1,74 @@
+"""`lmcor pool`: build pools from the shared datasets and summarise existing pools.
+
+  lmcor pool import --dataset=wmt --split=wmt22 --out=pools/wmt22 [--data_dir=../shared/data]
+  lmcor pool stats pools/wmt22
+
+Both print one JSON object (the pool's statistics) on stdout.
+"""
+import argparse
+import json
+import os
+import sys
+
+from tqdm import tqdm
+
+from lmcor.data.importers import IMPORTERS
+from lmcor.data.pool import PoolStats, read_pool, write_pool
+
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmcor pool", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import a shared dataset as a pool")
+    imp.add_argument("--dataset", required=True, choices=sorted(IMPORTERS))
+    imp.add_argument("--split", required=True, help="dev/test (e2e, jfleg) or wmt21/wmt22/wmt23")
+    imp.add_argument("--out", required=True, help="output directory for the shards")
+    imp.add_argument("--data_dir", default=os.path.normpath(DEFAULT_DATA_DIR))
+    imp.add_argument("--shard_size", type=int, default=1000)
+    imp.add_argument("--gzip", action="store_true", help="write .jsonl.gz shards")
+    imp.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    stats = sub.add_parser("stats", help="count examples, references and candidates of a pool")
+    stats.add_argument("pool", help="a pool shard or a directory of shards")
+    return p
+
+
+def _counted(records, stats: PoolStats, desc: str):
+    for rec in tqdm(records, desc=desc, unit="ex", file=sys.stderr, mininterval=1.0):
+        stats.add(rec)
+        yield rec
+
+
+def cmd_import(args: argparse.Namespace) -> dict:
+    records = IMPORTERS[args.dataset](args.data_dir, args.split)
+    stats = PoolStats()
+    paths = write_pool(_counted(records, stats, f"import {args.dataset}/{args.split}"), args.out,
+                       shard_size=args.shard_size, prefix=f"{args.dataset}-{args.split}",
+                       compress=args.gzip, overwrite=args.overwrite)
+    stats.files = len(paths)
+    return {"out": args.out, "shards": [os.path.basename(p) for p in paths], **stats.to_dict()}
+
+
+def cmd_stats(args: argparse.Namespace) -> dict:
+    stats = PoolStats()
+    for _ in tqdm(read_pool(args.pool, stats), desc="reading pool", unit="ex", file=sys.stderr,
+                  mininterval=1.0):
+        pass
+    return {"pool": args.pool, **stats.to_dict()}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = cmd_import(args) if args.command == "import" else cmd_stats(args)
+    except (OSError, ValueError) as e:
+        print(f"lmcor pool {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
