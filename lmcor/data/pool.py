@@ -172,7 +172,7 @@ def pool_files(path_or_dir: str) -> List[str]:
 
 
 def _open_text(path: str) -> io.TextIOBase:
-    # newline="\n": JSON may carry raw U+2028/U+0085, which universal-newline mode would split on.
+    # JSON escapes every control character, so only "\n" can end a record: read it verbatim.
     if path.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", newline="\n")
     return open(path, "r", encoding="utf-8", newline="\n")

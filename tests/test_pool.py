@@ -1,0 +1,224 @@
+"""Pool format: round trips, streaming, gzip, sharding, atomic writes and one test per bad input."""
+import gzip
+import json
+import os
+
+import pytest
+
+from lmcor.data.pool import PoolError, PoolStats, pool_stats, read_pool, validate_record, write_pool
+from lmcor.io_utils import atomic_open, atomic_write_bytes, atomic_write_text
+
+
+def _record(i, texts=("Hallo Welt.", "")):
+    return {
+        "id": f"ex-{i}",
+        "source": f"Hello\tworld \"{i}\" \u2028 end",  # tab, quotes and a Unicode line separator
+        "references": ["Hallo Welt.", "Hallo, Welt!"],
+        "candidates": [
+            {"text": t, "generator": "gemma" if k == 0 else "other", "prompt_id": "p0",
+             "decoding": "greedy" if k == 0 else "sample", "temperature": 0.0 if k == 0 else 0.6,
+             "logprob": -1.5 if k == 0 else None}
+            for k, t in enumerate(texts)
+        ],
+        "meta": {"n": i},
+    }
+
+
+def _write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_round_trip_sharded(tmp_path, compress):
+    records = [_record(i) for i in range(7)]
+    paths = write_pool(records, str(tmp_path), shard_size=3, compress=compress)
+    assert [os.path.basename(p) for p in paths] == [
+        f"pool-0000{k}.jsonl" + (".gz" if compress else "") for k in range(3)]
+    if compress:
+        with gzip.open(paths[0], "rt", encoding="utf-8") as f:
+            assert json.loads(f.readline())["id"] == "ex-0"
+    assert list(read_pool(str(tmp_path))) == records
+    assert list(read_pool(paths[1])) == records[3:6]
+
+
+def test_stats_count_empty_candidates(tmp_path):
+    write_pool([_record(0), _record(1, texts=("a b c", "  "))], str(tmp_path))
+    stats = pool_stats(str(tmp_path))
+    assert (stats.examples, stats.references, stats.candidates) == (2, 4, 4)
+    assert stats.empty_candidates == 2  # "" and whitespace-only are kept, and counted
+    assert dict(stats.candidates_per_generator) == {"gemma": 2, "other": 2}
+    d = stats.to_dict()
+    assert d["empty_candidates_per_generator"] == {"other": 2}
+    assert d["mean_candidate_words"] == (2 + 0 + 3 + 0) / 4
+
+
+def test_optional_fields_default(tmp_path):
+    rec = _record(0)
+    del rec["meta"]
+    for c in rec["candidates"]:
+        del c["logprob"], c["prompt_id"]
+    out = validate_record(rec, "x")
+    assert out["meta"] == {} and out["candidates"][0]["logprob"] is None
+    assert out["candidates"][0]["prompt_id"] is None
+
+
+def test_read_is_streaming(tmp_path):
+    path = tmp_path / "p.jsonl"
+    _write_lines(path, [json.dumps(_record(0)), "{broken"])
+    it = read_pool(str(path))
+    assert next(it)["id"] == "ex-0"  # the first record arrives before the bad line is read
+    with pytest.raises(PoolError):
+        next(it)
+
+
+def test_writer_refuses_existing_shards_unless_overwrite(tmp_path):
+    write_pool([_record(i) for i in range(4)], str(tmp_path), shard_size=1)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_pool([_record(9)], str(tmp_path))
+    write_pool([_record(9)], str(tmp_path), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["pool-00000.jsonl"]  # stale shards removed
+    assert [r["id"] for r in read_pool(str(tmp_path))] == ["ex-9"]
+
+
+def test_writer_validates(tmp_path):
+    bad = _record(0)
+    bad["candidates"][1]["decoding"] = "beam"
+    with pytest.raises(PoolError, match=r"record 1: field 'candidates\[1\]\.decoding'"):
+        write_pool([_record(5), bad], str(tmp_path))
+    with pytest.raises(PoolError, match="duplicate id 'ex-0'"):
+        write_pool([_record(0), _record(0)], str(tmp_path / "b"))
+
+
+# --- one test per malformed input: each error names file, line and field ---
+
+
+def _bad_pool(tmp_path, lines):
+    path = tmp_path / "bad.jsonl"
+    _write_lines(path, lines)
+    return str(path)
+
+
+def test_truncated_json_line(tmp_path):
+    line = json.dumps(_record(1))
+    path = _bad_pool(tmp_path, [json.dumps(_record(0)), line[: len(line) // 2]])
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '<json>': invalid JSON"):
+        list(read_pool(path))
+
+
+def test_missing_field(tmp_path):
+    rec = _record(0)
+    del rec["references"]
+    path = _bad_pool(tmp_path, [json.dumps(rec)])
+    with pytest.raises(PoolError, match=rf"^{path}:1: field 'references': missing required field"):
+        list(read_pool(path))
+
+
+def test_missing_candidate_field(tmp_path):
+    rec = _record(0)
+    del rec["candidates"][1]["generator"]
+    path = _bad_pool(tmp_path, [json.dumps(rec)])
+    with pytest.raises(PoolError, match=rf"^{path}:1: field 'candidates\[1\]\.generator': missing"):
+        list(read_pool(path))
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("references", "one ref", "expected a non-empty list"),
+    ("references", [], "expected a non-empty list"),
+    ("id", 7, "expected a string, got int"),
+    ("candidates", {}, "expected a list, got dict"),
+    ("meta", [], "expected an object, got list"),
+])
+def test_wrong_type(tmp_path, field, value, pattern):
+    rec = _record(0)
+    rec[field] = value
+    path = _bad_pool(tmp_path, [json.dumps(_record(1)), json.dumps(rec)])
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '{field}': {pattern}"):
+        list(read_pool(path))
+
+
+@pytest.mark.parametrize("key,value", [("temperature", "hot"), ("temperature", True),
+                                       ("logprob", "x"), ("decoding", "beam"), ("text", None)])
+def test_wrong_candidate_value(tmp_path, key, value):
+    rec = _record(0)
+    rec["candidates"][0][key] = value
+    path = _bad_pool(tmp_path, [json.dumps(rec)])
+    with pytest.raises(PoolError, match=rf"^{path}:1: field 'candidates\[0\]\.{key}'"):
+        list(read_pool(path))
+
+
+def test_unknown_field(tmp_path):
+    rec = _record(0)
+    rec["referneces"] = ["typo"]
+    path = _bad_pool(tmp_path, [json.dumps(rec)])
+    with pytest.raises(PoolError, match=rf"^{path}:1: field 'referneces': unknown field"):
+        list(read_pool(path))
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(PoolError, match=rf"^{path}:0: field '<file>': empty pool file"):
+        list(read_pool(str(path)))
+
+
+def test_blank_line(tmp_path):
+    path = _bad_pool(tmp_path, [json.dumps(_record(0)), "", json.dumps(_record(1))])
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '<line>': blank line"):
+        list(read_pool(path))
+
+
+def test_duplicate_id_across_shards(tmp_path):
+    write_pool([_record(0), _record(1)], str(tmp_path), shard_size=1)
+    _write_lines(tmp_path / "pool-00002.jsonl", [json.dumps(_record(0))])
+    first = tmp_path / "pool-00000.jsonl"
+    with pytest.raises(PoolError, match=rf"pool-00002.jsonl:1: field 'id': duplicate id 'ex-0' "
+                                        rf"\(first seen at {first}:1\)"):
+        list(read_pool(str(tmp_path)))
+
+
+def test_truncated_gzip(tmp_path):
+    (path,) = write_pool([_record(i) for i in range(50)], str(tmp_path), compress=True)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(PoolError, match=rf"^{path}:\d+: field '<file>': unreadable"):
+        list(read_pool(path))
+
+
+def test_missing_path_and_empty_dir(tmp_path):
+    with pytest.raises(PoolError, match="no such pool"):
+        list(read_pool(str(tmp_path / "nope.jsonl")))
+    with pytest.raises(PoolError, match="no pool shards"):
+        list(read_pool(str(tmp_path)))
+
+
+def test_stats_object_filled_while_streaming(tmp_path):
+    write_pool([_record(i) for i in range(3)], str(tmp_path), shard_size=2)
+    stats = PoolStats()
+    ids = [r["id"] for r in read_pool(str(tmp_path), stats)]
+    assert ids == ["ex-0", "ex-1", "ex-2"] and stats.files == 2 and stats.examples == 3
+
+
+# --- io_utils: atomic writes ---
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    atomic_write_text(path, "first")
+    atomic_write_bytes(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert os.listdir(path.parent) == ["f.txt"]  # no temp file left behind
+
+
+def test_atomic_open_failure_keeps_old_content(tmp_path):
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as f:
+            f.write("half-written")
+            raise RuntimeError("crash")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+    with pytest.raises(ValueError, match="write modes"):
+        with atomic_open(path, "r"):
+            pass
