@@ -1,0 +1,383 @@
+"""Jit-compiled decoding over the decode-adapter contract (`GemmaLM`, `T5LM`).
+
+Every mode runs its whole token loop inside one `jax.jit` (`lax.while_loop` over a static
+maximum length, leaving early once every row is finished), so a batch costs one host round trip.
+
+Log-probabilities returned per sequence (sums over the generated tokens, EOS included):
+  * `logprobs`       - greedy and beam: under the model's unscaled distribution;
+                       sampling: under the distribution actually sampled from (after
+                       temperature, top-k and top-p), i.e. the probability of drawing it.
+  * `model_logprobs` - always under the model's unscaled distribution.
+Beam search also returns `scores`: the log-prob divided by the GNMT length penalty
+((5 + length) / 6) ** alpha, which is what the beams are ranked by.
+"""
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcor import beam_search
+
+NEG_INF = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """What to generate. `temperature == 0` means greedy; `beam_size > 1` means beam search."""
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_samples: int = 1
+    beam_size: int = 1
+    alpha: float = 0.6
+    stop: tuple[str, ...] = ()
+    extra_eos_ids: tuple[int, ...] = ()
+    return_all_beams: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.num_samples >= 1, "num_samples must be >= 1"),
+            (self.beam_size >= 1, "beam_size must be >= 1"),
+            (not (self.beam_size > 1 and self.temperature > 0),
+             "beam search and sampling (temperature > 0) are exclusive"),
+            (not (self.num_samples > 1 and self.temperature == 0 and self.beam_size == 1),
+             "num_samples > 1 needs temperature > 0 (greedy samples would all be equal)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"DecodeConfig: {msg}")
+
+    @property
+    def mode(self) -> str:
+        if self.beam_size > 1:
+            return "beam"
+        return "sample" if self.temperature > 0 else "greedy"
+
+
+@dataclasses.dataclass
+class Decoded:
+    """Rows are prompt-major: prompt b's samples are rows b*num_samples ... b*num_samples+n-1."""
+    tokens: np.ndarray          # [N, T] generated ids (EOS kept), pad_id after the end
+    lengths: np.ndarray         # [N] generated tokens per row, EOS included
+    logprobs: np.ndarray        # [N] see module docstring
+    model_logprobs: np.ndarray  # [N] under the unscaled model distribution
+    texts: list[str] | None = None
+    scores: np.ndarray | None = None       # beam only: length-penalised log-probs
+    beam_tokens: np.ndarray | None = None  # [B, K, T] every beam, best first
+    beam_scores: np.ndarray | None = None  # [B, K]
+    beam_logprobs: np.ndarray | None = None
+    timing: dict | None = None  # {"compile_s", "decode_s"}, summed over batches
+
+
+# --------------------------------------------------------------------------- token choice
+
+
+def _top_p_mask(scaled, top_p):
+    # Keep the smallest prefix of tokens (by probability) whose mass reaches top_p; the most
+    # likely token is always kept so the distribution never becomes empty.
+    sorted_logits = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+    threshold = jnp.take_along_axis(sorted_logits, keep - 1, axis=-1)
+    return jnp.where(scaled < threshold, NEG_INF, scaled)
+
+
+def sampling_logits(logits, temperature, top_k: int, use_top_p: bool, top_p):
+    """Logits of the distribution actually sampled from (top-k before top-p, as HF does)."""
+    scaled = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, NEG_INF, scaled)
+    if use_top_p:
+        scaled = _top_p_mask(scaled, top_p)
+    return scaled
+
+
+def _choose(logits, key, opts, temperature, top_p):
+    """One token per row: (token, log-prob under sampled dist, log-prob under the model)."""
+    model_lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if opts["greedy"]:
+        tok = jnp.argmax(logits, axis=-1)
+        lp = jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
+        return tok.astype(jnp.int32), lp, lp
+    scaled = sampling_logits(logits.astype(jnp.float32), temperature, opts["top_k"],
+                             opts["use_top_p"], top_p)
+    tok = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tok[:, None], axis=-1)[:, 0]
+    return tok, lp, jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
+
+
+# --------------------------------------------------------------------------- stop handling
+
+
+def stop_table(tokenizer, stop: Sequence[str]) -> np.ndarray:
+    """Token ids of each stop string, left-padded with -1 (wildcard) to one width.
+
+    The in-loop check only ends rows early; the exact cut happens on the decoded text, so a stop
+    string the model spells with different tokens is still cut, just not stopped early.
+    """
+    seqs = [tokenizer.encode(s) for s in stop if s]
+    seqs = [s for s in seqs if s]
+    if not seqs:
+        return np.full((0, 1), -1, np.int32)
+    width = max(len(s) for s in seqs)
+    return np.array([[-1] * (width - len(s)) + list(s) for s in seqs], np.int32)
+
+
+def _stop_hit(recent, table):
+    """recent [N, W] last W tokens; table [S, W] -> [N] bool, any stop sequence just completed."""
+    if table.shape[0] == 0:
+        return jnp.zeros(recent.shape[:1], bool)
+    match = (table[None] == -1) | (recent[:, None, :] == table[None])
+    return jnp.any(jnp.all(match, axis=-1), axis=-1)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to (not including) the earliest occurrence of any stop string."""
+    cuts = [text.find(s) for s in stop if s]
+    cuts = [c for c in cuts if c >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def repeat_rows(tree, n: int):
+    """Repeats every row of every leaf n times (row b -> rows b*n ... b*n+n-1)."""
+    if n == 1:
+        return tree
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
+
+
+def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
+    """Chooses token i for every row and folds it into the loop state."""
+    tok, lp, mlp = _choose(logits, jax.random.fold_in(key, i), opts, temperature, top_p)
+    done = state["done"]
+    tok = jnp.where(done, opts["pad_id"], tok)
+    recent = jnp.concatenate([state["recent"][:, 1:], tok[:, None]], axis=1)
+    finished = jnp.isin(tok, eos_ids) | _stop_hit(recent, table)
+    return dict(
+        state,
+        tokens=jax.lax.dynamic_update_slice(state["tokens"], tok[:, None], (0, i)),
+        lengths=state["lengths"] + (~done).astype(jnp.int32),
+        lp=state["lp"] + jnp.where(done, 0.0, lp),
+        mlp=state["mlp"] + jnp.where(done, 0.0, mlp),
+        recent=recent,
+        done=done | finished,
+        last=tok,
+    )
+
+
+def _sample_loop(lm, opts, params, batch, key, eos_ids, table, temperature, top_p):
+    steps = opts["max_new_tokens"]
+    logits, cache = lm.prefill(params, batch, steps)
+    logits, cache = repeat_rows((logits, cache), opts["num_samples"])
+    n = logits.shape[0]
+    state = dict(
+        tokens=jnp.full((n, steps), opts["pad_id"], jnp.int32),
+        lengths=jnp.zeros((n,), jnp.int32),
+        lp=jnp.zeros((n,), jnp.float32),
+        mlp=jnp.zeros((n,), jnp.float32),
+        recent=jnp.full((n, table.shape[1]), -2, jnp.int32),
+        done=jnp.zeros((n,), bool),
+        last=jnp.zeros((n,), jnp.int32),
+    )
+    record = lambda s, i, lg: _record(s, i, lg, key, eos_ids, table, opts, temperature, top_p)
+    state = record(state, 0, logits)
+
+    def cond(carry):
+        i, s, _ = carry
+        return (i < steps) & ~jnp.all(s["done"])
+
+    def body(carry):
+        i, s, c = carry
+        lg, c = lm.step(params, s["last"], c)
+        return i + 1, record(s, i, lg), c
+
+    _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, cache))
+    return {k: state[k] for k in ("tokens", "lengths", "lp", "mlp")}
+
+
+class _Compiled:
+    """A jitted loop with its executables keyed on argument shapes, dtypes and shardings.
+
+    Compiling ahead of time (rather than on first call) lets callers see compile time apart
+    from decode time, which is what tokens/s should measure.
+    """
+
+    def __init__(self, fn):
+        self.jitted, self.executables, self.last_compile_s = jax.jit(fn), {}, 0.0
+
+    def __call__(self, *args):
+        leaves, tree = jax.tree.flatten(args)
+        sig = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                            getattr(x, "sharding", None)) for x in leaves))
+        self.last_compile_s = 0.0
+        if sig not in self.executables:
+            start = time.perf_counter()
+            self.executables[sig] = self.jitted.lower(*args).compile()
+            self.last_compile_s = time.perf_counter() - start
+        return self.executables[sig](*args)
+
+
+# Compiled loops per adapter object (held strongly, so ids are never reused while cached).
+_COMPILED: dict[int, tuple[Any, dict]] = {}
+
+
+def _compiled(lm, name, fn, opts) -> _Compiled:
+    holder = _COMPILED.setdefault(id(lm), (lm, {}))[1]
+    key = (name, tuple(sorted(opts.items())))
+    if key not in holder:
+        holder[key] = _Compiled(lambda *args: fn(lm, opts, *args))
+    return holder[key]
+
+
+def _timing(run: _Compiled, start: float) -> dict:
+    total = time.perf_counter() - start
+    return {"compile_s": run.last_compile_s, "decode_s": total - run.last_compile_s}
+
+
+def _eos_ids(lm, config):
+    return jnp.asarray(sorted({int(lm.eos_id), *map(int, config.extra_eos_ids)}), jnp.int32)
+
+
+def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
+                 stop_ids: np.ndarray | None = None) -> Decoded:
+    """Decodes one padded batch (adapter batch dict); no text. See `generate` for prompts."""
+    table = jnp.asarray(np.full((0, 1), -1, np.int32) if stop_ids is None else stop_ids)
+    eos = _eos_ids(lm, config)
+    if config.mode == "beam":
+        return _decode_beam(lm, params, batch, config, eos)
+    opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
+                use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
+                max_new_tokens=config.max_new_tokens, pad_id=int(lm.pad_id))
+    run = _compiled(lm, "sample", _sample_loop, opts)
+    temperature = jnp.float32(config.temperature or 1.0)
+    start = time.perf_counter()
+    out = jax.device_get(run(params, batch, jax.random.key(seed), eos, table, temperature,
+                             jnp.float32(config.top_p)))
+    return Decoded(tokens=out["tokens"], lengths=out["lengths"], logprobs=out["lp"],
+                   model_logprobs=out["mlp"], timing=_timing(run, start))
+
+
+def _decode_beam(lm, params, batch, config, eos):
+    opts = dict(beam_size=config.beam_size, max_new_tokens=config.max_new_tokens,
+                pad_id=int(lm.pad_id), num_eos=int(eos.shape[0]))
+    run = _compiled(lm, "beam", beam_search.beam_loop, opts)
+    start = time.perf_counter()
+    out = jax.device_get(run(params, batch, eos, jnp.float32(config.alpha)))
+    best = lambda x: x[:, 0]
+    dec = Decoded(tokens=best(out["tokens"]), lengths=best(out["lengths"]),
+                  logprobs=best(out["lp"]), model_logprobs=best(out["lp"]),
+                  scores=best(out["scores"]), timing=_timing(run, start))
+    if config.return_all_beams:
+        dec.beam_tokens, dec.beam_scores, dec.beam_logprobs = (
+            out["tokens"], out["scores"], out["lp"])
+    return dec
+
+
+# --------------------------------------------------------------------------- prompts and text
+
+
+def is_encoder_decoder(lm) -> bool:
+    """T5LM takes `encoder_tokens`; decoder-only adapters take left-padded `tokens` + `mask`."""
+    flag = getattr(lm, "is_encoder_decoder", None)
+    return bool(flag) if flag is not None else type(lm).__name__ == "T5LM"
+
+
+def _bucket(n: int, bucket: int) -> int:
+    return max(bucket, -(-n // bucket) * bucket)
+
+
+def pad_prompts(token_lists: Sequence[Sequence[int]], *, encoder_decoder: bool, pad_id: int,
+                bucket: int = 16, rows: int | None = None) -> dict:
+    """Adapter batch from token lists; length rounded up to `bucket`, rows padded to `rows`.
+
+    Rounding both keeps the set of compiled shapes small: a new prompt length only recompiles
+    when it crosses a bucket boundary.
+    """
+    rows = rows or len(token_lists)
+    if any(len(t) == 0 for t in token_lists):
+        raise ValueError("pad_prompts: empty prompt (decoder-only models need at least BOS)")
+    width = _bucket(max(len(t) for t in token_lists), bucket)
+    tokens = np.full((rows, width), 0 if encoder_decoder else pad_id, np.int32)
+    mask = np.zeros((rows, width), bool)
+    for r, ids in enumerate(token_lists):
+        span = slice(0, len(ids)) if encoder_decoder else slice(width - len(ids), width)
+        tokens[r, span], mask[r, span] = ids, True
+    for r in range(len(token_lists), rows):  # filler rows copy row 0 so they stay well-formed
+        tokens[r], mask[r] = tokens[0], mask[0]
+    if encoder_decoder:
+        return {"encoder_tokens": tokens}
+    return {"tokens": tokens, "mask": mask}
+
+
+def texts_of(tokenizer, decoded: Decoded, eos_ids: Sequence[int], stop: Sequence[str]):
+    """Decoded continuations: tokens up to the row's length, EOS dropped, cut at stop strings."""
+    out = []
+    for ids, n in zip(decoded.tokens, decoded.lengths):
+        ids = [int(t) for t in ids[: int(n)]]
+        while ids and ids[-1] in eos_ids:
+            ids.pop()
+        out.append(cut_at_stop(tokenizer.decode(ids), stop))
+    return out
+
+
+def _concat(parts: list[Decoded]) -> Decoded:
+    fields = {}
+    for f in dataclasses.fields(Decoded):
+        vals = [getattr(p, f.name) for p in parts]
+        if f.name == "timing":
+            fields[f.name] = {k: sum(v[k] for v in vals) for k in vals[0]}
+        elif vals[0] is None:
+            fields[f.name] = None
+        elif isinstance(vals[0], list):
+            fields[f.name] = [x for v in vals for x in v]
+        else:
+            fields[f.name] = np.concatenate(vals, axis=0)
+    return Decoded(**fields)
+
+
+def _trim(dec: Decoded, rows: int) -> Decoded:
+    cut = lambda name, v: v if v is None or name == "timing" else v[:rows]
+    return Decoded(**{f.name: cut(f.name, getattr(dec, f.name)) for f in dataclasses.fields(Decoded)})
+
+
+def generate(lm, params, tokenizer, prompts: Sequence[str], config: DecodeConfig, *,
+             seed: int = 0, batch_size: int = 16, bucket: int = 16, add_bos: bool = True,
+             progress: bool = False) -> Decoded:
+    """Decodes text prompts in fixed-size batches; rows are prompt-major (see `Decoded`).
+
+    `add_bos` applies to decoder-only models (Gemma expects BOS, as transformers adds it).
+    Each batch gets its own seed (seed + batch index) so results do not depend on batch order.
+    """
+    from tqdm import tqdm
+
+    enc_dec = is_encoder_decoder(lm)
+    if enc_dec:  # T5 encoders are trained on EOS-ended inputs
+        ids = [list(tokenizer.encode(p)) + [int(lm.eos_id)] for p in prompts]
+    else:
+        ids = [list(tokenizer.encode(p, add_bos=add_bos)) for p in prompts]
+    table = stop_table(tokenizer, config.stop)
+    eos = sorted({int(lm.eos_id), *config.extra_eos_ids})
+    per_row = 1 if config.mode == "beam" else config.num_samples
+    parts = []
+    starts = range(0, len(ids), batch_size)
+    for n, start in enumerate(tqdm(starts, desc="decode", unit="batch", disable=not progress)):
+        chunk = ids[start: start + batch_size]
+        batch = pad_prompts(chunk, encoder_decoder=enc_dec, pad_id=int(lm.pad_id),
+                            bucket=bucket, rows=batch_size)
+        dec = _trim(decode_batch(lm, params, batch, config, seed=seed + n, stop_ids=table),
+                    len(chunk) * per_row)
+        dec.texts = texts_of(tokenizer, dec, eos, config.stop)
+        parts.append(dec)
+    return _concat(parts)
