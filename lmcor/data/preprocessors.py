@@ -1,0 +1,329 @@
+"""Pool record -> corrector example: candidate selection, the input template, the token budget.
+
+The corrector input is `source: {src} <sep> candidates: {c1} <sep> {c2} ...`. Which candidates,
+how many, in what order and how much of each fits are Gin-configurable (`corrector_options`).
+The pure-Python part (`build_corrector_input`) is what the SeqIO preprocessor
+(`corrector_example`) runs per example, so both see exactly the same text.
+
+Budget: when `max_input_tokens` is set, what the template leaves is shared by the source and the
+candidates by water-filling: short texts keep every token, long ones split the remainder
+equally, candidates capped at `max_candidate_tokens`. So every kept candidate keeps at least one
+token; only when the budget is smaller than the number of texts are trailing candidates
+dropped, and that is counted and logged.
+"""
+import dataclasses
+import json
+import random
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+VARIANTS = ("finetune", "lmcor", "lmcor_single")
+SELECTIONS = ("greedy_first", "random", "all")
+ORDERS = ("fixed", "shuffled")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectorOptions:
+    k: int = 5
+    selection: str = "greedy_first"
+    order: str = "fixed"
+    seed: int = 0
+    dedupe: bool = True
+    separator: str = "<sep>"
+    generators: Optional[Tuple[str, ...]] = None
+    max_input_tokens: Optional[int] = None
+    max_candidate_tokens: Optional[int] = None
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"corrector_options.selection={self.selection!r}; expected one of {SELECTIONS}")
+        if self.order not in ORDERS:
+            raise ValueError(f"corrector_options.order={self.order!r}; expected one of {ORDERS}")
+        if self.k < 1:
+            raise ValueError(f"corrector_options.k={self.k}; expected >= 1")
+        for name in ("max_input_tokens", "max_candidate_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"corrector_options.{name}={value}; expected >= 1 or None")
+
+
+@gin.configurable
+def corrector_options(k: int = 5, selection: str = "greedy_first", order: str = "fixed",
+                      seed: int = 0, dedupe: bool = True, separator: str = "<sep>",
+                      generators: Optional[Sequence[str]] = None,
+                      max_input_tokens: Optional[int] = None,
+                      max_candidate_tokens: Optional[int] = None) -> CorrectorOptions:
+    """The Gin entry point: bind `corrector_options.k = 3` etc. Read when a dataset is built."""
+    return CorrectorOptions(k=k, selection=selection, order=order, seed=seed, dedupe=dedupe,
+                            separator=separator,
+                            generators=None if generators is None else tuple(generators),
+                            max_input_tokens=max_input_tokens,
+                            max_candidate_tokens=max_candidate_tokens)
+
+
+@dataclasses.dataclass
+class TruncationReport:
+    """What the budget removed from one example (or, summed, from many)."""
+
+    source_tokens_removed: int = 0
+    candidate_tokens_removed: int = 0
+    truncated_candidates: int = 0
+    dropped_candidates: int = 0
+
+    @property
+    def truncated_tokens(self) -> int:
+        return self.source_tokens_removed + self.candidate_tokens_removed
+
+    def add(self, other: "TruncationReport") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class _Totals:
+    """Process-wide truncation counters, logged periodically (tf.data runs us on many threads)."""
+
+    LOG_EVERY = 1000
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.examples = 0
+        self.report = TruncationReport()
+
+    def add(self, report: TruncationReport) -> None:
+        with self.lock:
+            self.examples += 1
+            self.report.add(report)
+            due = self.examples % self.LOG_EVERY == 0
+        if report.dropped_candidates:
+            logging.log_first_n(logging.WARNING, "token budget too small: dropped %d trailing "
+                                "candidate(s) of one example (raise max_input_tokens)", 10,
+                                report.dropped_candidates)
+        if due:
+            log_truncation_totals()
+
+
+TOTALS = _Totals()
+
+
+def log_truncation_totals() -> Dict[str, int]:
+    """Log (and return) the truncation counts summed over every example built so far."""
+    with TOTALS.lock:
+        r = TOTALS.report
+        counts = {"examples": TOTALS.examples, "truncated_tokens": r.truncated_tokens,
+                  "source_tokens_removed": r.source_tokens_removed,
+                  "candidate_tokens_removed": r.candidate_tokens_removed,
+                  "truncated_candidates": r.truncated_candidates,
+                  "dropped_candidates": r.dropped_candidates}
+    logging.info("corrector inputs: %s", counts)
+    return counts
+
+
+def _rng(opts: CorrectorOptions, example_id: str, purpose: str) -> random.Random:
+    # Seeded per example id, so the choice does not depend on read order, sharding or source.
+    return random.Random(f"{opts.seed}:{purpose}:{example_id}")
+
+
+def _dedupe(cands: List[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    seen, kept = set(), []
+    for c in cands:
+        key = c["text"].strip()
+        if key not in seen:
+            seen.add(key)
+            kept.append(c)
+    return kept
+
+
+def select_candidates(record: Mapping[str, Any], variant: str,
+                      opts: CorrectorOptions) -> List[str]:
+    """The candidate texts that go into the input, in input order."""
+    if variant == "finetune":
+        return []
+    cands = [c for c in record["candidates"]
+             if opts.generators is None or c["generator"] in opts.generators]
+    if variant == "lmcor_single":
+        greedy = [c for c in cands if c["decoding"] == "greedy"]
+        if not greedy:
+            raise ValueError(f"record {record['id']!r}: no greedy candidate"
+                             + (f" from generators {list(opts.generators)}" if opts.generators else ""))
+        return [greedy[0]["text"]]
+    if not cands:
+        raise ValueError(f"record {record['id']!r}: no candidates for an lmcor task (point the task "
+                         "at a pool written by `lmcor sample`, or check corrector_options.generators)")
+    if opts.dedupe:
+        cands = _dedupe(cands)
+    if opts.selection == "greedy_first":
+        cands = sorted(cands, key=lambda c: c["decoding"] != "greedy")[:opts.k]
+    elif opts.selection == "random":
+        cands = list(cands)
+        _rng(opts, record["id"], "select").shuffle(cands)
+        cands = cands[:opts.k]
+    if opts.order == "shuffled":
+        cands = list(cands)
+        _rng(opts, record["id"], "order").shuffle(cands)
+    return [c["text"] for c in cands]
+
+
+def format_input(source: str, candidates: Optional[Sequence[str]], separator: str) -> str:
+    """`source: S` (no-candidate baseline) or `source: S <sep> candidates: c1 <sep> c2`."""
+    if candidates is None:
+        return f"source: {source}"
+    return f"source: {source} {separator} candidates: " + f" {separator} ".join(candidates)
+
+
+def water_fill(lengths: Sequence[int], budget: int) -> List[int]:
+    """Split `budget` so short items keep all their tokens and long ones share the rest equally."""
+    alloc = [0] * len(lengths)
+    remaining = budget
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for pos, i in enumerate(order):
+        alloc[i] = min(lengths[i], remaining // (len(lengths) - pos))
+        remaining -= alloc[i]
+    return alloc
+
+
+def _plan(src_len: int, cand_lens: List[int], opts: CorrectorOptions,
+          overhead: Callable[[int], int]) -> Tuple[int, int, List[int]]:
+    """(kept source tokens, number of kept candidates, per-candidate token allocation)."""
+    cap = opts.max_candidate_tokens or opts.max_input_tokens
+    lens = [min(n, cap) for n in cand_lens]
+    for n in range(len(lens), -1, -1):
+        items = [src_len] + lens[:n]
+        budget = opts.max_input_tokens - overhead(n)
+        if budget >= sum(1 for x in items if x):
+            alloc = water_fill(items, budget)
+            return alloc[0], n, alloc[1:]
+    raise AssertionError("unreachable: _truncate checked that the source alone fits")
+
+
+def _cut(vocab, ids: List[int], allowed: int) -> Tuple[str, int]:
+    """Text of the longest prefix of `ids` that re-tokenizes to at most `allowed` (>= 1) tokens.
+
+    Decoding a token prefix and re-encoding it can segment the cut word differently, so the
+    length is measured on the text that is actually kept.
+    """
+    for n in range(min(allowed, len(ids)), 0, -1):
+        text = vocab.decode(ids[:n])
+        length = len(vocab.encode(text))
+        if 1 <= length <= allowed:
+            return text, length
+    text = vocab.decode(ids[:1])
+    return text, len(vocab.encode(text))
+
+
+def _truncate(vocab, source: str, cands: List[str], opts: CorrectorOptions,
+              finetune: bool) -> Tuple[str, List[str], TruncationReport]:
+    src_ids = list(vocab.encode(source))
+    cand_ids = [list(vocab.encode(c)) for c in cands]
+
+    def overhead(n: int) -> int:
+        return len(vocab.encode(format_input("", None if finetune else [""] * n, opts.separator)))
+
+    if opts.max_input_tokens - overhead(0) < min(len(src_ids), 1):
+        raise ValueError(f"corrector_options.max_input_tokens={opts.max_input_tokens} leaves no room "
+                         f"for text: the template alone takes {overhead(0)} tokens")
+    src_keep, n, alloc = _plan(len(src_ids), [len(c) for c in cand_ids], opts, overhead)
+    report = TruncationReport(dropped_candidates=len(cands) - n)
+    new_source = source
+    if src_keep < len(src_ids):
+        new_source, length = _cut(vocab, src_ids, src_keep) if src_keep else ("", 0)
+        report.source_tokens_removed = len(src_ids) - length
+    kept = []
+    for text, ids, allowed in zip(cands, cand_ids, alloc):
+        if allowed < len(ids):
+            text, length = _cut(vocab, ids, allowed)
+            report.truncated_candidates += 1
+            report.candidate_tokens_removed += len(ids) - length
+        kept.append(text)
+    return new_source, kept, report
+
+
+def build_corrector_input(record: Mapping[str, Any], variant: str,
+                          opts: Optional[CorrectorOptions] = None,
+                          vocab=None) -> Tuple[str, TruncationReport]:
+    """The corrector's input text for one pool record, and what the token budget removed.
+
+    `vocab` (anything with encode/decode, e.g. a seqio vocabulary) is needed only when
+    `opts.max_input_tokens` is set.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown task variant {variant!r}; expected one of {VARIANTS}")
+    opts = opts or corrector_options()
+    cands = select_candidates(record, variant, opts)
+    source, report = record["source"], TruncationReport()
+    if opts.max_input_tokens is not None:
+        if vocab is None:
+            raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
+        source, cands, report = _truncate(vocab, source, cands, opts, variant == "finetune")
+    TOTALS.add(report)
+    text = format_input(source, None if variant == "finetune" else cands, opts.separator)
+    return text, report
+
+
+# ---- SeqIO side: raw pool features (tf) -> {"inputs", "targets", "references", ...} ----
+
+def _text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _record_from_arrays(example_id, source, references, texts, generators, decodings) -> Dict:
+    return {"id": _text(example_id), "source": _text(source),
+            "references": [_text(r) for r in references],
+            "candidates": [{"text": _text(t), "generator": _text(g), "decoding": _text(d)}
+                           for t, g, d in zip(texts, generators, decodings)]}
+
+
+def corrector_example(dataset: tf.data.Dataset, output_features=None, variant: str = "lmcor"):
+    """SeqIO preprocessor: raw pool features -> corrector text example.
+
+    Output: `inputs` (text), `targets` (the first of the example's references; the source splits
+    training records into one per reference), `references` (all of them, JSON), `id`, and the
+    per-example truncation counts.
+    """
+    opts = corrector_options()
+    vocab = output_features["inputs"].vocabulary if output_features else None
+
+    def build(example_id, source, references, texts, generators, decodings):
+        rec = _record_from_arrays(example_id, source, references, texts, generators, decodings)
+        text, report = build_corrector_input(rec, variant, opts, vocab)
+        refs = json.dumps(rec["references"], ensure_ascii=False)
+        return (text.encode("utf-8"), refs.encode("utf-8"),
+                np.int32(report.truncated_tokens), np.int32(report.truncated_candidates),
+                np.int32(report.dropped_candidates))
+
+    def fn(ex):
+        c = ex["candidates"]
+        out = tf.numpy_function(
+            build, [ex["id"], ex["source"], ex["references"], c["text"], c["generator"],
+                    c["decoding"]],
+            [tf.string, tf.string, tf.int32, tf.int32, tf.int32], stateful=False)
+        for t in out:
+            t.set_shape([])
+        return {"id": ex["id"], "inputs": out[0], "targets": ex["references"][0],
+                "references": out[1], "truncated_tokens": out[2],
+                "truncated_candidates": out[3], "dropped_candidates": out[4]}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def one_example_per_reference(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Raw pool features with R references -> R copies, each holding one of them."""
+    def split(ex):
+        refs = ex["references"]
+        n = tf.shape(refs)[0]
+
+        def one(i):
+            return {**ex, "references": refs[i:i + 1]}
+
+        return tf.data.Dataset.range(tf.cast(n, tf.int64)).map(lambda i: one(tf.cast(i, tf.int32)))
+
+    return dataset.flat_map(split)
+
+
+def references_of(example: Mapping[str, Any]) -> List[str]:
+    """All references of a (numpy) task example, decoded from its JSON `references` feature."""
+    return json.loads(_text(example["references"]))
