@@ -1,0 +1,96 @@
+"""`lmcor score` and `lmcor pool` on the real data: published numbers and sacreBLEU's own scores."""
+import json
+
+import pytest
+import sacrebleu
+
+from lmcor import cli
+from lmcor.io_utils import read_lines
+
+WMT22_SYSTEMS = ["JDExploreAcademy", "Lan-Bridge", "Online-A", "Online-B", "Online-G", "Online-W",
+                 "Online-Y", "OpenNMT", "PROMT"]
+
+
+def _run(capsys, argv):
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _jfleg_flags(data_dir, split, hyp):
+    folder = data_dir / "jfleg" / split
+    refs = [f"--ref={folder / f'{split}.ref{k}'}" for k in range(4)]
+    return ["score", "--metric=gleu", f"--hyp={hyp or folder / f'{split}.src'}",
+            f"--src={folder / f'{split}.src'}", *refs]
+
+
+@pytest.mark.parametrize("split,published", [("test", 40.54), ("dev", 38.21)])
+def test_gleu_of_unedited_source_matches_published(data_dir, capsys, split, published):
+    rc, out, _ = _run(capsys, _jfleg_flags(data_dir, split, None))
+    assert rc == 0
+    assert json.loads(out)["gleu"] == pytest.approx(published, abs=0.1)
+
+
+def test_gleu_of_a_reference_beats_the_source(data_dir, capsys):
+    ref0 = data_dir / "jfleg" / "test" / "test.ref0"
+    rc, out, _ = _run(capsys, _jfleg_flags(data_dir, "test", ref0))
+    assert rc == 0 and json.loads(out)["gleu"] > 50
+
+
+@pytest.mark.parametrize("system", WMT22_SYSTEMS)
+def test_bleu_chrf_equal_sacrebleu_on_wmt22(data_dir, capsys, system):
+    folder = data_dir / "wmt_en_de" / "wmt22"
+    hyp, ref = folder / "systems" / f"{system}.de", folder / "reference.A.de"
+    hyps, refs = read_lines(hyp), [read_lines(ref)]
+    expected = {"bleu": sacrebleu.corpus_bleu(hyps, refs).score,
+                "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
+    for metric, value in expected.items():
+        rc, out, _ = _run(capsys, ["score", f"--metric={metric}", f"--hyp={hyp}", f"--ref={ref}"])
+        assert rc == 0
+        assert round(json.loads(out)[metric], 2) == round(value, 2)
+
+
+def test_paired_test_flags(data_dir, capsys):
+    folder = data_dir / "wmt_en_de" / "wmt23"
+    rc, out, _ = _run(capsys, ["score", "--metric=chrf", f"--hyp={folder / 'systems' / 'GPT4-5shot.de'}",
+                               f"--ref={folder / 'reference.A.de'}", "--bootstrap=20",
+                               f"--baseline={folder / 'systems' / 'ONLINE-W.de'}"])
+    result = json.loads(out)
+    assert rc == 0 and set(result) == {"chrf", "ci95", "baseline", "delta", "p_value"}
+    assert result["ci95"][0] <= result["chrf"] <= result["ci95"][1]
+    assert result["delta"] == pytest.approx(result["chrf"] - result["baseline"], abs=1e-3)
+
+
+def test_unaligned_files_and_missing_source_are_clear_errors(data_dir, tmp_path, capsys):
+    ref = data_dir / "jfleg" / "test" / "test.ref0"
+    short = tmp_path / "short.txt"
+    short.write_text("one line\n")
+    rc, out, err = _run(capsys, ["score", "--metric=bleu", f"--hyp={short}", f"--ref={ref}"])
+    assert rc == 2 and out == ""
+    assert f"{ref}: has 747 lines but {short} has 1" in err
+    rc, _, err = _run(capsys, ["score", "--metric=gleu", f"--hyp={ref}", f"--ref={ref}"])
+    assert rc == 2 and "needs --src" in err
+
+
+def test_pool_import_and_stats(data_dir, tmp_path, capsys):
+    out_dir = tmp_path / "pool"
+    rc, out, _ = _run(capsys, ["pool", "import", "--dataset=wmt", "--split=wmt22", f"--out={out_dir}",
+                               f"--data_dir={data_dir}", "--gzip", "--shard_size=1000"])
+    imported = json.loads(out)
+    assert rc == 0 and imported["shards"] == [f"wmt-wmt22-0000{k}.jsonl.gz" for k in range(3)]
+    rc, out, _ = _run(capsys, ["pool", "stats", str(out_dir)])
+    stats = json.loads(out)
+    assert rc == 0
+    assert (stats["examples"], stats["references"], stats["candidates"]) == (2037, 2 * 2037, 9 * 2037)
+    assert stats["candidates_per_generator"] == {name: 2037 for name in WMT22_SYSTEMS}
+    assert stats["empty_candidates"] == 0 and stats["mean_source_words"] > 0
+
+
+def test_pool_import_e2e_counts_and_stats_errors(data_dir, tmp_path, capsys):
+    rc, out, _ = _run(capsys, ["pool", "import", "--dataset=e2e", "--split=test",
+                               f"--out={tmp_path / 'e2e'}", f"--data_dir={data_dir}"])
+    assert rc == 0 and (json.loads(out)["examples"], json.loads(out)["references"]) == (1847, 4693)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "source": "s"}\n')
+    rc, out, err = _run(capsys, ["pool", "stats", str(bad)])
+    assert rc == 2 and f"{bad}:1: field 'references': missing required field" in err
