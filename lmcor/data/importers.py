@@ -9,7 +9,7 @@ import sys
 from typing import Any, Dict, Iterator, List
 
 from lmcor.data.pool import PoolError
-from lmcor.io_utils import read_aligned
+from lmcor.io_utils import read_aligned, read_lines  # noqa: F401  (read_lines: used via this module by backends)
 
 E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
 JFLEG_SPLITS = ("dev", "test")
