@@ -9,13 +9,21 @@ skips every shard and id already on disk. Prompts and sampling seeds are keyed b
 id), which makes the pool identical whether it was written in one go, resumed, or split across
 hosts. `manifest.json` records the model, prompt, decoding parameters, code version and counts.
 """
-import dataclasses
+import sys
+
+if __name__ == "__main__":
+    # `python -m lmcor.sample`: run the module under its real name, so its gin configurables are
+    # registered once (not also as `__main__.sample_pool`, which makes every binding ambiguous).
+    from lmcor.sample import main as _main
+
+    sys.exit(_main())
+
+import dataclasses  # noqa: E402
 import glob
 import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -24,7 +32,7 @@ from tqdm import tqdm
 
 from lmcor import config as gin_config
 from lmcor import prompts
-from lmcor.backends.base import Backend, Request, SamplingParams
+from lmcor.backends.base import Backend, BackendError, Request, SamplingParams
 from lmcor.data import importers
 from lmcor.data.pool import PoolError, is_shard, pool_stats, read_pool, validate_record
 from lmcor.io_utils import atomic_write_text
@@ -34,7 +42,8 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(gin_config.REPO_ROOT), "shared",
 SHARD_PREFIX = "pool"
 MANIFEST = "manifest.json"
 # A pool written with other settings must not be silently extended by a rerun.
-_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "shard_size", "seed", "backend",
+# The backend's address may change between runs (a restarted server); the model may not.
+_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "shard_size", "seed", "generator",
                 "prompt", "sampling")
 
 
@@ -200,9 +209,10 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
     builder = prompts.PromptBuilder(prompt, load_split(task, data_dir, demo_split, "training"))
     run_config = {"task": task, "split": split, "demo_split": demo_split,
                   "max_examples": max_examples, "shard_size": shard_size, "seed": seed,
-                  "backend": backend.describe(),
+                  "generator": backend.generator, "backend": backend.describe(),
                   "prompt": prompts.prompt_summary(prompt, builder.stop_sequences()),
                   "sampling": dataclasses.asdict(sampling), "data_dir": data_dir}
+    run_config = json.loads(json.dumps(run_config))  # compare to the manifest as JSON sees it
     os.makedirs(output_dir, exist_ok=True)
     _check_resumable(output_dir, run_config)
     if process_count == 1:  # other hosts may be mid-write on a shared filesystem
@@ -288,13 +298,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SampleError("no --gin_file given (start from gin/runs/sample.gin)")
         gin_config.parse_gin(files, _quote_bare_strings(bindings))
         summary = sample_pool(**hosts)
-    except (SampleError, PoolError, ValueError, FileNotFoundError) as e:
+    except (SampleError, PoolError, BackendError, ValueError, FileNotFoundError) as e:
         print(f"lmcor sample: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("status", "counts", "backend_stats",
                                               "wall_s_this_run", "tokens_per_s_this_run")}))
     return 0 if summary["status"] == "complete" or hosts.get("process_count", 1) > 1 else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 
 
+class BackendError(RuntimeError):
+    """A backend could not produce an example's generations (after its own retries)."""
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:

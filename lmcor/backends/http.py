@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import gin
 
-from lmcor.backends.base import Backend, Generation, Request, SamplingParams
+from lmcor.backends.base import Backend, BackendError, Generation, Request, SamplingParams
 
 log = logging.getLogger(__name__)
 MODES = ("completions", "chat")
@@ -34,7 +34,7 @@ class RetryableError(Exception):
         self.retry_after = retry_after
 
 
-class HttpBackendError(RuntimeError):
+class HttpBackendError(BackendError):
     pass
 
 

@@ -11,12 +11,13 @@ from typing import Dict, List, Optional, Sequence
 
 import gin
 
-from lmcor.backends.base import Backend, Generation, Request, SamplingParams
+from lmcor.backends.base import Backend, BackendError, Generation, Request, SamplingParams
 from lmcor.data import importers
 from lmcor.data.pool import read_pool
+from lmcor.io_utils import read_lines
 
 
-class PrecomputedError(ValueError):
+class PrecomputedError(BackendError, ValueError):
     pass
 
 
@@ -67,7 +68,7 @@ class PrecomputedBackend(Backend):
         for kind, path in [("greedy", greedy_file)] + [("sample", p) for p in sample_files]:
             if path is None:
                 continue
-            lines = importers.read_lines(path)
+            lines = read_lines(path)
             if len(lines) != len(ids):
                 raise PrecomputedError(f"{path}: {len(lines)} lines but {task}/{split} has "
                                        f"{len(ids)} examples")

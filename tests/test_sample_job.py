@@ -1,0 +1,158 @@
+"""The sampling job end to end: resume after SIGKILL, settings checks, clear errors, backends."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import pytest
+
+from lmcor import sample
+from lmcor.backends.base import SamplingParams
+from lmcor.backends.precomputed import PrecomputedBackend, PrecomputedError
+from lmcor.data.pool import read_pool
+from lmcor.prompts import PromptConfig
+
+from _llm_server import FakeLLM
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+N_EXAMPLES, SHARD = 16, 2
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _argv(out_dir, server, data_dir, *extra):
+    return ["--gin_file=runs/sample.gin", "--gin_file=runs/sample_http.gin",
+            "--gin_file=tasks/sampling/e2e.gin", f"--gin.OUTPUT_DIR={out_dir}",
+            f"--gin.DATA_DIR={data_dir}", f"--gin.HttpBackend.base_url={server.base_url}",
+            "--gin.HttpBackend.model='fake-llm'", "--gin.HttpBackend.concurrency=2",
+            f"--gin.sample_pool.max_examples={N_EXAMPLES}", f"--gin.sample_pool.shard_size={SHARD}",
+            "--gin.sample_pool.batch_size=2", "--gin.SamplingParams.num_samples=2",
+            "--gin.PromptConfig.selection='random'", *extra]
+
+
+def _run_cli(argv):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "lmcor.sample", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _shards(out_dir):
+    return sorted(p.name for p in out_dir.glob("pool-*.jsonl"))
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    with FakeLLM(delay_s=0.1) as server:
+        proc = _run_cli(_argv(killed, server, data_dir))
+        deadline = time.time() + 60
+        while not _shards(killed) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        survived = _shards(killed)
+        assert 1 <= len(survived) < N_EXAMPLES // SHARD, "kill did not land mid-run"
+        list(read_pool(str(killed)))  # whatever survived is valid pool data
+        rerun = _run_cli(_argv(killed, server, data_dir))
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err
+        assert sample.main(_argv(clean, server, data_dir)) == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["counts"]["shards_written_this_run"] == N_EXAMPLES // SHARD - len(survived)
+    resumed, uninterrupted = list(read_pool(str(killed))), list(read_pool(str(clean)))
+    assert [r["id"] for r in resumed] == [f"e2e-test-{i:05d}" for i in range(N_EXAMPLES)]
+    assert resumed == uninterrupted
+    assert len({c["text"] for r in resumed for c in r["candidates"]}) == 3 * N_EXAMPLES
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["examples"] == N_EXAMPLES
+    assert manifest["model"] == "fake-llm" and manifest["prompt_variant"] == "e2e_attributes"
+    assert manifest["config"]["sampling"]["temperature"] == 0.6
+    # A finished pool reruns as a no-op; other settings are refused rather than mixed in.
+    gin.clear_config()
+    with FakeLLM() as server:
+        assert sample.main(_argv(killed, server, data_dir)) == 0
+        assert server.requests == []
+        gin.clear_config()
+        assert sample.main(_argv(killed, server, data_dir, "--gin.SEED=1")) == 2
+
+
+def _write_gin(tmp_path, text):
+    path = tmp_path / "bad.gin"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("malformed", r"bad gin file .*bad\.gin.*line 2"),
+    ("variant", r"unknown prompt variant 'e2e_nope'; known variants: .*e2e_attributes"),
+    ("train_split", r"cannot load the training split 'dev'.*devel-fixed\.no-ol\.csv"),
+    ("no_output", r"no output directory: pass --gin.OUTPUT_DIR=DIR"),
+])
+def test_bad_configuration_is_one_clear_error(case, pattern, tmp_path, data_dir, capsys):
+    argv = ["--gin_file=runs/sample.gin", "--gin_file=runs/sample_http.gin",
+            "--gin_file=tasks/sampling/e2e.gin", "--gin.HttpBackend.model='m'",
+            f"--gin.OUTPUT_DIR={tmp_path / 'out'}"]
+    if case == "malformed":
+        argv.append("--gin_file=" + _write_gin(tmp_path, "PromptConfig.num_shots = 5\n"
+                                                         "PromptConfig.variant = = 'x'\n"))
+    elif case == "variant":
+        argv.append("--gin.PromptConfig.variant='e2e_nope'")
+    elif case == "train_split":
+        # Only the test split is present: no demonstrations to build prompts from.
+        only_test = tmp_path / "data" / "e2e_cleaned"
+        only_test.mkdir(parents=True)
+        (only_test / "test-fixed.csv").symlink_to(data_dir / "e2e_cleaned" / "test-fixed.csv")
+        argv.append(f"--gin.DATA_DIR={tmp_path / 'data'}")
+    else:
+        argv.remove(f"--gin.OUTPUT_DIR={tmp_path / 'out'}")
+    assert sample.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len([ln for ln in err.splitlines() if ln.startswith("lmcor sample: error:")]) == 1
+    assert re.search(pattern, err), err
+    assert not list((tmp_path / "out").glob("pool-*")) if (tmp_path / "out").exists() else True
+
+
+def _job(out_dir, data_dir, backend, **kw):
+    args = dict(output_dir=str(out_dir), task="jfleg", split="test", demo_split="dev",
+                data_dir=str(data_dir), backend=backend, max_examples=5, shard_size=2,
+                prompt=PromptConfig("jfleg_io", num_shots=2),
+                sampling=SamplingParams(num_samples=2, temperature=0.7))
+    return sample.sample_pool(**{**args, **kw})
+
+
+def test_precomputed_backend_replays_line_files_and_pools(tmp_path, data_dir):
+    src = (data_dir / "jfleg" / "test" / "test.src").read_text().split("\n")[:-1]
+    files = []
+    for k, tag in enumerate(["greedy", "s1", "s2"]):
+        files.append(tmp_path / f"{tag}.txt")
+        files[-1].write_text("".join(f"{tag}: {line}\n" for line in src))
+    lines = PrecomputedBackend(greedy_file=str(files[0]), sample_files=[str(f) for f in files[1:]],
+                               task="jfleg", split="test", data_dir=str(data_dir),
+                               name="sys-a", sample_temperature=0.7)
+    _job(tmp_path / "a", data_dir, lines)
+    pool_a = list(read_pool(str(tmp_path / "a")))
+    for rec, line in zip(pool_a, src):
+        assert [c["text"] for c in rec["candidates"]] == [
+            f"{t}: {line}".strip() for t in ("greedy", "s1", "s2")]
+        assert [c["decoding"] for c in rec["candidates"]] == ["greedy", "sample", "sample"]
+        assert {c["generator"] for c in rec["candidates"]} == {"sys-a"}
+    # A pool is itself a precomputed source: replaying it reproduces it.
+    _job(tmp_path / "b", data_dir, PrecomputedBackend(pool=str(tmp_path / "a"), name="sys-a"))
+    assert list(read_pool(str(tmp_path / "b"))) == pool_a
+    with pytest.raises(PrecomputedError, match="'jfleg-test-0000' has 1 greedy and 2 sampled"):
+        _job(tmp_path / "c", data_dir, PrecomputedBackend(pool=str(tmp_path / "a")),
+             sampling=SamplingParams(num_samples=3, temperature=0.7))
+    with pytest.raises(PrecomputedError, match=r"short\.txt: 3 lines but jfleg/dev has 754 examples"):
+        short = tmp_path / "short.txt"
+        short.write_text("a\nb\nc\n")
+        PrecomputedBackend(greedy_file=str(short), task="jfleg", split="dev",
+                           data_dir=str(data_dir))
