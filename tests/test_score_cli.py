@@ -52,13 +52,13 @@ def test_bleu_chrf_equal_sacrebleu_on_wmt22(data_dir, capsys, system):
 
 def test_paired_test_flags(data_dir, capsys):
     folder = data_dir / "wmt_en_de" / "wmt23"
-    rc, out, _ = _run(capsys, ["score", "--metric=chrf", f"--hyp={folder / 'systems' / 'GPT4-5shot.de'}",
-                               f"--ref={folder / 'reference.A.de'}", "--bootstrap=20",
+    rc, out, _ = _run(capsys, ["score", "--metric=bleu", f"--hyp={folder / 'systems' / 'GPT4-5shot.de'}",
+                               f"--ref={folder / 'reference.A.de'}", "--bootstrap=10",
                                f"--baseline={folder / 'systems' / 'ONLINE-W.de'}"])
     result = json.loads(out)
-    assert rc == 0 and set(result) == {"chrf", "ci95", "baseline", "delta", "p_value"}
-    assert result["ci95"][0] <= result["chrf"] <= result["ci95"][1]
-    assert result["delta"] == pytest.approx(result["chrf"] - result["baseline"], abs=1e-3)
+    assert rc == 0 and set(result) == {"bleu", "ci95", "baseline", "delta", "p_value"}
+    assert result["ci95"][0] <= result["bleu"] <= result["ci95"][1]
+    assert result["delta"] == pytest.approx(result["bleu"] - result["baseline"], abs=1e-3)
 
 
 def test_unaligned_files_and_missing_source_are_clear_errors(data_dir, tmp_path, capsys):
