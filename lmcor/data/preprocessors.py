@@ -277,14 +277,17 @@ def _record_from_arrays(example_id, source, references, texts, generators, decod
                            for t, g, d in zip(texts, generators, decodings)]}
 
 
-def corrector_example(dataset: tf.data.Dataset, output_features=None, variant: str = "lmcor"):
+def corrector_example(dataset: tf.data.Dataset, output_features=None, variant: str = "lmcor",
+                      generators: Optional[Sequence[str]] = None):
     """SeqIO preprocessor: raw pool features -> corrector text example.
 
     Output: `inputs` (text), `targets` (the first of the example's references; the source splits
-    training records into one per reference), `references` (all of them, JSON), `id`, and the
-    per-example truncation counts.
+    training records into one per reference), `references` (all of them, JSON), `id`, `source`,
+    and the per-example truncation counts. `generators` (a task's own filter) overrides Gin's.
     """
     opts = corrector_options()
+    if generators is not None:
+        opts = dataclasses.replace(opts, generators=tuple(generators))
     vocab = output_features["inputs"].vocabulary if output_features else None
 
     def build(example_id, source, references, texts, generators, decodings):
@@ -303,7 +306,7 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, variant: s
             [tf.string, tf.string, tf.int32, tf.int32, tf.int32], stateful=False)
         for t in out:
             t.set_shape([])
-        return {"id": ex["id"], "inputs": out[0], "targets": ex["references"][0],
+        return {"id": ex["id"], "source": ex["source"], "inputs": out[0], "targets": ex["references"][0],
                 "references": out[1], "truncated_tokens": out[2],
                 "truncated_candidates": out[3], "dropped_candidates": out[4]}
 

@@ -1,0 +1,186 @@
+"""What every lmcor task shares: pool data sources, the three variants, splits, postprocessing.
+
+A dataset module gives, per task split, a function returning an iterator of pool records; this
+module turns that into `<name>_finetune`, `<name>_lmcor` and `<name>_lmcor_single`. Training
+splits yield one example per reference; other splits keep every reference (the `references`
+feature, JSON) and the metric functions score against all of them.
+"""
+import functools
+import hashlib
+import json
+import os
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from lmcor.data import preprocessors as pp
+from lmcor.data.pool import read_pool
+from lmcor.data.vocab import TASK_VOCAB
+
+RecordsFn = Callable[[], Iterable[dict]]
+VARIANTS = pp.VARIANTS
+TRAIN_SPLITS = ("train",)
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+OUTPUT_FEATURES = {
+    "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
+    "targets": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True),
+}
+
+_STR = tf.TensorSpec([], tf.string)
+_STRS = tf.TensorSpec([None], tf.string)
+_FLOATS = tf.TensorSpec([None], tf.float32)
+# The raw example layout; the TFDS pool builder produces exactly this structure too.
+RAW_SIGNATURE = {
+    "id": _STR, "source": _STR, "references": _STRS, "meta": _STR,
+    "candidates": {"text": _STRS, "generator": _STRS, "prompt_id": _STRS, "decoding": _STRS,
+                   "temperature": _FLOATS, "logprob": _FLOATS},
+}
+
+
+@gin.configurable
+def data_root(path: Optional[str] = None) -> str:
+    """Where the raw datasets live: Gin, else $LMCOR_DATA_DIR, else ../shared/data."""
+    return path or os.environ.get("LMCOR_DATA_DIR") or os.path.join(os.path.dirname(_REPO),
+                                                                    "shared", "data")
+
+
+@gin.configurable
+def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None) -> Mapping:
+    """Pools written by `lmcor sample` that replace a raw split, e.g.
+    `pool_overrides.by_dataset = {"e2e": {"dev": "/pools/e2e_dev", "test": "/pools/e2e_test"}}`."""
+    return by_dataset or {}
+
+
+def records_or_pool(dataset: str, raw_split: str, importer: RecordsFn) -> Iterator[dict]:
+    """The pool configured for (dataset, raw split) if any, else the raw data's records."""
+    pool_dir = pool_overrides().get(dataset, {}).get(raw_split)
+    return read_pool(pool_dir) if pool_dir else iter(importer())
+
+
+def in_holdout(key: str, percent: int) -> bool:
+    """Deterministic, order-free membership of `key` in a `percent`% held-out part."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 100 < percent
+
+
+def record_features(rec: Mapping) -> Dict:
+    """A validated pool record as the flat features of RAW_SIGNATURE (None -> "" / NaN)."""
+    c = rec["candidates"]
+    return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
+            "meta": json.dumps(rec.get("meta") or {}, ensure_ascii=False, sort_keys=True),
+            "candidates": {
+                "text": [x["text"] for x in c], "generator": [x["generator"] for x in c],
+                "prompt_id": [x.get("prompt_id") or "" for x in c],
+                "decoding": [x["decoding"] for x in c],
+                "temperature": [float(x["temperature"]) for x in c],
+                "logprob": [float("nan") if x.get("logprob") is None else float(x["logprob"])
+                            for x in c]}}
+
+
+class _OneExamplePerTrainingReference:
+    """Mixin for a seqio.DataSource: training splits are expanded to one example per reference
+    here, because SeqIO preprocessors cannot see which split they run on."""
+
+    train_splits: Sequence[str] = TRAIN_SPLITS
+
+    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
+        ds = super().get_dataset(split, *args, **kwargs)
+        return pp.one_example_per_reference(ds) if split in self.train_splits else ds
+
+
+class PoolDataSource(_OneExamplePerTrainingReference, seqio.FunctionDataSource):
+    """Pool records from Python (JSONL pools, raw-data importers) as a SeqIO source."""
+
+    def __init__(self, records_by_split: Mapping[str, RecordsFn],
+                 train_splits: Sequence[str] = TRAIN_SPLITS):
+        self._records_by_split = dict(records_by_split)
+        self._counts: Dict[str, int] = {}
+        self.train_splits = tuple(train_splits)
+        super().__init__(dataset_fn=self._dataset, splits=list(self._records_by_split))
+
+    def _dataset(self, split: str, shuffle_files: bool, seed: Optional[int] = None):
+        del shuffle_files, seed  # records stream in pool order; seqio shuffles examples
+        records = self._records_by_split[split]
+        return tf.data.Dataset.from_generator(lambda: (record_features(r) for r in records()),
+                                              output_signature=RAW_SIGNATURE)
+
+    def num_input_examples(self, split: str) -> int:
+        """Records in the split (counted once, lazily: mixtures weight tasks by it)."""
+        if split not in self._counts:
+            self._counts[split] = sum(1 for _ in self._records_by_split[split]())
+        return self._counts[split]
+
+
+class PoolTfdsDataSource(_OneExamplePerTrainingReference, seqio.TfdsDataSource):
+    """A pool prepared by lmcor.data.tfds_pool, read through TFDS."""
+
+    def __init__(self, tfds_data_dir: str, train_splits: Sequence[str] = TRAIN_SPLITS, **kwargs):
+        from lmcor.data import tfds_pool  # registers the builder  # noqa: F401
+
+        self.train_splits = tuple(train_splits)
+        super().__init__(tfds_name=f"{tfds_pool.BUILDER_NAME}:{tfds_pool.VERSION}",
+                         tfds_data_dir=tfds_data_dir, **kwargs)
+
+
+def references_postprocessor(output, example=None, is_target=False):
+    """Targets become all of the example's references; predictions stay text."""
+    return pp.references_of(example) if is_target else output
+
+
+def source_and_references_postprocessor(output, example=None, is_target=False):
+    """For metrics that also read the source (GLEU): {"source", "references"}."""
+    if not is_target:
+        return output
+    source = example["source"]
+    return {"source": source.decode("utf-8") if isinstance(source, bytes) else source,
+            "references": pp.references_of(example)}
+
+
+def _add_task(name: str, source: seqio.DataSource, variant: str, metric_fns: Sequence,
+              postprocess_fn: Callable, generators: Optional[Sequence[str]]) -> None:
+    if name in seqio.TaskRegistry.names():
+        return  # importing a task module twice must not fail
+    seqio.TaskRegistry.add(
+        name, source=source, output_features=OUTPUT_FEATURES,
+        preprocessors=[functools.partial(pp.corrector_example, variant=variant,
+                                         generators=generators),
+                       seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                       seqio.preprocessors.append_eos_after_trim],
+        postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
+
+
+def register_variants(name: str, source: seqio.DataSource, metric_fns: Sequence,
+                      postprocess_fn: Callable = references_postprocessor,
+                      generators: Optional[Sequence[str]] = None,
+                      variants: Sequence[str] = VARIANTS) -> Sequence[str]:
+    """Register `<name>_<variant>` for each variant over one data source; return the names."""
+    names = []
+    for variant in variants:
+        names.append(f"{name}_{variant}")
+        _add_task(names[-1], source, variant, metric_fns, postprocess_fn, generators)
+    return names
+
+
+def register_pool_task(name: str, pool_dir_by_split: Optional[Mapping[str, str]] = None, *,
+                       tfds_data_dir: Optional[str] = None, metric_fns: Sequence = (),
+                       postprocess_fn: Callable = references_postprocessor,
+                       train_splits: Sequence[str] = TRAIN_SPLITS,
+                       generators: Optional[Sequence[str]] = None) -> Sequence[str]:
+    """Tasks over pools written by the sampling job: JSONL dirs per split, or a TFDS-prepared
+    pool (`tfds_data_dir`, see lmcor.data.tfds_pool). `generators` keeps only their candidates."""
+    if (pool_dir_by_split is None) == (tfds_data_dir is None):
+        raise ValueError(f"register_pool_task({name!r}): give pool_dir_by_split or tfds_data_dir")
+    if tfds_data_dir is not None:
+        source = PoolTfdsDataSource(tfds_data_dir, train_splits=train_splits)
+    else:
+        source = PoolDataSource({split: functools.partial(read_pool, path)
+                                 for split, path in pool_dir_by_split.items()}, train_splits)
+    return register_variants(name, source, metric_fns, postprocess_fn, generators)
+
+
+def register_mixture(name: str, task_names: Sequence[str]) -> None:
+    """A mixture weighted by each task's number of training records."""
+    if name not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(name, list(task_names), default_rate=seqio.mixing_rate_num_examples)

@@ -1,0 +1,77 @@
+"""WMT English->German (wmt21, wmt22, wmt23): every submitted system is a candidate.
+
+Per year, `wmt2X_<variant>` has `train` and `test` splits over the whole set (to compose
+mixtures). The held-out setup is `wmt_<variant>`: train on wmt21 + wmt22, validate on the first
+half of wmt23 (segments 0..278) and test on the second half (279..556); the halves are
+contiguous so a document rarely straddles them. Metrics: chrF and BLEU.
+
+Mixtures: `wmt_<variant>_mix` = wmt21 + wmt22 (rates by number of segments), and
+`wmt22_per_system_lmcor_single_mix`, one single-candidate task per wmt22 system (the corrector
+sees one generator's output at a time: the plug-and-play setting).
+"""
+import itertools
+import os
+import re
+from typing import List
+
+from lmcor import metrics
+from lmcor.data.importers import import_wmt
+from lmcor.tasks import common
+
+YEARS = ("wmt21", "wmt22", "wmt23")
+TRAIN_YEARS = ("wmt21", "wmt22")
+HELDOUT_YEAR = "wmt23"
+METRIC_FNS = (metrics.seqio_chrf, metrics.seqio_bleu)
+
+
+def year_records(year: str):
+    return common.records_or_pool(year, "test", lambda: import_wmt(common.data_root(), year))
+
+
+def _half(first: bool):
+    records = list(year_records(HELDOUT_YEAR))
+    cut = (len(records) + 1) // 2
+    return iter(records[:cut] if first else records[cut:])
+
+
+def train_records():
+    return itertools.chain.from_iterable(year_records(y) for y in TRAIN_YEARS)
+
+
+def _year_source(year: str) -> common.PoolDataSource:
+    records = lambda: year_records(year)  # noqa: E731
+    return common.PoolDataSource({"train": records, "test": records})
+
+
+def systems(year: str) -> List[str]:
+    """Names of the systems submitted for `year` (empty when the data is not on this machine)."""
+    folder = os.path.join(common.data_root(), "wmt_en_de", year, "systems")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n[:-len(".de")] for n in os.listdir(folder) if n.endswith(".de"))
+
+
+def register_per_system_mixture(year: str) -> str:
+    """`{year}_per_system_lmcor_single_mix`: one single-candidate task per system."""
+    source = _year_source(year)
+    names = []
+    for system in systems(year):
+        slug = re.sub(r"[^a-z0-9]+", "_", system.lower()).strip("_")
+        names += common.register_variants(f"{year}_{slug}", source, METRIC_FNS,
+                                          generators=[system], variants=["lmcor_single"])
+    mixture = f"{year}_per_system_lmcor_single_mix"
+    if names:
+        common.register_mixture(mixture, names)
+    return mixture
+
+
+for _year in YEARS:
+    common.register_variants(_year, _year_source(_year), METRIC_FNS)
+
+HELDOUT_SOURCE = common.PoolDataSource({"train": train_records,
+                                        "validation": lambda: _half(True),
+                                        "test": lambda: _half(False)})
+TASKS = common.register_variants("wmt", HELDOUT_SOURCE, METRIC_FNS)
+for _variant in common.VARIANTS:
+    common.register_mixture(f"wmt_{_variant}_mix", [f"{y}_{_variant}" for y in TRAIN_YEARS])
+register_per_system_mixture("wmt22")

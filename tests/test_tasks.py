@@ -1,0 +1,197 @@
+"""Every SeqIO task variant builds from the real data, with the data's own counts."""
+import itertools
+import json
+
+import gin
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+import lmcor.tasks  # noqa: F401  (registers the tasks)
+from lmcor.data.importers import import_e2e, import_jfleg, import_wmt
+from lmcor.data.pool import write_pool
+from lmcor.data.preprocessors import references_of
+from lmcor.data.vocab import pool_texts, train_task_sentencepiece
+from lmcor.tasks import common, conll14, wmt, xsum
+
+LENGTHS = {"inputs": 256, "targets": 64}
+VARIANTS = ("finetune", "lmcor", "lmcor_single")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task_vocab(data_dir, tmp_path_factory):
+    recs = itertools.chain(itertools.islice(import_e2e(data_dir, "dev"), 150),
+                           itertools.islice(import_jfleg(data_dir, "dev"), 150),
+                           itertools.islice(import_wmt(data_dir, "wmt22"), 40))
+    path = train_task_sentencepiece(pool_texts(recs), 1000,
+                                    str(tmp_path_factory.mktemp("spm") / "task.model"))
+    gin.bind_parameter("task_vocabulary.spm_model", path)
+    gin.bind_parameter("data_root.path", str(data_dir))
+    yield seqio.SentencePieceVocabulary(path)
+    gin.clear_config()
+
+
+def _count(task_name, split):
+    """(examples, references) in a split, from the task's own data source."""
+    ds = seqio.get_mixture_or_task(task_name).source.get_dataset(split, shuffle=False)
+    return ds.reduce((0, 0), lambda acc, ex: (acc[0] + 1, acc[1] + tf.shape(ex["references"])[0]))
+
+
+def _built(task_name, split, n=3):
+    ds = seqio.get_mixture_or_task(task_name).get_dataset(LENGTHS, split=split, shuffle=False)
+    return list(ds.take(n).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("task,split,examples,references", [
+    ("e2e_finetune", "test", 1847, 4693),
+    ("jfleg_finetune", "test", 747, 747 * 4),
+    ("wmt22_lmcor", "test", 2037, 2037 * 2),
+    ("wmt21_lmcor", "test", 1002, 1002 * 3),
+    ("wmt_lmcor", "validation", 279, 279),
+    ("wmt_lmcor", "test", 278, 278),
+])
+def test_evaluation_splits_keep_every_reference(task, split, examples, references):
+    n, refs = (int(x) for x in _count(task, split))
+    print(f"{task}/{split}: {n} examples, {refs} references")
+    assert (n, refs) == (examples, references)
+
+
+def test_training_splits_have_one_example_per_reference():
+    e2e_train, _ = _count("e2e_finetune", "train")
+    e2e_val, e2e_val_refs = _count("e2e_finetune", "validation")
+    jf_train, _ = _count("jfleg_finetune", "train")
+    jf_val, _ = _count("jfleg_finetune", "validation")
+    wmt_train, _ = _count("wmt_lmcor", "train")
+    print(f"e2e train {int(e2e_train)} refs, validation {int(e2e_val)} MRs; jfleg train "
+          f"{int(jf_train)} refs, validation {int(jf_val)}; wmt train {int(wmt_train)}")
+    assert int(e2e_train) + int(e2e_val_refs) == 4299  # every dev reference, split by MR
+    assert 100 < int(e2e_val) < 250  # ~10% of the 1,484 dev MRs
+    assert int(jf_train) + int(jf_val) * 4 == 754 * 4
+    assert int(wmt_train) == 1002 * 3 + 2037 * 2
+    assert seqio.get_mixture_or_task("e2e_finetune").num_input_examples("train") + int(e2e_val) == 1484
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_wmt_variants_build_tokenized_examples(variant, task_vocab, data_dir):
+    rec = next(import_wmt(data_dir, "wmt22"))
+    ex = _built(f"wmt22_{variant}", "test", 1)[0]
+    inputs = ex["inputs_pretokenized"].decode()
+    assert inputs.startswith("source: " + rec["source"])
+    greedy = rec["candidates"][0]["text"]
+    if variant == "finetune":
+        assert inputs == "source: " + rec["source"]
+    elif variant == "lmcor_single":
+        assert inputs == f"source: {rec['source']} <sep> candidates: {greedy}"
+    else:
+        assert len(inputs.split(" <sep> ")) == 1 + 5
+    assert references_of(ex) == rec["references"]
+    assert ex["targets_pretokenized"].decode() == rec["references"][0]
+    assert list(ex["targets"]) == list(task_vocab.encode(rec["references"][0])) + [1]
+    assert ex["inputs"][-1] == 1 and ex["inputs"].dtype == np.int32
+
+
+def test_e2e_and_jfleg_lmcor_read_a_sampled_pool(data_dir, tmp_path):
+    def with_candidates(rec):
+        cands = [{"text": rec["references"][0].lower(), "generator": "llm", "prompt_id": "p0",
+                  "decoding": "greedy", "temperature": 0.0, "logprob": -3.5},
+                 {"text": rec["references"][-1], "generator": "llm", "prompt_id": "p0",
+                  "decoding": "sample", "temperature": 0.6, "logprob": None}]
+        return {**rec, "candidates": cands}
+
+    write_pool((with_candidates(r) for r in import_e2e(data_dir, "test")), str(tmp_path / "e2e"))
+    write_pool((with_candidates(r) for r in import_jfleg(data_dir, "test")), str(tmp_path / "jf"))
+    gin.bind_parameter("pool_overrides.by_dataset", {"e2e": {"test": str(tmp_path / "e2e")},
+                                                     "jfleg": {"test": str(tmp_path / "jf")}})
+    try:
+        first = next(import_e2e(data_dir, "test"))
+        single = _built("e2e_lmcor_single", "test", 1)[0]
+        assert single["inputs_pretokenized"].decode() == \
+            f"source: {first['source']} <sep> candidates: {first['references'][0].lower()}"
+        assert references_of(single) == first["references"]
+        n, refs = (int(x) for x in _count("e2e_lmcor", "test"))
+        assert (n, refs) == (1847, 4693)
+        jf = _built("jfleg_lmcor", "test", 2)
+        assert all(e["inputs_pretokenized"].decode().count(" <sep> ") == 2 for e in jf)
+    finally:
+        gin.bind_parameter("pool_overrides.by_dataset", None)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no candidates"):
+        _built("e2e_lmcor", "test", 1)
+
+
+def test_metric_fns_score_against_all_references():
+    task = seqio.get_mixture_or_task("jfleg_finetune")
+    ex = _built("jfleg_finetune", "test", 2)
+    targets = [task.postprocess_fn(e["targets_pretokenized"].decode(), example=e, is_target=True)
+               for e in ex]
+    assert targets[0]["source"] == ex[0]["source"].decode() and len(targets[0]["references"]) == 4
+    scores = {}
+    for fn in task.metric_fns:
+        scores.update(fn(targets, [t["references"][1] for t in targets]))
+    assert scores["gleu"] > 50
+    e2e = seqio.get_mixture_or_task("e2e_finetune")
+    names = {k for fn in e2e.metric_fns for k in fn([["a b c d"]], ["a b c d"])}
+    assert {"bleu", "chrf", "rougeLsum"} <= names
+    assert {fn.__name__ for fn in seqio.get_mixture_or_task("wmt_lmcor").metric_fns} == \
+        {"seqio_chrf", "seqio_bleu"}
+
+
+def test_mixtures_combine_years_and_generators():
+    mix = seqio.get_mixture_or_task("wmt_lmcor_mix")
+    assert sorted(t.name for t in mix.tasks) == ["wmt21_lmcor", "wmt22_lmcor"]
+    rates = {t.name: mix.get_rate(t) for t in mix.tasks}
+    assert rates == {"wmt21_lmcor": 1002, "wmt22_lmcor": 2037}
+    per_system = seqio.get_mixture_or_task("wmt22_per_system_lmcor_single_mix")
+    assert len(per_system.tasks) == len(wmt.systems("wmt22")) == 9
+    ex = _built("wmt22_online_a_lmcor_single", "test", 1)[0]
+    online_a = [c for c in next(import_wmt(common.data_root(), "wmt22"))["candidates"]
+                if c["generator"] == "Online-A"][0]["text"]
+    assert ex["inputs_pretokenized"].decode().endswith("candidates: " + online_a)
+    ds = mix.get_dataset(LENGTHS, split="train", shuffle=False, seed=0)
+    assert len(list(ds.take(4).as_numpy_iterator())) == 4
+
+
+def test_registration_is_idempotent():
+    import importlib
+
+    before = len(seqio.TaskRegistry.names())
+    importlib.reload(lmcor.tasks.e2e)
+    assert len(seqio.TaskRegistry.names()) == before
+
+
+def test_xsum_from_both_file_formats(tmp_path):
+    fixtures = __import__("pathlib").Path(__file__).parent / "fixtures" / "xsum"
+    original = list(xsum.read_xsum("validation", path=str(fixtures / "original")))
+    jsonl = list(xsum.read_xsum("validation", path=str(fixtures / "jsonl")))
+    assert [r["id"] for r in original] == ["xsum-34687720"]
+    assert original[0]["references"] == [
+        "A council has approved plans for a new footbridge over the river in the town centre."]
+    assert original[0]["source"].startswith("Councillors voted 9-2")
+    assert "Share this with" not in original[0]["source"]
+    assert [(r["id"], r["source"], r["references"]) for r in jsonl] == \
+        [(r["id"], r["source"], r["references"]) for r in original]
+    gin.bind_parameter("xsum_data.path", str(fixtures / "original"))
+    ex = _built("xsum_finetune", "train", 5)
+    assert [e["id"].decode() for e in ex] == ["xsum-36451244", "xsum-35982761"]
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"document": "d", "summary": "s", "id": "1"}\n{"document": "d"}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:2: field 'summary'"):
+        list(xsum.read_xsum("train", path=str(tmp_path)))
+
+
+def test_conll14_m2_references_per_annotator():
+    m2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "conll14" / "tiny.m2")
+    recs = list(conll14.read_m2(m2, "test"))
+    assert [r["source"] for r in recs] == [
+        "Keeping the Secret of Genetic Testing",
+        "What is more , the safety of the patients is the most importance thing .",
+        "They has the right to know ."]
+    assert recs[0]["references"] == [recs[0]["source"]] * 2
+    assert recs[1]["references"] == [
+        "What is more , the safety of the patients is the most important thing .",
+        "Moreover , the safety of patients is the most important thing ."]
+    assert recs[2]["references"] == ["They have the right to know about it .",
+                                     "They have a right to know ."]
+    gin.bind_parameter("conll14_data.files", {"test": m2})
+    ex = _built("conll14_finetune", "test", 5)
+    assert [json.loads(e["references"]) for e in ex] == [r["references"] for r in recs]
