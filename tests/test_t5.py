@@ -149,7 +149,8 @@ def test_sharded_forward_equals_single_device():
     assert mlp_spec == PartitionSpec(None, "model")  # the test is vacuous if nothing is split
     sharded_vars = jax.device_put(nn.unbox(variables), shardings)
     batch = NamedSharding(mesh, PartitionSpec("data"))
-    with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    # jax.set_mesh (not `with mesh:`) is what makes the logical activation constraints take effect.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
         out = jax.jit(model.apply)(sharded_vars, jax.device_put(enc, batch), jax.device_put(dec, batch))
     assert out.sharding.spec[0] == "data"
     np.testing.assert_allclose(np.asarray(out), single, atol=1e-5)
