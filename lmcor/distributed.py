@@ -53,30 +53,33 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def _explicit_settings(coordinator_address, num_processes, process_id):
-    """Arguments override the JAX_* environment, field by field."""
+def _explicit_settings(coordinator_address, num_processes, process_id) -> dict:
+    """The settings given as arguments or JAX_* variables (arguments win), field by field."""
     address = coordinator_address or os.environ.get(ENV_ADDRESS) or None
     count = num_processes if num_processes is not None else _env_int(ENV_COUNT)
     index = process_id if process_id is not None else _env_int(ENV_ID)
     given = {"coordinator_address": address, "num_processes": count, "process_id": index}
-    if all(v is None for v in given.values()):
-        return None
-    if count == 1 and index in (None, 0):
-        return given  # a one-process job needs no coordinator
     missing = [k for k, v in given.items() if v is None]
-    if missing:
+    single = count == 1 and index in (None, 0)  # a one-process job needs no coordinator
+    # A partial setting is fine where JAX can detect the rest (e.g. only the port is overridden
+    # under SLURM); anywhere else it would hang or fail deep inside JAX, so say what is missing.
+    if missing and len(missing) < 3 and not single and not _cluster_detectable():
         raise ValueError(
             f"multi-host settings incomplete: {', '.join(missing)} missing (set them as flags "
             f"or as {ENV_ADDRESS}/{ENV_COUNT}/{ENV_ID}); got {given}")
-    if not 0 <= index < count:
+    if count is not None and index is not None and not 0 <= index < count:
         raise ValueError(f"process_id={index} is outside 0..{count - 1} (num_processes={count})")
-    return given
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _on_tpu_vm() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("libtpu") is not None and not os.environ.get("TPU_SKIP_MDS_QUERY")
+
+
+def _cluster_detectable() -> bool:
+    return any(m in os.environ for m in _AUTO_CLUSTER_MARKERS) or _on_tpu_vm()
 
 
 def _use_gloo_on_cpu() -> None:
@@ -95,23 +98,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     if _state is not None:
         return _state
-    settings = _explicit_settings(coordinator_address, num_processes, process_id)
-    if settings is not None and settings["num_processes"] == 1:
-        _state = HostInfo(0, 1, None)
-        return _state
     if jax.distributed.is_initialized():  # someone called jax.distributed directly
         _state = HostInfo(jax.process_index(), jax.process_count(), None)
         return _finish(_state)
-    _use_gloo_on_cpu()
-    if settings is not None:
-        jax.distributed.initialize(**settings, initialization_timeout=timeout_s)
-    elif any(m in os.environ for m in _AUTO_CLUSTER_MARKERS) or _on_tpu_vm():
-        jax.distributed.initialize(initialization_timeout=timeout_s)
-    else:
+    settings = _explicit_settings(coordinator_address, num_processes, process_id)
+    if settings.get("num_processes") == 1 or not (settings or _cluster_detectable()):
         _state = HostInfo(0, 1, None)
         return _state
-    address = settings["coordinator_address"] if settings else None
-    _state = HostInfo(jax.process_index(), jax.process_count(), address)
+    _use_gloo_on_cpu()
+    jax.distributed.initialize(**settings, initialization_timeout=timeout_s)
+    _state = HostInfo(jax.process_index(), jax.process_count(), settings.get("coordinator_address"))
     return _finish(_state)
 
 

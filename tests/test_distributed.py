@@ -164,6 +164,13 @@ def test_initialize_names_missing_settings(clean_env):
         distributed.initialize()
 
 
+def test_partial_settings_are_left_to_a_detectable_cluster(clean_env):
+    # Under `srun`, JAX reads the rest from SLURM; only the explicit part is passed on.
+    clean_env.setenv("SLURM_STEP_NODELIST", "gpu[01-02]")
+    clean_env.setenv(distributed.ENV_ADDRESS, "gpu01:9999")
+    assert distributed._explicit_settings(None, None, None) == {"coordinator_address": "gpu01:9999"}
+
+
 def test_split_distributed_flags():
     kwargs, rest = distributed.split_distributed_flags(
         ["--gin_file=a.gin", "--coordinator_address=10.0.0.1:8476", "--num_processes", "4",
