@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.21,<2.22",
     "tensorflow-text>=2.21,<2.22",
     "tensorflow-datasets>=4.9.10,<4.10",
+    "importlib-resources>=6.4,<8",  # tfds needs it to prepare datasets (pool -> TFRecord)
     "gin-config>=0.5,<0.6",
     "sentencepiece>=0.2.1,<0.3",
     "gguf>=0.19,<0.20",
