@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import stat
 import subprocess
 import sys
@@ -194,3 +195,23 @@ def test_slurm_real_run_matches_dry_run(fake_cluster):
     dry = _run(["bash", SBATCH, "--dry_run", *LMCOR_ARGS], env)
     expected = [_split_env(shlex.split(line))[0] for line in _commands(dry.stdout)]
     assert [e for e, _ in launched] == expected
+
+
+@pytest.mark.slow
+def test_slurm_launcher_starts_a_real_two_host_job(fake_cluster, data_dir, tmp_path):
+    """Launcher -> per-task env -> lmcor.distributed.initialize -> sharded read + collectives."""
+    env, _, out = fake_cluster
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = os.path.join(REPO, "tests", "_multihost_worker.py")
+    env.update(SLURM_JOB_NODELIST="127.0.0.1", SLURM_NTASKS="2", LMCOR_PROCESS_PER="gpu",
+               LMCOR_COORDINATOR_PORT=str(port), LMCOR_CMD=shlex.join([sys.executable, worker]),
+               PYTHONPATH=REPO, XLA_FLAGS="")
+    source = data_dir / "jfleg" / "dev" / "dev.src"
+    ran = _run(["bash", SBATCH, str(source), str(out)], env, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    hosts = [json.loads((out / f"host{i}.json").read_text()) for i in range(2)]
+    lines = source.read_text(encoding="utf-8").split("\n")[:-1]
+    assert sorted(hosts[0]["ids"] + hosts[1]["ids"]) == list(range(len(lines))) == list(range(754))
+    assert hosts[0]["global_chars"] == hosts[1]["global_chars"] == sum(map(len, lines))
