@@ -1,7 +1,9 @@
 """launch/: the per-host commands of the TPU and SLURM launchers, dry and (with stand-ins for
 gcloud and srun, which do not exist here) real."""
+import importlib.util
 import json
 import os
+import pathlib
 import re
 import shlex
 import socket
@@ -14,8 +16,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_SH = os.path.join(REPO, "launch", "tpu.sh")
 SBATCH = os.path.join(REPO, "launch", "slurm_gpu.sbatch")
-sys.path.insert(0, os.path.join(REPO, "launch"))
-import dry_run  # noqa: E402
+_spec = importlib.util.spec_from_file_location("launch_dry_run", os.path.join(REPO, "launch", "dry_run.py"))
+dry_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dry_run)
 
 # Spaces, quotes, a shell variable and a separator must all reach lmcor unchanged.
 LMCOR_ARGS = ["train", "--gin_file=gin/runs/my run.gin", "--gin.MODEL_DIR='/shared/my runs/a'",
@@ -183,6 +186,21 @@ def test_tpu_real_run_matches_dry_run(fake_cluster):
     ran = _run(["bash", TPU_SH, "--tpu=t", "--zone=z", *LMCOR_ARGS], env)
     assert ran.returncode == 0, ran.stderr
     _check_job(_launched(out), 3, "10.9.0.1:8476", "lmcor")
+
+
+FAILING_LMCOR = """#!{python}
+import os, sys, time
+if os.environ["JAX_PROCESS_ID"] == "1":
+    sys.exit(3)
+time.sleep(60)  # the others would wait for the failed host in a collective
+"""
+
+
+def test_tpu_run_stops_every_worker_when_one_fails(fake_cluster):
+    env, lmcor, _ = fake_cluster
+    _script(pathlib.Path(lmcor), FAILING_LMCOR.format(python=sys.executable))
+    ran = _run(["bash", TPU_SH, "--tpu=t", "--zone=z", "train"], env, timeout=30)
+    assert ran.returncode == 3
 
 
 def test_slurm_real_run_matches_dry_run(fake_cluster):
