@@ -7,8 +7,7 @@ import seqio
 import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
-from lmcor.data.importers import import_e2e, import_jfleg, import_wmt
-from lmcor.data.vocab import pool_texts, train_task_sentencepiece
+from lmcor.data.importers import import_wmt
 
 SEP = " <sep> "
 
@@ -25,13 +24,8 @@ def _record(rid="r1", source="the src", cands=None, refs=("ref a", "ref b")):
 
 
 @pytest.fixture(scope="module")
-def vocab(data_dir, tmp_path_factory):
-    recs = itertools.chain(itertools.islice(import_e2e(data_dir, "dev"), 150),
-                           itertools.islice(import_jfleg(data_dir, "dev"), 150),
-                           itertools.islice(import_wmt(data_dir, "wmt22"), 40))
-    path = train_task_sentencepiece(pool_texts(recs), 1000,
-                                    str(tmp_path_factory.mktemp("spm") / "task.model"))
-    return seqio.SentencePieceVocabulary(path)
+def vocab(task_spm_path):
+    return seqio.SentencePieceVocabulary(task_spm_path)
 
 
 def _candidates_of(text):

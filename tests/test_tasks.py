@@ -1,5 +1,4 @@
 """Every SeqIO task variant builds from the real data, with the data's own counts."""
-import itertools
 import json
 
 import gin
@@ -12,7 +11,6 @@ import lmcor.tasks  # noqa: F401  (registers the tasks)
 from lmcor.data.importers import import_e2e, import_jfleg, import_wmt
 from lmcor.data.pool import write_pool
 from lmcor.data.preprocessors import references_of
-from lmcor.data.vocab import pool_texts, train_task_sentencepiece
 from lmcor.tasks import common, conll14, wmt, xsum
 
 LENGTHS = {"inputs": 256, "targets": 64}
@@ -20,15 +18,10 @@ VARIANTS = ("finetune", "lmcor", "lmcor_single")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def task_vocab(data_dir, tmp_path_factory):
-    recs = itertools.chain(itertools.islice(import_e2e(data_dir, "dev"), 150),
-                           itertools.islice(import_jfleg(data_dir, "dev"), 150),
-                           itertools.islice(import_wmt(data_dir, "wmt22"), 40))
-    path = train_task_sentencepiece(pool_texts(recs), 1000,
-                                    str(tmp_path_factory.mktemp("spm") / "task.model"))
-    gin.bind_parameter("task_vocabulary.spm_model", path)
+def task_vocab(data_dir, task_spm_path):
+    gin.bind_parameter("task_vocabulary.spm_model", task_spm_path)
     gin.bind_parameter("data_root.path", str(data_dir))
-    yield seqio.SentencePieceVocabulary(path)
+    yield seqio.SentencePieceVocabulary(task_spm_path)
     gin.clear_config()
 
 

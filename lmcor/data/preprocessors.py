@@ -266,6 +266,31 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
 
 # ---- SeqIO side: raw pool features (tf) -> {"inputs", "targets", "references", ...} ----
 
+_STR = tf.TensorSpec([], tf.string)
+_STRS = tf.TensorSpec([None], tf.string)
+_FLOATS = tf.TensorSpec([None], tf.float32)
+# The raw example layout; the TFDS pool builder produces exactly this structure too.
+RAW_SIGNATURE = {
+    "id": _STR, "source": _STR, "references": _STRS, "meta": _STR,
+    "candidates": {"text": _STRS, "generator": _STRS, "prompt_id": _STRS, "decoding": _STRS,
+                   "temperature": _FLOATS, "logprob": _FLOATS},
+}
+
+
+def record_features(rec: Mapping) -> Dict:
+    """A validated pool record as the flat features of RAW_SIGNATURE (None -> "" / NaN)."""
+    c = rec["candidates"]
+    return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
+            "meta": json.dumps(rec.get("meta") or {}, ensure_ascii=False, sort_keys=True),
+            "candidates": {
+                "text": [x["text"] for x in c], "generator": [x["generator"] for x in c],
+                "prompt_id": [x.get("prompt_id") or "" for x in c],
+                "decoding": [x["decoding"] for x in c],
+                "temperature": [float(x["temperature"]) for x in c],
+                "logprob": [float("nan") if x.get("logprob") is None else float(x["logprob"])
+                            for x in c]}}
+
+
 def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 

@@ -7,7 +7,6 @@ feature, JSON) and the metric functions score against all of them.
 """
 import functools
 import hashlib
-import json
 import os
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -28,17 +27,6 @@ OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
     "targets": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True),
 }
-
-_STR = tf.TensorSpec([], tf.string)
-_STRS = tf.TensorSpec([None], tf.string)
-_FLOATS = tf.TensorSpec([None], tf.float32)
-# The raw example layout; the TFDS pool builder produces exactly this structure too.
-RAW_SIGNATURE = {
-    "id": _STR, "source": _STR, "references": _STRS, "meta": _STR,
-    "candidates": {"text": _STRS, "generator": _STRS, "prompt_id": _STRS, "decoding": _STRS,
-                   "temperature": _FLOATS, "logprob": _FLOATS},
-}
-
 
 @gin.configurable
 def data_root(path: Optional[str] = None) -> str:
@@ -65,20 +53,6 @@ def in_holdout(key: str, percent: int) -> bool:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 100 < percent
 
 
-def record_features(rec: Mapping) -> Dict:
-    """A validated pool record as the flat features of RAW_SIGNATURE (None -> "" / NaN)."""
-    c = rec["candidates"]
-    return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
-            "meta": json.dumps(rec.get("meta") or {}, ensure_ascii=False, sort_keys=True),
-            "candidates": {
-                "text": [x["text"] for x in c], "generator": [x["generator"] for x in c],
-                "prompt_id": [x.get("prompt_id") or "" for x in c],
-                "decoding": [x["decoding"] for x in c],
-                "temperature": [float(x["temperature"]) for x in c],
-                "logprob": [float("nan") if x.get("logprob") is None else float(x["logprob"])
-                            for x in c]}}
-
-
 class _OneExamplePerTrainingReference:
     """Mixin for a seqio.DataSource: training splits are expanded to one example per reference
     here, because SeqIO preprocessors cannot see which split they run on."""
@@ -103,8 +77,8 @@ class PoolDataSource(_OneExamplePerTrainingReference, seqio.FunctionDataSource):
     def _dataset(self, split: str, shuffle_files: bool, seed: Optional[int] = None):
         del shuffle_files, seed  # records stream in pool order; seqio shuffles examples
         records = self._records_by_split[split]
-        return tf.data.Dataset.from_generator(lambda: (record_features(r) for r in records()),
-                                              output_signature=RAW_SIGNATURE)
+        return tf.data.Dataset.from_generator(lambda: (pp.record_features(r) for r in records()),
+                                              output_signature=pp.RAW_SIGNATURE)
 
     def num_input_examples(self, split: str) -> int:
         """Records in the split (counted once, lazily: mixtures weight tasks by it)."""
@@ -120,7 +94,7 @@ class PoolTfdsDataSource(_OneExamplePerTrainingReference, seqio.TfdsDataSource):
         from lmcor.data import tfds_pool  # registers the builder  # noqa: F401
 
         self.train_splits = tuple(train_splits)
-        super().__init__(tfds_name=f"{tfds_pool.BUILDER_NAME}:{tfds_pool.VERSION}",
+        super().__init__(tfds_name=f"{tfds_pool.BUILDER_NAME}:{tfds_pool.POOL_VERSION}",
                          tfds_data_dir=tfds_data_dir, **kwargs)
 
 
