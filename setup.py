@@ -34,6 +34,7 @@ TEST_REQUIRES = [
     "pytest>=9.2,<10",
     "torch==2.13.0",
     "transformers>=5.24,<5.25",
+    "accelerate>=1.15,<1.16",  # transformers needs it to load a GGUF (the Gemma reference)
 ]
 
 setup(
