@@ -16,8 +16,8 @@ example is read by exactly one host per epoch. Hosts may then hold up to one exa
 than each other; a trainer that needs equal step counts repeats its stream (training) or pads
 its last batch (evaluation) rather than dropping examples.
 
-jax is imported inside the functions so that the launchers' dry runs, which import nothing
-but this module's helpers, stay instant.
+jax is imported inside the functions: `host_shard` of a count and the flag helpers need none
+of it, and commands import this module before deciding whether they run multi-host at all.
 """
 import dataclasses
 import itertools
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 FLAG_NAMES = ("coordinator_address", "num_processes", "process_id")
-# Environment markers of the clusters that jax.distributed detects on its own.
-_AUTO_CLUSTER_MARKERS = ("SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +77,11 @@ def _on_tpu_vm() -> bool:
 
 
 def _cluster_detectable() -> bool:
-    return any(m in os.environ for m in _AUTO_CLUSTER_MARKERS) or _on_tpu_vm()
+    """Whether jax.distributed can find the job by itself: an `srun` step, `mpirun`, a TPU VM."""
+    # A one-task SLURM step (`srun --pty bash`, a one-GPU job) is a single process: joining a
+    # "cluster" there would only start a coordinator that nobody else connects to.
+    slurm = "SLURM_STEP_NODELIST" in os.environ and os.environ.get("SLURM_NTASKS", "1") != "1"
+    return slurm or "OMPI_MCA_orte_hnp_uri" in os.environ or _on_tpu_vm()
 
 
 def _use_gloo_on_cpu() -> None:

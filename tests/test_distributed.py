@@ -136,7 +136,7 @@ def test_host_shard_rejects_bad_index(index, count):
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in (distributed.ENV_ADDRESS, distributed.ENV_COUNT, distributed.ENV_ID,
-                 *distributed._AUTO_CLUSTER_MARKERS):
+                 "SLURM_NTASKS", "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(distributed, "_state", None)
     return monkeypatch
@@ -168,6 +168,10 @@ def test_partial_settings_are_left_to_a_detectable_cluster(clean_env):
     # Under `srun`, JAX reads the rest from SLURM; only the explicit part is passed on.
     clean_env.setenv("SLURM_STEP_NODELIST", "gpu[01-02]")
     clean_env.setenv(distributed.ENV_ADDRESS, "gpu01:9999")
+    clean_env.setenv("SLURM_NTASKS", "1")  # a one-task step is no cluster: refuse to guess
+    with pytest.raises(ValueError, match="num_processes, process_id missing"):
+        distributed._explicit_settings(None, None, None)
+    clean_env.setenv("SLURM_NTASKS", "2")
     assert distributed._explicit_settings(None, None, None) == {"coordinator_address": "gpu01:9999"}
 
 
