@@ -24,6 +24,10 @@ from lmcor import beam_search
 NEG_INF = -1e30
 
 
+def _bucket(n: int, bucket: int) -> int:
+    return max(bucket, -(-n // bucket) * bucket)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     """What to generate. `temperature == 0` means greedy; `beam_size > 1` means beam search."""
@@ -123,20 +127,20 @@ def stop_table(tokenizer, stop: Sequence[str]) -> np.ndarray:
     """Token ids of each stop string, left-padded with -1 (wildcard) to one width.
 
     The in-loop check only ends rows early; the exact cut happens on the decoded text, so a stop
-    string the model spells with different tokens is still cut, just not stopped early.
+    string the model spells with different tokens is still cut, just not stopped early. The table
+    is rounded up to 4 rows x 8 columns (unused rows hold -3, which no token equals) so that
+    changing the stop strings rarely changes the compiled shape.
     """
-    seqs = [tokenizer.encode(s) for s in stop if s]
-    seqs = [s for s in seqs if s]
-    if not seqs:
-        return np.full((0, 1), -1, np.int32)
-    width = max(len(s) for s in seqs)
-    return np.array([[-1] * (width - len(s)) + list(s) for s in seqs], np.int32)
+    seqs = [s for s in (tokenizer.encode(x) for x in stop if x) if s]
+    width = _bucket(max([len(s) for s in seqs], default=1), 8)
+    table = np.full((_bucket(len(seqs), 4), width), -3, np.int32)
+    for r, s in enumerate(seqs):
+        table[r] = [-1] * (width - len(s)) + list(s)
+    return table
 
 
 def _stop_hit(recent, table):
     """recent [N, W] last W tokens; table [S, W] -> [N] bool, any stop sequence just completed."""
-    if table.shape[0] == 0:
-        return jnp.zeros(recent.shape[:1], bool)
     match = (table[None] == -1) | (recent[:, None, :] == table[None])
     return jnp.any(jnp.all(match, axis=-1), axis=-1)
 
@@ -246,17 +250,19 @@ def _timing(run: _Compiled, start: float) -> dict:
     return {"compile_s": run.last_compile_s, "decode_s": total - run.last_compile_s}
 
 
-def _eos_ids(lm, config):
-    return jnp.asarray(sorted({int(lm.eos_id), *map(int, config.extra_eos_ids)}), jnp.int32)
+def _eos_ids(lm, config) -> tuple[jax.Array, int]:
+    """EOS ids padded with -1 to a multiple of 4 (fewer shapes to compile), and their count."""
+    ids = sorted({int(lm.eos_id), *map(int, config.extra_eos_ids)})
+    return jnp.asarray(ids + [-1] * (_bucket(len(ids), 4) - len(ids)), jnp.int32), len(ids)
 
 
 def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
                  stop_ids: np.ndarray | None = None) -> Decoded:
     """Decodes one padded batch (adapter batch dict); no text. See `generate` for prompts."""
-    table = jnp.asarray(np.full((0, 1), -1, np.int32) if stop_ids is None else stop_ids)
-    eos = _eos_ids(lm, config)
+    table = jnp.asarray(np.full((4, 8), -3, np.int32) if stop_ids is None else stop_ids)
+    eos, num_eos = _eos_ids(lm, config)
     if config.mode == "beam":
-        return _decode_beam(lm, params, batch, config, eos)
+        return _decode_beam(lm, params, batch, config, eos, num_eos)
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
                 max_new_tokens=config.max_new_tokens, pad_id=int(lm.pad_id))
@@ -269,9 +275,9 @@ def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
                    model_logprobs=out["mlp"], timing=_timing(run, start))
 
 
-def _decode_beam(lm, params, batch, config, eos):
+def _decode_beam(lm, params, batch, config, eos, num_eos):
     opts = dict(beam_size=config.beam_size, max_new_tokens=config.max_new_tokens,
-                pad_id=int(lm.pad_id), num_eos=int(eos.shape[0]))
+                pad_id=int(lm.pad_id), num_eos=num_eos)
     run = _compiled(lm, "beam", beam_search.beam_loop, opts)
     start = time.perf_counter()
     out = jax.device_get(run(params, batch, eos, jnp.float32(config.alpha)))
@@ -292,10 +298,6 @@ def is_encoder_decoder(lm) -> bool:
     """T5LM takes `encoder_tokens`; decoder-only adapters take left-padded `tokens` + `mask`."""
     flag = getattr(lm, "is_encoder_decoder", None)
     return bool(flag) if flag is not None else type(lm).__name__ == "T5LM"
-
-
-def _bucket(n: int, bucket: int) -> int:
-    return max(bucket, -(-n // bucket) * bucket)
 
 
 def pad_prompts(token_lists: Sequence[Sequence[int]], *, encoder_decoder: bool, pad_id: int,

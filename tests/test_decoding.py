@@ -1,0 +1,246 @@
+"""Decoding invariants on tiny random models built from the real model code (T5 and Gemma 3).
+
+Every mode is checked against an independent reference: greedy against an argmax loop over the
+full (uncached) forward pass, beam search against exhaustive search, sampling against greedy in
+the limits where they must agree.
+"""
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from lmcor import decoding
+from lmcor.beam_search import length_penalty
+from lmcor.decoding import DecodeConfig
+
+STEPS = 8
+PROMPTS = ["\u0105\u0110\u0120\u0130\u0140\u0150\u0160", "\u0170\u0108", "\u0109\u0119\u0129\u0139"]
+
+
+class CharTokenizer:
+    """Token id i <-> the single character chr(0x100 + i): exact, invertible, any vocab size."""
+
+    def encode(self, text, add_bos=False):
+        return ([2] if add_bos else []) + [ord(c) - 0x100 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(0x100 + int(i)) for i in ids)
+
+
+# --------------------------------------------------------------------------- the two families
+
+
+@functools.cache  # one model (and so one set of compiled loops) per vocabulary size
+def _t5(vocab=128):
+    from lmcor.models.t5 import T5, T5Config, T5LM
+
+    cfg = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_heads=4,
+                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+    lm = T5LM(cfg)
+    ids = jnp.ones((1, 4), jnp.int32)
+    params = nn.unbox(jax.jit(lm.model.init)(jax.random.key(1), ids, ids)["params"])
+
+    @jax.jit
+    def full_logits(batch, generated):
+        start = jnp.full((generated.shape[0], 1), cfg.decoder_start_id, jnp.int32)
+        dec = jnp.concatenate([start, generated[:, :-1]], axis=1)
+        return lm.model.apply({"params": params}, batch["encoder_tokens"], dec)
+
+    return lm, params, full_logits
+
+
+# full_logits(batch, generated [B, T]) -> [B, T, V]: out[:, t] is the uncached forward pass's
+# prediction after generated[:, :t]; being causal, later (placeholder) tokens cannot leak in.
+
+
+def _gemma(vocab=128):
+    gemma = pytest.importorskip("lmcor.models.gemma")
+    cfg = gemma.GemmaConfig.preset("tiny", vocab_size=vocab)
+    module = gemma.Gemma3(cfg)
+    lm = gemma.GemmaLM(module)
+    ids = jnp.ones((1, 4), jnp.int32)
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(1), ids)["params"])
+
+    @jax.jit
+    def full_logits(batch, generated):
+        gen = generated[:, :-1]
+        mask = jnp.concatenate([batch["mask"], jnp.ones(gen.shape, bool)], axis=1)
+        tokens = jnp.concatenate([batch["tokens"], gen], axis=1)
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        out = module.apply({"params": params}, tokens, positions=positions,
+                           segment_ids=mask.astype(jnp.int32))
+        return out[:, batch["tokens"].shape[1] - 1:]
+
+    return lm, params, full_logits
+
+
+FAMILIES = {"t5": _t5, "gemma": _gemma}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    lm, params, full_logits = FAMILIES[request.param]()
+    ids = [CharTokenizer().encode(p, add_bos=not decoding.is_encoder_decoder(lm)) for p in PROMPTS]
+    if decoding.is_encoder_decoder(lm):
+        ids = [t + [lm.eos_id] for t in ids]
+    # Same shapes as `generate(..., batch_size=4, bucket=8)` below, so compiles are shared.
+    batch = decoding.pad_prompts(ids, encoder_decoder=decoding.is_encoder_decoder(lm),
+                                 pad_id=lm.pad_id, bucket=8, rows=4)
+    greedy = decoding.decode_batch(lm, params, batch, DecodeConfig(max_new_tokens=STEPS))
+    return dict(name=request.param, lm=lm, params=params, full_logits=full_logits, batch=batch,
+                greedy=greedy)
+
+
+def _decode(fam, seed=0, **kw):
+    config = DecodeConfig(max_new_tokens=STEPS, **kw)
+    return decoding.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
+
+
+def _reference_greedy(fam):
+    """Argmax loop over the full forward pass, no cache: the ground truth for cached greedy."""
+    rows = fam["batch"][next(iter(fam["batch"]))].shape[0]
+    generated = np.zeros((rows, STEPS), np.int32)
+    total = np.zeros(rows)
+    for t in range(STEPS):
+        logits = fam["full_logits"](fam["batch"], jnp.asarray(generated))[:, t]
+        tok = np.asarray(jnp.argmax(logits, axis=-1))
+        total += np.asarray(jax.nn.log_softmax(logits))[np.arange(rows), tok]
+        generated[:, t] = tok
+    return generated, total
+
+
+def _cut_at_eos(row, eos):
+    hits = np.flatnonzero(row == eos)
+    return row[: hits[0] + 1] if hits.size else row
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+def test_cached_greedy_equals_uncached_argmax_loop(family):
+    ref, _ = _reference_greedy(family)
+    got = family["greedy"]
+    eos, pad = family["lm"].eos_id, family["lm"].pad_id
+    for r in range(ref.shape[0]):
+        want = _cut_at_eos(ref[r], eos)
+        assert got.lengths[r] == len(want)
+        np.testing.assert_array_equal(got.tokens[r, : len(want)], want)
+        assert np.all(got.tokens[r, len(want):] == pad)
+    assert np.all(got.logprobs < 0) and np.allclose(got.logprobs, got.model_logprobs)
+
+
+def test_logprobs_are_sums_of_full_forward_token_logprobs(family):
+    ref, ref_lp = _reference_greedy(family)
+    got = family["greedy"]
+    rows = got.lengths == STEPS  # rows without EOS: the reference sums all STEPS tokens
+    np.testing.assert_allclose(got.logprobs[rows], ref_lp[rows], rtol=1e-4, atol=1e-4)
+
+
+def test_eos_stops_one_row_while_others_continue(family):
+    g = family["greedy"]
+    # Declare as EOS a token that row 0 emits (for the first time) mid-way and row 1 never does.
+    pos, tok = next((p, t) for p, t in enumerate(g.tokens[0]) if 0 < p < STEPS - 1
+                    and t not in g.tokens[0, :p] and t not in g.tokens[1])
+    out = _decode(family, extra_eos_ids=(int(tok),))
+    assert out.lengths[0] == pos + 1
+    np.testing.assert_array_equal(out.tokens[0, : pos + 1], g.tokens[0, : pos + 1])
+    assert np.all(out.tokens[0, pos + 1:] == family["lm"].pad_id)
+    np.testing.assert_array_equal(out.tokens[1], g.tokens[1])
+    assert out.lengths[1] == g.lengths[1]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_near_zero_temperature_equals_greedy(family):
+    out = _decode(family, temperature=1e-6, num_samples=2)  # same compile as the seed test
+    np.testing.assert_array_equal(out.tokens, np.repeat(family["greedy"].tokens, 2, axis=0))
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(family):
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        out = _decode(family, temperature=1.0, **kw)
+        np.testing.assert_array_equal(out.tokens, family["greedy"].tokens, err_msg=str(kw))
+        # One allowed token per step: it is drawn with probability 1.
+        np.testing.assert_allclose(out.logprobs, 0.0, atol=1e-5)
+
+
+def test_same_seed_same_samples_different_seed_different(family):
+    a = _decode(family, temperature=1.0, num_samples=2, seed=7)
+    b = _decode(family, temperature=1.0, num_samples=2, seed=7)
+    c = _decode(family, temperature=1.0, num_samples=2, seed=8)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    assert not np.array_equal(a.tokens, c.tokens)
+    # The n samples of one prompt are not copies of each other either.
+    assert len({tuple(row) for row in a.tokens}) > len(PROMPTS)
+    # At temperature 1 without truncation the sampling and model distributions coincide.
+    np.testing.assert_allclose(a.logprobs, a.model_logprobs, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- beam search
+
+
+def test_beam_size_one_equals_greedy(family):
+    out = _decode(family, beam_size=1, alpha=0.0)
+    np.testing.assert_array_equal(out.tokens, family["greedy"].tokens)
+    np.testing.assert_allclose(out.logprobs, family["greedy"].logprobs, rtol=1e-5)
+
+
+def test_beam_search_logprob_at_least_greedy(family):
+    out = _decode(family, beam_size=4, alpha=0.0, return_all_beams=True)
+    assert np.all(out.logprobs >= family["greedy"].logprobs - 1e-5)
+    assert np.all(np.diff(out.beam_scores, axis=1) <= 1e-6)  # best first
+
+
+def test_stop_sequences_cut_text_and_end_rows(family):
+    lm, tok = family["lm"], CharTokenizer()
+    full = decoding.generate(lm, family["params"], tok, PROMPTS, DecodeConfig(max_new_tokens=STEPS),
+                             batch_size=4, bucket=8)
+    stop = full.texts[0][2:4]
+    out = decoding.generate(lm, family["params"], tok, PROMPTS,
+                            DecodeConfig(max_new_tokens=STEPS, stop=(stop, "\u01ff")),
+                            batch_size=4, bucket=8)
+    for r, text in enumerate(full.texts):
+        cut = text.find(stop)
+        assert out.texts[r] == (text if cut < 0 else text[:cut])
+        if cut >= 0:  # the loop ended that row right after the stop string's last token
+            assert out.lengths[r] == cut + len(stop)
+    assert out.texts[0] == full.texts[0][: full.texts[0].find(stop)] and stop not in out.texts[0]
+
+
+def test_padding_does_not_change_results(family):
+    lm, tok = family["lm"], CharTokenizer()
+    config = DecodeConfig(max_new_tokens=STEPS)
+    together = decoding.generate(lm, family["params"], tok, PROMPTS, config, batch_size=4,
+                                 bucket=8)
+    alone = decoding.generate(lm, family["params"], tok, PROMPTS, config, batch_size=1, bucket=16)
+    np.testing.assert_array_equal(together.tokens, alone.tokens)
+    np.testing.assert_allclose(together.logprobs, alone.logprobs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.8])
+def test_wide_beam_equals_exhaustive_search(alpha):
+    """With beam_size >= V**(T-1) nothing is pruned, so beam search must find the true best."""
+    vocab, steps = 6, 3
+    lm, params, full_logits = _t5(vocab)
+    batch = {"encoder_tokens": jnp.array([[2, 3, 4, 1], [5, 1, 0, 0]], jnp.int32)}
+    out = decoding.decode_batch(lm, params, batch,
+                                DecodeConfig(max_new_tokens=steps, beam_size=vocab ** 2,
+                                             alpha=alpha))
+    seqs = np.array(list(itertools.product(range(vocab), repeat=steps)), np.int32)
+    for r in range(2):
+        rows = {k: jnp.repeat(v[r: r + 1], len(seqs), axis=0) for k, v in batch.items()}
+        logp = np.asarray(jax.nn.log_softmax(full_logits(rows, jnp.asarray(seqs))))
+        lp = np.take_along_axis(logp, seqs[..., None], axis=-1)[..., 0]
+        ends = np.array([list(s).index(lm.eos_id) + 1 if lm.eos_id in s else steps for s in seqs])
+        total = np.array([lp[i, : ends[i]].sum() for i in range(len(seqs))])
+        scores = total / length_penalty(ends, alpha)
+        best = int(np.argmax(scores))
+        np.testing.assert_allclose(out.scores[r], scores[best], rtol=1e-5)
+        np.testing.assert_allclose(out.logprobs[r], total[best], rtol=1e-5)
+        np.testing.assert_array_equal(out.tokens[r, : ends[best]], seqs[best, : ends[best]])
