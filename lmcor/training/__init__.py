@@ -1,0 +1,2 @@
+"""The T5X-style trainer's parts: train state + optimizers, the sharded step, Orbax checkpoints,
+deterministic batches, evaluation and logging. `lmcor.train` wires them with Gin."""
