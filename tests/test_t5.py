@@ -1,4 +1,5 @@
 """T5 v1.1 in Flax: parity with transformers on the same weights, packing, sharding, cached decoding."""
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.hf_t5 import load_t5_safetensors
+from lmcor.config import parse_gin
 from lmcor.models.partitioning import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from lmcor.models.t5 import T5, T5Config, T5LM, relative_position_bucket
 
@@ -194,3 +196,21 @@ def test_presets_and_dtypes():
     variables = jax.jit(model.init)(jax.random.key(0), enc, dec)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables)))
     assert jax.jit(model.apply)(variables, enc, dec).dtype == jnp.float32
+
+
+@gin.configurable(module="tests.test_t5")
+def _consumes_model_config(config=None):
+    return config
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "large", "xl"])
+def test_gin_model_files_bind_the_preset(size):
+    gin.clear_config()
+    try:
+        parse_gin([f"models/t5_1_1_{size}.gin"],
+                  ['t5_config.dtype = "bfloat16"',
+                   "tests.test_t5._consumes_model_config.config = %MODEL_CONFIG"], finalize=False)
+        got = _consumes_model_config()
+    finally:
+        gin.clear_config()
+    assert got == T5Config.preset(size, dtype=jnp.bfloat16)
