@@ -20,6 +20,11 @@ def as_dtype(value) -> jnp.dtype:
     return jnp.dtype(value)
 
 
+def as_variables(params) -> dict:
+    """Flax variables from either a bare `params` tree (what loaders return) or `{"params": ...}`."""
+    return params if "params" in params else {"params": params}
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Logical sharding hint for an activation; a no-op outside a mesh/rules context."""
     return nn.with_logical_constraint(x, tuple(axes))

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from lmcor.models.layers import (Dense, Embed, GatedMLP, RMSNorm, as_dtype, constrain,
-                                 dot_product_attention)
+from lmcor.models.layers import (Dense, Embed, GatedMLP, RMSNorm, as_dtype, as_variables,
+                                 constrain, dot_product_attention)
 
 # Published T5 v1.1 sizes (google/t5-v1_1-*); "tiny" is for tests only.
 _PRESETS = {
@@ -325,18 +325,14 @@ class T5LM:
         c = self.model.config
         self.eos_id, self.pad_id, self.vocab_size = c.eos_id, c.pad_id, c.vocab_size
 
-    @staticmethod
-    def _variables(params):
-        return params if "params" in params else {"params": params}
-
     def prefill(self, params, batch: dict, max_new_tokens: int):
         tokens = jnp.asarray(batch["encoder_tokens"], jnp.int32)
         # +1 so a caller may still feed the last generated token without overrunning the cache.
-        cache = self.model.apply(self._variables(params), tokens, max_new_tokens + 1,
+        cache = self.model.apply(as_variables(params), tokens, max_new_tokens + 1,
                                  method=T5.init_cache)
         start = jnp.full((tokens.shape[0],), self.model.config.decoder_start_id, jnp.int32)
         return self.step(params, start, cache)
 
     def step(self, params, tokens, cache):
-        return self.model.apply(self._variables(params), jnp.asarray(tokens, jnp.int32), cache,
+        return self.model.apply(as_variables(params), jnp.asarray(tokens, jnp.int32), cache,
                                 method=T5.decode_step)
