@@ -1,0 +1,243 @@
+"""Corrector inference: (source, candidate pool) -> corrected text, for evaluation and serving.
+
+There is one code path: the input text comes from `preprocessors.build_corrector_input` (what
+the SeqIO task runs during training), it is tokenized with the run's vocabulary the way the
+feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decoded with
+`lmcor.decoding`'s beam search. Batches are padded to bucketed row counts and lengths so a
+server that sees every batch size compiles only a handful of shapes.
+
+A MODEL_DIR holds what `lmcor train` writes: Orbax checkpoints in `checkpoints/` (the best step
+by the validation metric if one was tracked, else the latest) and the run's Gin config in
+`config.gin` (T5X's operative-config convention). The Gin config names the model
+(`train.model`), the vocabulary (`task_vocabulary.*`), the preprocessing
+(`corrector_options.*`) and, optionally, inference settings (`corrector_settings.*`).
+"""
+import dataclasses
+import os
+import threading
+from typing import Any, List, Mapping, Optional, Sequence
+
+import gin
+import jax
+from absl import logging
+from flax import linen as nn
+
+from lmcor import decoding
+from lmcor.data import preprocessors as pp
+
+
+class InputTooLongError(ValueError):
+    """The corrector input exceeds the configured token limit (the server answers 413)."""
+
+    def __init__(self, num_tokens: int, limit: int):
+        super().__init__(f"corrector input has {num_tokens} tokens; the limit is {limit} "
+                         f"(corrector_settings.max_input_tokens)")
+        self.num_tokens, self.limit = num_tokens, limit
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectorSettings:
+    variant: str = "lmcor"
+    beam_size: int = 4
+    alpha: float = 0.6
+    max_decode_tokens: int = 128
+    max_input_tokens: int = 1024
+    length_bucket: int = 32
+
+    def __post_init__(self):
+        if self.variant not in pp.VARIANTS:
+            raise ValueError(f"corrector_settings.variant={self.variant!r}; expected one of "
+                             f"{pp.VARIANTS}")
+        for name in ("beam_size", "max_decode_tokens", "max_input_tokens", "length_bucket"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"corrector_settings.{name}={getattr(self, name)}; expected >= 1")
+
+
+@gin.configurable
+def corrector_settings(variant: str = "lmcor", beam_size: int = 4, alpha: float = 0.6,
+                       max_decode_tokens: int = 128, max_input_tokens: int = 1024,
+                       length_bucket: int = 32) -> CorrectorSettings:
+    """Gin entry point for inference settings (beam size, limits, length bucket)."""
+    return CorrectorSettings(variant, beam_size, alpha, max_decode_tokens, max_input_tokens,
+                             length_bucket)
+
+
+def row_bucket(n: int, max_rows: int) -> int:
+    """Rows a batch of n is padded to: the next power of two, capped at max_rows."""
+    rows = 1
+    while rows < n:
+        rows *= 2
+    return max(n, min(rows, max_rows))
+
+
+def decode_adapter(model):
+    """A decode adapter (anything with prefill/step) from a module or config."""
+    if hasattr(model, "prefill") and hasattr(model, "step"):
+        return model
+    from lmcor.models.t5 import T5, T5Config, T5LM
+    if isinstance(model, (T5, T5Config)):
+        return T5LM(model)
+    from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
+    if isinstance(model, (Gemma3, GemmaConfig)):
+        return GemmaLM(model)
+    raise TypeError(f"Corrector: cannot decode with a {type(model).__name__}; pass a T5/Gemma3 "
+                    "module or config, or a decode adapter")
+
+
+def pool_record(source: str, candidates: Sequence[Any], example_id: str = "request") -> dict:
+    """A pool-format record from a source and candidates (texts or pool candidate dicts);
+    bare texts count as greedy first, then samples, as the sampling job orders them."""
+    cands = []
+    for i, c in enumerate(candidates):
+        if isinstance(c, str):
+            c = {"text": c, "generator": "unknown", "prompt_id": None,
+                 "decoding": "greedy" if i == 0 else "sample", "temperature": 0.0,
+                 "logprob": None}
+        cands.append(c)
+    return {"id": example_id, "source": source, "references": [], "candidates": cands, "meta": {}}
+
+
+class Corrector:
+    """A trained corrector ready to decode. Thread-safe to prepare inputs; decode from one
+    thread at a time (the server's batcher)."""
+
+    def __init__(self, model, params, vocab, options: Optional[pp.CorrectorOptions] = None,
+                 settings: Optional[CorrectorSettings] = None):
+        self.lm = decode_adapter(model)
+        self.params = jax.device_put(nn.unbox(params))
+        self.vocab = vocab
+        self.options = options or pp.CorrectorOptions()
+        self.settings = settings or CorrectorSettings()
+        self.encoder_decoder = decoding.is_encoder_decoder(self.lm)
+        self.decode_config = decoding.DecodeConfig(
+            max_new_tokens=self.settings.max_decode_tokens, beam_size=self.settings.beam_size,
+            alpha=self.settings.alpha)
+        self._lock = threading.Lock()
+        self.truncated_tokens = 0  # removed by the training-time token budget, summed
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, gin_files: Sequence[str] = (),
+                       gin_bindings: Sequence[str] = (), step: Optional[int] = None):
+        """Loads the run in MODEL_DIR (see module doc); `gin_files`/`gin_bindings` add to or
+        replace its config.gin, e.g. for a run that did not save one."""
+        model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
+        params = restore_params(os.path.join(model_dir, "checkpoints"), model, step)
+        return cls(model.decode_adapter(), params, vocab, options, settings)
+
+    # ------------------------------------------------------------------ inputs
+
+    def build_input(self, record: Mapping[str, Any]) -> str:
+        text, report = pp.build_corrector_input(record, self.settings.variant, self.options,
+                                                self.vocab)
+        if report.truncated_tokens:
+            with self._lock:
+                self.truncated_tokens += report.truncated_tokens
+        return text
+
+    def tokenize(self, text: str) -> List[int]:
+        ids = [int(i) for i in self.vocab.encode(text)]
+        if self.encoder_decoder:
+            ids.append(int(self.lm.eos_id))  # seqio's add_eos on `inputs`
+        else:  # the prefix-LM converter feeds BOS + inputs (no EOS)
+            ids.insert(0, int(getattr(self.lm.module.config, "bos_id", 2)))
+        if len(ids) > self.settings.max_input_tokens:
+            raise InputTooLongError(len(ids), self.settings.max_input_tokens)
+        return ids
+
+    def prepare(self, record: Mapping[str, Any]) -> List[int]:
+        """Token ids of the corrector input for one pool record; may raise InputTooLongError."""
+        return self.tokenize(self.build_input(record))
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None):
+        """Beam-search one batch of prepared inputs -> (texts, compile seconds)."""
+        rows = max(rows or len(token_lists), len(token_lists))
+        batch = decoding.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
+                                     pad_id=int(self.lm.pad_id),
+                                     bucket=self.settings.length_bucket, rows=rows)
+        dec = decoding.decode_batch(self.lm, self.params, batch, self.decode_config)
+        n = len(token_lists)
+        dec = decoding.Decoded(tokens=dec.tokens[:n], lengths=dec.lengths[:n],
+                               logprobs=dec.logprobs[:n], model_logprobs=dec.model_logprobs[:n])
+        texts = decoding.texts_of(self.vocab, dec, [int(self.lm.eos_id)], ())
+        return texts, float((dec.timing or {}).get("compile_s", 0.0))
+
+    def correct(self, records: Sequence[Mapping[str, Any]], batch_size: int = 16,
+                progress: bool = False) -> List[str]:
+        """Corrected text per pool record (evaluation's entry point)."""
+        from tqdm import tqdm
+
+        ids = [self.prepare(r) for r in records]
+        out: List[str] = []
+        for start in tqdm(range(0, len(ids), batch_size), desc="correct", unit="batch",
+                          disable=not progress):
+            chunk = ids[start:start + batch_size]
+            out.extend(self.decode_ids(chunk, row_bucket(len(chunk), batch_size))[0])
+        if self.truncated_tokens:
+            logging.info("corrector inputs: %d tokens removed by the token budget so far",
+                         self.truncated_tokens)
+        return out
+
+    def warmup(self, max_rows: int) -> None:
+        """Compiles every row bucket up to max_rows for the shortest length bucket."""
+        rows, ids = 1, [[int(self.lm.eos_id)]]
+        while True:
+            self.decode_ids(ids, row_bucket(rows, max_rows))
+            if rows >= max_rows:
+                return
+            rows = min(rows * 2, max_rows)
+
+
+# ---------------------------------------------------------------------- loading a MODEL_DIR
+
+
+def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Sequence[str]):
+    """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
+    from lmcor import config as gin_config
+    from lmcor import train  # noqa: F401  (registers `train`, whose `model` binding we read)
+    from lmcor.data.vocab import task_vocabulary
+    from lmcor.training import models
+
+    run_config = os.path.join(model_dir, "config.gin")
+    if not os.path.isfile(run_config) and not gin_files and not gin_bindings:
+        raise FileNotFoundError(f"{run_config}: no such file; pass the run's --gin_file flags")
+    if os.path.isfile(run_config):
+        # The run's data factories may live in modules serving never imports; skip them.
+        try:
+            gin.parse_config_file(run_config, skip_unknown=True)
+        except Exception as e:  # gin raises several types; the file name is what users need
+            raise ValueError(f"bad gin file {run_config}: {e}") from e
+    gin_config.parse_gin(gin_files, gin_bindings, finalize=False)
+    try:
+        ref = gin.query_parameter("train.model")
+    except ValueError:
+        ref = None
+    model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
+    return model, task_vocabulary(), pp.corrector_options(), corrector_settings()
+
+
+def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
+    """Only the params of a trainer checkpoint (the optimizer state is never read)."""
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
+    manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"))
+    try:
+        step = step if step is not None else manager.best_step()
+        if step is None:
+            step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{checkpoint_dir}: no finished checkpoint")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
+        target = {"params": jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+    finally:
+        manager.close()
+    logging.info("corrector: restored step %d from %s", step, checkpoint_dir)
+    return restored["state"]["params"]
