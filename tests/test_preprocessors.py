@@ -143,3 +143,35 @@ def test_seqio_preprocessor_matches_python_and_splits_references():
     whole = list(pp.corrector_example(ds).as_numpy_iterator())
     assert pp.references_of(whole[0]) == ["ref a", "ref b"]
     assert whole[0]["inputs"].decode() == pp.build_corrector_input(recs[0], "lmcor")[0]
+
+
+def _converted(converter, examples, lengths):
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(examples), output_signature={k: tf.TensorSpec([None], tf.int32)
+                                                  for k in ("inputs", "targets")})
+    return [{k: list(v) for k, v in ex.items()} for ex in converter(ds, lengths).as_numpy_iterator()]
+
+
+def test_decoder_only_converter_unpacked():
+    from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+
+    out = _converted(DecoderOnlyFeatureConverter(pack=False, bos_id=2),
+                     [{"inputs": [5, 6, 1], "targets": [7, 1]}], {"inputs": 4, "targets": 3})
+    assert out == [{"decoder_target_tokens": [5, 6, 7, 1, 0, 0, 0],
+                    "decoder_input_tokens": [2, 5, 6, 7, 0, 0, 0],
+                    "decoder_loss_weights": [0, 0, 1, 1, 0, 0, 0],
+                    "decoder_segment_ids": [1, 1, 1, 1, 0, 0, 0],
+                    "decoder_positions": [0, 1, 2, 3, 0, 0, 0]}]
+
+
+def test_decoder_only_converter_packs_and_weights_targets_only():
+    from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+
+    examples = [{"inputs": [5, 6, 1], "targets": [7, 1]}, {"inputs": [8, 1], "targets": [9, 4, 1]}]
+    out = _converted(DecoderOnlyFeatureConverter(pack=True, bos_id=2), examples,
+                     {"inputs": 5, "targets": 5})
+    assert out == [{"decoder_target_tokens": [5, 6, 7, 1, 8, 9, 4, 1, 0, 0],
+                    "decoder_input_tokens": [2, 5, 6, 7, 2, 8, 9, 4, 0, 0],
+                    "decoder_loss_weights": [0, 0, 1, 1, 0, 1, 1, 1, 0, 0],
+                    "decoder_segment_ids": [1, 1, 1, 1, 2, 2, 2, 2, 0, 0],
+                    "decoder_positions": [0, 1, 2, 3, 0, 1, 2, 3, 0, 0]}]

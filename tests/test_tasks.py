@@ -31,8 +31,8 @@ def _count(task_name, split):
     return ds.reduce((0, 0), lambda acc, ex: (acc[0] + 1, acc[1] + tf.shape(ex["references"])[0]))
 
 
-def _built(task_name, split, n=3):
-    ds = seqio.get_mixture_or_task(task_name).get_dataset(LENGTHS, split=split, shuffle=False)
+def _built(task_name, split, n=3, lengths=LENGTHS):
+    ds = seqio.get_mixture_or_task(task_name).get_dataset(lengths, split=split, shuffle=False)
     return list(ds.take(n).as_numpy_iterator())
 
 
@@ -55,7 +55,7 @@ def test_training_splits_have_one_example_per_reference():
     e2e_val, e2e_val_refs = _count("e2e_finetune", "validation")
     jf_train, _ = _count("jfleg_finetune", "train")
     jf_val, _ = _count("jfleg_finetune", "validation")
-    wmt_train, _ = _count("wmt_lmcor", "train")
+    wmt_train = sum(len(r["references"]) for r in wmt.train_records())
     print(f"e2e train {int(e2e_train)} refs, validation {int(e2e_val)} MRs; jfleg train "
           f"{int(jf_train)} refs, validation {int(jf_val)}; wmt train {int(wmt_train)}")
     assert int(e2e_train) + int(e2e_val_refs) == 4299  # every dev reference, split by MR
@@ -188,3 +188,28 @@ def test_conll14_m2_references_per_annotator():
     gin.bind_parameter("conll14_data.files", {"test": m2})
     ex = _built("conll14_finetune", "test", 5)
     assert [json.loads(e["references"]) for e in ex] == [r["references"] for r in recs]
+
+
+def test_feature_converters_on_a_real_task():
+    from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+
+    small = {"inputs": 128, "targets": 128}
+    raw = _built("jfleg_finetune", "test", 12, small)
+
+    def converted(converter, n):
+        task = seqio.get_mixture_or_task("jfleg_finetune")
+        ds = task.get_dataset(small, split="test", shuffle=False).take(4)  # packing reads ahead
+        return list(converter(ds, small).take(n).as_numpy_iterator())
+
+    rows = converted(DecoderOnlyFeatureConverter(pack=False, bos_id=2), 3)
+    for row, ex in zip(rows, raw):
+        weighted = row["decoder_target_tokens"][row["decoder_loss_weights"] == 1]
+        assert list(weighted) == list(ex["targets"])
+        assert list(row["decoder_input_tokens"][:len(ex["inputs"])]) == [2] + list(ex["inputs"][:-1])
+    packed = converted(DecoderOnlyFeatureConverter(pack=True, bos_id=2), 1)[0]
+    n = packed["decoder_segment_ids"].max()
+    assert n >= 2
+    weighted = packed["decoder_target_tokens"][packed["decoder_loss_weights"] == 1]
+    assert list(weighted) == [t for ex in raw[:n] for t in ex["targets"]]
+    encdec = converted(seqio.EncDecFeatureConverter(pack=False), 1)[0]
+    assert list(encdec["encoder_input_tokens"][:len(raw[0]["inputs"])]) == list(raw[0]["inputs"])
