@@ -1,6 +1,8 @@
 """A tiny T5 corrector for mechanics tests (serving, batching, loading): random weights over a
 small SentencePiece vocabulary trained on real task text. Its outputs mean nothing; the tests
 only check that the served text is what this corrector decodes."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import sentencepiece as spm
@@ -30,3 +32,9 @@ def tiny_corrector(spm_path: str, options: CorrectorOptions = CorrectorOptions()
     config = tiny_config(spm_path)
     return Corrector(config, tiny_params(config), seqio.SentencePieceVocabulary(spm_path),
                      options, settings)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_corrector(spm_path: str) -> Corrector:
+    """One corrector per session, so every test reuses its compiled decode loops."""
+    return tiny_corrector(spm_path)

@@ -35,7 +35,12 @@ class RetryableError(Exception):
 
 
 class HttpBackendError(BackendError):
-    pass
+    """`reason` ("connection", "timeout", "http_404", ...) and `status` (the upstream's HTTP
+    status, if it answered) let a caller such as `lmcor serve` map the failure to its own reply."""
+
+    def __init__(self, message: str, reason: Optional[str] = None, status: Optional[int] = None):
+        super().__init__(message)
+        self.reason, self.status = reason, status
 
 
 @gin.configurable
@@ -114,7 +119,8 @@ class HttpBackend(Backend):
             if e.code == 429 or e.code >= 500:
                 raise RetryableError(f"http_{e.code}", _retry_after(e.headers)) from None
             detail = self._redact(e.read()[:300].decode("utf-8", "replace"))
-            raise HttpBackendError(f"{self.url} answered HTTP {e.code}: {detail}") from None
+            raise HttpBackendError(f"{self.url} answered HTTP {e.code}: {detail}",
+                                   reason=f"http_{e.code}", status=e.code) from None
         except (socket.timeout, TimeoutError):
             raise RetryableError("timeout") from None
         except (urllib.error.URLError, ConnectionError, OSError) as e:
@@ -156,7 +162,8 @@ class HttpBackend(Backend):
                 if attempt == self.max_retries:
                     raise HttpBackendError(
                         f"{self.url}: example {req.id!r} failed after {attempt + 1} attempts "
-                        f"(last: {e.reason})") from None
+                        f"(last: {e.reason})", reason=e.reason,
+                        status=_status_of(e.reason)) from None
                 with self._lock:
                     self._retries[e.reason] += 1
                 delay = self._backoff(attempt, e.retry_after)
@@ -187,6 +194,10 @@ class HttpBackend(Backend):
         for i in range(len(requests)):
             out.append(results.get((i, True), []) + results.get((i, False), []))
         return out
+
+
+def _status_of(reason: str) -> Optional[int]:
+    return int(reason[5:]) if reason.startswith("http_") else None
 
 
 def _retry_after(headers) -> Optional[float]:

@@ -1,0 +1,192 @@
+"""`lmcor serve` against a real scripted OpenAI-compatible upstream on loopback."""
+import concurrent.futures
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from lmcor.corrector import pool_record
+from lmcor.serve import Server, ServeApp
+from lmcor.upstream import HttpUpstream
+
+from _llm_server import RAMBLE, FakeLLM, reply_text
+from _tiny_corrector import shared_corrector
+
+PROMPT = "Translate to German: The cat sat on the mat."
+
+
+@pytest.fixture(scope="module")
+def corrector(task_spm_path):
+    return shared_corrector(task_spm_path)
+
+
+@contextlib.contextmanager
+def serving(corrector, upstream_url, *, timeout_s=5.0, **kwargs):
+    upstream = HttpUpstream(upstream_url, None, timeout_s, retries=0, api_key_env=None)
+    app = ServeApp(corrector, upstream, **{"max_batch_size": 4, "max_wait_ms": 5, **kwargs})
+    server = Server(("127.0.0.1", 0), app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def post(server, path, body, token=None, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(server.url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def metrics(server) -> str:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_completions_returns_the_corrected_pool(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/completions",
+                             {"model": "m", "prompt": PROMPT, "max_tokens": 16, "seed": 3,
+                              "lmcor": {"return_candidates": True}})
+        bodies = [body for _, body, _ in llm.requests]
+    assert status == 200, reply
+    assert reply["object"] == "text_completion" and reply["model"] == "m"
+    assert set(reply["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    cands = reply["lmcor"]["candidates"]
+    # What the scripted upstream says for greedy (T=0) and the 4 samples (T=0.6), in order.
+    want = [reply_text(PROMPT, 3, 0.0, 0)] + [reply_text(PROMPT, 3, 0.6, i) for i in range(4)]
+    assert [c["text"] for c in cands] == [w + RAMBLE for w in want]
+    assert [c["decoding"] for c in cands] == ["greedy"] + ["sample"] * 4
+    assert sorted((b["n"], b["temperature"]) for b in bodies) == [(1, 0.0), (4, 0.6)]
+    # The served text is the corrector's own output on the same pool record.
+    assert reply["choices"][0]["text"] == corrector.correct([pool_record(PROMPT, cands)])[0]
+
+
+def test_chat_completions_shape(corrector):
+    messages = [{"role": "system", "content": "Fix grammar."},
+                {"role": "user", "content": "She go to school yesterday."}]
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/chat/completions",
+                             {"model": "m", "messages": messages, "max_tokens": 8})
+        sent = [body for _, body, _ in llm.requests]
+    assert status == 200, reply
+    assert reply["object"] == "chat.completion" and "lmcor" not in reply
+    msg = reply["choices"][0]["message"]
+    assert msg["role"] == "assistant" and isinstance(msg["content"], str)
+    assert all(b["messages"] == messages for b in sent)
+
+
+def test_client_errors(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url, max_request_bytes=2000) as server:
+        status, reply = post(server, "/v1/completions", None, raw=b'{"prompt": "x",')
+        assert status == 400 and "not valid JSON" in reply["error"]["message"]
+        status, reply = post(server, "/v1/completions", {"prompt": "x", "stream": True})
+        assert status == 400 and "stream" in reply["error"]["message"]
+        status, reply = post(server, "/v1/chat/completions", {"messages": "hi"})
+        assert status == 400 and "messages" in reply["error"]["message"]
+        status, reply = post(server, "/v1/completions", {"prompt": "x" * 5000})
+        assert status == 413 and "exceeds the limit of 2000" in reply["error"]["message"]
+        status, reply = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 10 ** 6})
+        assert status == 400 and "max_tokens" in reply["error"]["message"]
+        assert llm.requests == []  # nothing invalid reached the upstream
+        text = metrics(server)
+    assert 'lmcor_requests_total{endpoint="/v1/completions",status="400"} 3' in text
+    assert 'lmcor_requests_total{endpoint="/v1/completions",status="413"} 1' in text
+
+
+def test_too_long_source_is_413_before_the_upstream(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/completions", {"prompt": "word " * 600})
+        assert status == 413 and "too long" in reply["error"]["message"]
+        assert llm.requests == []
+
+
+def test_upstream_down_is_502(corrector):
+    with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1") as server:
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
+        text = metrics(server)
+    assert status == 502 and "connection" in reply["error"]["message"]
+    assert 'lmcor_upstream_errors_total{reason="bad_gateway"} 1' in text
+
+
+def test_upstream_hang_is_504(corrector):
+    with FakeLLM(faults=["hang"], hang_s=2.0) as llm, \
+            serving(corrector, llm.base_url, timeout_s=0.3) as server:
+        start = time.monotonic()
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
+        assert time.monotonic() - start < 2.0
+    assert status == 504 and "timed out" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("fault,status", [("429", 429), ("500", 502)])
+def test_upstream_http_errors_are_mapped(corrector, fault, status):
+    with FakeLLM(faults=[fault, fault]) as llm, serving(corrector, llm.base_url) as server:
+        got, reply = post(server, "/v1/completions", {"prompt": PROMPT})
+    assert got == status and "upstream" in reply["error"]["message"]
+
+
+def test_upstream_rejecting_our_key_is_502_not_401(corrector):
+    with FakeLLM(api_key="the-upstream-key") as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
+    assert status == 502 and "401" in reply["error"]["message"]
+
+
+def test_bearer_token(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url, auth_token="s3cret") as server:
+        assert post(server, "/v1/completions", {"prompt": PROMPT})[0] == 401
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT}, token="wrong")
+        assert status == 401 and reply["error"]["type"] == "auth_error"
+        assert llm.requests == []
+        assert post(server, "/v1/completions", {"prompt": PROMPT}, token="s3cret")[0] == 200
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"status": "ok"}
+
+
+def test_concurrent_requests_are_decoded_together(corrector):
+    prompts = [f"Translate to German: The cat sat on mat number {i}." for i in range(4)]
+    with FakeLLM() as llm, serving(corrector, llm.base_url, max_wait_ms=400) as server:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda p: post(server, "/v1/completions",
+                                                   {"prompt": p, "max_tokens": 8}), prompts))
+        text = metrics(server)
+    assert [s for s, _ in replies] == [200] * 4
+    assert metric(text, "lmcor_batch_size_max") > 1
+    assert metric(text, "lmcor_batch_size_count") < 4  # fewer decode calls than requests
+    assert metric(text, "lmcor_batch_size_sum") == 4
+    assert metric(text, "lmcor_request_latency_seconds_count") == 4
+
+
+def test_shutdown_finishes_in_flight_requests(corrector):
+    with FakeLLM(delay_s=0.8) as llm:
+        upstream = HttpUpstream(llm.base_url, None, 5.0, 0, None)
+        server = Server(("127.0.0.1", 0), ServeApp(corrector, upstream, max_batch_size=4)).start()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(post, server, "/v1/completions", {"prompt": PROMPT})
+            while not llm.requests:
+                time.sleep(0.01)
+            server.stop()  # returns only once the in-flight request is answered
+            assert pending.result(timeout=10)[0] == 200
+    with pytest.raises(urllib.error.URLError):
+        post(server, "/v1/completions", {"prompt": PROMPT})
