@@ -1,4 +1,6 @@
 """T5 v1.1 in Flax: parity with transformers on the same weights, packing, sharding, cached decoding."""
+import json
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.checkpoints.errors import CheckpointMismatchError
-from lmcor.checkpoints.hf_t5 import load_t5_safetensors
+from lmcor.checkpoints.hf_t5 import load_t5_safetensors, t5_config_from_hf
 from lmcor.config import parse_gin
 from lmcor.models.partitioning import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from lmcor.models.t5 import T5, T5Config, T5LM, relative_position_bucket
@@ -76,7 +78,10 @@ def test_logits_match_transformers(hf_checkpoint):
         want = hf_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc != 0),
                         decoder_input_ids=torch.tensor(dec),
                         decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
-    params = load_t5_safetensors(path, T5Config(**TINY))
+    assert t5_config_from_hf(path) == T5Config(**TINY)
+    params = load_t5_safetensors(path)  # config read from the config.json beside the weights
+    shapes = jax.eval_shape(T5(T5Config(**TINY)).init, jax.random.key(0), enc, dec)["params"]
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, nn.unbox(shapes))
     got = np.asarray(jax.jit(T5(T5Config(**TINY)).apply)({"params": params}, jnp.asarray(enc), jnp.asarray(dec)))
     assert got.dtype == np.float32
     err = np.abs(got - want)[dec_mask].max()
@@ -98,6 +103,18 @@ def test_mismatched_checkpoint_lists_every_problem(hf_checkpoint, tmp_path):
     assert "missing tensor: decoder.block.1.layer.2.DenseReluDense.wo.weight" in msg
     assert "unexpected tensor: encoder.block.9.layer.0.SelfAttention.q.weight" in msg
     assert "encoder.block.0.layer.0.SelfAttention.q.weight: expected (32, 32), found (7, 32)" in msg
+
+
+def test_bad_hf_config_names_file_and_field(hf_checkpoint, tmp_path):
+    path, _ = hf_checkpoint
+    cfg = json.loads((path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, feed_forward_proj="relu")))
+    with pytest.raises(ValueError, match=r"config.json: field 'feed_forward_proj' is 'relu'"):
+        t5_config_from_hf(tmp_path)
+    del cfg["d_model"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json: field 'd_model' is missing"):
+        load_t5_safetensors(tmp_path / "model.safetensors")
 
 
 def test_checkpoint_without_lm_head_uses_the_tied_embedding(hf_checkpoint, tmp_path):

@@ -141,8 +141,53 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
-def load_t5_safetensors(dir_or_file: str, config: T5Config) -> dict:
-    """Returns the unboxed `params` collection for `T5(config)` (use as `{"params": params}`)."""
+def _config_path(dir_or_file: str) -> str:
+    folder = dir_or_file if os.path.isdir(dir_or_file) else os.path.dirname(dir_or_file)
+    return os.path.join(folder, "config.json")
+
+
+def _hf_field(cfg: dict, key: str, path: str, default=None):
+    if cfg.get(key) is not None:  # old HF configs write null for "same as the encoder"
+        return cfg[key]
+    if default is None:
+        raise ValueError(f"{path}: field {key!r} is missing")
+    return default
+
+
+def t5_config_from_hf(dir_or_file: str, **overrides) -> T5Config:
+    """Reads an HF `config.json` (next to the weights) into a T5Config; only T5 v1.1 is accepted."""
+    path = _config_path(str(dir_or_file))
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read T5 config {path}: {e}") from e
+    if cfg.get("feed_forward_proj") != "gated-gelu":
+        raise ValueError(f"{path}: field 'feed_forward_proj' is {cfg.get('feed_forward_proj')!r}; "
+                         "only T5 v1.1 ('gated-gelu') is supported")
+    # v1.1 does not rescale decoder outputs; HF < 5 marks it by untied embeddings, HF 5 explicitly.
+    if cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True)):
+        raise ValueError(f"{path}: fields 'scale_decoder_outputs'/'tie_word_embeddings' describe the "
+                         "original T5 (tied, rescaled head); only T5 v1.1 is supported")
+    get = lambda key, default=None: _hf_field(cfg, key, path, default)  # noqa: E731
+    fields = dict(
+        vocab_size=get("vocab_size"), d_model=get("d_model"), d_kv=get("d_kv"), d_ff=get("d_ff"),
+        num_heads=get("num_heads"), num_encoder_layers=get("num_layers"),
+        num_decoder_layers=get("num_decoder_layers", get("num_layers")),
+        relative_attention_num_buckets=get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=get("relative_attention_max_distance", 128),
+        dropout_rate=get("dropout_rate", 0.1), layer_norm_epsilon=get("layer_norm_epsilon", 1e-6),
+        pad_id=get("pad_token_id", 0), eos_id=get("eos_token_id", 1),
+        decoder_start_id=get("decoder_start_token_id", get("pad_token_id", 0)))
+    return T5Config(**{**fields, **overrides})
+
+
+def load_t5_safetensors(dir_or_file: str, config: T5Config | None = None) -> dict:
+    """Returns the unboxed `params` collection for `T5(config)` (use as `{"params": params}`).
+
+    Without `config`, it is read from the `config.json` beside the weights (`t5_config_from_hf`).
+    """
+    config = config or t5_config_from_hf(str(dir_or_file))
     files = _safetensors_files(str(dir_or_file))
     index = _tensor_index(files)
     _resolve_embedding(index, str(dir_or_file))
