@@ -43,7 +43,7 @@ SHARD_PREFIX = "pool"
 MANIFEST = "manifest.json"
 # A pool written with other settings must not be silently extended by a rerun.
 # The backend's address may change between runs (a restarted server); the model may not.
-_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "shard_size", "seed", "generator",
+_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "shard_size", "seed", "fingerprint",
                 "prompt", "sampling")
 
 
@@ -209,7 +209,7 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
     builder = prompts.PromptBuilder(prompt, load_split(task, data_dir, demo_split, "training"))
     run_config = {"task": task, "split": split, "demo_split": demo_split,
                   "max_examples": max_examples, "shard_size": shard_size, "seed": seed,
-                  "generator": backend.generator, "backend": backend.describe(),
+                  "fingerprint": backend.fingerprint(), "backend": backend.describe(),
                   "prompt": prompts.prompt_summary(prompt, builder.stop_sequences()),
                   "sampling": dataclasses.asdict(sampling), "data_dir": data_dir}
     run_config = json.loads(json.dumps(run_config))  # compare to the manifest as JSON sees it

@@ -156,3 +156,30 @@ def test_precomputed_backend_replays_line_files_and_pools(tmp_path, data_dir):
         short.write_text("a\nb\nc\n")
         PrecomputedBackend(greedy_file=str(short), task="jfleg", split="dev",
                            data_dir=str(data_dir))
+
+
+@pytest.mark.slow
+def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gemma_gguf_path):
+    from lmcor.backends.jax_lm import JaxBackend
+
+    backend = JaxBackend(checkpoint="gemma3-270m", batch_size=2, per_example_seed=False)
+    manifest = sample.sample_pool(
+        output_dir=str(tmp_path), task="e2e", split="test", demo_split="dev",
+        data_dir=str(data_dir), backend=backend, max_examples=2, shard_size=2, batch_size=2,
+        prompt=PromptConfig("e2e_mr", num_shots=2),
+        sampling=SamplingParams(num_samples=2, temperature=0.6, max_new_tokens=10))
+    records = list(read_pool(str(tmp_path)))
+    assert [r["id"] for r in records] == ["e2e-test-00000", "e2e-test-00001"]
+    for rec in records:
+        cands = rec["candidates"]
+        assert [c["decoding"] for c in cands] == ["greedy", "sample", "sample"]
+        assert [c["temperature"] for c in cands] == [0.0, 0.6, 0.6]
+        assert {c["generator"] for c in cands} == {"gemma3-270m"}
+        assert all(c["logprob"] < 0 for c in cands)
+        # Both inputs describe "Blue Spice": a working 270M copies the name from its input,
+        # and the cut at the next demonstration leaves no "MR:" line behind.
+        assert "Blue Spice" in cands[0]["text"]
+        assert all("\n" not in c["text"] and "MR:" not in c["text"] for c in cands)
+    stats = manifest["backend_stats"]
+    assert stats["generated_tokens"] > 0 and 0 <= stats["padding_fraction"] < 0.5
+    assert manifest["status"] == "complete" and manifest["counts"]["candidates"] == 6

@@ -85,6 +85,10 @@ class Backend(abc.ABC):
         """What the manifest records about this backend (never secrets)."""
         return {"backend": type(self).__name__, "generator": self.generator}
 
+    def fingerprint(self) -> Dict:
+        """What must not change when a job resumes into the same pool (not, e.g., a server URL)."""
+        return {"generator": self.generator}
+
     def stats(self) -> Dict:
         """Counters for the manifest and log, e.g. retries."""
         return {}

