@@ -213,3 +213,25 @@ def test_feature_converters_on_a_real_task():
     assert list(weighted) == [t for ex in raw[:n] for t in ex["targets"]]
     encdec = converted(seqio.EncDecFeatureConverter(pack=False), 1)[0]
     assert list(encdec["encoder_input_tokens"][:len(raw[0]["inputs"])]) == list(raw[0]["inputs"])
+
+
+@pytest.mark.slow
+def test_gemma_vocabulary_tokenizes_tasks(gemma_gguf_path, task_spm_path, tmp_path, monkeypatch):
+    from lmcor.checkpoints.gguf import gemma_tokenizer
+    from lmcor.data.vocab import gemma_vocabulary
+
+    monkeypatch.setenv("LMCOR_CACHE_DIR", str(tmp_path))
+    tok = gemma_tokenizer(gemma_gguf_path)
+    vocab = gemma_vocabulary(gemma_gguf_path, tokenizer=tok)
+    text = "Die Katze saß auf der Matte, 123 €  — ok?"
+    assert list(vocab.encode(text)) == tok.encode(text)
+    assert list(vocab.encode_tf(tf.constant(text)).numpy()) == tok.encode(text)
+    assert (vocab.eos_id, vocab.pad_id, vocab.bos_id) == (tok.eos_id, 0, tok.bos_id) == (1, 0, 2)
+    assert vocab.vocab_size == tok.vocab_size
+    gin.bind_parameter("task_vocabulary.kind", "gemma")
+    gin.bind_parameter("task_vocabulary.gguf_path", gemma_gguf_path)
+    try:  # the proto is cached now: the task's vocabulary does not parse the GGUF again
+        ex = _built("wmt22_lmcor_single", "test", 1)[0]
+        assert list(ex["targets"]) == tok.encode(ex["targets_pretokenized"].decode()) + [tok.eos_id]
+    finally:
+        gin.bind_parameter("task_vocabulary.kind", "sentencepiece")

@@ -78,14 +78,21 @@ def train_task_sentencepiece(texts: Iterable[str], vocab_size: int, out_path: st
     return out_path
 
 
-def gemma_vocabulary(gguf_path: str) -> seqio.SentencePieceVocabulary:
-    """Gemma 3's tokenizer, rebuilt from the GGUF's vocabulary, as a SeqIO vocabulary."""
-    from lmcor.checkpoints.gguf import gemma_tokenizer  # heavy; only Gemma users pay for it
+def gemma_vocabulary(gguf_path: str, tokenizer=None) -> seqio.SentencePieceVocabulary:
+    """Gemma 3's tokenizer, rebuilt from the GGUF's vocabulary, as a SeqIO vocabulary.
 
-    proto = gemma_tokenizer(gguf_path).sentencepiece_model_proto()
-    path = os.path.join(cache_dir(), "spm", f"gemma-{hashlib.sha256(proto).hexdigest()[:16]}.model")
+    The model proto is cached under cache_dir(), keyed by the GGUF's path, size and mtime:
+    rebuilding it parses 262k pieces. Pass `tokenizer` (from gemma_tokenizer) if you have one.
+    """
+    stat = os.stat(gguf_path)
+    key = f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    path = os.path.join(cache_dir(), "spm", f"gemma-{hashlib.sha256(key.encode()).hexdigest()[:16]}.model")
     if not os.path.isfile(path):
-        atomic_write_bytes(path, proto)
+        if tokenizer is None:
+            from lmcor.checkpoints.gguf import gemma_tokenizer  # heavy; only Gemma users pay
+
+            tokenizer = gemma_tokenizer(gguf_path)
+        atomic_write_bytes(path, tokenizer.sentencepiece_model_proto())
     return seqio.SentencePieceVocabulary(path)
 
 
