@@ -268,10 +268,11 @@ def _quote_bare_strings(bindings: Sequence[str]) -> List[str]:
     out = []
     for b in bindings:
         name, value = b.split("=", 1)
-        try:
-            gin.config.parse_value(value)
-        except Exception:  # gin's parser raises several types; anything unparsable is a path
-            value = json.dumps(value)
+        if value.strip()[:1] not in tuple("@%'\"[({"):  # references and literals stay as typed
+            try:
+                gin.config.parse_value(value)
+            except SyntaxError:
+                value = json.dumps(value)
         out.append(f"{name}={value}")
     return out
 
