@@ -38,3 +38,28 @@ def tiny_corrector(spm_path: str, options: CorrectorOptions = CorrectorOptions()
 def shared_corrector(spm_path: str) -> Corrector:
     """One corrector per session, so every test reuses its compiled decode loops."""
     return tiny_corrector(spm_path)
+
+
+def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "") -> dict:
+    """A MODEL_DIR as the trainer leaves it: a checkpoint saved by its own Checkpointer (params +
+    optimizer state + data position) and the run's config.gin. Returns the saved params."""
+    from lmcor.models import partitioning
+    from lmcor.training import checkpointing, models, state as state_lib
+
+    config = tiny_config(spm_path)
+    model = models.t5_model(preset="tiny", vocab_size=config.vocab_size)
+    optimizer = state_lib.make_optimizer(state_lib.make_schedule())
+    state, _ = state_lib.create_state(model.init_fn, optimizer, partitioning.make_mesh(1, 1),
+                                      seed=3, init_params=params)
+    ckpt = checkpointing.Checkpointer(f"{model_dir}/checkpoints", async_save=False)
+    ckpt.save(5, state, {"step": 5}, force=True)
+    ckpt.close()
+    with open(f"{model_dir}/config.gin", "w", encoding="utf-8") as f:
+        f.write("train.model = @t5_model()\n"
+                "t5_model.preset = 'tiny'\n"
+                f"t5_model.vocab_size = {config.vocab_size}\n"
+                f"task_vocabulary.spm_model = '{spm_path}'\n"
+                "corrector_settings.beam_size = 2\n"
+                "corrector_settings.max_decode_tokens = 6\n"
+                "corrector_settings.length_bucket = 64\n" + extra_gin)
+    return jax.device_get(state.params)

@@ -13,7 +13,8 @@ from lmcor.corrector import Corrector, InputTooLongError, pool_record, row_bucke
 from lmcor.data import preprocessors as pp
 from lmcor.data.importers import import_wmt
 
-from _tiny_corrector import SETTINGS, tiny_config, tiny_corrector, tiny_params
+from _tiny_corrector import (shared_corrector, tiny_config, tiny_corrector, tiny_params,
+                             write_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_input_ids_equal_the_training_task(task_spm_path, wmt_records):
 
 
 def test_batch_padding_does_not_change_outputs(task_spm_path, wmt_records):
-    corrector = tiny_corrector(task_spm_path)
+    corrector = shared_corrector(task_spm_path)
     ids = [corrector.prepare(r) for r in wmt_records[:2]]
     alone = [corrector.decode_ids([i], 1)[0][0] for i in ids]
     padded, _ = corrector.decode_ids(ids, row_bucket(len(ids) + 1, 8))
@@ -71,39 +72,20 @@ def test_too_long_input_is_refused(task_spm_path):
 
 
 def test_from_model_dir_restores_a_trainer_checkpoint(task_spm_path, wmt_records, tmp_path):
-    from lmcor.training import checkpointing, models, state as state_lib
-    from lmcor.models import partitioning
-
     config = tiny_config(task_spm_path)
-    model = models.t5_model(preset="tiny", vocab_size=config.vocab_size)
-    optimizer = state_lib.make_optimizer(state_lib.make_schedule())
-    mesh = partitioning.make_mesh(1, 1)
-    state, _ = state_lib.create_state(model.init_fn, optimizer, mesh, seed=3,
-                                      init_params=tiny_params(config, seed=7))
-    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
-    ckpt.save(5, state, {"step": 5}, force=True)
-    ckpt.close()
-    (tmp_path / "config.gin").write_text(
-        "train.model = @t5_model()\n"
-        "t5_model.preset = 'tiny'\n"
-        f"t5_model.vocab_size = {config.vocab_size}\n"
-        f"task_vocabulary.spm_model = '{task_spm_path}'\n"
+    saved = write_model_dir(tmp_path, task_spm_path, tiny_params(config, seed=7), extra_gin=(
         "corrector_options.k = 3\n"
-        "corrector_settings.beam_size = 2\n"
-        "corrector_settings.max_decode_tokens = 6\n"
-        "corrector_settings.length_bucket = 64\n"
-        "train.data = @some_data_factory_serving_never_imports\n")
+        "train.data = @some_data_factory_serving_never_imports\n"))
     try:
         loaded = Corrector.from_model_dir(str(tmp_path))
     finally:
         gin.clear_config()
-    saved = jax.tree.leaves(jax.device_get(state.params))
     restored = jax.tree.leaves(jax.device_get(loaded.params))
-    assert len(saved) == len(restored)
-    assert all(np.array_equal(a, b) for a, b in zip(saved, restored))
+    assert len(jax.tree.leaves(saved)) == len(restored)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved), restored))
     assert loaded.options.k == 3 and loaded.settings.beam_size == 2
-    direct = tiny_corrector(task_spm_path, options=pp.CorrectorOptions(k=3))
-    direct.params = jax.device_get(state.params)
+    shared = shared_corrector(task_spm_path)  # its compiled decode loop is reused here
+    direct = Corrector(shared.lm, saved, shared.vocab, pp.CorrectorOptions(k=3), shared.settings)
     assert loaded.correct(wmt_records[:2]) == direct.correct(wmt_records[:2])
 
 

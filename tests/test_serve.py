@@ -190,3 +190,35 @@ def test_shutdown_finishes_in_flight_requests(corrector):
             assert pending.result(timeout=10)[0] == 200
     with pytest.raises(urllib.error.URLError):
         post(server, "/v1/completions", {"prompt": PROMPT})
+
+
+@pytest.mark.slow
+def test_cli_serves_a_model_dir_and_stops_on_sigterm(task_spm_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from _tiny_corrector import tiny_config, tiny_params, write_model_dir
+
+    write_model_dir(tmp_path, task_spm_path, tiny_params(tiny_config(task_spm_path)))
+    with FakeLLM() as llm:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lmcor.serve", f"--corrector={tmp_path}",
+             f"--upstream={llm.base_url}", "--port=0", "--max_batch_size=1",
+             "--num_candidates=3"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            line = proc.stdout.readline()
+            assert "listening on http://127.0.0.1:" in line, line
+            server = type("S", (), {"url": line.split()[-1]})
+            status, reply = post(server, "/v1/completions",
+                                 {"prompt": PROMPT, "lmcor": {"return_candidates": True}})
+            assert status == 200 and len(reply["lmcor"]["candidates"]) == 3
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            assert "stopped" in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
