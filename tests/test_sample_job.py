@@ -192,3 +192,26 @@ def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gem
     stats = manifest["backend_stats"]
     assert stats["generated_tokens"] > 0 and 0 <= stats["padding_fraction"] < 0.5
     assert manifest["status"] == "complete" and manifest["counts"]["candidates"] == 6
+
+
+def test_jax_backend_shards_params_over_the_model_axis_without_changing_logits():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+
+    from lmcor.backends.jax_lm import JaxBackend
+    from lmcor.models.gemma import GemmaConfig, GemmaLM
+
+    lm = GemmaLM(GemmaConfig.preset("tiny"))
+    params = nn.meta.unbox(lm.module.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32)))
+    backend = JaxBackend(checkpoint="unused", model_parallel=2)
+    backend._lm = lm
+    placed = backend._place(params)
+    specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(placed)}
+    assert any("model" in s for s in specs), specs
+    batch = {"tokens": np.array([[0, 0, 5, 6], [7, 8, 9, 10]], np.int32),
+             "mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]], bool)}
+    want, _ = lm.prefill(params, batch, 2)
+    got, _ = lm.prefill(placed, batch, 2)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

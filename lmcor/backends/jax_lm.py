@@ -87,6 +87,11 @@ class JaxBackend(Backend):
         s["padding_fraction"] = round(s["padded_positions"] / max(s["prompt_positions"], 1), 4)
         return s
 
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
     def _load(self):
         if self._lm is not None:
             return
@@ -96,16 +101,22 @@ class JaxBackend(Backend):
         self._params = self._place(params)
 
     def _place(self, params):
+        """Params sharded over a (data, model) mesh by the logical axes the module declares."""
         import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
         from flax import linen as nn  # noqa: PLC0415
 
         from lmcor.models import partitioning  # noqa: PLC0415
 
+        params = nn.meta.unbox(params)
         if self.model_parallel <= 1:
-            return nn.meta.unbox(params)
+            return params
+        # Checkpoint loaders return plain arrays; the logical names live on the module's init.
+        abstract = jax.eval_shape(lambda: self._lm.module.init(jax.random.key(0),
+                                                               jnp.zeros((1, 1), jnp.int32)))
         mesh = partitioning.make_mesh(model=self.model_parallel)
-        shardings = partitioning.param_shardings(params, mesh)
-        return jax.device_put(nn.meta.unbox(params), shardings)
+        logical = nn.get_partition_spec(abstract)
+        return jax.device_put(params, partitioning.logical_to_sharding(logical, params, mesh))
 
     # ------------------------------------------------------------------ decoding
 
