@@ -57,8 +57,12 @@ def slow_eval(model, params, step, seconds: float = 0.3):
 
 
 @gin.configurable
-def reverse_task(num_shards, owned_shards, num_examples: int = 64):
-    return data_lib.split_shards(reverse_arrays(num_examples), num_shards, owned_shards)
+def reverse_task(num_shards, owned_shards, num_examples: int = 64, poison: int = -1):
+    """`poison=i` gives example i a NaN loss weight: corrupt data that must stop the run."""
+    arrays = reverse_arrays(num_examples)
+    if poison >= 0:
+        arrays["decoder_loss_weights"][poison, 0] = np.nan
+    return data_lib.split_shards(arrays, num_shards, owned_shards)
 
 
 def main(argv):

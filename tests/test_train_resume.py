@@ -1,0 +1,143 @@
+"""Preemption and crash safety of `lmcor train`, with the trainer in a real subprocess:
+SIGKILL mid-run then restart reproduces an uninterrupted run bit for bit; SIGTERM saves and
+exits 0; a non-finite loss stops the run without writing the bad state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "_train_worker.py")
+STEPS = 12
+SLOW = ["--gin.train.evaluator=@slow_eval", "--gin.train.eval_every=2",
+        "--gin.Checkpointer.best_metric='neg_step'", "--gin.Checkpointer.keep_best=1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """Every worker compiles the same programs; a shared persistent cache pays for them once."""
+    global CACHE
+    CACHE = str(tmp_path_factory.mktemp("jax_cache"))
+
+
+CACHE = None
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _start(model_dir, steps=STEPS, extra=()):
+    return subprocess.Popen([sys.executable, WORKER, str(model_dir), str(steps), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def _finish(proc, timeout=400):
+    out, err = proc.communicate(timeout=timeout)
+    summary = [json.loads(l[8:]) for l in out.splitlines() if l.startswith("SUMMARY ")]
+    return proc.returncode, (summary[0] if summary else None), err
+
+
+def _finalized_steps(model_dir):
+    ckpt = os.path.join(model_dir, "checkpoints")
+    if not os.path.isdir(ckpt):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+
+
+def _params(model_dir, step):
+    path = os.path.join(model_dir, "checkpoints", str(step), "state")
+    restored = ocp.PyTreeCheckpointer().restore(path)
+    return restored["params"], restored
+
+
+def _assert_trees_equal(a, b):
+    import jax
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("straight")
+    rc, summary, err = _finish(_start(d, extra=SLOW))
+    assert rc == 0, err[-3000:]
+    assert summary["step"] == STEPS and summary["stopped"] == "done"
+    return d, summary
+
+
+def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path):
+    straight_dir, straight = uninterrupted
+    proc = _start(tmp_path, extra=SLOW)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [s for s in _finalized_steps(tmp_path) if s >= 4]:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, an async save may be half written
+    proc.wait()
+    killed_at = max(_finalized_steps(tmp_path))
+    assert 4 <= killed_at < STEPS, "the run finished before it could be killed"
+    rc, resumed, err = _finish(_start(tmp_path, extra=SLOW))
+    assert rc == 0, err[-3000:]
+    assert resumed["step"] == STEPS
+    # It continued from the last finished checkpoint rather than starting over ...
+    first_step = STEPS - len(resumed["losses"])
+    assert first_step >= killed_at
+    np.testing.assert_array_equal(resumed["losses"], straight["losses"][first_step:])
+    # ... and ended on exactly the same parameters and optimizer state.
+    _, a = _params(straight_dir, STEPS)
+    _, b = _params(tmp_path, STEPS)
+    _assert_trees_equal(a, b)
+    # Every checkpoint left on disk restores; no temp directory survives the restart.
+    names = os.listdir(os.path.join(tmp_path, "checkpoints"))
+    assert all(n.isdigit() for n in names), names
+    for step in _finalized_steps(tmp_path):
+        _params(tmp_path, step)
+
+
+def test_keep_latest_plus_best(uninterrupted):
+    straight_dir, _ = uninterrupted
+    # keep=2 latest, plus the best by neg_step (the earliest evaluated step, 2).
+    assert _finalized_steps(straight_dir) == [2, STEPS - 2, STEPS]
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    proc = _start(tmp_path, steps=200, extra=SLOW)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _finalized_steps(tmp_path):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    rc, summary, err = _finish(proc)
+    assert rc == 0, err[-3000:]
+    assert summary["stopped"] == "preempted" and summary["step"] < 200
+    assert max(_finalized_steps(tmp_path)) == summary["step"]
+    restored, _ = _params(tmp_path, summary["step"])
+    assert restored
+
+
+def test_non_finite_loss_stops_without_saving_it(tmp_path):
+    # Example 37 has a NaN loss weight; it is met at some step of the first epoch (8 steps).
+    bad = ["--gin.reverse_task.poison=37", "--gin.Checkpointer.save_every=1"]
+    rc, summary, err = _finish(_start(tmp_path, steps=8, extra=bad))
+    assert rc != 0 and summary is None
+    assert "NonFiniteLossError" in err and "not finite" in err
+    saved = _finalized_steps(tmp_path)
+    assert saved and max(saved) < 8
+    for step in saved:
+        params, _ = _params(tmp_path, step)
+        import jax
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
