@@ -102,7 +102,7 @@ def test_budget_keeps_every_candidate_and_counts_removed_tokens(vocab, data_dir,
     assert report.truncated_tokens == removed + removed_src
     assert report.truncated_candidates == 4
     assert max(len(vocab.encode(k)) for k in kept) <= 40
-    assert len(vocab.encode(text)) <= 120 + 5  # pieces are measured apart; joins may differ by a few
+    assert len(vocab.encode(text)) <= 120
     with caplog.at_level(logging.INFO):
         after = pp.log_truncation_totals()
     assert after["truncated_tokens"] - before["truncated_tokens"] == report.truncated_tokens

@@ -84,32 +84,61 @@ def test_wmt_variants_build_tokenized_examples(variant, task_vocab, data_dir):
     assert ex["inputs"][-1] == 1 and ex["inputs"].dtype == np.int32
 
 
-def test_e2e_and_jfleg_lmcor_read_a_sampled_pool(data_dir, tmp_path):
-    def with_candidates(rec):
-        cands = [{"text": rec["references"][0].lower(), "generator": "llm", "prompt_id": "p0",
-                  "decoding": "greedy", "temperature": 0.0, "logprob": -3.5},
-                 {"text": rec["references"][-1], "generator": "llm", "prompt_id": "p0",
-                  "decoding": "sample", "temperature": 0.6, "logprob": None}]
-        return {**rec, "candidates": cands}
+def _with_candidates(rec):
+    """A stand-in for a sampled pool: two candidates derived from the references."""
+    cands = [{"text": rec["references"][0].lower(), "generator": "llm", "prompt_id": "p0",
+              "decoding": "greedy", "temperature": 0.0, "logprob": -3.5},
+             {"text": rec["references"][-1], "generator": "llm", "prompt_id": "p0",
+              "decoding": "sample", "temperature": 0.6, "logprob": None}]
+    return {**rec, "candidates": cands}
 
-    write_pool((with_candidates(r) for r in import_e2e(data_dir, "test")), str(tmp_path / "e2e"))
-    write_pool((with_candidates(r) for r in import_jfleg(data_dir, "test")), str(tmp_path / "jf"))
-    gin.bind_parameter("pool_overrides.by_dataset", {"e2e": {"test": str(tmp_path / "e2e")},
-                                                     "jfleg": {"test": str(tmp_path / "jf")}})
-    try:
-        first = next(import_e2e(data_dir, "test"))
-        single = _built("e2e_lmcor_single", "test", 1)[0]
-        assert single["inputs_pretokenized"].decode() == \
-            f"source: {first['source']} <sep> candidates: {first['references'][0].lower()}"
-        assert references_of(single) == first["references"]
-        n, refs = (int(x) for x in _count("e2e_lmcor", "test"))
-        assert (n, refs) == (1847, 4693)
-        jf = _built("jfleg_lmcor", "test", 2)
-        assert all(e["inputs_pretokenized"].decode().count(" <sep> ") == 2 for e in jf)
-    finally:
-        gin.bind_parameter("pool_overrides.by_dataset", None)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="no candidates"):
+
+@pytest.fixture(scope="module")
+def sampled_pools(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampled")
+    write_pool((_with_candidates(r) for r in import_e2e(data_dir, "test")), str(root / "e2e"))
+    write_pool((_with_candidates(r) for r in import_jfleg(data_dir, "test")), str(root / "jf"))
+    return {"e2e": {"test": str(root / "e2e")}, "jfleg": {"test": str(root / "jf")}}
+
+
+@pytest.fixture
+def with_pools(sampled_pools):
+    gin.bind_parameter("pool_overrides.by_dataset", sampled_pools)
+    yield
+    gin.bind_parameter("pool_overrides.by_dataset", None)
+
+
+def test_e2e_and_jfleg_lmcor_read_a_sampled_pool(data_dir, with_pools):
+    first = next(import_e2e(data_dir, "test"))
+    single = _built("e2e_lmcor_single", "test", 1)[0]
+    assert single["inputs_pretokenized"].decode() == \
+        f"source: {first['source']} <sep> candidates: {first['references'][0].lower()}"
+    assert references_of(single) == first["references"]
+    n, refs = (int(x) for x in _count("e2e_lmcor", "test"))
+    assert (n, refs) == (1847, 4693)
+    jf = _built("jfleg_lmcor", "test", 2)
+    assert all(e["inputs_pretokenized"].decode().count(" <sep> ") == 2 for e in jf)
+
+
+def test_lmcor_without_candidates_names_the_record():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'e2e-test-00000': no candidates"):
         _built("e2e_lmcor", "test", 1)
+
+
+@pytest.mark.parametrize("dataset,split", [("e2e", "validation"), ("e2e", "test"),
+                                           ("jfleg", "test"), ("wmt21", "test"),
+                                           ("wmt23", "test"), ("wmt", "train"), ("wmt", "test")])
+def test_every_variant_builds_from_real_data(dataset, split, with_pools):
+    pooled = dataset in ("e2e", "jfleg") and split == "test"
+    for variant in VARIANTS if pooled or dataset.startswith("wmt") else ["finetune"]:
+        ex = _built(f"{dataset}_{variant}", split, 1)[0]
+        text = ex["inputs_pretokenized"].decode()
+        print(f"{dataset}_{variant}/{split}: {ex['id'].decode()}: {len(ex['inputs'])} input tokens")
+        assert text.startswith("source: ") and text.count(" candidates: ") == (variant != "finetune")
+        assert len(ex["inputs"]) < LENGTHS["inputs"] or ex["truncated_tokens"] > 0
+        if variant == "lmcor" and dataset.startswith("wmt"):  # long: the budget shares it out
+            assert text.count(" <sep> ") == 5 and ex["truncated_candidates"] > 0
+        assert ex["targets_pretokenized"].decode() in references_of(ex)
 
 
 def test_metric_fns_score_against_all_references():

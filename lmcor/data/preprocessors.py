@@ -254,14 +254,31 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
         raise ValueError(f"unknown task variant {variant!r}; expected one of {VARIANTS}")
     opts = opts or corrector_options()
     cands = select_candidates(record, variant, opts)
-    source, report = record["source"], TruncationReport()
+    finetune = variant == "finetune"
+    text = format_input(record["source"], None if finetune else cands, opts.separator)
+    report = TruncationReport()
     if opts.max_input_tokens is not None:
         if vocab is None:
             raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
-        source, cands, report = _truncate(vocab, source, cands, opts, variant == "finetune")
+        text, report = _fit(vocab, record["source"], cands, opts, finetune)
     TOTALS.add(report)
-    text = format_input(source, None if variant == "finetune" else cands, opts.separator)
     return text, report
+
+
+def _fit(vocab, source: str, cands: List[str], opts: CorrectorOptions,
+         finetune: bool) -> Tuple[str, TruncationReport]:
+    # Texts are measured one by one; joined, they can tokenize a little longer. Shrink the
+    # budget by the excess until the whole input fits (one retry is the norm).
+    budget = opts.max_input_tokens
+    for _ in range(8):
+        src, kept, report = _truncate(vocab, source, cands,
+                                      dataclasses.replace(opts, max_input_tokens=budget), finetune)
+        text = format_input(src, None if finetune else kept, opts.separator)
+        excess = len(vocab.encode(text)) - opts.max_input_tokens
+        if excess <= 0:
+            return text, report
+        budget -= excess
+    raise ValueError(f"could not fit an input into max_input_tokens={opts.max_input_tokens}")
 
 
 # ---- SeqIO side: raw pool features (tf) -> {"inputs", "targets", "references", ...} ----
@@ -302,18 +319,23 @@ def _record_from_arrays(example_id, source, references, texts, generators, decod
                            for t, g, d in zip(texts, generators, decodings)]}
 
 
-def corrector_example(dataset: tf.data.Dataset, output_features=None, variant: str = "lmcor",
-                      generators: Optional[Sequence[str]] = None):
+def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_length=None,
+                      variant: str = "lmcor", generators: Optional[Sequence[str]] = None):
     """SeqIO preprocessor: raw pool features -> corrector text example.
 
     Output: `inputs` (text), `targets` (the first of the example's references; the source splits
     training records into one per reference), `references` (all of them, JSON), `id`, `source`,
     and the per-example truncation counts. `generators` (a task's own filter) overrides Gin's.
+    The `inputs` sequence length (less its EOS) caps the budget, so SeqIO's own trimming, which
+    would cut whole trailing candidates and count nothing, never has anything to cut.
     """
     opts = corrector_options()
     if generators is not None:
         opts = dataclasses.replace(opts, generators=tuple(generators))
     vocab = output_features["inputs"].vocabulary if output_features else None
+    if vocab is not None and sequence_length and sequence_length.get("inputs"):
+        limit = sequence_length["inputs"] - int(output_features["inputs"].add_eos)
+        opts = dataclasses.replace(opts, max_input_tokens=min(limit, opts.max_input_tokens or limit))
 
     def build(example_id, source, references, texts, generators, decodings):
         rec = _record_from_arrays(example_id, source, references, texts, generators, decodings)

@@ -122,6 +122,10 @@ def task_vocabulary(kind: str = "sentencepiece", spm_model: Optional[str] = None
     raise ValueError(f"task_vocabulary.kind={kind!r}; expected 'sentencepiece' or 'gemma'")
 
 
+def _delegated(name: str) -> property:
+    return property(lambda self: getattr(self.resolved, name))
+
+
 class DeferredVocabulary(seqio.Vocabulary):
     """Delegates to `task_vocabulary()` at use time, so Gin can choose after registration."""
 
@@ -132,47 +136,27 @@ class DeferredVocabulary(seqio.Vocabulary):
     def resolved(self) -> seqio.Vocabulary:
         return task_vocabulary()
 
-    @property
-    def bos_id(self):
-        return self.resolved.bos_id
+    bos_id = _delegated("bos_id")
+    eos_id = _delegated("eos_id")
+    pad_id = _delegated("pad_id")
+    unk_id = _delegated("unk_id")
+    vocab_size = _delegated("vocab_size")
+    _base_vocab_size = _delegated("_base_vocab_size")
 
-    @property
-    def eos_id(self):
-        return self.resolved.eos_id
-
-    @property
-    def pad_id(self):
-        return self.resolved.pad_id
-
-    @property
-    def unk_id(self):
-        return self.resolved.unk_id
-
-    @property
-    def vocab_size(self):
-        return self.resolved.vocab_size
-
-    @property
-    def _base_vocab_size(self):
-        return self.resolved._base_vocab_size  # pylint: disable=protected-access
-
-    def _encode(self, s):
+    # The public methods delegate whole, so the resolved vocabulary's own EOS/unk handling runs.
+    def encode(self, s):
         return self.resolved.encode(s)
-
-    def _decode(self, ids):
-        return self.resolved.decode(ids)
 
     def decode(self, ids):
         return self.resolved.decode(ids)
 
-    def _encode_tf(self, s):
+    def encode_tf(self, s):
         return self.resolved.encode_tf(s)
-
-    def _decode_tf(self, ids):
-        return self.resolved.decode_tf(ids)
 
     def decode_tf(self, ids):
         return self.resolved.decode_tf(ids)
+
+    _encode, _decode, _encode_tf, _decode_tf = encode, decode, encode_tf, decode_tf
 
 
 TASK_VOCAB = DeferredVocabulary()

@@ -118,10 +118,12 @@ def _add_task(name: str, source: seqio.DataSource, variant: str, metric_fns: Seq
         return  # importing a task module twice must not fail
     seqio.TaskRegistry.add(
         name, source=source, output_features=OUTPUT_FEATURES,
-        preprocessors=[functools.partial(pp.corrector_example, variant=variant,
+        # Cache point first: the corrector input depends on Gin (k, order, budget) and on the
+        # sequence length, so a cache holds records and every ablation reuses it.
+        preprocessors=[seqio.CacheDatasetPlaceholder(),
+                       functools.partial(pp.corrector_example, variant=variant,
                                          generators=generators),
-                       seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                       seqio.preprocessors.append_eos_after_trim],
+                       seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
 
 
