@@ -255,11 +255,12 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
     opts = opts or corrector_options()
     cands = select_candidates(record, variant, opts)
     finetune = variant == "finetune"
-    text = format_input(record["source"], None if finetune else cands, opts.separator)
-    report = TruncationReport()
-    if opts.max_input_tokens is not None:
-        if vocab is None:
-            raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
+    if opts.max_input_tokens is None:
+        text, report = format_input(record["source"], None if finetune else cands,
+                                    opts.separator), TruncationReport()
+    elif vocab is None:
+        raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
+    else:
         text, report = _fit(vocab, record["source"], cands, opts, finetune)
     TOTALS.add(report)
     return text, report
@@ -269,6 +270,9 @@ def _fit(vocab, source: str, cands: List[str], opts: CorrectorOptions,
          finetune: bool) -> Tuple[str, TruncationReport]:
     # Texts are measured one by one; joined, they can tokenize a little longer. Shrink the
     # budget by the excess until the whole input fits (one retry is the norm).
+    whole = format_input(source, None if finetune else cands, opts.separator)
+    if len(vocab.encode(whole)) <= opts.max_input_tokens:
+        return whole, TruncationReport()  # the common case: one encode, nothing to cut
     budget = opts.max_input_tokens
     for _ in range(8):
         src, kept, report = _truncate(vocab, source, cands,
