@@ -78,9 +78,9 @@ def test_sharded_forward_equals_single_device():
     config = GemmaConfig.preset("tiny")
     model = Gemma3(config)
     tokens = jax.random.randint(jax.random.key(0), (8, 10), 1, config.vocab_size)
-    boxed = model.init(jax.random.key(1), tokens)
+    boxed = jax.jit(model.init)(jax.random.key(1), tokens)
     params = nn.unbox(boxed)
-    want = model.apply(params, tokens)
+    want = jax.jit(model.apply)(params, tokens)
     mesh = partitioning.make_mesh(data=4, model=2)
     shardings = partitioning.param_shardings(boxed, mesh)
     assert shardings["params"]["embedder"]["embedding"].spec == jax.sharding.PartitionSpec(
@@ -102,7 +102,7 @@ def test_cached_decode_equals_uncached_forward():
     lm = GemmaLM(model)
     rng = np.random.default_rng(2)
     ids, mask, _ = _padded_batch(rng, config.vocab_size, 6, [6, 3], left=True)
-    params = nn.unbox(model.init(jax.random.key(3), jnp.asarray(ids, jnp.int32)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(3), jnp.asarray(ids, jnp.int32)))["params"]
     steps = 7
     logits, cache = lm.prefill(params, {"tokens": ids.astype(np.int32), "mask": mask > 0}, steps)
     seq, seq_mask, got = ids, mask, [np.asarray(logits)]
@@ -152,3 +152,16 @@ def test_presets_follow_published_configs():
     assert (big.head_dim, big.query_pre_attn_scalar, big.rope_global_scaling) == (128, 168, 8.0)
     with pytest.raises(ValueError, match="unknown Gemma preset"):
         GemmaConfig.preset("2b")
+
+
+@pytest.mark.parametrize("name", ["270m", "1b"])
+def test_gin_files_bind_presets(name):
+    import gin
+
+    path = partitioning.__file__.rsplit("/lmcor/", 1)[0] + f"/gin/models/gemma3_{name}.gin"
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config_file(path)
+        config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+        gin.clear_config()
+    assert config == GemmaConfig.preset(name)
