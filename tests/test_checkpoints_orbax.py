@@ -8,15 +8,14 @@ from flax import linen as nn
 from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.orbax_io import restore_params, save_params
 from lmcor.models.partitioning import make_mesh, param_shardings
-from lmcor.models.t5 import T5, T5Config
+from lmcor.models.t5 import T5Config
+
+from _t5_params import random_t5_variables
 
 
 @pytest.fixture(scope="module")
 def boxed_params():
-    model = T5(T5Config.preset("tiny"))
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
-                                    jnp.ones((1, 3), jnp.int32))
-    return variables["params"]
+    return random_t5_variables(T5Config.preset("tiny"))["params"]
 
 
 def _assert_same_values(a, b):

@@ -15,6 +15,8 @@ from lmcor.config import parse_gin
 from lmcor.models.partitioning import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from lmcor.models.t5 import T5, T5Config, T5LM, relative_position_bucket
 
+from _t5_params import random_t5_variables
+
 # Few buckets and a short max distance so sequences of ~20 hit the exact, log and clamped ranges.
 TINY = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
             num_decoder_layers=2, relative_attention_num_buckets=8,
@@ -130,9 +132,7 @@ def test_checkpoint_without_lm_head_uses_the_tied_embedding(hf_checkpoint, tmp_p
 
 def _tiny_model(seed=0):
     cfg = T5Config(**TINY)
-    model = T5(cfg)
-    enc, dec = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32)
-    return model, jax.jit(model.init)(jax.random.key(seed), enc, dec)
+    return T5(cfg), random_t5_variables(cfg, seed)
 
 
 def _right_padded(*rows):
@@ -199,6 +199,20 @@ def test_cached_steps_equal_full_decoder_forward():
     np.testing.assert_allclose(np.stack(got, axis=1), full, atol=1e-4)
 
 
+def test_remat_changes_neither_params_nor_gradients():
+    # Dropout on, so the recomputed forward must also redraw the same dropout masks.
+    small = dict(TINY, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.2)
+    model, remat = (T5(T5Config(**small, remat=r)) for r in (False, True))
+    enc, dec = jnp.asarray([[5, 6, 7, 0]]), jnp.asarray([[0, 5, 6]])
+    variables = random_t5_variables(model.config)
+    loss = lambda m: lambda v: m.apply(v, enc, dec, deterministic=False,  # noqa: E731
+                                       rngs={"dropout": jax.random.key(1)}).sum()
+    plain_grads = jax.jit(jax.grad(loss(model)))(variables)
+    remat_grads = jax.jit(jax.grad(loss(remat)))(variables)  # same tree: remat keeps param paths
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), nn.unbox(plain_grads),
+                 nn.unbox(remat_grads))
+
+
 def test_presets_and_dtypes():
     base = T5Config.preset("base")
     assert (base.d_model, base.d_ff, base.num_heads, base.num_encoder_layers, base.vocab_size) == \
@@ -208,10 +222,10 @@ def test_presets_and_dtypes():
     with pytest.raises(ValueError, match="unknown T5 preset"):
         T5Config.preset("huge")
     cfg = T5Config(**{**TINY, "dtype": "bfloat16"})
-    model = T5(cfg)
-    enc, dec = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32)
-    variables = jax.jit(model.init)(jax.random.key(0), enc, dec)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables)))
+    model, enc, dec = T5(cfg), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), enc, dec)
+    assert {x.dtype for x in jax.tree.leaves(nn.unbox(abstract))} == {jnp.dtype(jnp.float32)}
+    variables = random_t5_variables(cfg)
     assert jax.jit(model.apply)(variables, enc, dec).dtype == jnp.float32
 
 

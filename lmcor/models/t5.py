@@ -51,6 +51,8 @@ class T5Config:
     decoder_start_id: int = 0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    # Recompute each layer's activations in the backward pass: memory for large models on TPU/GPU.
+    remat: bool = False
 
     def __post_init__(self):
         # Gin and CLI flags give dtypes as strings; normalise so equality and hashing behave.
@@ -205,8 +207,10 @@ class Encoder(nn.Module):
         c = self.config
         bias = RelativePositionBias(c, bidirectional=True, name="relpos_bias")(positions, positions)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        # static_argnums counts `self` as 0: argument 4 is `deterministic`, a Python bool.
+        layer = nn.remat(EncoderLayer, static_argnums=(4,)) if c.remat else EncoderLayer
         for i in range(c.num_encoder_layers):
-            x = EncoderLayer(c, name=f"layers_{i}")(x, bias, mask, deterministic)
+            x = layer(c, name=f"layers_{i}")(x, bias, mask, deterministic)
         x = _norm(c, name="encoder_norm")(x)
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
@@ -217,7 +221,8 @@ class Decoder(nn.Module):
     def setup(self):
         c = self.config
         self.relpos_bias = RelativePositionBias(c, bidirectional=False)
-        self.layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
+        layer = nn.remat(DecoderLayer, static_argnums=(6,)) if c.remat else DecoderLayer
+        self.layers = [layer(c) for _ in range(c.num_decoder_layers)]
         self.decoder_norm = _norm(c)
         self.logits_dense = Dense(c.vocab_size, ("embed", "vocab"), dtype=c.dtype, param_dtype=c.param_dtype)
         self.drop = nn.Dropout(c.dropout_rate)
