@@ -175,3 +175,22 @@ def test_decoder_only_converter_packs_and_weights_targets_only():
                     "decoder_loss_weights": [0, 0, 1, 1, 0, 1, 1, 1, 0, 0],
                     "decoder_segment_ids": [1, 1, 1, 1, 2, 2, 2, 2, 0, 0],
                     "decoder_positions": [0, 1, 2, 3, 0, 1, 2, 3, 0, 0]}]
+
+
+def test_task_sentencepiece_is_deterministic_cached_and_keeps_the_separator(data_dir, tmp_path):
+    from lmcor.data.importers import import_jfleg
+    from lmcor.data.vocab import pool_texts, train_task_sentencepiece
+
+    texts = list(pool_texts(itertools.islice(import_jfleg(data_dir, "test"), 120)))
+    a = train_task_sentencepiece(texts, 500, str(tmp_path / "a.model"))
+    b = train_task_sentencepiece(texts, 500, str(tmp_path / "b.model"))
+    assert open(a, "rb").read() == open(b, "rb").read()
+    stamp = (tmp_path / "a.model").stat().st_mtime_ns
+    train_task_sentencepiece(iter(texts), 500, a)  # same content: the cached model is kept
+    assert (tmp_path / "a.model").stat().st_mtime_ns == stamp
+    train_task_sentencepiece(texts[:-40], 500, a)  # other texts: retrained in place
+    assert open(a, "rb").read() != open(b, "rb").read()
+    vocab = seqio.SentencePieceVocabulary(b)
+    assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
+    assert "<sep>" in vocab.tokenizer.encode_as_pieces("a <sep> b")  # never split into < sep >
+    assert vocab.decode(list(vocab.encode("a <sep> b"))) == "a <sep> b"
