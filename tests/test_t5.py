@@ -156,6 +156,9 @@ def test_packed_examples_equal_separate_examples():
         encoder_positions=jnp.asarray(pos(e1, e2, 14)), decoder_positions=jnp.asarray(pos(d1, d2, 12))))[0]
     np.testing.assert_allclose(packed[:4], alone[0, :4], atol=1e-5)
     np.testing.assert_allclose(packed[4:10], alone[1], atol=1e-5)
+    with pytest.raises(ValueError, match="both encoder_segment_ids and decoder_segment_ids"):
+        model.apply(variables, jnp.asarray(pack(e1, e2, 14)), jnp.asarray(pack(d1, d2, 12)),
+                    decoder_segment_ids=jnp.asarray(seg(d1, d2, 12)))
 
 
 def test_sharded_forward_equals_single_device():
@@ -189,6 +192,8 @@ def test_cached_steps_equal_full_decoder_forward():
     full = np.asarray(jax.jit(model.apply)(variables, enc, dec))
     lm = T5LM(model.config)
     assert (lm.eos_id, lm.pad_id, lm.vocab_size) == (1, 0, 128)
+    with pytest.raises(ValueError, match="encoder_tokens"):
+        lm.prefill(variables["params"], {"tokens": enc}, 6)
     logits, cache = jax.jit(lm.prefill, static_argnums=2)(variables["params"], {"encoder_tokens": enc}, 6)
     assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(cache))
     step = jax.jit(lm.step)

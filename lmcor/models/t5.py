@@ -294,6 +294,8 @@ class T5(nn.Module):
         t = decoder_input_tokens.shape[1]
         mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
         cross_mask = (encoder_tokens != self.config.pad_id)[:, None, None, :]
+        if (decoder_segment_ids is None) != (encoder_segment_ids is None):
+            raise ValueError("packed T5 inputs need both encoder_segment_ids and decoder_segment_ids")
         if decoder_segment_ids is not None:
             mask = mask & _same_segment(decoder_segment_ids, decoder_segment_ids)
             cross_mask = cross_mask & _same_segment(decoder_segment_ids, encoder_segment_ids)
@@ -331,6 +333,8 @@ class T5LM:
         self.eos_id, self.pad_id, self.vocab_size = c.eos_id, c.pad_id, c.vocab_size
 
     def prefill(self, params, batch: dict, max_new_tokens: int):
+        if "encoder_tokens" not in batch:
+            raise ValueError(f"T5LM.prefill needs batch['encoder_tokens'] [B,S]; got keys {sorted(batch)}")
         tokens = jnp.asarray(batch["encoder_tokens"], jnp.int32)
         # +1 so a caller may still feed the last generated token without overrunning the cache.
         cache = self.model.apply(as_variables(params), tokens, max_new_tokens + 1,
