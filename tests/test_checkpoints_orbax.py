@@ -30,6 +30,11 @@ def test_round_trip_without_target(boxed_params, tmp_path):
     assert jax.tree.structure(restored) == jax.tree.structure(params)
     _assert_same_values(restored, params)
     assert restored["decoder"]["decoder_norm"]["scale"].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="already exists"):  # never silently replace a checkpoint
+        save_params(tmp_path / "ckpt", params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    save_params(tmp_path / "ckpt", zeros, overwrite=True)
+    _assert_same_values(restore_params(tmp_path / "ckpt"), zeros)
 
 
 def test_restore_onto_a_mesh_takes_the_target_shardings_and_dtypes(boxed_params, tmp_path):
