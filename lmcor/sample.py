@@ -7,7 +7,8 @@ The inputs are cut into fixed shards by position; each shard is generated, valid
 atomically as `pool-NNNNN.jsonl`, so a killed job loses at most the shard in flight and a rerun
 skips every shard and id already on disk. Prompts and sampling seeds are keyed by (seed, example
 id), which makes the pool identical whether it was written in one go, resumed, or split across
-hosts. `manifest.json` records the model, prompt, decoding parameters, code version and counts.
+hosts. `manifest.json` records the model, prompt, decoding parameters, code version and counts;
+with `tensorboard=True`, tokens/s, progress and retries also go to `tensorboard/host<i>/`.
 """
 import sys
 
@@ -123,15 +124,29 @@ def _write_manifest(output_dir: str, run_config: dict, extra: dict) -> None:
 class _Progress:
     bar: tqdm
     start: float
+    writer: Optional[object] = None  # tensorboard.summary.Writer
     tokens: int = 0
     examples: int = 0
 
-    def update(self, n_examples: int, n_tokens: int) -> None:
+    def update(self, n_examples: int, n_tokens: int, backend_stats: dict) -> None:
         self.tokens += n_tokens
         self.examples += n_examples
         rate = self.tokens / max(time.time() - self.start, 1e-9)
         self.bar.set_postfix(tok_s=f"{rate:.1f}", tokens=self.tokens, refresh=False)
         self.bar.update(n_examples)
+        if self.writer is not None:
+            step = self.bar.n
+            self.writer.add_scalar("sample/generated_tokens_per_s", rate, step=step)
+            self.writer.add_scalar("sample/examples_done", step, step=step)
+            if "retries" in backend_stats:
+                self.writer.add_scalar("sample/retries", backend_stats["retries"], step=step)
+            self.writer.flush()
+
+
+def _tensorboard_writer(output_dir: str, process_index: int):
+    from tensorboard.summary import Writer  # noqa: PLC0415 — imports TF: only when asked for
+
+    return Writer(os.path.join(output_dir, "tensorboard", f"host{process_index}"))
 
 
 class _ShardSampler:
@@ -156,7 +171,8 @@ class _ShardSampler:
             gens = self.backend.generate(reqs, self.sampling)
             for i, g in zip(idx, gens):
                 out[i] = self._record(records[i], built[i], g)
-            progress.update(len(idx), sum(x.num_tokens for g in gens for x in g))
+            progress.update(len(idx), sum(x.num_tokens for g in gens for x in g),
+                            self.backend.stats())
         return [out[i] for i in range(len(records))]
 
     def _record(self, rec: dict, built: dict, gens) -> dict:
@@ -192,7 +208,8 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
                 backend: Backend = gin.REQUIRED, prompt: Optional[prompts.PromptConfig] = None,
                 sampling: Optional[SamplingParams] = None, data_dir: Optional[str] = None,
                 shard_size: int = 100, batch_size: int = 8, max_examples: Optional[int] = None,
-                seed: int = 0, process_index: int = 0, process_count: int = 1) -> dict:
+                seed: int = 0, process_index: int = 0, process_count: int = 1,
+                tensorboard: bool = False) -> dict:
     """Samples the pool into `output_dir`; returns the manifest."""
     if not output_dir:
         raise SampleError("no output directory: pass --gin.OUTPUT_DIR=DIR")
@@ -231,9 +248,12 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
     start = time.time()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="ex",
               desc=f"sample {task}/{split}", dynamic_ncols=True) as bar:
-        progress = _Progress(bar, start)
+        writer = _tensorboard_writer(output_dir, process_index) if tensorboard and todo else None
+        progress = _Progress(bar, start, writer)
         for s, records in todo.items():
             _write_shard(shard_path(output_dir, s), sampler.run(records, progress))
+        if writer is not None:
+            writer.close()
     return _finish(output_dir, run_config, backend, sampler, progress, len(examples),
                    len(todo), time.time() - start, process_index)
 

@@ -37,7 +37,7 @@ def _argv(out_dir, server, data_dir, *extra):
             "--gin.HttpBackend.model='fake-llm'", "--gin.HttpBackend.concurrency=2",
             f"--gin.sample_pool.max_examples={N_EXAMPLES}", f"--gin.sample_pool.shard_size={SHARD}",
             "--gin.sample_pool.batch_size=2", "--gin.SamplingParams.num_samples=2",
-            "--gin.PromptConfig.selection='random'", *extra]
+            "--gin.PromptConfig.selection='random'", "--gin.sample_pool.tensorboard=False", *extra]
 
 
 def _run_cli(argv):
@@ -176,7 +176,8 @@ def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gem
         output_dir=str(tmp_path), task="e2e", split="test", demo_split="dev",
         data_dir=str(data_dir), backend=backend, max_examples=2, shard_size=2, batch_size=2,
         prompt=PromptConfig("e2e_mr", num_shots=2),
-        sampling=SamplingParams(num_samples=2, temperature=0.6, max_new_tokens=10))
+        sampling=SamplingParams(num_samples=2, temperature=0.6, max_new_tokens=10),
+        tensorboard=True)
     records = list(read_pool(str(tmp_path)))
     assert [r["id"] for r in records] == ["e2e-test-00000", "e2e-test-00001"]
     for rec in records:
@@ -192,6 +193,12 @@ def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gem
     stats = manifest["backend_stats"]
     assert stats["generated_tokens"] > 0 and 0 <= stats["padding_fraction"] < 0.5
     assert manifest["status"] == "complete" and manifest["counts"]["candidates"] == 6
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "host0")).Reload()
+    done = events.Tensors("sample/examples_done")
+    assert [e.step for e in done] == [2]
+    assert "sample/generated_tokens_per_s" in events.Tags()["tensors"]
 
 
 def test_jax_backend_shards_params_over_the_model_axis_without_changing_logits():
