@@ -35,7 +35,8 @@ from lmcor import config as gin_config
 from lmcor import prompts
 from lmcor.backends.base import Backend, BackendError, Request, SamplingParams
 from lmcor.data import importers
-from lmcor.data.pool import PoolError, is_shard, pool_stats, read_pool, validate_record
+from lmcor.data.pool import (PoolError, PoolStats, is_shard, pool_stats, read_pool,
+                              validate_record)
 from lmcor.io_utils import atomic_write_text
 
 log = logging.getLogger("lmcor.sample")
@@ -202,6 +203,27 @@ def _host_shards(n_shards: int, process_index: int, process_count: int) -> range
     return host_shard(n_shards, process_index, process_count)
 
 
+def _prepare(task, split, demo_split, data_dir, prompt, max_examples):
+    template = prompts.get_template(prompt.variant)
+    if template.task != task:
+        raise SampleError(f"prompt variant {prompt.variant!r} is for task {template.task!r}, "
+                          f"not {task!r}")
+    examples = load_split(task, data_dir, split, "evaluation")[:max_examples]
+    builder = prompts.PromptBuilder(prompt, load_split(task, data_dir, demo_split, "training"))
+    return examples, builder
+
+
+def _pending(output_dir, examples, shard_size, mine) -> Dict[int, List[dict]]:
+    """Shard index -> its records not on disk yet (whole shards already written are skipped)."""
+    done = finished_ids(output_dir)
+    todo = {}
+    for s in mine:
+        recs = [r for r in examples[s * shard_size:(s + 1) * shard_size] if r["id"] not in done]
+        if recs and not os.path.exists(shard_path(output_dir, s)):
+            todo[s] = recs
+    return todo
+
+
 @gin.configurable
 def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
                 split: str = gin.REQUIRED, demo_split: str = gin.REQUIRED,
@@ -215,35 +237,23 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
         raise SampleError("no output directory: pass --gin.OUTPUT_DIR=DIR")
     if shard_size < 1 or batch_size < 1:
         raise SampleError("sample_pool: shard_size and batch_size must be >= 1")
-    prompt = prompt or prompts.PromptConfig()
-    sampling = sampling or SamplingParams()
+    prompt, sampling = prompt or prompts.PromptConfig(), sampling or SamplingParams()
     data_dir = data_dir or DEFAULT_DATA_DIR
-    template = prompts.get_template(prompt.variant)
-    if template.task != task:
-        raise SampleError(f"prompt variant {prompt.variant!r} is for task {template.task!r}, "
-                          f"not {task!r}")
-    examples = load_split(task, data_dir, split, "evaluation")[:max_examples]
-    builder = prompts.PromptBuilder(prompt, load_split(task, data_dir, demo_split, "training"))
-    run_config = {"task": task, "split": split, "demo_split": demo_split,
-                  "max_examples": max_examples, "shard_size": shard_size, "seed": seed,
-                  "fingerprint": backend.fingerprint(), "backend": backend.describe(),
-                  "prompt": prompts.prompt_summary(prompt, builder.stop_sequences()),
-                  "sampling": dataclasses.asdict(sampling), "data_dir": data_dir}
-    run_config = json.loads(json.dumps(run_config))  # compare to the manifest as JSON sees it
+    examples, builder = _prepare(task, split, demo_split, data_dir, prompt, max_examples)
+    run_config = json.loads(json.dumps({  # compared with the manifest as JSON sees it
+        "task": task, "split": split, "demo_split": demo_split, "max_examples": max_examples,
+        "shard_size": shard_size, "seed": seed, "fingerprint": backend.fingerprint(),
+        "backend": backend.describe(), "sampling": dataclasses.asdict(sampling),
+        "prompt": prompts.prompt_summary(prompt, builder.stop_sequences()), "data_dir": data_dir}))
     os.makedirs(output_dir, exist_ok=True)
     _check_resumable(output_dir, run_config)
     if process_count == 1:  # other hosts may be mid-write on a shared filesystem
         remove_stale_temp_files(output_dir)
-    done = finished_ids(output_dir)
-    n_shards = (len(examples) + shard_size - 1) // shard_size
-    mine = list(_host_shards(n_shards, process_index, process_count))
     if process_index == 0:
         _write_manifest(output_dir, run_config, {"status": "running"})
+    mine = list(_host_shards(-(-len(examples) // shard_size), process_index, process_count))
+    todo = _pending(output_dir, examples, shard_size, mine)
     sampler = _ShardSampler(backend, builder, sampling, seed, task, split, batch_size)
-    todo = {s: [r for r in examples[s * shard_size:(s + 1) * shard_size] if r["id"] not in done]
-            for s in mine}
-    todo = {s: recs for s, recs in todo.items()
-            if recs and not os.path.exists(shard_path(output_dir, s))}
     total = sum(len(examples[s * shard_size:(s + 1) * shard_size]) for s in mine)
     start = time.time()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="ex",
@@ -260,7 +270,8 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
 
 def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_written,
             wall_s, process_index) -> dict:
-    stats = pool_stats(output_dir)
+    has_shards = any(is_shard(p) for p in glob.glob(os.path.join(output_dir, "*")))
+    stats = pool_stats(output_dir) if has_shards else PoolStats()
     manifest = {
         "status": "complete" if stats.examples == n_examples else "partial",
         "code_version": git_revision(), "model": backend.generator,
