@@ -173,6 +173,17 @@ def test_mixtures_combine_years_and_generators():
     assert len(list(ds.take(4).as_numpy_iterator())) == 4
 
 
+def test_host_shards_partition_the_examples():
+    source = seqio.get_mixture_or_task("e2e_finetune").source
+    ids = [[(e["id"], e["references"][0]) for e in source.get_dataset(
+        "train", shuffle=False, shard_info=seqio.ShardInfo(i, 3)).as_numpy_iterator()]
+        for i in range(3)]
+    everything = [(e["id"], e["references"][0])
+                  for e in source.get_dataset("train", shuffle=False).as_numpy_iterator()]
+    assert sorted(sum(ids, [])) == sorted(everything) and len(everything) == 3929
+    assert all(ids)  # (id, reference) pairs repeat: E2E has duplicate references per MR
+
+
 def test_registration_is_idempotent():
     import importlib
 
@@ -199,6 +210,8 @@ def test_xsum_from_both_file_formats(tmp_path):
     bad.write_text('{"document": "d", "summary": "s", "id": "1"}\n{"document": "d"}\n')
     with pytest.raises(ValueError, match=r"train.jsonl:2: field 'summary'"):
         list(xsum.read_xsum("train", path=str(tmp_path)))
+    with pytest.raises(ValueError, match="TFDS 'xsum' is not prepared"):
+        list(xsum.read_xsum("test", tfds_data_dir=str(tmp_path / "tfds")))
 
 
 def test_conll14_m2_references_per_annotator():

@@ -80,6 +80,14 @@ class PoolDataSource(_OneExamplePerTrainingReference, seqio.FunctionDataSource):
         return tf.data.Dataset.from_generator(lambda: (pp.record_features(r) for r in records()),
                                               output_signature=pp.RAW_SIGNATURE)
 
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                    shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
+        """As FunctionDataSource, plus host sharding: every example goes to exactly one shard."""
+        ds = super().get_dataset(split, shuffle, seed, None, **kwargs)
+        if shard_info and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        return ds
+
     def num_input_examples(self, split: str) -> int:
         """Records in the split (counted once, lazily: mixtures weight tasks by it)."""
         if split not in self._counts:

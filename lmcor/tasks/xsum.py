@@ -85,7 +85,12 @@ def _jsonl(path: str, split: str) -> Iterator[dict]:
 def _tfds(split: str, data_dir: Optional[str]) -> Iterator[dict]:
     import tensorflow_datasets as tfds
 
-    for i, ex in enumerate(tfds.as_numpy(tfds.load("xsum", split=split, data_dir=data_dir))):
+    try:  # download=False: read a prepared copy, never fetch (no internet on the clusters)
+        ds = tfds.load("xsum", split=split, data_dir=data_dir, download=False)
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+        raise DatasetError(f"xsum: xsum_data.path is not set and TFDS 'xsum' is not prepared "
+                           f"in {data_dir or tfds.core.constants.DATA_DIR} ({e})") from e
+    for i, ex in enumerate(tfds.as_numpy(ds)):
         doc_id = ex["id"].decode() if "id" in ex else str(i)
         yield _record(doc_id, ex["document"].decode(), ex["summary"].decode(), split)
 
