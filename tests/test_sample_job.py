@@ -222,3 +222,19 @@ def test_jax_backend_shards_params_over_the_model_axis_without_changing_logits()
     want, _ = lm.prefill(params, batch, 2)
     got, _ = lm.prefill(placed, batch, 2)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("task, first_id, prefix", [
+    ("e2e", "e2e-test-00000", "Attributes: "), ("jfleg", "jfleg-test-0000", "Original: "),
+    ("wmt", "wmt22-ende-00000", "English: ")])
+def test_every_task_gin_samples_its_split(task, first_id, prefix, tmp_path, data_dir):
+    with FakeLLM() as server:
+        argv = _argv(tmp_path, server, data_dir, f"--gin_file=tasks/sampling/{task}.gin",
+                     "--gin.sample_pool.max_examples=2", "--gin.PromptConfig.num_shots=3")
+        argv.remove("--gin_file=tasks/sampling/e2e.gin")
+        assert sample.main(argv) == 0
+        prompt = server.requests[0][1]["prompt"]
+    records = list(read_pool(str(tmp_path)))
+    assert records[0]["id"] == first_id and len(records) == 2
+    assert prompt.count(prefix) == 4  # three demonstrations and the query
+    assert all(len(r["candidates"]) == 3 for r in records)
