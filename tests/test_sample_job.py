@@ -13,6 +13,7 @@ import pytest
 
 from lmcor import sample
 from lmcor.backends.base import SamplingParams
+from lmcor.backends.http import HttpBackend
 from lmcor.backends.precomputed import PrecomputedBackend, PrecomputedError
 from lmcor.data.pool import read_pool
 from lmcor.prompts import PromptConfig
@@ -238,3 +239,21 @@ def test_every_task_gin_samples_its_split(task, first_id, prefix, tmp_path, data
     assert records[0]["id"] == first_id and len(records) == 2
     assert prompt.count(prefix) == 4  # three demonstrations and the query
     assert all(len(r["candidates"]) == 3 for r in records)
+
+
+def test_hosts_split_the_shards_and_together_equal_one_host(tmp_path, data_dir):
+    def run(out, index, count):
+        backend = HttpBackend(base_url=server.base_url, model="fake-llm", concurrency=2)
+        return sample.sample_pool(
+            output_dir=str(out), task="e2e", split="test", demo_split="dev",
+            data_dir=str(data_dir), backend=backend, max_examples=7, shard_size=2,
+            prompt=PromptConfig("e2e_io", num_shots=2, selection="bm25"),
+            sampling=SamplingParams(num_samples=1), process_index=index, process_count=count)
+
+    with FakeLLM() as server:
+        first = run(tmp_path / "two", 0, 2)
+        run(tmp_path / "two", 1, 2)
+        run(tmp_path / "one", 0, 1)
+    assert first["counts"]["shards_written_this_run"] == 2  # shards 0 and 2 of 0..3
+    assert _shards(tmp_path / "two") == [f"pool-{i:05d}.jsonl" for i in range(4)]
+    assert list(read_pool(str(tmp_path / "two"))) == list(read_pool(str(tmp_path / "one")))
