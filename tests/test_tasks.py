@@ -232,6 +232,18 @@ def test_conll14_m2_references_per_annotator():
     assert [json.loads(e["references"]) for e in ex] == [r["references"] for r in recs]
 
 
+@pytest.mark.parametrize("text,error", [
+    ("S a b .\nA 0 1|||R:NOUN|||c|||REQUIRED|||-NONE-\n", r"bad.m2:2: field 'A': expected 6"),
+    ("S a b .\nA x 1|||R|||c|||REQUIRED|||-NONE-|||0\n", r"bad.m2:2: field 'A': bad span"),
+    ("A 0 1|||R|||c|||REQUIRED|||-NONE-|||0\n", r"bad.m2:1: field 'A': edit before any 'S'"),
+    ("S a b .\nS c d .\n", r"bad.m2:2: field 'S': no blank line"),
+])
+def test_conll14_malformed_m2_names_file_and_line(tmp_path, text, error):
+    (tmp_path / "bad.m2").write_text(text)
+    with pytest.raises(ValueError, match=error):
+        list(conll14.read_m2(str(tmp_path / "bad.m2"), "test"))
+
+
 def test_feature_converters_on_a_real_task():
     from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
 
