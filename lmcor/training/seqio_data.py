@@ -1,0 +1,93 @@
+"""Training data from SeqIO tasks/mixtures: this host's data shards, run through the model's
+feature converter (packing on by default) and held in memory as fixed-shape numpy arrays, which
+`training.data.BatchSource` turns into step-keyed batches (exact resume, no iterator state).
+
+Also `task_spm_model`, so a Gin file can bind a task vocabulary trained on the task's own text:
+`task_vocabulary.spm_model = @task_spm_model()`.
+"""
+import os
+from typing import Dict, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+
+def feature_converter(kind: str, pack: bool, bos_id: int = 2):
+    import seqio
+    if kind == "encdec":
+        return seqio.EncDecFeatureConverter(pack=pack)
+    if kind == "decoder":
+        from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+        return DecoderOnlyFeatureConverter(pack=pack, bos_id=bos_id)
+    raise ValueError(f"model kind {kind!r}: expected 'encdec' or 'decoder'")
+
+
+def _to_arrays(ds, limit: Optional[int], desc: str) -> Dict[str, np.ndarray]:
+    rows = []
+    for ex in tqdm(ds.as_numpy_iterator(), desc=desc, unit="ex", leave=False):
+        rows.append(ex)
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise ValueError(f"{desc}: the dataset is empty")
+    return {k: np.stack([r[k] for r in rows]).astype(np.int32 if k != "decoder_loss_weights"
+                                                       else np.float32) for k in rows[0]}
+
+
+@gin.configurable(denylist=["num_shards", "owned_shards"])
+def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = gin.REQUIRED,
+                     feature_lengths: Mapping[str, int] = gin.REQUIRED, split: str = "train",
+                     model_kind: str = "encdec", pack: bool = True, bos_id: int = 2,
+                     max_examples: Optional[int] = None) -> Dict[int, Dict[str, np.ndarray]]:
+    """{shard: features} for the owned shards of `task`'s split (one pass, in source order; the
+    BatchSource reshuffles every epoch). `max_examples` caps each shard's converted rows."""
+    import seqio
+
+    import lmcor.tasks  # noqa: F401  (registers the tasks and mixtures)
+    converter = feature_converter(model_kind, pack, bos_id)
+    out = {}
+    for shard in owned_shards:
+        ds = seqio.get_dataset(task, dict(feature_lengths), converter, dataset_split=split,
+                               shuffle=False, num_epochs=1, use_cached=False,
+                               shard_info=seqio.ShardInfo(shard, num_shards))
+        out[shard] = _to_arrays(ds, max_examples, f"{task}:{split} shard {shard}")
+        logging.info("%s:%s shard %d/%d: %d rows (%s)", task, split, shard, num_shards,
+                     len(next(iter(out[shard].values()))), "packed" if pack else "padded")
+    return out
+
+
+def _dataset_records(dataset: str):
+    from lmcor.data import importers
+    from lmcor.data.pool import read_pool
+    from lmcor.tasks.common import data_root
+    if os.path.exists(dataset):
+        return read_pool(dataset)
+    if dataset in ("wmt21", "wmt22", "wmt23"):
+        return importers.import_wmt(data_root(), dataset)
+    if dataset == "e2e":
+        return importers.import_e2e(data_root(), "dev")
+    if dataset == "jfleg":
+        return importers.import_jfleg(data_root(), "dev")
+    raise ValueError(f"task_spm_model.datasets: {dataset!r} is not a pool directory nor one of "
+                     "wmt21, wmt22, wmt23, e2e, jfleg")
+
+
+@gin.configurable
+def task_spm_model(datasets: Sequence[str] = gin.REQUIRED, vocab_size: int = 8000,
+                   out_dir: Optional[str] = None, max_records: Optional[int] = None) -> str:
+    """Path of a SentencePiece model trained on the datasets' sources, references and candidates
+    (cached: retrained only when the text or settings change). `max_records` caps the records
+    read from each dataset (smoke runs)."""
+    import itertools
+
+    from lmcor.data import vocab
+    records = itertools.chain.from_iterable(
+        itertools.islice(_dataset_records(d), max_records) for d in datasets)
+    name = "-".join(os.path.basename(os.path.normpath(d)) for d in datasets)
+    cap = f"-first{max_records}" if max_records else ""
+    path = os.path.join(out_dir or os.path.join(vocab.cache_dir(), "spm"),
+                        f"{name}-{vocab_size}{cap}.model")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return vocab.train_task_sentencepiece(vocab.pool_texts(records), vocab_size, path)
