@@ -106,7 +106,8 @@ def main(argv=None) -> int:
           f"{args.max_new_tokens} new tokens, beam {args.beam}, float32 CPU")
     print(f"lmcor        : {n_ours / ours_s:8.1f} tokens/s ({n_ours} tokens in {ours_s:.2f}s)")
     print(f"transformers : {n_theirs / theirs_s:8.1f} tokens/s ({n_theirs} tokens in {theirs_s:.2f}s)")
-    print(f"ratio        : {(n_ours / ours_s) / (n_theirs / theirs_s):.2f}x; rows that differ: {differ}")
+    ratio = (n_ours / ours_s) / (n_theirs / theirs_s)
+    print(f"ratio        : {ratio:.2f}x; rows that differ: {differ}")
     return 0
 
 

@@ -24,7 +24,8 @@ def _assert_same_values(a, b):
 
 def test_round_trip_without_target(boxed_params, tmp_path):
     params = nn.unbox(boxed_params)
-    params["decoder"]["decoder_norm"]["scale"] = params["decoder"]["decoder_norm"]["scale"].astype(jnp.bfloat16)
+    norm = params["decoder"]["decoder_norm"]
+    norm["scale"] = norm["scale"].astype(jnp.bfloat16)
     save_params(tmp_path / "ckpt", params)
     restored = restore_params(tmp_path / "ckpt")
     assert jax.tree.structure(restored) == jax.tree.structure(params)

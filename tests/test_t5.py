@@ -84,7 +84,8 @@ def test_logits_match_transformers(hf_checkpoint):
     params = load_t5_safetensors(path)  # config read from the config.json beside the weights
     shapes = jax.eval_shape(T5(T5Config(**TINY)).init, jax.random.key(0), enc, dec)["params"]
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, nn.unbox(shapes))
-    got = np.asarray(jax.jit(T5(T5Config(**TINY)).apply)({"params": params}, jnp.asarray(enc), jnp.asarray(dec)))
+    apply = jax.jit(T5(T5Config(**TINY)).apply)
+    got = np.asarray(apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec)))
     assert got.dtype == np.float32
     err = np.abs(got - want)[dec_mask].max()
     assert err <= 1e-4, err
@@ -127,7 +128,8 @@ def test_checkpoint_without_lm_head_uses_the_tied_embedding(hf_checkpoint, tmp_p
     del tensors["lm_head.weight"]
     save_file(tensors, str(tmp_path / "model.safetensors"))
     params = load_t5_safetensors(tmp_path / "model.safetensors", T5Config(**TINY))
-    np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], tensors["shared.weight"].T)
+    head = params["decoder"]["logits_dense"]["kernel"]
+    np.testing.assert_array_equal(head, tensors["shared.weight"].T)
 
 
 def _tiny_model(seed=0):
@@ -146,14 +148,17 @@ def test_packed_examples_equal_separate_examples():
     (e1, e2), (d1, d2) = ([rng.integers(2, 128, n) for n in lens] for lens in ((7, 5), (4, 6)))
     d1[0] = d2[0] = 0
     apply = jax.jit(model.apply)
-    alone = np.asarray(apply(variables, jnp.asarray(_right_padded(e1, e2)), jnp.asarray(_right_padded(d1, d2))))
-    pack = lambda a, b, w: np.concatenate([a, b, np.zeros(w - len(a) - len(b), int)])[None]  # noqa: E731
+    alone = np.asarray(apply(variables, jnp.asarray(_right_padded(e1, e2)),
+                             jnp.asarray(_right_padded(d1, d2))))
+    pack = lambda a, b, w: np.concatenate([a, b, np.zeros(w - len(a) - len(b), int)])[None]  # noqa
     seg = lambda a, b, w: pack(np.ones_like(a), 2 * np.ones_like(b), w)  # noqa: E731
     pos = lambda a, b, w: pack(np.arange(len(a)), np.arange(len(b)), w)  # noqa: E731
     packed = np.asarray(apply(
         variables, jnp.asarray(pack(e1, e2, 14)), jnp.asarray(pack(d1, d2, 12)),
-        encoder_segment_ids=jnp.asarray(seg(e1, e2, 14)), decoder_segment_ids=jnp.asarray(seg(d1, d2, 12)),
-        encoder_positions=jnp.asarray(pos(e1, e2, 14)), decoder_positions=jnp.asarray(pos(d1, d2, 12))))[0]
+        encoder_segment_ids=jnp.asarray(seg(e1, e2, 14)),
+        decoder_segment_ids=jnp.asarray(seg(d1, d2, 12)),
+        encoder_positions=jnp.asarray(pos(e1, e2, 14)),
+        decoder_positions=jnp.asarray(pos(d1, d2, 12))))[0]
     np.testing.assert_allclose(packed[:4], alone[0, :4], atol=1e-5)
     np.testing.assert_allclose(packed[4:10], alone[1], atol=1e-5)
     with pytest.raises(ValueError, match="both encoder_segment_ids and decoder_segment_ids"):
@@ -194,7 +199,8 @@ def test_cached_steps_equal_full_decoder_forward():
     assert (lm.eos_id, lm.pad_id, lm.vocab_size) == (1, 0, 128)
     with pytest.raises(ValueError, match="encoder_tokens"):
         lm.prefill(variables["params"], {"tokens": enc}, 6)
-    logits, cache = jax.jit(lm.prefill, static_argnums=2)(variables["params"], {"encoder_tokens": enc}, 6)
+    prefill = jax.jit(lm.prefill, static_argnums=2)
+    logits, cache = prefill(variables["params"], {"encoder_tokens": enc}, 6)
     assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(cache))
     step = jax.jit(lm.step)
     got = [np.asarray(logits)]

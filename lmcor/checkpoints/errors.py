@@ -22,6 +22,6 @@ class CheckpointMismatchError(ValueError):
         return bool(self.missing or self.unexpected or self.mismatched)
 
     def raise_if_any(self) -> None:
-        """Importers build the error from their comparison and call this; nothing to report, no raise."""
+        """Importers build the error from their comparison and call this; no problems, no raise."""
         if self.has_problems:
             raise self

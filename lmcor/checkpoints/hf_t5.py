@@ -1,4 +1,4 @@
-"""Loads a Hugging Face T5 v1.1 checkpoint (`T5ForConditionalGeneration`, safetensors) into lmcor params.
+"""Loads a Hugging Face T5 v1.1 checkpoint (`T5ForConditionalGeneration`, safetensors).
 
 HF stores linear weights as [out, in]; ours are [in, out], with attention projections split
 into [embed, heads, head_dim] (and [heads, head_dim, embed] for the output projection).
@@ -81,7 +81,8 @@ def _stack(side: str, c: T5Config) -> dict[str, Spec]:
 def t5_name_map(c: T5Config) -> dict[str, Spec]:
     """HF tensor name -> (our param path, expected HF shape, HF->ours transform)."""
     spec = {"shared.weight": (("token_embedder", "embedding"), (c.vocab_size, c.d_model), _same),
-            "lm_head.weight": (("decoder", "logits_dense", "kernel"), (c.vocab_size, c.d_model), _linear)}
+            "lm_head.weight": (("decoder", "logits_dense", "kernel"), (c.vocab_size, c.d_model),
+                               _linear)}
     spec.update(_stack("encoder", c))
     spec.update(_stack("decoder", c))
     return spec

@@ -31,7 +31,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
-    # HF "gelu_new" / "gelu_pytorch_tanh": the tanh approximation both T5 v1.1 and Gemma were trained with.
+    # HF "gelu_new" / "gelu_pytorch_tanh": T5 v1.1 and Gemma were trained with the tanh approximation.
     return jax.nn.gelu(x, approximate=True)
 
 

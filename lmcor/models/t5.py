@@ -82,14 +82,16 @@ def relative_position_bucket(rel: jax.Array, bidirectional: bool, num_buckets: i
         rel = -jnp.minimum(rel, 0)
     max_exact = num_buckets // 2
     # log(0) would be -inf; those entries take the exact branch anyway.
-    scaled = jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / max_exact) / np.log(max_distance / max_exact)
+    scaled = (jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / max_exact)
+              / np.log(max_distance / max_exact))
     large = max_exact + (scaled * (num_buckets - max_exact)).astype(rel.dtype)
     large = jnp.minimum(large, num_buckets - 1)
     return buckets + jnp.where(rel < max_exact, rel, large)
 
 
 class RelativePositionBias(nn.Module):
-    """Per-head scalar bias from bucketed relative positions; one table per stack, shared by its layers."""
+    """Per-head scalar bias from bucketed relative positions; one table per stack, shared by
+    all of its layers (HF keeps it in block 0 only)."""
     config: T5Config
     bidirectional: bool
 
@@ -116,9 +118,10 @@ class Attention(nn.Module):
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
         q_init = nn.initializers.variance_scaling(1.0 / c.d_kv, "fan_in", "truncated_normal",
                                                   in_axis=0, out_axis=(1, 2))
-        self.query = Dense((c.num_heads, c.d_kv), ("embed", "heads", "head_dim"), kernel_init=q_init, **kw)
-        self.key = Dense((c.num_heads, c.d_kv), ("embed", "heads", "head_dim"), **kw)
-        self.value = Dense((c.num_heads, c.d_kv), ("embed", "heads", "head_dim"), **kw)
+        heads = ((c.num_heads, c.d_kv), ("embed", "heads", "head_dim"))
+        self.query = Dense(*heads, kernel_init=q_init, **kw)
+        self.key = Dense(*heads, **kw)
+        self.value = Dense(*heads, **kw)
         self.out = Dense(c.d_model, ("heads", "head_dim", "embed"), in_axes=2, **kw)
         self.dropout = nn.Dropout(c.dropout_rate)
 
@@ -175,8 +178,8 @@ class DecoderLayer(nn.Module):
 
     def _cross_and_mlp(self, x, k, v, cross_mask, deterministic):
         h = self.pre_cross_attention_layer_norm(x)
-        x = self._add(x, self.encoder_decoder_attention.attend(h, k, v, None, cross_mask, deterministic),
-                      deterministic)
+        h = self.encoder_decoder_attention.attend(h, k, v, None, cross_mask, deterministic)
+        x = self._add(x, h, deterministic)
         return self._add(x, self.mlp(self.pre_mlp_layer_norm(x), deterministic), deterministic)
 
     def __call__(self, x, encoded, bias, mask, cross_mask, deterministic: bool):
@@ -224,7 +227,8 @@ class Decoder(nn.Module):
         layer = nn.remat(DecoderLayer, static_argnums=(6,)) if c.remat else DecoderLayer
         self.layers = [layer(c) for _ in range(c.num_decoder_layers)]
         self.decoder_norm = _norm(c)
-        self.logits_dense = Dense(c.vocab_size, ("embed", "vocab"), dtype=c.dtype, param_dtype=c.param_dtype)
+        self.logits_dense = Dense(c.vocab_size, ("embed", "vocab"), dtype=c.dtype,
+                                  param_dtype=c.param_dtype)
         self.drop = nn.Dropout(c.dropout_rate)
 
     def _logits(self, x, deterministic):
@@ -324,7 +328,8 @@ class T5(nn.Module):
 
 
 class T5LM:
-    """Decode adapter (see lmcor.decoding): prefill = encode + decoder_start step; step = cached step."""
+    """Decode adapter (see lmcor.decoding): prefill = encode + the decoder_start step;
+    step = one cached decoder step."""
     is_encoder_decoder = True
 
     def __init__(self, model_or_config: "T5 | T5Config"):
@@ -334,7 +339,8 @@ class T5LM:
 
     def prefill(self, params, batch: dict, max_new_tokens: int):
         if "encoder_tokens" not in batch:
-            raise ValueError(f"T5LM.prefill needs batch['encoder_tokens'] [B,S]; got keys {sorted(batch)}")
+            raise ValueError("T5LM.prefill needs batch['encoder_tokens'] [B,S]; "
+                             f"got keys {sorted(batch)}")
         tokens = jnp.asarray(batch["encoder_tokens"], jnp.int32)
         # +1 so a caller may still feed the last generated token without overrunning the cache.
         cache = self.model.apply(as_variables(params), tokens, max_new_tokens + 1,
