@@ -37,7 +37,7 @@ def pools(data_dir, tmp_path_factory, task_spm_path):
                                                    "test": str(root / "manual" / "test")})
     tfrec = common.register_pool_task("rt_tfds", tfds_data_dir=str(root / "tfds"))
     yield root, jsonl, tfrec
-    gin.clear_config()
+    gin.bind_parameter("task_vocabulary.spm_model", None)  # the default; keeps others' bindings
 
 
 def _equal(a, b):
