@@ -9,7 +9,8 @@ Budget: when `max_input_tokens` is set, what the template leaves is shared by th
 candidates by water-filling: short texts keep every token, long ones split the remainder
 equally, candidates capped at `max_candidate_tokens`. So every kept candidate keeps at least one
 token; only when the budget is smaller than the number of texts are trailing candidates
-dropped, and that is counted and logged.
+dropped, and that is counted and logged. In a SeqIO task the budget is at most the `inputs`
+sequence length, so SeqIO's own (uncounted) trimming never cuts anything.
 """
 import dataclasses
 import json
@@ -357,9 +358,10 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
             [tf.string, tf.string, tf.int32, tf.int32, tf.int32], stateful=False)
         for t in out:
             t.set_shape([])
-        return {"id": ex["id"], "source": ex["source"], "inputs": out[0], "targets": ex["references"][0],
-                "references": out[1], "truncated_tokens": out[2],
-                "truncated_candidates": out[3], "dropped_candidates": out[4]}
+        return {"id": ex["id"], "source": ex["source"], "inputs": out[0],
+                "targets": ex["references"][0], "references": out[1],
+                "truncated_tokens": out[2], "truncated_candidates": out[3],
+                "dropped_candidates": out[4]}
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -367,13 +369,8 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
 def one_example_per_reference(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Raw pool features with R references -> R copies, each holding one of them."""
     def split(ex):
-        refs = ex["references"]
-        n = tf.shape(refs)[0]
-
-        def one(i):
-            return {**ex, "references": refs[i:i + 1]}
-
-        return tf.data.Dataset.range(tf.cast(n, tf.int64)).map(lambda i: one(tf.cast(i, tf.int32)))
+        refs = tf.data.Dataset.from_tensor_slices(ex["references"])
+        return refs.map(lambda ref: {**ex, "references": tf.reshape(ref, [1])})
 
     return dataset.flat_map(split)
 
