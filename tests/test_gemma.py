@@ -20,6 +20,11 @@ transformers = pytest.importorskip("transformers")
 LAYER_TYPES = [LOCAL, LOCAL, GLOBAL, LOCAL, LOCAL, GLOBAL, LOCAL]
 
 
+def _small_config():
+    # Mechanics tests need both layer kinds, not depth; fewer layers compile much faster.
+    return GemmaConfig.preset("tiny", num_layers=3, layer_types=(LOCAL, GLOBAL, LOCAL))
+
+
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A random 7-layer Gemma 3 (window 4 < sequence) saved by transformers as safetensors."""
@@ -75,7 +80,7 @@ def test_logits_match_transformers(hf_dir, left):
 
 
 def test_sharded_forward_equals_single_device():
-    config = GemmaConfig.preset("tiny")
+    config = _small_config()
     model = Gemma3(config)
     tokens = jax.random.randint(jax.random.key(0), (8, 10), 1, config.vocab_size)
     boxed = jax.jit(model.init)(jax.random.key(1), tokens)
@@ -97,7 +102,7 @@ def test_sharded_forward_equals_single_device():
 def test_cached_decode_equals_uncached_forward():
     # Window 4 with 13 positions: sliding layers must drop old cache slots exactly as the
     # uncached mask does, for rows whose left padding differs.
-    config = GemmaConfig.preset("tiny")
+    config = _small_config()
     model = Gemma3(config)
     lm = GemmaLM(model)
     rng = np.random.default_rng(2)
@@ -113,7 +118,7 @@ def test_cached_decode_equals_uncached_forward():
         logits, cache = lm.step(params, nxt.astype(np.int32), cache)
         got.append(np.asarray(logits))
     positions = np.maximum(np.cumsum(seq_mask, axis=1) - 1, 0)
-    full = model.apply({"params": params}, jnp.asarray(seq, jnp.int32),
+    full = jax.jit(model.apply)({"params": params}, jnp.asarray(seq, jnp.int32),
                        positions=jnp.asarray(positions), segment_ids=jnp.asarray(seq_mask))
     want = np.asarray(full)[:, ids.shape[1] - 1:]
     np.testing.assert_allclose(np.stack(got, axis=1), want, atol=1e-5, rtol=0)
