@@ -1,0 +1,312 @@
+"""`lmcor evaluate`: the paper's comparison table for one task's test pool.
+
+    lmcor evaluate --gin_file=gin/runs/evaluate.gin --gin_file=gin/tasks/e2e.gin \
+        --gin.EVAL_DIR="'/runs/e2e/eval'" --gin.FINETUNE_DIR="'/runs/e2e/finetune'" \
+        --gin.LMCOR_SINGLE_DIR="'/runs/e2e/single'" --gin.LMCOR_DIR="'/runs/e2e/lmcor'"
+
+Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
+oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
+with a logged note (kept in results.json's "notes"). Every metric carries a percentile
+bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.metrics).
+
+EVAL_DIR receives `results.json`, `results.md` and `predictions/` (one text file per row, plus
+the sources and any complete reference streams) so `lmcor score` can re-score every number.
+Predictions already on disk are reused: a rerun decodes only the rows that are missing.
+"""
+import sys
+
+if __name__ == "__main__":
+    # Run under the module's real name so its gin configurables are registered once.
+    from lmcor.evaluate import main as _main
+
+    sys.exit(_main())
+
+import dataclasses  # noqa: E402
+import json
+import os
+import time
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import gin
+from absl import logging
+
+from lmcor import config as gin_config
+from lmcor import metrics, rerank
+from lmcor.io_utils import atomic_write_text, read_lines
+
+# Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
+# equals rougeL on one-line outputs).
+METRICS_BY_DATASET = {"e2e": ("bleu", "rougeL", "chrf"), "jfleg": ("gleu",),
+                      "wmt": ("chrf", "bleu"), "xsum": ("rougeL", "bleu")}
+METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "gleu": "GLEU", "ter": "TER"}
+_BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
+CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
+GREEDY_ROW = "LLM greedy"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    task: str
+    dataset: str
+    out_dir: str
+    split: str = "test"
+    pool: Optional[str] = None
+    model_dirs: Mapping[str, Optional[str]] = dataclasses.field(default_factory=dict)
+    greedy_generator: Optional[str] = None
+    mbr_utility: str = "chrf"
+    metric_names: Sequence[str] = ()
+    max_references: Optional[int] = None
+    max_examples: Optional[int] = None
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    batch_size: int = 16
+    corrector_bindings: Sequence[str] = ()
+
+
+@gin.configurable
+def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str = "test",
+               pool: Optional[str] = None, finetune_dir: Optional[str] = None,
+               lmcor_single_dir: Optional[str] = None, lmcor_dir: Optional[str] = None,
+               greedy_generator: Optional[str] = None, mbr_utility: str = "chrf",
+               metric_names: Optional[Sequence[str]] = None,
+               max_references: Optional[int] = None, max_examples: Optional[int] = None,
+               bootstrap_samples: int = 1000, seed: int = 0, batch_size: int = 16,
+               corrector_bindings: Sequence[str] = ()) -> EvalConfig:
+    """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
+    a registered task (any variant: the pool is the same) or, with `pool`, just a name."""
+    dataset = task_dataset(task)
+    family = "wmt" if dataset.startswith("wmt") else dataset
+    names = tuple(metric_names or METRICS_BY_DATASET.get(family, ("bleu", "chrf")))
+    unknown = [m for m in names if m not in METRIC_LABELS]
+    if unknown:
+        raise ValueError(f"evaluation.metric_names: unknown {unknown}; known {sorted(METRIC_LABELS)}")
+    if mbr_utility not in rerank.UTILITIES:
+        raise ValueError(f"evaluation.mbr_utility={mbr_utility!r}; expected one of {rerank.UTILITIES}")
+    dirs = dict(zip([r for r, _ in CORRECTOR_ROWS], (finetune_dir, lmcor_single_dir, lmcor_dir)))
+    return EvalConfig(task, dataset, out_dir, split, pool, dirs, greedy_generator, mbr_utility, names,
+                      max_references, max_examples, bootstrap_samples, seed, batch_size,
+                      tuple(corrector_bindings))
+
+
+# ---------------------------------------------------------------------- data
+
+
+def task_dataset(task: str) -> str:
+    """'e2e_lmcor_single' -> 'e2e' (the variant suffix names the input, not the data)."""
+    for variant in sorted(("finetune", "lmcor", "lmcor_single"), key=len, reverse=True):
+        if task.endswith("_" + variant):
+            return task[:-len(variant) - 1]
+    return task
+
+
+def load_records(cfg: EvalConfig) -> List[dict]:
+    """The test records: a pool directory if given, else the task's registered data source
+    (which honours pool_overrides)."""
+    if cfg.pool:
+        from lmcor.data.pool import read_pool
+        records = read_pool(cfg.pool)
+    else:
+        import seqio
+
+        import lmcor.tasks  # noqa: F401  (registers the tasks)
+        source = seqio.get_mixture_or_task(cfg.task).source
+        # PoolDataSource keeps the record iterators per split (lmcor.tasks.common).
+        records = source._records_by_split[cfg.split]()
+    out = []
+    for rec in records:
+        if cfg.max_examples is not None and len(out) >= cfg.max_examples:
+            break
+        out.append(rec)
+    if not out:
+        raise ValueError(f"{cfg.pool or cfg.task}: no records in split {cfg.split!r}")
+    return out
+
+
+def reference_streams(records: Sequence[Mapping], max_references: Optional[int]) -> List[List]:
+    """sacreBLEU's layout: stream k holds every record's k-th reference (None where absent)."""
+    refs = [r["references"][:max_references] for r in records]
+    missing = [r["id"] for r, x in zip(records, refs) if not x]
+    if missing:
+        raise ValueError(f"record {missing[0]!r}: field 'references': empty ({len(missing)} "
+                         "records have no reference)")
+    width = max(len(x) for x in refs)
+    return [[x[k] if k < len(x) else None for x in refs] for k in range(width)]
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def score_row(hyps: Sequence[str], baseline: Sequence[str], refs: List[List], srcs: Sequence[str],
+              names: Sequence[str], n_samples: int, seed: int) -> Dict[str, dict]:
+    """Per metric: score, bootstrap 95% interval and the paired test against `baseline`."""
+    out = {}
+    for name in names:
+        metric = _BOOTSTRAP_NAME.get(name, name)
+        ci = metrics.bootstrap_ci(metric, hyps, refs, srcs, n_samples=n_samples, seed=seed)
+        test = metrics.paired_bootstrap(metric, baseline, hyps, refs, srcs, n_samples=n_samples,
+                                        seed=seed)
+        out[name] = {"score": ci["score"], "low": ci["low"], "high": ci["high"],
+                     "delta": test["delta"], "p_value": test["p_value"]}
+    return out
+
+
+def baseline_rows(records: Sequence[Mapping], cfg: EvalConfig,
+                  refs: List[List]) -> Dict[str, List[str]]:
+    """The rows that need no trained model, in table order."""
+    rows = {GREEDY_ROW: rerank.greedy_outputs(records, cfg.greedy_generator),
+            "LLM sample": rerank.random_outputs(records, cfg.seed)}
+    systems = rerank.generator_outputs(records)
+    if len(systems) > 1:
+        main = _BOOTSTRAP_NAME.get(cfg.metric_names[0], cfg.metric_names[0])
+        srcs = [r["source"] for r in records]
+        best = max(systems, key=lambda s: _corpus(main, systems[s], refs, srcs))
+        logging.info("best single system by %s: %s", main, best)
+        rows[f"best single system ({best})"] = systems[best]
+    rows["MBR rerank"] = rerank.mbr_outputs(records, cfg.mbr_utility)
+    rows["oracle"] = rerank.oracle_outputs(records, cfg.mbr_utility, cfg.max_references)
+    return rows
+
+
+def _corpus(metric: str, hyps, refs, srcs) -> float:
+    if metric == "gleu":
+        return metrics.gleu(srcs, hyps, refs)
+    if metric in metrics.ROUGE_TYPES:
+        return metrics.rouge(hyps, refs)[metric]
+    return getattr(metrics, metric)(hyps, refs)
+
+
+def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
+                      cfg: EvalConfig) -> List[str]:
+    """Decodes with the trained corrector in model_dir (lmcor.corrector: the one inference
+    path). Its run config replaces the current Gin config, which evaluate() has already read."""
+    from lmcor.corrector import Corrector
+
+    gin.clear_config()
+    bindings = [f"corrector_settings.variant = '{variant}'", *cfg.corrector_bindings]
+    corrector = Corrector.from_model_dir(model_dir, gin_bindings=bindings)
+    return corrector.correct(records, batch_size=cfg.batch_size, progress=True)
+
+
+# ---------------------------------------------------------------------- outputs
+
+
+def _pred_path(pred_dir: str, row: str) -> str:
+    """predictions/<row>.txt; 'best single system (X)' is stored as best_single_system.txt."""
+    slug = "".join(ch if ch.isalnum() else "_" for ch in row.split(" (")[0].lower()).strip("_")
+    return os.path.join(pred_dir, f"{slug}.txt")
+
+
+def _cached(path: str, n: int) -> Optional[List[str]]:
+    if os.path.isfile(path):
+        lines = read_lines(path)
+        if len(lines) == n:
+            return lines
+        logging.warning("%s: %d lines, expected %d; decoding again", path, len(lines), n)
+    return None
+
+
+def _write_lines(path: str, lines: Sequence[str]) -> None:
+    # One segment per line: newlines inside an output would shift every later segment.
+    atomic_write_text(path, "".join(x.replace("\n", " ") + "\n" for x in lines))
+
+
+def write_inputs(pred_dir: str, records: Sequence[Mapping], refs: List[List]) -> None:
+    _write_lines(os.path.join(pred_dir, "source.txt"), [r["source"] for r in records])
+    for k, stream in enumerate(refs):
+        if all(x is not None for x in stream):  # `lmcor score` needs complete streams
+            _write_lines(os.path.join(pred_dir, f"ref.{k}.txt"), stream)
+    atomic_write_text(os.path.join(pred_dir, "references.jsonl"),
+                      "".join(json.dumps(r["references"], ensure_ascii=False) + "\n"
+                              for r in records))
+
+
+def markdown_table(results: Mapping) -> str:
+    """Row name, the main metric, then the others; each with its 95% interval; the paired test
+    of the main metric against LLM greedy last."""
+    names = results["metrics"]
+    head = ["row"]
+    for name in names:
+        head += [METRIC_LABELS[name], "95% CI"]
+    head += [f"Δ {METRIC_LABELS[names[0]]} vs greedy", "p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in results["rows"]:
+        cells = [row["name"]]
+        for name in names:
+            m = row["metrics"][name]
+            cells += [f"{m['score']:.2f}", f"[{m['low']:.2f}, {m['high']:.2f}]"]
+        main = row["metrics"][names[0]]
+        same = row["name"] == GREEDY_ROW
+        cells += ["—" if same else f"{main['delta']:+.2f}", "—" if same else f"{main['p_value']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- the job
+
+
+def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]):
+    """(row name, outputs, seconds) in table order; cached predictions are reused."""
+    n = len(records)
+    baseline = None
+    for name, variant in [("baselines", None), *CORRECTOR_ROWS]:
+        if variant is None:
+            start = time.time()
+            baseline = baseline_rows(records, cfg, refs)
+            for row, outs in baseline.items():
+                yield row, outs, time.time() - start
+            continue
+        model_dir = cfg.model_dirs.get(name)
+        if not model_dir or not os.path.isdir(model_dir):
+            notes.append(f"row {name!r} omitted: MODEL_DIR {model_dir!r} "
+                         + ("not set" if not model_dir else "does not exist"))
+            logging.warning(notes[-1])
+            continue
+        start = time.time()
+        outs = _cached(_pred_path(pred_dir, name), n)
+        if outs is None:
+            outs = corrector_outputs(records, variant, model_dir, cfg)
+        yield name, outs, time.time() - start
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Runs every row, writes results.json / results.md / predictions; returns the results."""
+    records = load_records(cfg)
+    refs = reference_streams(records, cfg.max_references)
+    srcs = [r["source"] for r in records]
+    pred_dir = os.path.join(cfg.out_dir, "predictions")
+    os.makedirs(pred_dir, exist_ok=True)
+    write_inputs(pred_dir, records, refs)
+    notes: List[str] = []
+    rows, greedy = [], None
+    for name, outs, seconds in _row_outputs(records, cfg, refs, pred_dir, notes):
+        path = _pred_path(pred_dir, name)
+        _write_lines(path, outs)
+        greedy = outs if greedy is None else greedy
+        scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,
+                           cfg.seed)
+        rows.append({"name": name, "metrics": scores, "predictions": os.path.relpath(path, cfg.out_dir),
+                     "seconds": round(seconds, 2)})
+        logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
+    results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
+               "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
+               "rows": rows, "notes": notes,
+               "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
+    atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
+                      json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(os.path.join(cfg.out_dir, "results.md"), markdown_table(results))
+    return results
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    files, bindings, rest = gin_config.split_gin_flags(argv)
+    if rest:
+        print(f"lmcor evaluate: unknown arguments {rest}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.INFO)
+    gin_config.parse_gin(files, bindings, finalize=False)
+    results = evaluate(evaluation())
+    print(markdown_table(results), end="")
+    for note in results["notes"]:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,119 @@
+"""`lmcor evaluate`: rows, intervals, paired tests, written files and resumption, on a real WMT22
+slice with a (random-weight) corrector MODEL_DIR written by the trainer's checkpointer."""
+import itertools
+import json
+import os
+
+import gin
+import pytest
+
+from lmcor import evaluate, metrics, rerank
+from lmcor.corrector import Corrector
+from lmcor.data.importers import import_wmt
+from lmcor.data.pool import write_pool
+from lmcor.io_utils import read_lines
+
+from _tiny_corrector import tiny_config, tiny_params, write_model_dir
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def pool_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool")
+    write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def lmcor_dir(task_spm_path, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("lmcor")
+    write_model_dir(model_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=1))
+    return str(model_dir)
+
+
+def _config(out_dir, pool_dir, lmcor_dir=None, finetune_dir=None):
+    return evaluate.evaluation(task="wmt22", out_dir=str(out_dir), pool=pool_dir,
+                               lmcor_dir=lmcor_dir, finetune_dir=finetune_dir,
+                               greedy_generator="Online-A", max_references=1,
+                               bootstrap_samples=200)
+
+
+def test_rows_scores_and_files(pool_dir, lmcor_dir, tmp_path):
+    cfg = _config(tmp_path, pool_dir, lmcor_dir, finetune_dir=str(tmp_path / "missing"))
+    results = evaluate.evaluate(cfg)
+    names = [r["name"] for r in results["rows"]]
+    assert names[:2] == ["LLM greedy", "LLM sample"]
+    assert names[2].startswith("best single system (")
+    assert names[3:] == ["MBR rerank", "oracle", "LMCor"]
+    assert any("fine-tuned" in n and "does not exist" in n for n in results["notes"])
+    assert results["metrics"] == ["chrf", "bleu"]
+
+    pred = tmp_path / "predictions"
+    refs = [read_lines(pred / "ref.0.txt")]
+    for row in results["rows"]:
+        hyps = read_lines(tmp_path / row["predictions"])
+        assert len(hyps) == N
+        chrf = row["metrics"]["chrf"]
+        # Saved predictions re-score to the reported number; the interval brackets it.
+        assert chrf["score"] == pytest.approx(metrics.chrf(hyps, refs))
+        assert chrf["low"] <= chrf["score"] <= chrf["high"]
+    greedy = results["rows"][0]["metrics"]["chrf"]
+    assert greedy["delta"] == 0.0
+    greedy_file = read_lines(pred / "llm_greedy.txt")
+    assert greedy_file == rerank.greedy_outputs(_records(pool_dir), "Online-A")
+
+    # The LMCor row is exactly what the corrector decodes from that MODEL_DIR.
+    gin.clear_config()
+    corrector = Corrector.from_model_dir(lmcor_dir)
+    assert read_lines(pred / "lmcor.txt") == [t.replace("\n", " ") for t in
+                                              corrector.correct(_records(pool_dir))]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == results["rows"]
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0].startswith("| row | chrF | 95% CI | BLEU |")
+    assert table[2].startswith("| LLM greedy |")
+
+
+def _records(pool_dir):
+    from lmcor.data.pool import read_pool
+    return list(read_pool(pool_dir))
+
+
+def test_rerun_reuses_corrector_predictions(pool_dir, lmcor_dir, tmp_path, monkeypatch):
+    cfg = _config(tmp_path, pool_dir, lmcor_dir)
+    first = evaluate.evaluate(cfg)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again although predictions were on disk")
+
+    monkeypatch.setattr(evaluate, "corrector_outputs", refuse)
+    again = evaluate.evaluate(cfg)
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in first["rows"]]
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="metric_names"):
+        evaluate.evaluation(task="e2e_lmcor", out_dir="/tmp/x", metric_names=["meteor"])
+    with pytest.raises(ValueError, match="mbr_utility"):
+        evaluate.evaluation(task="e2e_lmcor", out_dir="/tmp/x", mbr_utility="ter")
+    assert evaluate.evaluation(task="jfleg_lmcor_single", out_dir="/tmp/x").metric_names == ("gleu",)
+
+
+def test_cli_with_task_gin_files(data_dir, tmp_path, capsys):
+    argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/wmt.gin",
+            f"--gin.EVAL_DIR='{tmp_path}'", "--gin.EVAL_MAX_EXAMPLES=8",
+            "--gin.EVAL_GREEDY_GENERATOR='GPT4-5shot'",
+            "--gin.evaluation.bootstrap_samples=50"]
+    try:
+        assert evaluate.main(argv) == 0
+    finally:
+        gin.clear_config()
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("| row | chrF |")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "wmt_lmcor" and results["num_examples"] == 8
+    # The held-out wmt23 test half starts at segment 279 (lmcor.tasks.wmt).
+    gpt4 = read_lines(os.path.join(str(data_dir), "wmt_en_de", "wmt23", "systems", "GPT4-5shot.de"))
+    assert read_lines(tmp_path / "predictions" / "llm_greedy.txt") == gpt4[279:287]
+    assert len(results["notes"]) == 3  # no MODEL_DIRs given: three rows omitted
