@@ -61,6 +61,8 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 16
     corrector_bindings: Sequence[str] = ()
+    num_candidates: Optional[int] = None
+    tags: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 @gin.configurable
@@ -71,9 +73,13 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                metric_names: Optional[Sequence[str]] = None,
                max_references: Optional[int] = None, max_examples: Optional[int] = None,
                bootstrap_samples: int = 1000, seed: int = 0, batch_size: int = 16,
-               corrector_bindings: Sequence[str] = ()) -> EvalConfig:
+               corrector_bindings: Sequence[str] = (), num_candidates: Optional[int] = None,
+               tags: Optional[Mapping[str, object]] = None) -> EvalConfig:
     """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
-    a registered task (any variant: the pool is the same) or, with `pool`, just a name."""
+    a registered task (any variant: the pool is the same) or, with `pool`, just a name.
+    `num_candidates` keeps each pool's first k candidates (for every row; the correctors get
+    corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
+    copied into results.json for `lmcor report`'s ablation plots."""
     dataset = task_dataset(task)
     family = "wmt" if dataset.startswith("wmt") else dataset
     names = tuple(metric_names or METRICS_BY_DATASET.get(family, ("bleu", "chrf")))
@@ -85,7 +91,7 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
     dirs = dict(zip([r for r, _ in CORRECTOR_ROWS], (finetune_dir, lmcor_single_dir, lmcor_dir)))
     return EvalConfig(task, dataset, out_dir, split, pool, dirs, greedy_generator, mbr_utility, names,
                       max_references, max_examples, bootstrap_samples, seed, batch_size,
-                      tuple(corrector_bindings))
+                      tuple(corrector_bindings), num_candidates, dict(tags or {}))
 
 
 # ---------------------------------------------------------------------- data
@@ -116,6 +122,8 @@ def load_records(cfg: EvalConfig) -> List[dict]:
     for rec in records:
         if cfg.max_examples is not None and len(out) >= cfg.max_examples:
             break
+        if cfg.num_candidates is not None:
+            rec = dict(rec, candidates=rec["candidates"][:cfg.num_candidates])
         out.append(rec)
     if not out:
         raise ValueError(f"{cfg.pool or cfg.task}: no records in split {cfg.split!r}")
@@ -183,6 +191,8 @@ def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
 
     gin.clear_config()
     bindings = [f"corrector_settings.variant = '{variant}'", *cfg.corrector_bindings]
+    if cfg.num_candidates is not None:
+        bindings.append(f"corrector_options.k = {cfg.num_candidates}")
     corrector = Corrector.from_model_dir(model_dir, gin_bindings=bindings)
     return corrector.correct(records, batch_size=cfg.batch_size, progress=True)
 
@@ -289,7 +299,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
     results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
-               "rows": rows, "notes": notes,
+               "rows": rows, "notes": notes, "tags": dict(cfg.tags),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")

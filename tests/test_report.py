@@ -1,0 +1,80 @@
+"""`lmcor report`: tables, ablation and row plots, and training curves from real evaluations of
+a WMT22 slice (MBR/oracle over its first k systems) and TensorBoard files the trainer's writer
+(clu) produced."""
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+from clu import metric_writers
+from matplotlib import image
+
+from lmcor import evaluate, report
+from lmcor.data.importers import import_wmt
+from lmcor.data.pool import write_pool
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    pool = run / "pool"
+    write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(pool))
+    model_dir = run / "lmcor"
+    writer = metric_writers.create_default_writer(str(model_dir / "train"))
+    for step in (1, 2, 3):
+        writer.write_scalars(step, {"loss": 4.0 / step})
+    writer.write_scalars(3, {"eval/chrf": 12.5})
+    writer.close()
+    for k in (1, 3, 9):
+        cfg = evaluate.evaluation(task="wmt22", out_dir=str(run / "ablations" / f"k{k}"),
+                                  pool=str(pool), max_references=1, num_candidates=k,
+                                  bootstrap_samples=100,
+                                  tags={"ablation": "num_candidates", "value": k})
+        evaluate.evaluate(cfg)
+    return run
+
+
+def test_read_scalars_returns_what_was_written(run_dir):
+    curves = report.read_scalars(str(run_dir / "lmcor" / "train"))
+    assert [s for s, _ in curves["loss"]] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in curves["loss"]], [4.0, 2.0, 4.0 / 3], rtol=1e-6)
+    assert curves["eval/chrf"] == [(3, 12.5)]
+
+
+def test_ablation_series_follow_the_evaluations(run_dir):
+    found = report.find_results(str(run_dir))
+    series = report.ablation_series(found)["num_candidates"]
+    oracle = series["oracle"]
+    assert [p[0] for p in oracle] == [1, 3, 9]
+    # With one candidate the oracle is the greedy output; more candidates can only help it.
+    assert oracle[0][1] == pytest.approx(series["LLM greedy"][0][1])
+    assert oracle[0][1] <= oracle[1][1] <= oracle[2][1]
+    k9 = json.loads((run_dir / "ablations" / "k9" / "results.json").read_text())
+    assert oracle[2][1] == next(r for r in k9["rows"] if r["name"] == "oracle")["metrics"]["chrf"]["score"]
+
+
+def test_report_writes_markdown_and_pngs(run_dir):
+    assert report.main([str(run_dir)]) == 0
+    out = run_dir / "report"
+    text = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "ablation_num_candidates.png" in pngs
+    assert "curves_lmcor_train.png" in pngs
+    assert sum(p.startswith("rows_") for p in pngs) == 3
+    for name in pngs:
+        assert f"]({name})" in text
+        assert image.imread(str(out / name)).shape[0] > 100
+    assert "### Ablation: num_candidates (chrF)" in text
+    assert "| oracle |" in text
+
+
+def test_report_errors(tmp_path):
+    assert report.main([str(tmp_path)]) == 2
+    bad = tmp_path / "x" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text('{"rows": [}')
+    with pytest.raises(ValueError, match="results.json:1"):
+        report.find_results(str(tmp_path))
