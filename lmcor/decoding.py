@@ -19,9 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmcor import beam_search
-
-NEG_INF = -1e30
+from lmcor import beam_search, samplers
 
 
 def _bucket(n: int, bucket: int) -> int:
@@ -81,45 +79,6 @@ class Decoded:
     timing: dict | None = None  # {"compile_s", "decode_s"}, summed over batches
 
 
-# --------------------------------------------------------------------------- token choice
-
-
-def _top_p_mask(scaled, top_p):
-    # Keep the smallest prefix of tokens (by probability) whose mass reaches top_p; the most
-    # likely token is always kept so the distribution never becomes empty.
-    sorted_logits = -jnp.sort(-scaled, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
-    threshold = jnp.take_along_axis(sorted_logits, keep - 1, axis=-1)
-    return jnp.where(scaled < threshold, NEG_INF, scaled)
-
-
-def sampling_logits(logits, temperature, top_k: int, use_top_p: bool, top_p):
-    """Logits of the distribution actually sampled from (top-k before top-p, as HF does)."""
-    scaled = logits / temperature
-    if top_k:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-        scaled = jnp.where(scaled < kth, NEG_INF, scaled)
-    if use_top_p:
-        scaled = _top_p_mask(scaled, top_p)
-    return scaled
-
-
-def _choose(logits, key, opts, temperature, top_p):
-    """One token per row: (token, log-prob under sampled dist, log-prob under the model)."""
-    model_lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    if opts["greedy"]:
-        tok = jnp.argmax(logits, axis=-1)
-        lp = jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
-        return tok.astype(jnp.int32), lp, lp
-    scaled = sampling_logits(logits.astype(jnp.float32), temperature, opts["top_k"],
-                             opts["use_top_p"], top_p)
-    tok = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tok[:, None], axis=-1)[:, 0]
-    return tok, lp, jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
-
-
 # --------------------------------------------------------------------------- stop handling
 
 
@@ -164,7 +123,9 @@ def repeat_rows(tree, n: int):
 
 def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
     """Chooses token i for every row and folds it into the loop state."""
-    tok, lp, mlp = _choose(logits, jax.random.fold_in(key, i), opts, temperature, top_p)
+    tok, lp, mlp = samplers.choose(logits, jax.random.fold_in(key, i), greedy=opts["greedy"],
+                                   top_k=opts["top_k"], use_top_p=opts["use_top_p"],
+                                   temperature=temperature, top_p=top_p)
     done = state["done"]
     tok = jnp.where(done, opts["pad_id"], tok)
     recent = jnp.concatenate([state["recent"][:, 1:], tok[:, None]], axis=1)

@@ -244,3 +244,45 @@ def test_wide_beam_equals_exhaustive_search(alpha):
         np.testing.assert_allclose(out.scores[r], scores[best], rtol=1e-5)
         np.testing.assert_allclose(out.logprobs[r], total[best], rtol=1e-5)
         np.testing.assert_array_equal(out.tokens[r, : ends[best]], seqs[best, : ends[best]])
+
+
+# --------------------------------------------------------------------------- the samplers
+
+
+def _numpy_nucleus(probs, top_p):
+    order = np.argsort(-probs)
+    before = np.cumsum(probs[order]) - probs[order]
+    return set(order[before < top_p].tolist())
+
+
+def test_inverse_cdf_draws_follow_the_softmax():
+    from lmcor.samplers import choose
+
+    rows, vocab = 8192, 1000  # 1000 is not a square: the last block is padded
+    logits = np.random.default_rng(0).normal(size=vocab).astype(np.float32) * 2
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    tok, lp, mlp = jax.jit(lambda x, k: choose(x, k, greedy=False, top_k=0, use_top_p=False,
+                                               temperature=1.0, top_p=1.0))(
+        jnp.tile(logits, (rows, 1)), jax.random.key(0))
+    freq = np.bincount(np.asarray(tok), minlength=vocab) / rows
+    sigma = np.sqrt(probs * (1 - probs) / rows)
+    assert np.all(np.abs(freq - probs) <= 5 * sigma + 1e-4)
+    np.testing.assert_allclose(np.asarray(lp), np.log(probs[np.asarray(tok)]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("vocab", [600, 3000])  # nucleus inside / beyond the top-k shortcut
+def test_top_p_samples_only_from_the_nucleus(vocab):
+    from lmcor.samplers import NUCLEUS_CAP, choose
+
+    rows, top_p = 512, 0.6
+    logits = np.random.default_rng(1).normal(size=vocab).astype(np.float32) * 0.3
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    allowed = _numpy_nucleus(probs, top_p)
+    assert (len(allowed) > NUCLEUS_CAP) == (vocab == 3000)
+    tok, lp, _ = jax.jit(lambda x, k: choose(x, k, greedy=False, top_k=0, use_top_p=True,
+                                             temperature=1.0, top_p=top_p))(
+        jnp.tile(logits, (rows, 1)), jax.random.key(2))
+    tok = np.asarray(tok)
+    assert set(tok.tolist()) <= allowed and len(set(tok.tolist())) > rows // 4
+    mass = probs[sorted(allowed)].sum()  # drawn with probability p / (nucleus mass)
+    np.testing.assert_allclose(np.asarray(lp), np.log(probs[tok] / mass), rtol=1e-3)
