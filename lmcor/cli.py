@@ -14,6 +14,7 @@ COMMANDS = {
     "sample": "lmcor.sample",
     "evaluate": "lmcor.evaluate",
     "report": "lmcor.report",
+    "quickstart": "lmcor.quickstart",
     "serve": "lmcor.serve",
 }
 

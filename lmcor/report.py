@@ -80,7 +80,8 @@ def training_runs(run_dir: str, results: Sequence[Tuple[str, dict]]) -> Dict[str
         pattern = os.path.join(root, "**", "events.out.tfevents.*")
         for log_dir in sorted({os.path.dirname(p) for p in glob.glob(pattern, recursive=True)}):
             curves = read_scalars(log_dir)
-            if curves:
+            # Training runs only (sampling jobs also write TensorBoard: tokens/s, progress).
+            if any(t == "loss" or t.startswith("eval/") for t in curves):
                 name = os.path.relpath(log_dir, run_dir if root == run_dir else os.path.dirname(root))
                 runs[name] = curves
     return runs

@@ -9,6 +9,7 @@ import pytest
 
 from lmcor import evaluate, metrics, rerank
 from lmcor.corrector import Corrector
+from lmcor.data import preprocessors as pp
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
 from lmcor.io_utils import read_lines
@@ -117,3 +118,32 @@ def test_cli_with_task_gin_files(data_dir, tmp_path, capsys):
     gpt4 = read_lines(os.path.join(str(data_dir), "wmt_en_de", "wmt23", "systems", "GPT4-5shot.de"))
     assert read_lines(tmp_path / "predictions" / "llm_greedy.txt") == gpt4[279:287]
     assert len(results["notes"]) == 3  # no MODEL_DIRs given: three rows omitted
+
+
+@pytest.mark.parametrize("name,task,tags", [
+    ("num_candidates_3", "e2e", {"ablation": "num_candidates", "value": 3}),
+    ("order_shuffled", "e2e", {"ablation": "candidate_order", "value": "shuffled"}),
+    ("prompt_mismatch", "e2e", {"ablation": "prompt", "value": "A->B"}),
+    ("cross_source_gpt4_only", "wmt", {"ablation": "cross_source", "value": "GPT4-5shot only"}),
+])
+def test_ablation_gin_files(name, task, tags):
+    from lmcor import config as gin_config
+
+    bindings = ["EVAL_DIR='/tmp/x'", "POOL_A_DEV='/p/a'", "POOL_B_TEST='/p/b'"]
+    try:
+        gin_config.parse_gin(["runs/evaluate.gin", f"tasks/{task}.gin", f"ablations/{name}.gin"],
+                             bindings, finalize=False)
+        cfg = evaluate.evaluation()
+        opts = pp.corrector_options()
+    finally:
+        gin.clear_config()
+    assert cfg.tags == tags
+    if name == "num_candidates_3":
+        assert cfg.num_candidates == 3 and opts.k == 3
+    if name == "order_shuffled":
+        assert opts.order == "shuffled"
+    if name == "prompt_mismatch":
+        assert cfg.pool == "/p/b"
+    if name == "cross_source_gpt4_only":
+        assert cfg.greedy_generator == "GPT4-5shot" and cfg.max_references == 1
+        assert cfg.corrector_bindings == ("corrector_options.generators = ['GPT4-5shot']",)

@@ -1,0 +1,155 @@
+"""`lmcor quickstart`: the whole pipeline on a slice of E2E, on CPU.
+
+    lmcor quickstart [--gin_file=gin/runs/quickstart.gin] [--gin.QUICKSTART_EXAMPLES=4 ...]
+
+Stages, each a separate `python -m lmcor.<command>` process (so each starts from a clean Gin
+config and shows its own progress bars):
+  1. sample  Gemma 3 270M, 5-shot: greedy + 4 samples for a slice of the E2E dev set (training
+             pool) and of the test set (evaluation pool)       -> RUN_DIR/pools/e2e_{dev,test}
+  2. train   a small T5 corrector (LMCor) and the fine-tuning baseline (no candidates)
+                                                               -> RUN_DIR/{lmcor,finetune}
+  3. evaluate  the comparison table                          -> RUN_DIR/eval/results.{json,md}
+  4. report  Markdown + plots                                -> RUN_DIR/report/
+Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
+marker records its settings; changed settings run the stage again and the tools resume), and
+evaluation reuses saved predictions. Sizes and steps come from gin/runs/quickstart.gin.
+"""
+import sys
+
+if __name__ == "__main__":
+    from lmcor.quickstart import main as _main
+
+    sys.exit(_main())
+
+import json  # noqa: E402
+import os
+import subprocess
+import time
+from typing import Dict, List, Sequence
+
+import gin
+
+from lmcor import config as gin_config
+from lmcor.io_utils import atomic_write_text
+
+DEFAULT_GIN = "runs/quickstart.gin"
+DONE = "DONE.json"
+ROW_GIN = {"lmcor": "runs/train_corrector.gin", "finetune": "runs/finetune_baseline.gin"}
+EVAL_MACROS = {"lmcor": "LMCOR_DIR", "finetune": "FINETUNE_DIR"}
+
+
+class QuickstartError(RuntimeError):
+    """A stage failed; the message names it and its command."""
+
+
+def _q(value: str) -> str:
+    """A Python string literal for a --gin.NAME=VALUE flag."""
+    return repr(str(value))
+
+
+def _done(folder: str, settings: Dict) -> bool:
+    path = os.path.join(folder, DONE)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return json.load(f) == json.loads(json.dumps(settings))
+
+
+def _mark_done(folder: str, settings: Dict) -> None:
+    atomic_write_text(os.path.join(folder, DONE), json.dumps(settings, indent=1) + "\n")
+
+
+class Pipeline:
+    def __init__(self, run_dir: str, stages: int):
+        self.run_dir = os.path.abspath(run_dir)
+        self.stages, self.stage = stages, 0
+        self.start = time.time()
+        self.timings: Dict[str, float] = {}
+
+    def run(self, name: str, module: str, args: Sequence[str], folder: str = None,
+            settings: Dict = None) -> None:
+        """Runs `python -m module args` unless `folder` holds a DONE marker with `settings`."""
+        self.stage += 1
+        head = f"[quickstart {self.stage}/{self.stages} | {time.time() - self.start:6.0f}s] {name}"
+        if folder and _done(folder, settings):
+            print(f"{head}: done already ({folder}), skipped", flush=True)
+            return
+        cmd = [sys.executable, "-m", module, *args]
+        print(f"{head}\n  $ {' '.join(cmd[1:])}", flush=True)
+        started = time.time()
+        # The repository root on PYTHONPATH, so the stages import this checkout's lmcor.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [gin_config.REPO_ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT, env=env)
+        if code != 0:
+            raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
+        self.timings[name] = round(time.time() - started, 1)
+        if folder:
+            _mark_done(folder, settings)
+
+    def finish(self) -> None:
+        self.timings["total"] = round(time.time() - self.start, 1)
+        atomic_write_text(os.path.join(self.run_dir, "timings.json"),
+                          json.dumps(self.timings, indent=1) + "\n")
+
+
+def _sample_args(pool: str, split: str, examples: int, flags: Sequence[str]) -> List[str]:
+    return ["--gin_file=runs/sample.gin", "--gin_file=tasks/sampling/e2e.gin",
+            f"--gin.OUTPUT_DIR={_q(pool)}", f"--gin.sample_pool.split={_q(split)}",
+            f"--gin.sample_pool.max_examples={examples}", *flags]
+
+
+def _train_args(row: str, model_dir: str, pools: Dict[str, str], steps: int,
+                flags: Sequence[str]) -> List[str]:
+    overrides = json.dumps({"e2e": pools})
+    return [f"--gin_file={ROW_GIN[row]}", "--gin_file=tasks/e2e.gin", *flags,
+            f"--gin.MODEL_DIR={_q(model_dir)}", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.pool_overrides.by_dataset={overrides}"]
+
+
+@gin.configurable
+def quickstart(run_dir: str = gin.REQUIRED, train_examples: int = 64, test_examples: int = 32,
+               train_steps: int = 300, rows: Sequence[str] = ("finetune", "lmcor"),
+               sample_flags: Sequence[str] = (), train_flags: Sequence[str] = (),
+               evaluate_flags: Sequence[str] = ()) -> str:
+    """Runs every stage into run_dir; returns the report's path."""
+    unknown = [r for r in rows if r not in ROW_GIN]
+    if unknown:
+        raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(ROW_GIN)}")
+    pipe = Pipeline(run_dir, stages=2 + len(rows) + 2)
+    pools = {split: os.path.join(pipe.run_dir, "pools", f"e2e_{split}") for split in ("dev", "test")}
+    for split, n in (("dev", train_examples), ("test", test_examples)):
+        pipe.run(f"sample e2e {split} ({n} inputs)", "lmcor.sample",
+                 _sample_args(pools[split], split, n, sample_flags), pools[split],
+                 {"examples": n, "flags": list(sample_flags)})
+    eval_args = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
+                 f"--gin.EVAL_DIR={_q(os.path.join(pipe.run_dir, 'eval'))}",
+                 f"--gin.EVAL_POOL={_q(pools['test'])}", *evaluate_flags]
+    for row in rows:
+        model_dir = os.path.join(pipe.run_dir, row)
+        pipe.run(f"train {row} ({train_steps} steps)", "lmcor.train",
+                 _train_args(row, model_dir, pools, train_steps, train_flags), model_dir,
+                 {"steps": train_steps, "flags": list(train_flags), "pools": pools})
+        eval_args.append(f"--gin.{EVAL_MACROS[row]}={_q(model_dir)}")
+    pipe.run("evaluate", "lmcor.evaluate", eval_args)
+    pipe.run("report", "lmcor.report", [pipe.run_dir])
+    pipe.finish()
+    with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:
+        print(f"\nE2E ({test_examples} test MRs), {pipe.timings['total']:.0f}s in all:\n{f.read()}")
+    return os.path.join(pipe.run_dir, "report", "report.md")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    files, bindings, rest = gin_config.split_gin_flags(argv)
+    if rest:
+        print(f"lmcor quickstart: unknown arguments {rest}", file=sys.stderr)
+        return 2
+    gin_config.parse_gin(files or [DEFAULT_GIN], bindings)
+    try:
+        path = quickstart()
+    except QuickstartError as e:
+        print(f"lmcor quickstart: error: {e}\n(rerun the same command to resume)", file=sys.stderr)
+        return 1
+    print(f"report: {path}")
+    return 0
