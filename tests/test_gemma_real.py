@@ -24,10 +24,16 @@ def ours(gemma_gguf_path):
 
 @pytest.fixture(scope="module")
 def reference(gemma_gguf_path):
+    """transformers' Gemma3ForCausalLM with the GGUF's weights. The config is google/gemma-3-270m's
+    published one, given explicitly: otherwise transformers parses the 262k-token header twice."""
     torch.set_num_threads(2)
+    published = transformers.Gemma3TextConfig(
+        vocab_size=262_144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+        sliding_window=512, max_position_embeddings=32_768, rms_norm_eps=1e-6)
     return transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(gemma_gguf_path), gguf_file=os.path.basename(gemma_gguf_path),
-        dtype=torch.float32).eval()
+        config=published, dtype=torch.float32).eval()
 
 
 def test_config_from_metadata(ours):
@@ -36,9 +42,41 @@ def test_config_from_metadata(ours):
     assert abs(config.rms_norm_eps - 1e-6) < 1e-12
 
 
-def test_weights_equal_transformers_dequantization(ours, reference, gemma_gguf_path):
-    # transformers dequantizes with its own torch kernels, so this checks our Q8_0/Q5_0/Q4_K/Q6_K
-    # path and the (1 + w) norm convention against an independent implementation.
+def _q5_0_reference(raw: np.ndarray) -> np.ndarray:
+    """ggml's Q5_0 as llama.cpp's dequantize_row_q5_0 spells it: per 32 values an f16 scale, 32
+    high bits and 16 bytes of low nibbles; value = d * (5-bit code - 16)."""
+    blocks = raw.reshape(-1, 22)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    high = blocks[:, 2:6].copy().view("<u4")
+    low = blocks[:, 6:].astype(np.int32)
+    j = np.arange(16)
+    first = (low & 0xF) | (((high >> j) & 1) << 4)
+    second = (low >> 4) | (((high >> (j + 16)) & 1) << 4)
+    return (d * (np.concatenate([first, second], axis=1) - 16)).reshape(-1)
+
+
+def test_dequantization_against_independent_implementations(gemma_gguf_path):
+    from transformers.integrations.gguf import dequant as torch_dequant
+
+    seen = set()
+    for tensor in gguf._reader(gemma_gguf_path).tensors:
+        kind = tensor.tensor_type.name
+        if kind in seen or kind in ("F32", "F16") or tensor.name == "token_embd.weight":
+            continue
+        seen.add(kind)
+        raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
+        if kind == "Q5_0":
+            want = _q5_0_reference(raw)
+        else:  # transformers' own torch kernels (Q8_0, Q4_K, Q6_K)
+            want = torch_dequant.dequantize(torch.from_numpy(raw.copy()),
+                                            int(tensor.tensor_type)).numpy()
+        got = gguf.dequantize(tensor, gemma_gguf_path).reshape(-1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=tensor.name)
+    assert seen == {"Q8_0", "Q5_0", "Q4_K", "Q6_K"}
+
+
+def test_weights_equal_transformers_loader(ours, reference, gemma_gguf_path):
+    # Name mapping, layouts and the (1 + w) norm convention, against transformers' GGUF loader.
     types = {t.tensor_type.name for t in gguf._reader(gemma_gguf_path).tensors}
     assert {"Q8_0", "Q5_0", "Q4_K", "Q6_K", "F32"} <= types
     config, params, _ = ours
