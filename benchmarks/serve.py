@@ -71,7 +71,7 @@ def one_request(url: str, prompt: str):
                                  headers={"Content-Type": "application/json"})
     start = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        with urllib.request.urlopen(req, timeout=900) as resp:
             ok = resp.status == 200 and "choices" in json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError):
         ok = False

@@ -220,6 +220,10 @@ def _response(req: dict, chat: bool, text: str, prompt_tokens: int, candidates) 
     return out
 
 
+def _error_payload(e: ApiError) -> dict:
+    return {"error": {"message": e.message, "type": e.kind, "code": e.status}}
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "lmcor-serve"
 
@@ -232,16 +236,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload, content_type: str = "application/json"):
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if status == 401:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            if status == 401:
+                self.send_header("WWW-Authenticate", "Bearer")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            logging.info("client went away before its %d reply", status)
 
     def _error(self, e: ApiError):
-        self._send(e.status, {"error": {"message": e.message, "type": e.kind, "code": e.status}})
+        self._send(e.status, _error_payload(e))
 
     def do_GET(self):
         if self.path == "/healthz":
@@ -257,45 +264,59 @@ class Handler(BaseHTTPRequestHandler):
         start = time.perf_counter()
         with self.app.metrics.lock:
             self.app.metrics.inflight += 1
-        status = 500
         try:
-            status = self._post()
+            status, payload = self._post()
         finally:
             with self.app.metrics.lock:
                 self.app.metrics.inflight -= 1
-            endpoint = self.path if self.path in ENDPOINTS else "other"
-            self.app.metrics.request(endpoint, status, time.perf_counter() - start)
+        # Counted before the reply goes out, so a client that scrapes /metrics right after its
+        # answer always sees its own request.
+        endpoint = self.path if self.path in ENDPOINTS else "other"
+        self.app.metrics.request(endpoint, status, time.perf_counter() - start)
+        self._send(status, payload)
 
-    def _post(self) -> int:
+    def _post(self):
+        """-> (status, JSON payload); never raises."""
         try:
             raw = self._read_body()
             if self.path not in ENDPOINTS:
                 raise ApiError(404, f"no such endpoint: POST {self.path}", "not_found")
             if not self.app.authorized(self.headers.get("Authorization")):
                 raise ApiError(401, "missing or wrong bearer token", "auth_error")
-            reply = self.app.handle(raw, chat=self.path == ENDPOINTS[1])
+            return 200, self.app.handle(raw, chat=self.path == ENDPOINTS[1])
         except ApiError as e:
             if e.kind.startswith("upstream"):
                 self.app.metrics.upstream_error({502: "bad_gateway", 504: "timeout"}.get(
                     e.status, f"http_{e.status}"))
-            self._error(e)
-            return e.status
+            return e.status, _error_payload(e)
         except Exception:  # a bug must still answer, and be logged with its trace
             logging.exception("request failed")
-            self._error(ApiError(500, "internal error (see the server log)", "server_error"))
-            return 500
-        self._send(200, reply)
-        return 200
+            return 500, _error_payload(ApiError(500, "internal error (see the server log)",
+                                                "server_error"))
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise ApiError(411 if length is None else 400, "a Content-Length header is required")
         if int(length) > self.app.limits["max_request_bytes"]:
-            self.close_connection = True  # the unread body must not be parsed as a request
+            self._discard(int(length))
             raise ApiError(413, f"request body of {length} bytes exceeds the limit of "
                                 f"{self.app.limits['max_request_bytes']}")
         return self.rfile.read(int(length))
+
+    def _discard(self, length: int, most: int = 4 << 20):
+        """Reads (a bounded amount of) a refused body, so a client still sending it sees the
+        413 rather than a connection reset; the connection is closed after the reply."""
+        self.close_connection = True
+        self.connection.settimeout(5.0)
+        try:
+            while length > 0 and most > 0:
+                chunk = self.rfile.read(min(length, most, 1 << 16))
+                if not chunk:
+                    return
+                length, most = length - len(chunk), most - len(chunk)
+        except OSError:
+            pass
 
 
 class Server(ThreadingHTTPServer):

@@ -106,7 +106,7 @@ def test_client_errors(corrector):
         assert status == 400 and "stream" in reply["error"]["message"]
         status, reply = post(server, "/v1/chat/completions", {"messages": "hi"})
         assert status == 400 and "messages" in reply["error"]["message"]
-        status, reply = post(server, "/v1/completions", {"prompt": "x" * 5000})
+        status, reply = post(server, "/v1/completions", {"prompt": "x" * 3_000_000})
         assert status == 413 and "exceeds the limit of 2000" in reply["error"]["message"]
         status, reply = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 10 ** 6})
         assert status == 400 and "max_tokens" in reply["error"]["message"]
