@@ -257,3 +257,16 @@ def test_hosts_split_the_shards_and_together_equal_one_host(tmp_path, data_dir):
     assert first["counts"]["shards_written_this_run"] == 2  # shards 0 and 2 of 0..3
     assert _shards(tmp_path / "two") == [f"pool-{i:05d}.jsonl" for i in range(4)]
     assert list(read_pool(str(tmp_path / "two"))) == list(read_pool(str(tmp_path / "one")))
+
+
+def test_model_modules_import_after_the_job_locked_its_gin_config():
+    # Fresh interpreter: the model modules must not be imported before the lock, as in the CLI.
+    code = ("from lmcor import config\n"
+            "config.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
+            "import sys\nassert 'lmcor.models.gemma' not in sys.modules\n"
+            "from lmcor.backends import jax_lm\n"
+            "print(jax_lm.import_model_modules()[3].GemmaLM.__name__)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "GemmaLM", out.stderr[-2000:]

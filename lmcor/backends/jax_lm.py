@@ -36,19 +36,29 @@ def resolve_checkpoint(checkpoint: str) -> str:
     return checkpoint
 
 
+def import_model_modules():
+    """The jax-side modules, imported on first use so `import lmcor.sample` stays light.
+
+    They register gin configurables on import, and by the time the model loads the job's gin
+    config is locked; registering is harmless then, so the lock is lifted for the import.
+    """
+    with gin.unlock_config():
+        from lmcor import decoding  # noqa: PLC0415
+        from lmcor.checkpoints import gguf, hf_gemma  # noqa: PLC0415
+        from lmcor.models import gemma  # noqa: PLC0415
+    return decoding, gguf, hf_gemma, gemma
+
+
 def load_model(path: str, dtype: str):
     """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder."""
     import dataclasses  # noqa: PLC0415
 
-    from lmcor.checkpoints import gguf  # noqa: PLC0415
-    from lmcor.models.gemma import Gemma3, GemmaLM  # noqa: PLC0415
-
+    _, gguf, hf_gemma, gemma = import_model_modules()
+    Gemma3, GemmaLM = gemma.Gemma3, gemma.GemmaLM
     if path.endswith(".gguf"):
         config, params = gguf.load_gemma_gguf(path)
         tokenizer = gguf.gemma_tokenizer(path)
     else:
-        from lmcor.checkpoints import hf_gemma  # noqa: PLC0415
-
         config, params = hf_gemma.load_gemma_safetensors(path)
         tokenizer = hf_gemma.gemma_tokenizer(path)
     config = dataclasses.replace(config, dtype=dtype)
