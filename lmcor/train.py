@@ -16,6 +16,7 @@ import sys
 from lmcor import config as gin_config
 from lmcor import distributed
 from lmcor.training import checkpointing
+from lmcor.training.logging import setup_console_logging
 from lmcor.training.loop import NonFiniteLossError, train  # noqa: F401  (re-exported)
 
 
@@ -25,6 +26,7 @@ def run(argv) -> dict:
     files, bindings, rest = gin_config.split_gin_flags(argv)
     if rest:
         raise ValueError(f"lmcor train: unknown arguments {rest}")
+    setup_console_logging()
     distributed.initialize(**dist_kwargs)
     gin_config.parse_gin(files, bindings)
     with checkpointing.PreemptionFlag() as flag:

@@ -14,8 +14,11 @@ from _train_worker import reverse_arrays
 
 @pytest.fixture(scope="module")
 def params():
-    """One random init shared by every test: XLA compiles the RNG-heavy init slowly on CPU."""
-    return jax.device_get(jax.jit(t5_model(preset="tiny").init_fn)(jax.random.PRNGKey(0)))
+    """Random params drawn once in numpy: XLA compiles the model's RNG-heavy init slowly on CPU."""
+    from flax import linen as nn
+    rng = np.random.default_rng(0)
+    shapes = nn.unbox(jax.eval_shape(t5_model(preset="tiny").init_fn, jax.random.PRNGKey(0)))
+    return jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes)
 
 
 def _state(mesh, params, optimizer="adafactor", lr=0.01):

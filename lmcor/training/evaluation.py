@@ -7,9 +7,11 @@ from typing import Dict, List, Mapping, Optional
 import gin
 import jax
 import numpy as np
-from absl import logging
+import logging
 from flax import linen as nn
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 from lmcor import decoding
 
@@ -90,6 +92,6 @@ class Evaluator:
         results: Dict[str, float] = {}
         for fn in self.task.predict_metric_fns:
             results.update({k: float(np.asarray(v)) for k, v in fn(targets, preds).items()})
-        logging.info("eval step %d on %s:%s (%d examples): %s", step, self.task_name, self.split,
+        log.info("eval step %d on %s:%s (%d examples): %s", step, self.task_name, self.split,
                      len(preds), results)
         return results

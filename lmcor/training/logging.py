@@ -2,13 +2,15 @@
 
 Other hosts get a writer that only logs to absl, so N hosts never write N event files.
 """
+import logging
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
-from absl import logging as absl_logging
 from clu import metric_writers
 from tqdm import tqdm
+
+log = logging.getLogger("lmcor.train")
 
 
 class TrainLogger:
@@ -38,7 +40,7 @@ class TrainLogger:
     def scalars(self, step: int, values: Dict[str, float], prefix: str = ""):
         self.writer.write_scalars(step, {prefix + k: float(v) for k, v in values.items()})
         if self.main:
-            absl_logging.info("step %d: %s", step, values)
+            log.info("step %d: %s", step, values)
 
     def hparams(self, values: Dict[str, object]):
         self.writer.write_hparams({k: v for k, v in values.items()
@@ -52,4 +54,11 @@ class TrainLogger:
 
 def log_info(msg: str, *args, main_only: bool = True):
     if not main_only or jax.process_index() == 0:
-        absl_logging.info(msg, *args)
+        log.info(msg, *args)
+
+
+def setup_console_logging():
+    """lmcor's INFO lines (resume, data, eval) on stderr; other libraries stay at WARNING."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("lmcor").setLevel(logging.INFO)

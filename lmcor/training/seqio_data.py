@@ -10,8 +10,10 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
-from absl import logging
+import logging
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def feature_converter(kind: str, pack: bool, bos_id: int = 2):
@@ -53,7 +55,7 @@ def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = g
                                shuffle=False, num_epochs=1, use_cached=False,
                                shard_info=seqio.ShardInfo(shard, num_shards))
         out[shard] = _to_arrays(ds, max_examples, f"{task}:{split} shard {shard}")
-        logging.info("%s:%s shard %d/%d: %d rows (%s)", task, split, shard, num_shards,
+        log.info("%s:%s shard %d/%d: %d rows (%s)", task, split, shard, num_shards,
                      len(next(iter(out[shard].values()))), "packed" if pack else "padded")
     return out
 
