@@ -255,27 +255,24 @@ def markdown_table(results: Mapping) -> str:
 
 
 def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]):
-    """(row name, outputs, seconds) in table order; cached predictions are reused."""
-    n = len(records)
-    baseline = None
-    for name, variant in [("baselines", None), *CORRECTOR_ROWS]:
-        if variant is None:
-            start = time.time()
-            baseline = baseline_rows(records, cfg, refs)
-            for row, outs in baseline.items():
-                yield row, outs, time.time() - start
-            continue
+    """(row name, outputs, decoding seconds or None) in table order; a corrector row whose
+    predictions are already saved is not decoded again (seconds None)."""
+    for row, outs in baseline_rows(records, cfg, refs).items():
+        yield row, outs, None
+    for name, variant in CORRECTOR_ROWS:
         model_dir = cfg.model_dirs.get(name)
         if not model_dir or not os.path.isdir(model_dir):
             notes.append(f"row {name!r} omitted: MODEL_DIR {model_dir!r} "
                          + ("not set" if not model_dir else "does not exist"))
             logging.warning(notes[-1])
             continue
+        outs = _cached(_pred_path(pred_dir, name), len(records))
+        if outs is not None:
+            yield name, outs, None
+            continue
         start = time.time()
-        outs = _cached(_pred_path(pred_dir, name), n)
-        if outs is None:
-            outs = corrector_outputs(records, variant, model_dir, cfg)
-        yield name, outs, time.time() - start
+        outs = corrector_outputs(records, variant, model_dir, cfg)
+        yield name, outs, round(time.time() - start, 2)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -294,8 +291,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         greedy = outs if greedy is None else greedy
         scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,
                            cfg.seed)
-        rows.append({"name": name, "metrics": scores, "predictions": os.path.relpath(path, cfg.out_dir),
-                     "seconds": round(seconds, 2)})
+        rows.append({"name": name, "metrics": scores,
+                     "predictions": os.path.relpath(path, cfg.out_dir), "decode_seconds": seconds})
         logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
     results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
