@@ -91,8 +91,12 @@ class Dense(nn.Module):
                             shape, self.param_dtype)
         contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
         contract_k = tuple(range(self.in_axes))
-        return lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                               ((contract_x, contract_k), ((), ())), precision=self.precision)
+        # f32 accumulation, then the compute dtype: on XLA CPU a bf16-output dot is several
+        # times slower than a bf16 x bf16 -> f32 one, and less precise.
+        out = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                              ((contract_x, contract_k), ((), ())), precision=self.precision,
+                              preferred_element_type=jnp.float32)
+        return out.astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -112,7 +116,10 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
+        """Logits in float32 whatever `dtype`: accumulating a bf16 product in f32 is both more
+        precise and, on XLA CPU, several times faster than a bf16-output dot."""
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
 
 
 class GatedMLP(nn.Module):
