@@ -113,6 +113,12 @@ def _write(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     return jax.vmap(one)(buf, new, index)
 
 
+def _gemma_norm(cfg: GemmaConfig, **kwargs):
+    # Gemma's RMSNorm scales by (1 + w); HF and GGUF checkpoints store w (after our -1 for GGUF).
+    return functools.partial(RMSNorm, epsilon=cfg.rms_norm_eps, dtype=as_dtype(cfg.dtype),
+                             param_dtype=as_dtype(cfg.param_dtype), scale_offset=1.0, **kwargs)
+
+
 class GemmaAttention(nn.Module):
     config: GemmaConfig
     is_global: bool
@@ -122,8 +128,7 @@ class GemmaAttention(nn.Module):
         cfg = self.config
         dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
         dense = functools.partial(Dense, dtype=dt, param_dtype=pdt)
-        norm = functools.partial(RMSNorm, epsilon=cfg.rms_norm_eps, dtype=dt, param_dtype=pdt,
-                                 scale_offset=1.0, axis_name="head_dim")
+        norm = _gemma_norm(cfg, axis_name="head_dim")
         q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q")(x)
         k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k")(x)
         v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v")(x)
@@ -152,13 +157,12 @@ class GemmaBlock(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
-        dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
-        norm = functools.partial(RMSNorm, epsilon=cfg.rms_norm_eps, dtype=dt, param_dtype=pdt,
-                                 scale_offset=1.0)
+        norm = _gemma_norm(cfg)
         h, new_cache = GemmaAttention(cfg, self.is_global, name="attn")(
             norm(name="pre_attention_norm")(x), positions, mask, kv_cache, write_index)
         x = x + norm(name="post_attention_norm")(h)
-        h = GatedMLP(cfg.d_ff, "gelu_tanh", dtype=dt, param_dtype=pdt, name="mlp")(
+        h = GatedMLP(cfg.d_ff, "gelu_tanh", dtype=as_dtype(cfg.dtype),
+                     param_dtype=as_dtype(cfg.param_dtype), name="mlp")(
             norm(name="pre_ffw_norm")(x))
         x = x + norm(name="post_ffw_norm")(h)
         return constrain(x, ("batch", "length", "embed")), new_cache
@@ -193,8 +197,7 @@ class Gemma3(nn.Module):
                               embedding_init=nn.initializers.normal(stddev=0.02))
         self.blocks = [GemmaBlock(cfg, cfg.layer_type(i) == GLOBAL, name=f"layers_{i}")
                        for i in range(cfg.num_layers)]
-        self.final_norm = RMSNorm(epsilon=cfg.rms_norm_eps, dtype=as_dtype(cfg.dtype),
-                                  param_dtype=as_dtype(cfg.param_dtype), scale_offset=1.0)
+        self.final_norm = _gemma_norm(cfg)()
 
     def __call__(self, tokens, *, positions=None, segment_ids=None, cache=None,
                  deterministic=True):
