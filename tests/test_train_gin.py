@@ -1,0 +1,40 @@
+"""Every run file parses with its model and task files, and the T5X macros land where the
+trainer reads them (a typo in a binding would otherwise surface only after data loading)."""
+import gin
+import pytest
+
+from lmcor import config as gin_config
+import lmcor.train  # noqa: F401  (registers the trainer's configurables)
+
+
+def _resolve(value):
+    """Follows macro references (`%NAME`) to the value they finally stand for."""
+    while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = gin.query_parameter("%" + value.scopes[-1])
+    return value
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("files,task,model", [
+    (["runs/smoke.gin"], "wmt22_lmcor", "t5_model"),
+    (["models/t5_1_1_base.gin", "runs/train_corrector.gin", "tasks/wmt.gin"], "wmt_lmcor",
+     "t5_model"),
+    (["models/t5_1_1_small.gin", "runs/finetune_baseline.gin", "tasks/e2e.gin"], "e2e_finetune",
+     "t5_model"),
+    (["runs/gemma_corrector.gin", "tasks/jfleg.gin"], "jfleg_lmcor", "gemma_model"),
+    (["models/t5_1_1_base.gin", "runs/eval_only.gin", "tasks/wmt.gin"], "wmt_lmcor", "t5_model"),
+])
+def test_run_files_parse_and_bind_the_trainer(files, task, model):
+    gin_config.parse_gin(files, ["MODEL_DIR = '/tmp/unused'"], finalize=False)
+    assert _resolve(gin.query_parameter("seqio_train_data.task")) == task
+    assert _resolve(gin.query_parameter("Evaluator.task")) == task
+    assert gin.query_parameter("train.model").configurable.name == model
+    assert _resolve(gin.query_parameter("train.model_dir")) == "/tmp/unused"
+    best = _resolve(gin.query_parameter("Checkpointer.best_metric"))
+    assert best in ("bleu", "chrf", "gleu", "rougeLsum")
