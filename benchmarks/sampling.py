@@ -54,7 +54,9 @@ def run_ours(path, max_new_tokens, dtype):
         warm = run()  # compiles; its timing says how long compilation took
         out = run()
         results[mode] = (int(out.lengths.sum()), out.timing["decode_s"], out.texts)
-        print(f"ours {mode}: compile {warm.timing['compile_s']:.1f}s", file=sys.stderr)
+        # Printed at once so that a run cut short still reports our side.
+        print(f"ours {mode}: {results[mode][0] / results[mode][1]:.1f} tok/s, compile "
+              f"{warm.timing['compile_s']:.1f}s", file=sys.stderr, flush=True)
     print(f"ours: load {load_s:.1f}s", file=sys.stderr)
     return results
 
