@@ -89,3 +89,14 @@ def test_tokenizer_pickles(ours):
     clone = pickle.loads(pickle.dumps(ours))
     assert isinstance(clone, SentencePieceTokenizer)
     assert clone.encode("Grüße  aus\tBerlin") == ours.encode("Grüße  aus\tBerlin")
+
+
+def test_hf_folder_tokenizer_reads_tokenizer_model(ours, tmp_path):
+    from lmcor.checkpoints.hf_gemma import gemma_tokenizer as folder_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="tokenizer.model"):
+        folder_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.model").write_bytes(ours.sentencepiece_model_proto())
+    loaded = folder_tokenizer(str(tmp_path))
+    for text in STRINGS:
+        assert loaded.encode(text, add_bos=True) == ours.encode(text, add_bos=True)
