@@ -32,6 +32,7 @@ INSTALL_REQUIRES = [
 # Reference implementations for parity tests and speed comparisons only.
 TEST_REQUIRES = [
     "pytest>=9.2,<10",
+    "pytest-xdist>=3.8,<4",
     "torch==2.13.0",
     "transformers>=5.24,<5.25",
     "accelerate>=1.15,<1.16",  # transformers needs it to load a GGUF (the Gemma reference)

@@ -40,3 +40,19 @@ def task_spm_path(data_dir, tmp_path_factory) -> str:
                            itertools.islice(import_wmt(data_dir, "wmt22"), 40))
     out = tmp_path_factory.mktemp("spm") / "task.model"
     return train_task_sentencepiece(pool_texts(recs), 1000, str(out))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under `-n 2 --dist loadfile`, files are handed out in collection order: start the files
+    # with slow tests first so the long ones overlap instead of finishing the run alone.
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for coordinators and test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,24 +7,18 @@ instead of hanging CI.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import free_port
 from lmcor import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "_multihost_worker.py")
 JOB_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wmt22_lines(data_dir):
@@ -37,7 +31,7 @@ def _wmt22_lines(data_dir):
 def _spawn_job(n: int, text_file, out_dir):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per host
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{_free_port()}"
+    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{free_port()}"
     env["JAX_NUM_PROCESSES"] = str(n)
     procs = []
     for i in range(n):

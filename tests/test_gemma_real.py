@@ -146,3 +146,23 @@ def test_greedy_continuations_match(ours, ours_greedy, reference_forced):
         stop = greedy.index(config.eos_id) + 1 if config.eos_id in greedy else STEPS
         assert got[row, :stop].tolist() == greedy[:stop], (PROMPTS[row], tokenizer.decode(greedy))
     assert any(config.eos_id not in r for r in got.tolist())  # at least one full 16 tokens
+
+
+def test_generate_cli_prints_transformers_greedy_continuation(ours, reference, capsys):
+    """`lmcor generate` (default model = this GGUF) against transformers' `generate`. The prompt ids
+    come from our tokenizer, which test_tokenizer.py checks equal to transformers' own."""
+    from lmcor import cli, generate
+
+    prompt = PROMPTS[0]
+    assert cli.main(["generate", f"--prompt={prompt}", "--max_new_tokens=16"]) == 0
+    printed = capsys.readouterr()
+    config, _, tokenizer = ours
+    ids = torch.tensor([tokenizer.encode(prompt, add_bos=True)])
+    with torch.no_grad():
+        gen = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=16, do_sample=False)
+    new = gen[0, ids.shape[1]:].tolist()
+    new = new[:new.index(config.eos_id)] if config.eos_id in new else new
+    want = tokenizer.decode(new)
+    assert want.strip() and "tokens/s" in printed.err
+    assert printed.out == generate.escape(want) + "\n"

@@ -3,21 +3,15 @@ steps, each reading only its own data shard, and report the same losses as one p
 reads both shards."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
+from conftest import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "_train_worker.py")
 STEPS = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra):
@@ -55,7 +49,7 @@ def _wait(procs, timeout=500):
 
 
 def test_two_processes_match_one(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     procs = [_launch(tmp_path / "multi", _env(JAX_COORDINATOR_ADDRESS=address,
                                               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
              for i in range(2)]
