@@ -11,6 +11,7 @@ want=$(cat setup.py constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade "pip==25.3"
   # torch==2.13.0 resolves to the CPU build; an unpinned torch would pull CUDA wheels.
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  # --no-compile: byte-compiling every wheel up front costs minutes; imports compile lazily.
+  .venv/bin/python -m pip install -q --no-compile -c constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
