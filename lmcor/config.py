@@ -55,3 +55,15 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
             raise ValueError(f"bad gin binding --gin.{b}: {e}") from e
     if finalize:
         gin.finalize()
+
+
+def gin_only_flags(command: str, argv: Sequence[str]):
+    """(gin_files, gin_bindings) for a command that takes nothing but Gin flags; None (after one
+    message on stderr) when other arguments were given."""
+    import sys
+
+    files, bindings, rest = split_gin_flags(argv)
+    if rest:
+        print(f"lmcor {command}: unknown arguments {rest}", file=sys.stderr)
+        return None
+    return files, bindings

@@ -306,10 +306,10 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    files, bindings, rest = gin_config.split_gin_flags(argv)
-    if rest:
-        print(f"lmcor evaluate: unknown arguments {rest}", file=sys.stderr)
+    flags = gin_config.gin_only_flags("evaluate", argv)
+    if flags is None:
         return 2
+    files, bindings = flags
     logging.set_verbosity(logging.INFO)
     gin_config.parse_gin(files, bindings, finalize=False)
     results = evaluate(evaluation())

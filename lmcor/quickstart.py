@@ -141,10 +141,10 @@ def quickstart(run_dir: str = gin.REQUIRED, train_examples: int = 64, test_examp
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    files, bindings, rest = gin_config.split_gin_flags(argv)
-    if rest:
-        print(f"lmcor quickstart: unknown arguments {rest}", file=sys.stderr)
+    flags = gin_config.gin_only_flags("quickstart", argv)
+    if flags is None:
         return 2
+    files, bindings = flags
     gin_config.parse_gin(files or [DEFAULT_GIN], bindings)
     try:
         path = quickstart()
