@@ -110,14 +110,17 @@ def load_records(cfg: EvalConfig) -> List[dict]:
     (which honours pool_overrides)."""
     if cfg.pool:
         from lmcor.data.pool import read_pool
-        records = read_pool(cfg.pool)
+        from lmcor.tasks.common import resolve_pool_dir
+        records = read_pool(resolve_pool_dir(cfg.pool))
     else:
         import seqio
 
         import lmcor.tasks  # noqa: F401  (registers the tasks)
-        source = seqio.get_mixture_or_task(cfg.task).source
-        # PoolDataSource keeps the record iterators per split (lmcor.tasks.common).
-        records = source._records_by_split[cfg.split]()
+        source = getattr(seqio.get_mixture_or_task(cfg.task), "source", None)
+        if not hasattr(source, "records"):  # a mixture, or a TFDS-prepared pool
+            raise ValueError(f"evaluation.task={cfg.task!r}: not a task over Python pool records; "
+                             "give its test pool folder as evaluation.pool (EVAL_POOL)")
+        records = source.records(cfg.split)
     out = []
     for rec in records:
         if cfg.max_examples is not None and len(out) >= cfg.max_examples:

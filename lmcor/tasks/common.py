@@ -42,10 +42,19 @@ def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None)
     return by_dataset or {}
 
 
+def resolve_pool_dir(path: str) -> str:
+    """A pool (folder or file) as given, else relative to the repository root (as Gin files are
+    found), so gin files can name the checkout's `pools/<name>` and work from any directory."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(_REPO, path)
+    return in_repo if os.path.exists(in_repo) else path  # missing: read_pool names it as given
+
+
 def records_or_pool(dataset: str, raw_split: str, importer: RecordsFn) -> Iterator[dict]:
     """The pool configured for (dataset, raw split) if any, else the raw data's records."""
     pool_dir = pool_overrides().get(dataset, {}).get(raw_split)
-    return read_pool(pool_dir) if pool_dir else iter(importer())
+    return read_pool(resolve_pool_dir(pool_dir)) if pool_dir else iter(importer())
 
 
 def in_holdout(key: str, percent: int) -> bool:
@@ -74,11 +83,18 @@ class PoolDataSource(_OneExamplePerTrainingReference, seqio.FunctionDataSource):
         self.train_splits = tuple(train_splits)
         super().__init__(dataset_fn=self._dataset, splits=list(self._records_by_split))
 
+    def records(self, split: str) -> Iterator[dict]:
+        """The split's pool records as Python dicts, in pool order, one per input with all its
+        references (training splits are expanded per reference only in get_dataset)."""
+        if split not in self._records_by_split:
+            raise ValueError(f"split {split!r}: this source has {sorted(self._records_by_split)}")
+        return iter(self._records_by_split[split]())
+
     def _dataset(self, split: str, shuffle_files: bool, seed: Optional[int] = None):
         del shuffle_files, seed  # records stream in pool order; seqio shuffles examples
-        records = self._records_by_split[split]
-        return tf.data.Dataset.from_generator(lambda: (pp.record_features(r) for r in records()),
-                                              output_signature=pp.RAW_SIGNATURE)
+        return tf.data.Dataset.from_generator(
+            lambda: (pp.record_features(r) for r in self.records(split)),
+            output_signature=pp.RAW_SIGNATURE)
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                     shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
@@ -91,7 +107,7 @@ class PoolDataSource(_OneExamplePerTrainingReference, seqio.FunctionDataSource):
     def num_input_examples(self, split: str) -> int:
         """Records in the split (counted once, lazily: mixtures weight tasks by it)."""
         if split not in self._counts:
-            self._counts[split] = sum(1 for _ in self._records_by_split[split]())
+            self._counts[split] = sum(1 for _ in self.records(split))
         return self._counts[split]
 
 

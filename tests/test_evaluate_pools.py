@@ -1,0 +1,68 @@
+"""`lmcor evaluate` on the checkout's real pools: gin/runs/evaluate_pools*.gin name
+`pools/<name>` folders, read through the task's data source (PoolDataSource.records) and found
+from the repository root whatever the working directory. A real WMT22 slice stands in for the
+pool folder (the sampled pools are outputs, absent from a fresh clone)."""
+import itertools
+import json
+import shutil
+
+import gin
+import pytest
+
+from lmcor import evaluate, rerank
+from lmcor.data.importers import import_wmt
+from lmcor.data.pool import read_pool, write_pool
+from lmcor.io_utils import read_lines
+from lmcor.tasks import common
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def pool_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool")
+    write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(out))
+    return str(out)
+
+
+def test_records_is_the_split_in_pool_order(pool_dir):
+    source = common.PoolDataSource({"test": lambda: read_pool(pool_dir)})
+    assert [r["id"] for r in source.records("test")] == [r["id"] for r in read_pool(pool_dir)]
+    assert source.num_input_examples("test") == N
+    with pytest.raises(ValueError, match=r"split 'validation': this source has \['test'\]"):
+        source.records("validation")
+
+
+@pytest.mark.parametrize("gin_file,pool_name,value", [
+    ("evaluate_pools.gin", "e2e_test_e2e_attributes", "A->A"),
+    ("evaluate_pools_prompt_b.gin", "e2e_test_e2e_mr", "A->B"),
+])
+def test_pools_gin_file_from_another_directory(gin_file, pool_name, value, pool_dir, tmp_path,
+                                               monkeypatch):
+    repo = tmp_path / "checkout"
+    shutil.copytree(pool_dir, repo / "pools" / pool_name)
+    monkeypatch.setattr(common, "_REPO", str(repo))
+    monkeypatch.chdir(tmp_path)  # no pools/ here: only the repository root has them
+    out = tmp_path / "eval"
+    argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/e2e.gin",
+            f"--gin_file=gin/runs/{gin_file}", f"--gin.EVAL_DIR='{out}'",
+            "--gin.evaluation.bootstrap_samples=50"]
+    try:
+        assert evaluate.main(argv) == 0
+    finally:
+        gin.clear_config()
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_examples"] == N
+    assert results["tags"] == {"ablation": "prompt", "value": value}
+    assert results["metrics"] == ["bleu", "rougeL", "chrf"]  # the E2E task's, not the pool's
+    names = [r["name"] for r in results["rows"]]
+    assert names[:2] == ["LLM greedy", "LLM sample"] and names[-2:] == ["MBR rerank", "oracle"]
+    records = list(read_pool(pool_dir))
+    assert read_lines(out / "predictions" / "llm_greedy.txt") == rerank.greedy_outputs(records)
+    assert read_lines(out / "predictions" / "source.txt") == [r["source"] for r in records]
+
+
+def test_task_without_pool_records_names_the_fix(tmp_path):
+    cfg = evaluate.evaluation(task="wmt_lmcor_mix", out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="EVAL_POOL"):
+        evaluate.load_records(cfg)
