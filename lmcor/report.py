@@ -7,7 +7,7 @@ files of the training runs (found under RUN_DIR and in the MODEL_DIRs the result
 into one folder (RUN_DIR/report by default):
   report.md                 the tables, the ablations and links to the plots;
   rows_<eval>.png           each row's main metric with its bootstrap 95% interval;
-  ablation_<name>.png       main metric per row against the ablated value (e.g. the number of
+  ablation_<dataset>_<name>.png  main metric per row against the ablated value (e.g. the number of
                             candidates), from evaluations tagged `evaluation.tags`;
   curves_<run>.png          training loss and validation metrics against steps.
 """
@@ -121,18 +121,25 @@ def plot_rows(results: Mapping, title: str, path: str) -> None:
     plt.close(fig)
 
 
+def ablation_key(results: Mapping) -> str:
+    """'<dataset> <ablation>' (e.g. 'e2e prompt'): one series per dataset, because the same
+    ablation on two tasks has different main metrics and must not share a plot; '' if untagged."""
+    tags = results.get("tags") or {}
+    return f"{results.get('dataset', '?')} {tags['ablation']}" if "ablation" in tags else ""
+
+
 def ablation_series(results: Sequence[Tuple[str, dict]]) -> Dict[str, Dict[str, list]]:
-    """ablation name -> row name -> sorted [(value, score, low, high)] of the main metric."""
+    """ablation_key -> row name -> sorted [(value, score, low, high)] of the main metric."""
     series: Dict[str, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for _, res in results:
-        tags = res.get("tags") or {}
-        if "ablation" not in tags:
+        key = ablation_key(res)
+        if not key:
             continue
         main = res["metrics"][0]
         for row in res["rows"]:
             m = row["metrics"][main]
-            series[tags["ablation"]][row["name"]].append((tags.get("value"), m["score"], m["low"],
-                                                          m["high"]))
+            series[key][row["name"]].append((res["tags"].get("value"), m["score"], m["low"],
+                                             m["high"]))
     return {a: {r: sorted(p, key=lambda x: str(x[0]) if not isinstance(x[0], (int, float))
                           else x[0]) for r, p in rows.items()} for a, rows in series.items()}
 
@@ -203,7 +210,7 @@ def build_report(run_dir: str, out_dir: str) -> str:
         notes = "".join(f"\n- {n}" for n in res.get("notes", []))
         parts.append(f"## {title}\n\n{res.get('num_examples', '?')} examples.\n\n"
                      f"{markdown_table(res)}{notes}\n\n![rows]({png})\n")
-    metric_of = {(r.get("tags") or {}).get("ablation"): r["metrics"][0] for _, r in results}
+    metric_of = {ablation_key(r): r["metrics"][0] for _, r in results}
     for name, rows in ablation_series(results).items():
         png = _file_name("ablation", name)
         plot_ablation(name, rows, metric_of[name], os.path.join(out_dir, png))

@@ -46,7 +46,7 @@ def test_read_scalars_returns_what_was_written(run_dir):
 
 def test_ablation_series_follow_the_evaluations(run_dir):
     found = report.find_results(str(run_dir))
-    series = report.ablation_series(found)["num_candidates"]
+    series = report.ablation_series(found)["wmt22 num_candidates"]
     oracle = series["oracle"]
     assert [p[0] for p in oracle] == [1, 3, 9]
     # With one candidate the oracle is the greedy output; more candidates can only help it.
@@ -61,14 +61,34 @@ def test_report_writes_markdown_and_pngs(run_dir):
     out = run_dir / "report"
     text = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert "ablation_num_candidates.png" in pngs
+    assert "ablation_wmt22_num_candidates.png" in pngs
     assert "curves_lmcor_train.png" in pngs
     assert sum(p.startswith("rows_") for p in pngs) == 3
     for name in pngs:
         assert f"]({name})" in text
         assert image.imread(str(out / name)).shape[0] > 100
-    assert "### Ablation: num_candidates (chrF)" in text
+    assert "### Ablation: wmt22 num_candidates (chrF)" in text
     assert "| oracle |" in text
+
+
+def test_one_ablation_on_two_datasets_gives_two_series(run_dir, tmp_path):
+    # The prompt-robustness evaluations tag E2E (BLEU) and JFLEG (GLEU) alike: one shared plot
+    # would put two metrics on one axis. Here: the same slice as "wmt22" (chrF) and "wmt23" (BLEU).
+    for task, metric in (("wmt22", "chrf"), ("wmt23", "bleu")):
+        for value in ("A->A", "A->B"):
+            evaluate.evaluate(evaluate.evaluation(
+                task=task, out_dir=str(tmp_path / task / value.replace("->", "")),
+                pool=str(run_dir / "pool"), max_references=1, metric_names=[metric],
+                num_candidates=1 if value == "A->A" else 3, bootstrap_samples=50,
+                tags={"ablation": "prompt", "value": value}))
+    series = report.ablation_series(report.find_results(str(tmp_path)))
+    assert sorted(series) == ["wmt22 prompt", "wmt23 prompt"]
+    bleu_k3 = json.loads((tmp_path / "wmt23" / "AB" / "results.json").read_text())
+    assert series["wmt23 prompt"]["oracle"][1][1] == next(
+        r for r in bleu_k3["rows"] if r["name"] == "oracle")["metrics"]["bleu"]["score"]
+    text = open(report.build_report(str(tmp_path), str(tmp_path / "report"))).read()
+    assert "### Ablation: wmt22 prompt (chrF)" in text
+    assert "### Ablation: wmt23 prompt (BLEU)" in text
 
 
 def test_report_errors(tmp_path):
