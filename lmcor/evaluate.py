@@ -265,8 +265,8 @@ def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]
     for name, variant in CORRECTOR_ROWS:
         model_dir = cfg.model_dirs.get(name)
         if not model_dir or not os.path.isdir(model_dir):
-            notes.append(f"row {name!r} omitted: MODEL_DIR {model_dir!r} "
-                         + ("not set" if not model_dir else "does not exist"))
+            notes.append(f"row {name!r} omitted: " + (f"MODEL_DIR {model_dir!r} does not exist"
+                                                      if model_dir else "no MODEL_DIR given"))
             logging.warning(notes[-1])
             continue
         outs = _cached(_pred_path(pred_dir, name), len(records))
