@@ -3,8 +3,9 @@
 There is one code path: the input text comes from `preprocessors.build_corrector_input` (what
 the SeqIO task runs during training), it is tokenized with the run's vocabulary the way the
 feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decoded with
-`lmcor.decoding`'s beam search. Batches are padded to bucketed row counts and lengths so a
-server that sees every batch size compiles only a handful of shapes.
+`lmcor.decoding`'s beam search. Every batch is padded to one of a fixed set of decode shapes
+(`Corrector.decode_shapes`: power-of-two row counts x geometrically spaced widths), which
+`Corrector.warmup` compiles up front, so a server never compiles while it is serving.
 
 A MODEL_DIR holds what `lmcor train` writes: Orbax checkpoints in `checkpoints/` (the best step
 by the validation metric if one was tracked, else the latest) and the run's Gin config in
@@ -15,7 +16,8 @@ by the validation metric if one was tracked, else the latest) and the run's Gin 
 import dataclasses
 import os
 import threading
-from typing import Any, List, Mapping, Optional, Sequence
+import time
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -43,23 +45,42 @@ class CorrectorSettings:
     max_decode_tokens: int = 128
     max_input_tokens: int = 1024
     length_bucket: int = 32
+    length_growth: float = 1.25
 
     def __post_init__(self):
         if self.variant not in pp.VARIANTS:
             raise ValueError(f"corrector_settings.variant={self.variant!r}; expected one of "
                              f"{pp.VARIANTS}")
-        for name in ("beam_size", "max_decode_tokens", "max_input_tokens", "length_bucket"):
+        for name in ("beam_size", "max_decode_tokens", "max_input_tokens", "length_bucket",
+                     "length_growth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"corrector_settings.{name}={getattr(self, name)}; expected >= 1")
+
+    @property
+    def widths(self) -> Tuple[int, ...]:
+        """Input widths a batch is padded to: multiples of `length_bucket`, each at least
+        `length_growth` times the one before, up to the first that holds `max_input_tokens`.
+
+        Decode time grows with the padded width and start-up compile time with the number of
+        widths; geometric spacing bounds the padding to a fraction (growth - 1) of the input
+        while the count of widths stays logarithmic in `max_input_tokens`.
+        """
+        step = self.length_bucket
+        top = -(-self.max_input_tokens // step) * step
+        widths = [min(step, top)]
+        while widths[-1] < top:
+            grown = -(-int(widths[-1] * self.length_growth) // step) * step
+            widths.append(min(top, max(widths[-1] + step, grown)))
+        return tuple(widths)
 
 
 @gin.configurable
 def corrector_settings(variant: str = "lmcor", beam_size: int = 4, alpha: float = 0.6,
                        max_decode_tokens: int = 128, max_input_tokens: int = 1024,
-                       length_bucket: int = 32) -> CorrectorSettings:
-    """Gin entry point for inference settings (beam size, limits, length bucket)."""
+                       length_bucket: int = 32, length_growth: float = 1.25) -> CorrectorSettings:
+    """Gin entry point for inference settings (beam size, limits, decode widths)."""
     return CorrectorSettings(variant, beam_size, alpha, max_decode_tokens, max_input_tokens,
-                             length_bucket)
+                             length_bucket, length_growth)
 
 
 def row_bucket(n: int, max_rows: int) -> int:
@@ -68,6 +89,11 @@ def row_bucket(n: int, max_rows: int) -> int:
     while rows < n:
         rows *= 2
     return max(n, min(rows, max_rows))
+
+
+def row_buckets(max_rows: int) -> Tuple[int, ...]:
+    """Every row count `row_bucket` gives for batches of 1..max_rows."""
+    return tuple(sorted({row_bucket(n, max_rows) for n in range(1, max_rows + 1)}))
 
 
 def decode_adapter(model):
@@ -150,17 +176,36 @@ class Corrector:
 
     # ------------------------------------------------------------------ decoding
 
+    def width_bucket(self, num_tokens: int) -> int:
+        """The decode width an input of num_tokens is padded to."""
+        for width in self.settings.widths:
+            if num_tokens <= width:
+                return width
+        raise InputTooLongError(num_tokens, self.settings.max_input_tokens)
+
+    def decode_shapes(self, max_rows: int) -> List[Tuple[int, int]]:
+        """Every (rows, width) `decode_ids` pads to for batches of at most max_rows."""
+        return [(r, w) for r in row_buckets(max_rows) for w in self.settings.widths]
+
+    def compiled_executables(self) -> int:
+        """Decode executables compiled so far for this corrector's model (any shape, any
+        mode); a server whose count grows after warm-up is compiling while it serves."""
+        # decoding keeps its compiled loops per adapter object; it has no public counter.
+        loops = decoding._COMPILED.get(id(self.lm), (None, {}))[1]
+        return sum(len(loop.executables) for loop in list(loops.values()))
+
     def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None):
         """Beam-search one batch of prepared inputs -> (texts, compile seconds)."""
         rows = max(rows or len(token_lists), len(token_lists))
+        width = self.width_bucket(max(len(t) for t in token_lists))
+        # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
         batch = decoding.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
-                                     pad_id=int(self.lm.pad_id),
-                                     bucket=self.settings.length_bucket, rows=rows)
+                                     pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
         dec = decoding.decode_batch(self.lm, self.params, batch, self.decode_config)
         n = len(token_lists)
-        dec = decoding.Decoded(tokens=dec.tokens[:n], lengths=dec.lengths[:n],
-                               logprobs=dec.logprobs[:n], model_logprobs=dec.model_logprobs[:n])
-        texts = decoding.texts_of(self.vocab, dec, [int(self.lm.eos_id)], ())
+        texts = decoding.texts_of(self.vocab, decoding.Decoded(
+            tokens=dec.tokens[:n], lengths=dec.lengths[:n], logprobs=dec.logprobs[:n],
+            model_logprobs=dec.model_logprobs[:n]), [int(self.lm.eos_id)], ())
         return texts, float((dec.timing or {}).get("compile_s", 0.0))
 
     def correct(self, records: Sequence[Mapping[str, Any]], batch_size: int = 16,
@@ -179,14 +224,18 @@ class Corrector:
                          self.truncated_tokens)
         return out
 
-    def warmup(self, max_rows: int) -> None:
-        """Compiles every row bucket up to max_rows for the shortest length bucket."""
-        rows, ids = 1, [[int(self.lm.eos_id)]]
-        while True:
-            self.decode_ids(ids, row_bucket(rows, max_rows))
-            if rows >= max_rows:
-                return
-            rows = min(rows * 2, max_rows)
+    def warmup(self, max_rows: int) -> dict:
+        """Decodes once at every shape of `decode_shapes(max_rows)`, so that batches of up to
+        max_rows inputs of any accepted length never compile later -> counts and seconds."""
+        from tqdm import tqdm
+
+        shapes, start, compile_s = self.decode_shapes(max_rows), time.perf_counter(), 0.0
+        for rows, width in tqdm(shapes, desc="corrector warm-up", unit="shape"):
+            compile_s += self.decode_ids([[int(self.lm.eos_id)] * width], rows)[1]
+        out = {"shapes": len(shapes), "executables": self.compiled_executables(),
+               "compile_s": round(compile_s, 1), "total_s": round(time.perf_counter() - start, 1)}
+        logging.info("corrector warm-up: %s", out)
+        return out
 
 
 # ---------------------------------------------------------------------- loading a MODEL_DIR

@@ -5,8 +5,9 @@
 
 Per request the upstream is asked for its greedy output and `num_candidates - 1` samples (two
 concurrent calls), the corrector input is built exactly as in training, and concurrent requests
-are beam-decoded together by a micro-batcher (one jitted call per batch, rows padded to powers
-of two so only a few shapes ever compile). Standard library HTTP server; no new dependencies.
+are beam-decoded together by a micro-batcher (one jitted call per batch, padded to one of the
+corrector's fixed decode shapes, all compiled before the server listens). Standard library HTTP
+server; no new dependencies.
 """
 import argparse
 import concurrent.futures
@@ -159,7 +160,8 @@ class ServeApp:
         self.num_candidates, self.temperature = num_candidates, temperature
         self.limits = {"max_tokens": max_tokens, "max_request_bytes": max_request_bytes}
         self.decode_timeout_s, self.auth_token = decode_timeout_s, auth_token
-        self.metrics = Metrics(max_batch_size)
+        self.metrics = Metrics(max_batch_size, corrector.compiled_executables,
+                               lambda: getattr(upstream, "connection_retries", 0))
         self.batcher = MicroBatcher(corrector, self.metrics, max_batch_size, max_wait_ms)
         self.accepting = True
 
@@ -354,7 +356,11 @@ def _flags(argv):
                    help="model name sent upstream (default: the client's `model` field)")
     p.add_argument("--upstream_api_key_env", default="OPENAI_API_KEY")
     p.add_argument("--upstream_timeout_s", type=float, default=60.0)
-    p.add_argument("--upstream_retries", type=int, default=0)
+    p.add_argument("--upstream_retries", type=int, default=0,
+                   help="retries of failed upstream calls (timeouts, 429, 5xx included)")
+    p.add_argument("--upstream_connect_retries", type=int, default=3,
+                   help="retries of upstream calls whose connection was refused or dropped "
+                        "before any reply")
     p.add_argument("--num_candidates", type=int, default=5)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--host", default="127.0.0.1")
@@ -386,10 +392,12 @@ def main(argv=None) -> int:
     files, bindings, rest = gin_config.split_gin_flags(argv)
     args = _flags(argv).parse_args(rest)
     corrector = Corrector.from_model_dir(args.corrector, files, bindings, args.checkpoint_step)
-    logging.info("compiling the corrector for batch sizes up to %d", args.max_batch_size)
+    logging.info("compiling every corrector decode shape (batches up to %d, inputs up to %d "
+                 "tokens)", args.max_batch_size, corrector.settings.max_input_tokens)
     corrector.warmup(args.max_batch_size)
     upstream = make_upstream(args.upstream, args.upstream_model, args.upstream_timeout_s,
-                             args.upstream_retries, args.upstream_api_key_env)
+                             args.upstream_retries, args.upstream_api_key_env,
+                             args.upstream_connect_retries)
     app = ServeApp(corrector, upstream, num_candidates=args.num_candidates,
                    temperature=args.temperature, max_batch_size=args.max_batch_size,
                    max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,

@@ -1,9 +1,9 @@
 """Prometheus text-format metrics of `lmcor serve`: requests by status, latency and batch-size
-histograms, upstream errors, in-flight requests."""
+histograms, upstream errors and retries, in-flight requests, compiled decode executables."""
 import threading
-from typing import List
+from typing import Callable, List
 
-from lmcor.corrector import row_bucket
+from lmcor.corrector import row_buckets
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -11,14 +11,16 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 class Metrics:
     """Counters and histograms rendered in the Prometheus text exposition format."""
 
-    def __init__(self, max_batch: int):
+    def __init__(self, max_batch: int, executables: Callable[[], int] = lambda: 0,
+                 upstream_retries: Callable[[], int] = lambda: 0):
         self.lock = threading.Lock()
+        # Read when rendered: the corrector and the upstream keep these counts themselves.
+        self.executables, self.upstream_retries = executables, upstream_retries
         self.requests = {}  # (endpoint, status) -> count
         self.upstream_errors = {}  # reason -> count
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.batch_edges = tuple(row_bucket(n, max_batch) for n in range(1, max_batch + 1))
-        self.batch_edges = tuple(sorted(set(self.batch_edges) | {max_batch}))
+        self.batch_edges = row_buckets(max_batch)
         self.batches = [0] * len(self.batch_edges)
         self.batch_rows, self.batch_max = 0, 0
         self.inflight = 0
@@ -56,8 +58,16 @@ class Metrics:
                     "# TYPE lmcor_upstream_errors_total counter"]
             out += [f'lmcor_upstream_errors_total{{reason="{r}"}} {n}'
                     for r, n in sorted(self.upstream_errors.items())]
-            out += ["# HELP lmcor_inflight_requests Requests being handled now.",
-                    "# TYPE lmcor_inflight_requests gauge", f"lmcor_inflight_requests {self.inflight}"]
+            out += ["# HELP lmcor_upstream_retries_total Upstream calls repeated after the "
+                    "upstream dropped the connection.",
+                    "# TYPE lmcor_upstream_retries_total counter",
+                    f"lmcor_upstream_retries_total {self.upstream_retries()}",
+                    "# HELP lmcor_inflight_requests Requests being handled now.",
+                    "# TYPE lmcor_inflight_requests gauge", f"lmcor_inflight_requests {self.inflight}",
+                    "# HELP lmcor_decode_executables Compiled corrector decode shapes (growth "
+                    "after warm-up means compiling while serving).",
+                    "# TYPE lmcor_decode_executables gauge",
+                    f"lmcor_decode_executables {self.executables()}"]
         return "\n".join(out) + "\n"
 
 

@@ -1,7 +1,14 @@
 """The LLM behind `lmcor serve`: an OpenAI-compatible endpoint (through the sampling job's
 HTTP client) or Gemma 3 from a GGUF file run in-process. Failures become `ApiError`s carrying the
-HTTP status the proxy answers with: connection refused / 5xx -> 502, timeout -> 504, 4xx kept."""
+HTTP status the proxy answers with: connection refused / 5xx -> 502, timeout -> 504, 4xx kept.
+
+A connection the upstream refused, reset or closed without a reply is tried again (up to
+`connect_retries` times, with jittered backoff) before it becomes a 502: nothing was generated,
+so repeating is safe, and a burst of new connections (every request of a finished micro-batch
+asks upstream for its next pool at once) overflows a small listen backlog, which drops some.
+Timeouts are not repeated: the client is already waiting."""
 import threading
+import time
 from typing import Optional
 
 from lmcor.backends.base import BackendError, Request, SamplingParams
@@ -17,9 +24,11 @@ class HttpUpstream:
     """Greedy + samples from an OpenAI-compatible endpoint, via the sampling job's client."""
 
     def __init__(self, base_url: str, model: Optional[str], timeout_s: float, retries: int,
-                 api_key_env: Optional[str]):
+                 api_key_env: Optional[str], connect_retries: int = 3):
         self.base_url, self.model, self.timeout_s = base_url, model, timeout_s
         self.retries, self.api_key_env = retries, api_key_env
+        self.connect_retries = connect_retries
+        self.connection_retries = 0  # done so far (the server's /metrics shows it)
         self.backends, self.lock = {}, threading.Lock()
 
     def _backend(self, mode: str, model: str):
@@ -36,10 +45,17 @@ class HttpUpstream:
     def generate(self, mode: str, model: str, request: Request, params: SamplingParams):
         from lmcor.backends.http import HttpBackendError
         backend = self._backend(mode, model)
-        try:
-            return backend.generator, backend.generate([request], params)[0]
-        except HttpBackendError as e:
-            raise _upstream_api_error(e.reason or "error", e.status, str(e)) from None
+        attempt = 0
+        while True:
+            try:
+                return backend.generator, backend.generate([request], params)[0]
+            except HttpBackendError as e:
+                if e.reason != "connection" or attempt >= self.connect_retries:
+                    raise _upstream_api_error(e.reason or "error", e.status, str(e)) from None
+            with self.lock:
+                self.connection_retries += 1
+            time.sleep(backend._backoff(attempt, None))  # the backend's jittered backoff
+            attempt += 1
 
 
 def _upstream_api_error(reason: str, status: Optional[int], message: str) -> ApiError:
@@ -70,9 +86,9 @@ class JaxUpstream:
 
 
 def make_upstream(spec: str, model: Optional[str], timeout_s: float, retries: int,
-                  api_key_env: Optional[str]):
+                  api_key_env: Optional[str], connect_retries: int = 3):
     if spec.startswith("jax:gguf:"):
         return JaxUpstream(spec[len("jax:gguf:"):])
     if spec.startswith(("http://", "https://")):
-        return HttpUpstream(spec, model, timeout_s, retries, api_key_env)
+        return HttpUpstream(spec, model, timeout_s, retries, api_key_env, connect_retries)
     raise ValueError(f"--upstream={spec!r}: expected an http(s):// base URL or jax:gguf:PATH")

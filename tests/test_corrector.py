@@ -1,6 +1,8 @@
 """Corrector inference: same input as the SeqIO training task, batch-padding invariance,
 input limits, and loading a MODEL_DIR written by the trainer's own checkpointer."""
+import dataclasses
 import itertools
+import random
 
 import gin
 import jax
@@ -9,7 +11,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from lmcor.corrector import Corrector, InputTooLongError, pool_record, row_bucket
+from lmcor.corrector import (Corrector, CorrectorSettings, InputTooLongError, pool_record,
+                             row_bucket, row_buckets)
 from lmcor.data import preprocessors as pp
 from lmcor.data.importers import import_wmt
 
@@ -62,6 +65,53 @@ def test_batch_padding_does_not_change_outputs(task_spm_path, wmt_records):
 def test_row_bucket():
     assert [row_bucket(n, 8) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
     assert row_bucket(5, 6) == 6 and row_bucket(3, 3) == 3
+    assert row_buckets(8) == (1, 2, 4, 8) and row_buckets(6) == (1, 2, 4, 6)
+
+
+def test_decode_widths_are_few_and_pad_by_at_most_the_growth():
+    settings = CorrectorSettings()  # length_bucket 32, growth 1.25, up to 1024 tokens
+    widths = settings.widths
+    assert widths == (32, 64, 96, 128, 160, 224, 288, 384, 480, 608, 768, 960, 1024)
+    assert all(w % 32 == 0 for w in widths) and widths[-1] >= settings.max_input_tokens
+    # Past a few buckets each width is the previous one grown by 1.25, rounded up to the grid.
+    assert all(b <= max(a + 32, 1.25 * a + 32) for a, b in zip(widths, widths[1:]))
+    every = CorrectorSettings(length_bucket=64, max_input_tokens=300, length_growth=1.0).widths
+    assert every == (64, 128, 192, 256, 320)
+    assert CorrectorSettings(length_bucket=128, max_input_tokens=100).widths == (128,)
+    with pytest.raises(ValueError, match="length_growth"):
+        CorrectorSettings(length_growth=0.5)
+
+
+def test_width_bucket_is_the_smallest_width_that_fits(task_spm_path):
+    corrector = tiny_corrector(task_spm_path)  # widths 64 ... 384
+    for n in range(1, corrector.settings.max_input_tokens + 1):
+        width = corrector.width_bucket(n)
+        assert width >= n and width in corrector.settings.widths
+        assert all(w < n for w in corrector.settings.widths if w < width)
+    with pytest.raises(InputTooLongError):
+        corrector.width_bucket(corrector.settings.widths[-1] + 1)
+
+
+def test_after_warmup_no_batch_compiles(task_spm_path):
+    """Warm-up covers every (rows, width) a batch of at most max_rows accepted inputs can
+    need: decoding batches of every size and of lengths across every width adds no executable."""
+    shared = shared_corrector(task_spm_path)
+    settings = dataclasses.replace(shared.settings, max_input_tokens=150)  # widths 64/128/192
+    corrector = Corrector(shared.lm, shared.params, shared.vocab, shared.options, settings)
+    stats = corrector.warmup(max_rows=4)
+    assert stats["shapes"] == len(corrector.decode_shapes(4)) == 3 * 3
+    before = corrector.compiled_executables()
+    assert before >= stats["shapes"]
+    rng = random.Random(0)
+    lengths = (1, 2, 63, 64, 65, 127, 128, 129, 150)
+    for n in (1, 2, 3, 4, 3, 2, 1, 4):
+        batch = [[rng.randrange(3, 200) for _ in range(rng.choice(lengths))] for _ in range(n)]
+        texts, compile_s = corrector.decode_ids(batch, row_bucket(n, 4))
+        assert len(texts) == n and compile_s == 0.0
+    assert corrector.compiled_executables() == before
+    # A shape warm-up did not cover (7 rows) is seen by the counter and in decode_ids' result.
+    assert corrector.decode_ids([[5] * 10] * 3, 7)[1] > 0
+    assert corrector.compiled_executables() == before + 1
 
 
 def test_too_long_input_is_refused(task_spm_path):

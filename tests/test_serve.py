@@ -1,6 +1,7 @@
 """`lmcor serve` against a real scripted OpenAI-compatible upstream on loopback."""
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -11,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from lmcor.corrector import pool_record
+from lmcor.corrector import Corrector, pool_record
 from lmcor.serve import Server, ServeApp
 from lmcor.upstream import HttpUpstream
 
@@ -27,8 +28,9 @@ def corrector(task_spm_path):
 
 
 @contextlib.contextmanager
-def serving(corrector, upstream_url, *, timeout_s=5.0, **kwargs):
-    upstream = HttpUpstream(upstream_url, None, timeout_s, retries=0, api_key_env=None)
+def serving(corrector, upstream_url, *, timeout_s=5.0, connect_retries=3, **kwargs):
+    upstream = HttpUpstream(upstream_url, None, timeout_s, retries=0, api_key_env=None,
+                            connect_retries=connect_retries)
     app = ServeApp(corrector, upstream, **{"max_batch_size": 4, "max_wait_ms": 5, **kwargs})
     server = Server(("127.0.0.1", 0), app).start()
     try:
@@ -124,11 +126,36 @@ def test_too_long_source_is_413_before_the_upstream(corrector):
 
 
 def test_upstream_down_is_502(corrector):
-    with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1") as server:
+    with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1", connect_retries=1) as server:
         status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
         text = metrics(server)
     assert status == 502 and "connection" in reply["error"]["message"]
     assert 'lmcor_upstream_errors_total{reason="bad_gateway"} 1' in text
+    assert metric(text, "lmcor_upstream_retries_total") == 1  # tried again once, then gave up
+
+
+def _drop_first_connections(llm: FakeLLM, n: int):
+    """The upstream closes its first n connections unanswered, as a listen backlog overflowed
+    by a burst of connections does (socketserver closes a request it does not verify)."""
+    dropped = iter(range(n))
+    llm.server.verify_request = lambda request, address: next(dropped, None) is None
+
+
+def test_dropped_upstream_connections_are_retried(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        _drop_first_connections(llm, 2)  # the request's greedy call and its samples call
+        status, reply = post(server, "/v1/completions",
+                             {"prompt": PROMPT, "lmcor": {"return_candidates": True}})
+        text = metrics(server)
+        answered = len(llm.requests)
+    assert status == 200, reply
+    assert len(reply["lmcor"]["candidates"]) == 5 and answered == 2
+    assert metric(text, "lmcor_upstream_retries_total") >= 1
+    # Without retries the same dropped connection is the client's 502.
+    with FakeLLM() as llm, serving(corrector, llm.base_url, connect_retries=0) as server:
+        _drop_first_connections(llm, 2)
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
+    assert status == 502 and "connection" in reply["error"]["message"]
 
 
 def test_upstream_hang_is_504(corrector):
@@ -176,6 +203,28 @@ def test_concurrent_requests_are_decoded_together(corrector):
     assert metric(text, "lmcor_batch_size_count") < 4  # fewer decode calls than requests
     assert metric(text, "lmcor_batch_size_sum") == 4
     assert metric(text, "lmcor_request_latency_seconds_count") == 4
+
+
+def test_serving_after_warmup_compiles_nothing(corrector):
+    """Requests of varied lengths, micro-batched into varied batch sizes, decode only with the
+    executables `Corrector.warmup` compiled before the server took requests."""
+    # Widths 128/256/384; these pools (source + 5 candidates) give 235-372 tokens.
+    settings = dataclasses.replace(corrector.settings, length_bucket=128)
+    served = Corrector(corrector.lm, corrector.params, corrector.vocab, corrector.options,
+                       settings)
+    served.warmup(max_rows=4)
+    before = served.compiled_executables()
+    prompts = [("She go to school yesterday " * k).strip() for k in (1, 8, 2, 9, 5, 1, 7, 3)]
+    with FakeLLM() as llm, serving(served, llm.base_url, max_wait_ms=100) as server:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(lambda p: post(server, "/v1/completions",
+                                                   {"prompt": p, "max_tokens": 8}), prompts))
+        text = metrics(server)
+    assert [s for s, _ in replies] == [200] * len(prompts)
+    widths = {served.width_bucket(r["usage"]["prompt_tokens"]) for _, r in replies}
+    assert widths == {256, 384}  # the load did cross width buckets
+    assert metric(text, "lmcor_batch_size_max") > 1  # and batched requests together
+    assert metric(text, "lmcor_decode_executables") == before == served.compiled_executables()
 
 
 def test_shutdown_finishes_in_flight_requests(corrector):
