@@ -1,7 +1,7 @@
 """`lmcor serve` under load: N concurrent clients against a real upstream on loopback.
 
-    .venv/bin/python benchmarks/serve.py [--clients=32 --requests=200 --passes=2]
-        [--corrector=MODEL_DIR] [--upstream_delay_ms=50] [--max_batch_size=16]
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/serve.py [--clients=32 --requests=200]
+        [--passes=2] [--corrector=MODEL_DIR] [--upstream_delay_ms=50] [--max_batch_size=16]
 
 The upstream is the scripted OpenAI-compatible server the tests use (a real HTTP server on
 127.0.0.1 that answers after `--upstream_delay_ms`, standing in for an LLM's latency). Without
@@ -9,12 +9,16 @@ The upstream is the scripted OpenAI-compatible server the tests use (a real HTTP
 on real E2E text: its outputs mean nothing, but the serving work (HTTP, upstream fan-out,
 preprocessing, batching, beam search) is all real. Prompts are real E2E and JFLEG sources.
 
-Runs the same load twice, with micro-batching and with max batch size 1, after an unmeasured
-warm-up pass that compiles every shape; reports failures, lost requests (sent but never
-answered), p50/p99 latency, throughput, the batching speed-up, and RSS across passes.
+Runs the same load with micro-batching and with max batch size 1, each right after the
+server's start-up warm-up (`Corrector.warmup`: every decode shape compiled; its seconds are
+reported); reports failures by cause, lost requests (sent but never answered), p50/p99
+latency, throughput, the batching speed-up, RSS across passes, and the decode executables
+compiled during the measured passes (0 when warm-up covered every shape the load produced).
 """
 import argparse
+import collections
 import concurrent.futures
+import ctypes
 import itertools
 import json
 import os
@@ -35,10 +39,14 @@ from lmcor.serve import Server, ServeApp  # noqa: E402
 from lmcor.upstream import HttpUpstream  # noqa: E402
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory (VmRSS; VmHWM is the peak so far). Freed heap is handed back to the OS
+    first (glibc malloc_trim): warm-up's largest batches leave GBs cached in the allocator,
+    which would hide a leak behind a fall."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/status", encoding="ascii") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return kb / 1024
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return round(kb / 1024, 1)
 
 
 def real_prompts(data_dir: str, n: int):
@@ -66,16 +74,19 @@ def random_corrector(data_dir: str, work: str, preset: str,
 
 
 def one_request(url: str, prompt: str):
+    """-> (None or why it failed, seconds)."""
     body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": 32}).encode()
     req = urllib.request.Request(url + "/v1/completions", data=body,
                                  headers={"Content-Type": "application/json"})
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=900) as resp:
-            ok = resp.status == 200 and "choices" in json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        ok = False
-    return ok, time.perf_counter() - start
+            failure = None if "choices" in json.loads(resp.read()) else "no choices"
+    except urllib.error.HTTPError as e:
+        failure = f"HTTP {e.code}: {e.read()[:120].decode('utf-8', 'replace')}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        failure = f"{type(e).__name__}: {e}"
+    return failure, time.perf_counter() - start
 
 
 def load_pass(url: str, prompts, clients: int, desc: str) -> dict:
@@ -90,8 +101,10 @@ def load_pass(url: str, prompts, clients: int, desc: str) -> dict:
             done, not_done = concurrent.futures.wait(futures, timeout=900)
     wall = time.perf_counter() - start
     results = [f.result() for f in done]
-    lat = np.array([s for ok, s in results if ok]) * 1000
-    return {"requests": len(prompts), "ok": len(lat), "failed": sum(not ok for ok, _ in results),
+    lat = np.array([s for failure, s in results if failure is None]) * 1000
+    failures = collections.Counter(failure for failure, _ in results if failure is not None)
+    return {"requests": len(prompts), "ok": len(lat), "failed": sum(failures.values()),
+            "failures": dict(failures.most_common(5)),
             "lost": len(not_done), "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
             "throughput_rps": len(lat) / wall, "wall_s": wall}
@@ -106,22 +119,24 @@ def scrape(url: str, name: str) -> float:
 
 
 def run_config(corrector, upstream_url, prompts, args, max_batch: int) -> dict:
-    upstream = HttpUpstream(upstream_url, None, 60.0, 0, None)
+    upstream = HttpUpstream(upstream_url, None, 60.0, 0, None)  # the CLI's default retries
     app = ServeApp(corrector, upstream, num_candidates=args.num_candidates,
                    max_batch_size=max_batch, max_wait_ms=args.max_wait_ms, decode_timeout_s=600)
     server = Server(("127.0.0.1", 0), app).start()
     try:
-        corrector.warmup(max_batch)
-        # Unmeasured: compiles every (rows, length) bucket this load produces.
-        load_pass(server.url, prompts, args.clients, f"warm-up (batch<={max_batch})")
-        out = {"max_batch_size": max_batch, "rss_mib": [round(rss_mib(), 1)], "passes": []}
+        out = {"max_batch_size": max_batch, "warmup": corrector.warmup(max_batch),
+               "rss_mib": [rss_mib()], "passes": []}
+        executables = scrape(server.url, "lmcor_decode_executables")
         for _ in range(args.passes):
             out["passes"].append(load_pass(server.url, prompts, args.clients,
                                            f"measured (batch<={max_batch})"))
-            out["rss_mib"].append(round(rss_mib(), 1))
+            out["rss_mib"].append(rss_mib())
+        out["compiled_while_serving"] = scrape(server.url, "lmcor_decode_executables") - executables
+        out["upstream_connect_retries"] = scrape(server.url, "lmcor_upstream_retries_total")
         out["mean_batch_size"] = (scrape(server.url, "lmcor_batch_size_sum")
                                   / scrape(server.url, "lmcor_batch_size_count"))
         out["max_batch_seen"] = scrape(server.url, "lmcor_batch_size_max")
+        out["peak_rss_mib"] = rss_mib("VmHWM")
     finally:
         server.stop()
     return out
@@ -141,16 +156,20 @@ def main(argv=None) -> int:
     p.add_argument("--max_wait_ms", type=float, default=10.0)
     p.add_argument("--beam_size", type=int, default=4)
     p.add_argument("--max_decode_tokens", type=int, default=16)
-    p.add_argument("--length_bucket", type=int, default=128,
-                   help="coarser buckets mean fewer shapes to compile")
+    p.add_argument("--max_input_tokens", type=int, default=512,
+                   help="longest corrector input accepted (these prompts give 218-283 tokens); "
+                        "every width up to it is compiled at start-up")
+    p.add_argument("--length_bucket", type=int, default=CorrectorSettings.length_bucket)
+    p.add_argument("--length_growth", type=float, default=CorrectorSettings.length_growth,
+                   help="ratio between decode widths: finer pads less, compiles more")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args(argv)
 
     from _llm_server import FakeLLM
 
     settings = CorrectorSettings(beam_size=args.beam_size, max_decode_tokens=args.max_decode_tokens,
-                                 max_input_tokens=1024,
-                                 length_bucket=args.length_bucket)
+                                 max_input_tokens=args.max_input_tokens,
+                                 length_bucket=args.length_bucket, length_growth=args.length_growth)
     with tempfile.TemporaryDirectory() as work:
         corrector = (Corrector.from_model_dir(args.corrector) if args.corrector
                      else random_corrector(args.data_dir, work, args.preset, settings))
@@ -159,8 +178,11 @@ def main(argv=None) -> int:
             batched = run_config(corrector, llm.base_url, prompts, args, args.max_batch_size)
             single = run_config(corrector, llm.base_url, prompts, args, 1)
     best = lambda r: max(x["throughput_rps"] for x in r["passes"])  # noqa: E731
-    report = {"corrector": args.corrector or f"random T5 {args.preset}", "clients": args.clients, "requests_per_pass": args.requests,
+    report = {"corrector": args.corrector or f"random T5 {args.preset}", "clients": args.clients,
+              "requests_per_pass": args.requests,
               "upstream_delay_ms": args.upstream_delay_ms, "beam_size": args.beam_size,
+              "max_decode_tokens": corrector.settings.max_decode_tokens,
+              "decode_widths": corrector.settings.widths,
               "micro_batching": batched, "batch_size_1": single,
               "throughput_ratio_batched_vs_1": best(batched) / best(single)}
     text = json.dumps(report, indent=2)
@@ -169,7 +191,8 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.out, text.encode())
     print(text)
     failures = sum(x["failed"] + x["lost"] for r in (batched, single) for x in r["passes"])
-    return 1 if failures else 0
+    compiled = sum(r["compiled_while_serving"] for r in (batched, single))
+    return 1 if failures or compiled else 0
 
 
 if __name__ == "__main__":
