@@ -24,7 +24,7 @@ from lmcor.backends.jax_lm import JaxBackend, resolve_checkpoint  # noqa: E402
 
 def run_job(args, out_dir):
     backend = JaxBackend(checkpoint="gemma3-270m", batch_size=args.batch_size,
-                         per_example_seed=False)
+                         per_example_seed=False, dtype=args.dtype)
     start = time.perf_counter()
     manifest = sample.sample_pool(
         output_dir=out_dir, task="e2e", split="test", demo_split="dev", backend=backend,
@@ -87,6 +87,8 @@ def main():
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="our weights and compute (transformers stays float32)")
     parser.add_argument("--skip_transformers", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:

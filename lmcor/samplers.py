@@ -2,7 +2,10 @@
 
 Full-vocabulary work per step is kept to a few passes over the logits, because at Gemma's
 262k vocabulary a sort or a per-entry random draw costs more than the model step on a CPU:
-  * top-k: `lax.top_k`, then everything happens on the k survivors;
+  * greedy and top-k: one max per block of ~sqrt(V) entries, then the exact search runs only
+    inside the few blocks that can hold the winners (a plain argmax or `lax.top_k` over 262k
+    entries costs more than the model's matmuls on a 2-core CPU); then everything happens on the
+    k survivors;
   * top-p alone: the nucleus is searched among the NUCLEUS_CAP best tokens, which almost always
     hold it; only when some row's nucleus is larger does a bisection over the vocabulary run;
   * plain temperature: inverse-CDF sampling with one uniform per row, over block sums and then
@@ -16,6 +19,42 @@ import jax.numpy as jnp
 
 NEG_INF = -1e30
 NUCLEUS_CAP = 1024
+
+
+def _blocks(x):
+    """[N, V] -> [N, B, W] with W ~ sqrt(V), padded with -inf (never chosen)."""
+    n, vocab = x.shape
+    width = math.isqrt(vocab - 1) + 1
+    blocks = -(-vocab // width)
+    x = jnp.pad(x, ((0, 0), (0, blocks * width - vocab)), constant_values=-jnp.inf)
+    return x.reshape(n, blocks, width), width
+
+
+def argmax(x):
+    """`jnp.argmax(x, -1)` (first index among ties) for [N, V], via block maxima."""
+    if x.shape[-1] < 4096:
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    xb, width = _blocks(x)
+    blk = jnp.argmax(xb.max(-1), axis=-1)  # the first block holding the row maximum
+    inner = jnp.take_along_axis(xb, blk[:, None, None], axis=1)[:, 0]
+    return (blk * width + jnp.argmax(inner, axis=-1)).astype(jnp.int32)
+
+
+def largest(x, k: int):
+    """`lax.top_k(x, k)` values (sorted descending) and ids for [N, V].
+
+    The k largest entries lie in the k blocks with the largest maxima, so `lax.top_k` runs on
+    those blocks only. Equal values may come back with other ids than `lax.top_k` picks.
+    """
+    vocab = x.shape[-1]
+    xb, width = _blocks(x)
+    if k * width * 4 > vocab:  # few blocks to skip: the plain search is cheaper
+        return jax.lax.top_k(x, k)
+    _, blk = jax.lax.top_k(xb.max(-1), k)
+    cand = jnp.take_along_axis(xb, blk[:, :, None], axis=1)  # [N, k, W]
+    vals, j = jax.lax.top_k(cand.reshape(x.shape[0], -1), k)
+    ids = jnp.take_along_axis(blk, j // width, axis=-1) * width + j % width
+    return vals, ids.astype(jnp.int32)
 
 
 def _token_logprob(logits, tok):
@@ -35,11 +74,10 @@ def nucleus(sorted_vals, top_p):
 
 def inverse_cdf(key, logits):
     """One draw per row from softmax(logits), using a single uniform number per row."""
-    n, vocab = logits.shape
-    width = math.isqrt(vocab - 1) + 1
-    blocks = -(-vocab // width)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.pad(probs, ((0, 0), (0, blocks * width - vocab))).reshape(n, blocks, width)
+    xb, width = _blocks(logits)
+    n, blocks = xb.shape[:2]
+    probs = jnp.exp(xb - xb.max(axis=(1, 2), keepdims=True))
+    probs = probs / probs.sum(axis=(1, 2), keepdims=True)
     block_mass = probs.sum(-1)
     ends = jnp.cumsum(block_mass, axis=-1)
     u = jax.random.uniform(key, (n, 1)) * ends[:, -1:]
@@ -78,7 +116,7 @@ def _nucleus_threshold(scaled, top_p, iters: int = 40):
 
 def _sample_top_p(key, scaled, top_p):
     cap = min(NUCLEUS_CAP, scaled.shape[-1])
-    vals, idx = jax.lax.top_k(scaled, cap)
+    vals, idx = largest(scaled, cap)
     covered = jax.nn.logsumexp(vals, -1) - jax.nn.logsumexp(scaled, -1) >= jnp.log(top_p)
 
     def within_cap(_):
@@ -97,12 +135,12 @@ def choose(logits, key, *, greedy: bool, top_k: int, use_top_p: bool, temperatur
     """-> (token [N], log-prob under the sampled distribution, log-prob under the model)."""
     logits = logits.astype(jnp.float32)
     if greedy:
-        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        tok = argmax(logits)
         lp = _token_logprob(logits, tok)
         return tok, lp, lp
     scaled = logits / temperature
     if top_k:
-        vals, idx = jax.lax.top_k(scaled, top_k)
+        vals, idx = largest(scaled, top_k)
         tok, lp = _sample_sorted(key, vals, idx, top_p, use_top_p)
     elif use_top_p:
         tok, lp = _sample_top_p(key, scaled, top_p)

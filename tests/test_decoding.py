@@ -286,3 +286,20 @@ def test_top_p_samples_only_from_the_nucleus(vocab):
     assert set(tok.tolist()) <= allowed and len(set(tok.tolist())) > rows // 4
     mass = probs[sorted(allowed)].sum()  # drawn with probability p / (nucleus mass)
     np.testing.assert_allclose(np.asarray(lp), np.log(probs[tok] / mass), rtol=1e-3)
+
+
+@pytest.mark.parametrize("vocab", [5000, 262144])  # a padded last block / Gemma's vocabulary
+def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
+    from lmcor.samplers import argmax, largest
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, vocab)).astype(np.float32)
+    x[1, [7, vocab - 1]] = 50.0  # a tie for the maximum: the first index wins, as in argmax
+    x[2, -40:] = 9.0 + np.arange(40)  # the winners all in the last (padded) block
+    x[3] = -1e30  # a row with nothing but masked entries
+    np.testing.assert_array_equal(np.asarray(jax.jit(argmax)(x)), np.argmax(x, axis=-1))
+    for k in (1, 50):
+        vals, ids = jax.jit(largest, static_argnums=1)(x, k)
+        want_vals, _ = jax.lax.top_k(x, k)
+        np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_vals))
+        np.testing.assert_array_equal(np.take_along_axis(x, np.asarray(ids), -1), np.asarray(vals))

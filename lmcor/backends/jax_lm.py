@@ -43,26 +43,18 @@ def import_model_modules():
     config is locked; registering is harmless then, so the lock is lifted for the import.
     """
     with gin.unlock_config():
-        from lmcor import decoding  # noqa: PLC0415
-        from lmcor.checkpoints import gguf, hf_gemma  # noqa: PLC0415
-        from lmcor.models import gemma  # noqa: PLC0415
-    return decoding, gguf, hf_gemma, gemma
+        from lmcor import decoding, generate  # noqa: PLC0415
+        from lmcor.checkpoints import gguf, hf_gemma  # noqa: F401, PLC0415 — loaded by generate
+        from lmcor.models import gemma  # noqa: F401, PLC0415
+    return decoding, generate
 
 
 def load_model(path: str, dtype: str):
-    """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder."""
-    import dataclasses  # noqa: PLC0415
-
-    _, gguf, hf_gemma, gemma = import_model_modules()
-    Gemma3, GemmaLM = gemma.Gemma3, gemma.GemmaLM
-    if path.endswith(".gguf"):
-        config, params = gguf.load_gemma_gguf(path)
-        tokenizer = gguf.gemma_tokenizer(path)
-    else:
-        config, params = hf_gemma.load_gemma_safetensors(path)
-        tokenizer = hf_gemma.gemma_tokenizer(path)
-    config = dataclasses.replace(config, dtype=dtype)
-    return GemmaLM(Gemma3(config)), params, tokenizer
+    """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder; weights in
+    `dtype` (cast once at load, so no decode step pays for it)."""
+    _, generate = import_model_modules()
+    kind = "gguf" if path.endswith(".gguf") else "safetensors"
+    return generate.load_model(f"{kind}:{path}", dtype)
 
 
 @gin.configurable

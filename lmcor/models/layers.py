@@ -152,10 +152,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     No 1/sqrt(D) scaling here: callers fold their own scale into q. `bias` and `mask` broadcast
     to [B,H,Q,K]. Fully masked rows give a uniform (finite) distribution instead of NaN.
     """
-    groups = q.shape[2] // k.shape[2]
-    if groups > 1:
-        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    b, nq, h, d = q.shape
+    kh = k.shape[2]
+    # Grouped heads without repeating k/v: with a KV cache, a repeat copies the whole cache
+    # `groups` times per layer per step, which costs more than the attention itself.
+    qg = q.reshape(b, nq, kh, h // kh, d)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32)
+    logits = logits.reshape(b, h, nq, k.shape[1])
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -163,4 +166,5 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     if dropout is not None:
         weights = dropout(weights)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    weights = weights.reshape(b, kh, h // kh, nq, k.shape[1])
+    return jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(b, nq, h, d)
