@@ -141,3 +141,15 @@ def test_non_finite_loss_stops_without_saving_it(tmp_path):
         params, _ = _params(tmp_path, step)
         import jax
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_time_budget_stops_with_a_checkpoint_and_a_final_evaluation(tmp_path):
+    # A zero budget is spent by the first step: the run must stop there, evaluate, and save.
+    budget = SLOW + ["--gin.train.max_train_seconds=0", "--gin.train.eval_every=0"]
+    rc, summary, err = _finish(_start(tmp_path, steps=200, extra=budget))
+    assert rc == 0, err[-3000:]
+    assert summary["stopped"] == "time_limit" and summary["step"] == 1
+    assert _finalized_steps(tmp_path) == [1]
+    # The checkpoint carries the metrics of an evaluation run on step 1.
+    with open(os.path.join(tmp_path, "checkpoints", "1", "metrics", "metrics")) as f:
+        assert json.load(f) == {"neg_step": -1.0}

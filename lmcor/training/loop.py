@@ -5,7 +5,9 @@ from MODEL_DIR/checkpoints), then steps: every step's metrics are checked for fi
 anything is saved, evaluation runs every `eval_every` steps and feeds keep-best checkpointing,
 and a SIGTERM on any host turns into "save this step, stop" on all of them.
 """
+import contextlib
 import os
+import time
 from typing import Callable, Optional
 
 import gin
@@ -55,6 +57,25 @@ def _restore_or_init(ckpt, state, source):
     return state, latest
 
 
+class _TrainClock:
+    """Training wall time against an optional budget, with evaluations left out of it."""
+
+    def __init__(self, budget_s: Optional[float]):
+        self.budget_s, self.start, self.excluded = budget_s, time.monotonic(), 0.0
+
+    def expired(self) -> bool:
+        used = time.monotonic() - self.start - self.excluded
+        return self.budget_s is not None and used >= self.budget_s
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.excluded += time.monotonic() - t
+
+
 def _write_config(model_dir: str):
     """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
     if distributed.is_main_host():
@@ -85,8 +106,13 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
           data: Callable = gin.REQUIRED, batch_size: int = 8, seed: int = 0,
           mesh_shape=(-1, 1), data_shards: Optional[int] = None, log_every: int = 10,
           eval_every: int = 0, evaluator: Optional[Callable] = None,
-          evaluate_only: bool = False, preemption=None) -> dict:
+          evaluate_only: bool = False, max_train_seconds: Optional[float] = None,
+          preemption=None) -> dict:
     """Trains until `train_steps` optimizer updates; returns {"step", "losses", "stopped"}.
+
+    `max_train_seconds` also stops it once this run has trained that long (wall clock, from
+    the first step, compilation included; evaluation time not counted), with a checkpoint and,
+    when an evaluator is set, a final evaluation: "train for 15 minutes" on a shared machine.
 
     `data(num_shards, owned_shards) -> {shard: {feature: np.ndarray}}` (see training/data.py);
     `evaluator(model, params, step) -> {metric: float}` runs every `eval_every` steps and its
@@ -107,6 +133,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
                          distributed.is_main_host())
     losses, stopped = [], "done"
+    clock = _TrainClock(max_train_seconds)
     try:
         with jax.set_mesh(mesh):
             for step in range(start, train_steps):
@@ -116,15 +143,19 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
                 losses.append(float(metrics["loss"]))
                 done = step + 1
                 logger.step(done, metrics, log_every)
+                out_of_time = _any_host(clock.expired())
                 evals = None
-                if evaluator is not None and eval_every and done % eval_every == 0:
-                    evals = evaluator(model, state.params, done)
+                if evaluator is not None and (
+                        (eval_every and done % eval_every == 0) or out_of_time):
+                    with clock.paused():
+                        evals = evaluator(model, state.params, done)
                     logger.scalars(done, evals, prefix="eval/")
                 preempted = _any_host(preemption is not None and preemption.requested)
                 ckpt.save(done, state, source.position(done), metrics=evals,
-                          force=preempted or done == train_steps or evals is not None)
-                if preempted:
-                    stopped = "preempted"
+                          force=preempted or out_of_time or done == train_steps
+                          or evals is not None)
+                if preempted or out_of_time:
+                    stopped = "preempted" if preempted else "time_limit"
                     break
     finally:
         ckpt.close()
