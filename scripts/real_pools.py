@@ -57,6 +57,7 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             continue
         start = time.time()
+        backend.reset_stats()
         summary = sample_pool(
             output_dir=os.path.join(args.root, name), task=task, split=split,
             demo_split=demo_split, backend=backend, prompt=PromptConfig(variant=variant),

@@ -67,6 +67,10 @@ class JaxBackend(Backend):
         self.per_example_seed, self.model_parallel = per_example_seed, model_parallel
         self._name = name or os.path.splitext(os.path.basename(checkpoint.rstrip("/")))[0]
         self._lm = self._params = self._tokenizer = None
+        self.reset_stats()
+
+    def reset_stats(self):
+        """Zeroes the counters, so a backend reused for several pools reports each on its own."""
         self._stats = {"prompt_tokens": 0, "padded_positions": 0, "prompt_positions": 0,
                        "generated_tokens": 0, "compile_s": 0.0, "decode_s": 0.0}
 
