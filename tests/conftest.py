@@ -28,6 +28,26 @@ def gemma_gguf_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def wmt22_pool(data_dir, tmp_path_factory):
+    """`wmt22_pool(n)`: the folder of a pool holding the first n WMT22 examples (built once)."""
+    import itertools
+
+    from lmcor.data.importers import import_wmt
+    from lmcor.data.pool import write_pool
+
+    built = {}
+
+    def build(n: int) -> str:
+        if n not in built:
+            out = tmp_path_factory.mktemp(f"wmt22_pool_{n}")
+            write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), n), str(out))
+            built[n] = str(out)
+        return built[n]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def task_spm_path(data_dir, tmp_path_factory) -> str:
     """A small SentencePiece model trained once per session on real E2E, JFLEG and WMT text."""
     import itertools

@@ -1,6 +1,5 @@
 """`lmcor evaluate`: rows, intervals, paired tests, written files and resumption, on a real WMT22
 slice with a (random-weight) corrector MODEL_DIR written by the trainer's checkpointer."""
-import itertools
 import json
 import os
 
@@ -10,8 +9,6 @@ import pytest
 from lmcor import evaluate, metrics, rerank
 from lmcor.corrector import Corrector
 from lmcor.data import preprocessors as pp
-from lmcor.data.importers import import_wmt
-from lmcor.data.pool import write_pool
 from lmcor.io_utils import read_lines
 
 from _tiny_corrector import tiny_config, tiny_params, write_model_dir
@@ -20,10 +17,8 @@ N = 6
 
 
 @pytest.fixture(scope="module")
-def pool_dir(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pool")
-    write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(out))
-    return str(out)
+def pool_dir(wmt22_pool):
+    return wmt22_pool(N)
 
 
 @pytest.fixture(scope="module")

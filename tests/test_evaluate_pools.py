@@ -2,7 +2,6 @@
 `pools/<name>` folders, read through the task's data source (PoolDataSource.records) and found
 from the repository root whatever the working directory. A real WMT22 slice stands in for the
 pool folder (the sampled pools are outputs, absent from a fresh clone)."""
-import itertools
 import json
 import shutil
 
@@ -10,8 +9,7 @@ import gin
 import pytest
 
 from lmcor import evaluate, rerank
-from lmcor.data.importers import import_wmt
-from lmcor.data.pool import read_pool, write_pool
+from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines
 from lmcor.tasks import common
 
@@ -19,10 +17,8 @@ N = 5
 
 
 @pytest.fixture(scope="module")
-def pool_dir(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pool")
-    write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(out))
-    return str(out)
+def pool_dir(wmt22_pool):
+    return wmt22_pool(N)
 
 
 def test_records_is_the_split_in_pool_order(pool_dir):
