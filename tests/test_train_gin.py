@@ -31,7 +31,9 @@ def clean_gin():
     (["models/t5_1_1_base.gin", "runs/eval_only.gin", "tasks/wmt.gin"], "wmt_lmcor", "t5_model"),
 ])
 def test_run_files_parse_and_bind_the_trainer(files, task, model):
-    gin_config.parse_gin(files, ["MODEL_DIR = '/tmp/unused'"], finalize=False)
+    # Finalized as the CLI does, so a macro left unbound (a run file that needs a model file it
+    # does not include) fails here rather than after the data has loaded.
+    gin_config.parse_gin(files, ["MODEL_DIR = '/tmp/unused'"])
     assert _resolve(gin.query_parameter("seqio_train_data.task")) == task
     assert _resolve(gin.query_parameter("Evaluator.task")) == task
     assert gin.query_parameter("train.model").configurable.name == model
