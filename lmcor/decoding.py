@@ -39,6 +39,9 @@ class DecodeConfig:
     stop: tuple[str, ...] = ()
     extra_eos_ids: tuple[int, ...] = ()
     return_all_beams: bool = False
+    # Sampling only: the first of each prompt's num_samples rows is its greedy continuation, so
+    # a greedy output and its samples share one prefill (the paper's pool in one call).
+    greedy_first: bool = False
 
     def __post_init__(self):
         checks = [
@@ -52,6 +55,8 @@ class DecodeConfig:
              "beam search and sampling (temperature > 0) are exclusive"),
             (not (self.num_samples > 1 and self.temperature == 0 and self.beam_size == 1),
              "num_samples > 1 needs temperature > 0 (greedy samples would all be equal)"),
+            (not self.greedy_first or (self.temperature > 0 and self.beam_size == 1),
+             "greedy_first needs sampling (temperature > 0)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -126,6 +131,12 @@ def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
     tok, lp, mlp = samplers.choose(logits, jax.random.fold_in(key, i), greedy=opts["greedy"],
                                    top_k=opts["top_k"], use_top_p=opts["use_top_p"],
                                    temperature=temperature, top_p=top_p)
+    if opts["greedy_first"]:
+        first = jnp.arange(tok.shape[0]) % opts["num_samples"] == 0
+        best, best_lp, _ = samplers.choose(logits, key, greedy=True, top_k=0, use_top_p=False,
+                                           temperature=temperature, top_p=top_p)
+        tok, lp, mlp = (jnp.where(first, best, tok), jnp.where(first, best_lp, lp),
+                        jnp.where(first, best_lp, mlp))
     done = state["done"]
     tok = jnp.where(done, opts["pad_id"], tok)
     recent = jnp.concatenate([state["recent"][:, 1:], tok[:, None]], axis=1)
@@ -226,6 +237,7 @@ def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
         return _decode_beam(lm, params, batch, config, eos, num_eos)
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
+                greedy_first=config.greedy_first,
                 max_new_tokens=config.max_new_tokens, pad_id=int(lm.pad_id))
     run = _compiled(lm, "sample", _sample_loop, opts)
     temperature = jnp.float32(config.temperature or 1.0)

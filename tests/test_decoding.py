@@ -182,6 +182,16 @@ def test_same_seed_same_samples_different_seed_different(family):
     np.testing.assert_allclose(a.logprobs, a.model_logprobs, rtol=1e-4)
 
 
+def test_greedy_first_row_is_greedy_and_the_rest_are_samples(family):
+    out = _decode(family, temperature=1.0, num_samples=3, seed=7, greedy_first=True)
+    g = family["greedy"]
+    np.testing.assert_array_equal(out.tokens[::3], g.tokens)
+    np.testing.assert_allclose(out.logprobs[::3], g.logprobs, rtol=1e-5)
+    np.testing.assert_allclose(out.model_logprobs[::3], g.model_logprobs, rtol=1e-5)
+    samples = np.delete(out.tokens, np.s_[::3], axis=0)
+    assert len({tuple(row) for row in samples}) > len(PROMPTS)  # not copies of the greedy row
+
+
 # --------------------------------------------------------------------------- beam search
 
 

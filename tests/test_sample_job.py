@@ -200,6 +200,21 @@ def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gem
     done = events.Tensors("sample/examples_done")
     assert [e.step for e in done] == [2]
     assert "sample/generated_tokens_per_s" in events.Tags()["tensors"]
+    # One prefill for greedy and samples: the same greedy candidates, fresh samples, another
+    # fingerprint (so a pool is never resumed with the other setting).
+    shared = JaxBackend(checkpoint="gemma3-270m", batch_size=2, per_example_seed=False,
+                        shared_prefill=True)
+    sample.sample_pool(
+        output_dir=str(tmp_path / "shared"), task="e2e", split="test", demo_split="dev",
+        data_dir=str(data_dir), backend=shared, max_examples=2, shard_size=2, batch_size=2,
+        prompt=PromptConfig("e2e_mr", num_shots=2),
+        sampling=SamplingParams(num_samples=2, temperature=0.6, max_new_tokens=10))
+    for a, b in zip(records, read_pool(str(tmp_path / "shared"))):
+        assert [c["decoding"] for c in b["candidates"]] == ["greedy", "sample", "sample"]
+        assert b["candidates"][0]["text"] == a["candidates"][0]["text"]
+        assert b["candidates"][0]["logprob"] == pytest.approx(a["candidates"][0]["logprob"],
+                                                              rel=1e-3)
+    assert shared.fingerprint() != backend.fingerprint()
 
 
 def test_jax_backend_shards_params_over_the_model_axis_without_changing_logits():

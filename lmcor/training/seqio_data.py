@@ -21,7 +21,10 @@ def feature_converter(kind: str, pack: bool, bos_id: int = 2):
     if kind == "encdec":
         return seqio.EncDecFeatureConverter(pack=pack)
     if kind == "decoder":
-        from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+        # Imported on first use (TensorFlow-heavy); it registers a configurable, which gin
+        # refuses once the run's config is locked unless the lock is lifted for the import.
+        with gin.unlock_config():
+            from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
         return DecoderOnlyFeatureConverter(pack=pack, bos_id=bos_id)
     raise ValueError(f"model kind {kind!r}: expected 'encdec' or 'decoder'")
 
