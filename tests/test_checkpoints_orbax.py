@@ -72,3 +72,17 @@ def test_mismatched_target_lists_every_problem(boxed_params, tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         restore_params(tmp_path / "nothing_here")
+
+
+def test_trainer_checkpointer_saves_under_a_relative_directory(tmp_path, monkeypatch):
+    # Users type MODEL_DIR=runs/x; Orbax only accepts absolute paths (and says so in a thread).
+    import jax.numpy as jnp
+
+    from lmcor.training import checkpointing
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = checkpointing.Checkpointer("run/checkpoints", async_save=False)
+    assert ckpt.save(1, {"w": jnp.arange(3.0)}, {"step": 1}, force=True)
+    ckpt.close()
+    assert (tmp_path / "run" / "checkpoints" / "1" / "state").is_dir()
+    assert checkpointing.Checkpointer("run/checkpoints").latest_step() == 1

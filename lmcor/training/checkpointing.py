@@ -5,6 +5,7 @@ SIGTERM handler that turns preemption into "save, then exit 0".
 Orbax writes each step into a temporary directory and renames it on finalize, so a process
 killed mid-save leaves only an unfinished temp dir that the next manager ignores and removes.
 """
+import os
 import signal
 import threading
 from typing import Optional
@@ -36,7 +37,9 @@ class Checkpointer:
             save_interval_steps=save_every, best_fn=best_fn, best_mode=best_mode,
             preservation_policy=policies.AnyPreservationPolicy(keepers),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
-        self.manager = ocp.CheckpointManager(directory, options=options,
+        # Orbax refuses relative paths, and only in its background save thread, where the error
+        # is logged rather than raised: a relative MODEL_DIR would train without checkpoints.
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                              item_names=("state", "data"))
 
     def latest_step(self) -> Optional[int]:
