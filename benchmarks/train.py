@@ -82,7 +82,7 @@ def ours(exs, config, args):
     schedule = state_lib.make_schedule("constant", 1e-3)
     opt = state_lib.make_optimizer(schedule)
     state, sh = state_lib.create_state(model.init_fn, opt, mesh, 0, model.rules)
-    step = step_lib.make_train_step(model.logits_fn, opt, schedule, sh, mesh)
+    step = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh)
     source = data_lib.BatchSource({0: feats}, 1, rows, seed=0)
     tokens, start = 0, None
     with jax.set_mesh(mesh):

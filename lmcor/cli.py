@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": "lmcor.evaluate",
     "report": "lmcor.report",
     "quickstart": "lmcor.quickstart",
+    "pipeline": "lmcor.quickstart",  # the same runner; named for the README tables' configs
     "serve": "lmcor.serve",
 }
 

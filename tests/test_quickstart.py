@@ -33,12 +33,47 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     from lmcor.tasks.common import pool_overrides
 
     pools = {"dev": "/p/dev", "test": "/p/test"}
-    args = quickstart._train_args("lmcor", str(tmp_path / "m"), pools, 7, [])
+    args = quickstart._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
+                                  ["--gin_file=models/t5_1_1_tiny.gin",
+                                   "--gin_file=runs/train_corrector.gin"])
     files, bindings, rest = gin_config.split_gin_flags(args)
     assert not rest
     try:
-        gin_config.parse_gin(["models/t5_1_1_tiny.gin", *files], bindings, finalize=False)
+        gin_config.parse_gin(files, bindings, finalize=False)
         assert gin.query_parameter("%TRAIN_STEPS") == 7
+        # The row's variant wins over the task file's default (e2e_lmcor).
+        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_finetune"
         assert pool_overrides() == {"e2e": pools}
     finally:
         gin.clear_config()
+
+
+@pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/tables/e2e.gin",
+                                      "runs/tables/jfleg.gin"])
+def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
+    """Every row of the quickstart and of the README tables trains the Gemma recipe on its own
+    task variant, with the pools the config names."""
+    import gin
+
+    from lmcor import config as gin_config
+
+    try:
+        gin_config.parse_gin([run_file], [], finalize=False)
+        task = gin.query_parameter("quickstart.task")
+        rows = gin.query_parameter("quickstart.rows")
+        flags = gin.query_parameter("quickstart.train_flags")
+        bound = gin.get_bindings("quickstart")
+        pools = bound.get("pools") or {"dev": "/p/dev", "test": "/p/test"}
+    finally:
+        gin.clear_config()
+    assert "lmcor" in rows and "finetune" in rows
+    for row in rows:
+        args = quickstart._train_args(task, row, str(tmp_path / row), pools, 3, flags)
+        files, bindings, rest = gin_config.split_gin_flags(args)
+        assert not rest
+        try:
+            gin_config.parse_gin(files, bindings, finalize=False)
+            assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == f"{task}_{row}"
+            assert gin.query_parameter("gemma_model.gguf") == "bundled"
+        finally:
+            gin.clear_config()

@@ -92,6 +92,39 @@ def test_decoder_only_prefix_lm_packing_and_target_only_loss():
         _loss(model, params, {k: v[None] for k, v in rows[0].items()})[0], rel=1e-6)
 
 
+def test_loss_positions_gives_the_full_loss_and_gradients_from_target_positions_only():
+    full = gemma_model(preset="tiny")
+    gathered = gemma_model(preset="tiny", loss_positions=8)
+    params = _init(full)
+    rng = np.random.default_rng(2)
+    rows = [_prefix_lm_row(rng, 6, 3, full.config.vocab_size),
+            _prefix_lm_row(rng, 4, 5, full.config.vocab_size)]
+    packed, seg, pos = _pack(rows, 20)
+    second, _, _ = _pack([_prefix_lm_row(rng, 9, 4, full.config.vocab_size)], 20)
+    batch = {k: np.concatenate([packed[k], second[k]]) for k in packed}
+    batch["decoder_segment_ids"] = np.concatenate([seg, (second["decoder_input_tokens"] > 0) * 1])
+    batch["decoder_positions"] = np.concatenate([pos, np.arange(20)[None]]).astype(np.int32)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def loss_and_grads(model):
+        def f(p):
+            ce, _, w = step_lib.token_losses(*model.loss_inputs(p, batch))
+            return ce, w
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (ce_full, w_full), g_full = loss_and_grads(full)
+    (ce_gathered, w_gathered), g_gathered = loss_and_grads(gathered)
+    logits, _, _ = jax.jit(gathered.loss_inputs)(params, batch)
+    assert logits.shape[1] == 8 and float(w_gathered) == float(w_full) == 12
+    np.testing.assert_allclose(float(ce_gathered), float(ce_full), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 g_gathered, g_full)
+    gathered.check_batch(batch)
+    assert gemma_model(preset="tiny", loss_positions="auto").fit_to_data(33).loss_positions == 64
+    with pytest.raises(ValueError, match="loss_positions=4; raise it to at least 8"):
+        gemma_model(preset="tiny", loss_positions=4).check_batch(batch)
+
+
 def test_bf16_compute_keeps_f32_params_and_close_loss():
     f32, bf16 = t5_model(preset="tiny"), t5_model(preset="tiny", dtype="bfloat16")
     params = _init(f32)

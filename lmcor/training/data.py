@@ -67,6 +67,11 @@ class BatchSource:
         parts = [s.rows(step * self.per_shard, self.per_shard) for s in self.streams]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def most_loss_tokens_per_row(self) -> int:
+        """The largest count of loss-weighted tokens in any of this process's rows."""
+        return max(int(np.max(np.sum(np.asarray(s.arrays["decoder_loss_weights"]) > 0, axis=1)))
+                   for s in self.streams)
+
     def position(self, step: int) -> dict:
         """What the checkpoint records about the data position (checked again on resume)."""
         return {"step": int(step), "seed": int(self.seed), "num_shards": int(self.num_shards),

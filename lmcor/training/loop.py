@@ -40,6 +40,12 @@ def _any_host(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def _max_over_hosts(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value))))
+
+
 def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):
     num = data_shards or jax.process_count()
     if num % jax.process_count():
@@ -120,16 +126,18 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     """
     _write_config(model_dir)
     mesh = partitioning.make_mesh(*mesh_shape)
-    source = _build_source(data, batch_size, seed, data_shards)
+    # The cheap, error-prone settings first: a bad schedule fails before minutes of data loading.
     schedule = state_lib.make_schedule()
     optimizer = state_lib.make_optimizer(schedule)
+    source = _build_source(data, batch_size, seed, data_shards)
+    model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
     state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
                                               init_params=model.load_pretrained())
     ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
     state, start = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
-    step_fn = step_lib.make_train_step(model.logits_fn, optimizer, schedule, shardings, mesh)
+    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh)
     logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
                          distributed.is_main_host())
     losses, stopped = [], "done"
@@ -137,7 +145,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     try:
         with jax.set_mesh(mesh):
             for step in range(start, train_steps):
-                state, metrics = step_fn(state, _global_batch(source.batch(step), mesh))
+                batch = source.batch(step)
+                model.check_batch(batch)
+                state, metrics = step_fn(state, _global_batch(batch, mesh))
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, step, model_dir)
                 losses.append(float(metrics["loss"]))

