@@ -194,3 +194,16 @@ def test_task_sentencepiece_is_deterministic_cached_and_keeps_the_separator(data
     assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
     assert "<sep>" in vocab.tokenizer.encode_as_pieces("a <sep> b")  # never split into < sep >
     assert vocab.decode(list(vocab.encode("a <sep> b"))) == "a <sep> b"
+
+
+def test_output_marker_ends_every_variant_and_counts_against_the_budget(vocab):
+    marker = "<sep> output:"
+    for variant in ("finetune", "lmcor_single", "lmcor"):
+        text, _ = pp.build_corrector_input(_record(), variant,
+                                           pp.CorrectorOptions(output_marker=marker))
+        assert text.endswith(" " + marker) and text.count("output:") == 1
+    rec = _record(source="x " * 50, cands=[_cand(f"candidate number {i} " * 8) for i in range(5)])
+    opts = pp.CorrectorOptions(max_input_tokens=90, output_marker=marker)
+    text, report = pp.build_corrector_input(rec, "lmcor", opts, vocab)
+    assert text.endswith(" " + marker) and report.truncated_tokens > 0
+    assert len(vocab.encode(text)) <= 90

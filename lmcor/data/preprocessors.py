@@ -39,6 +39,7 @@ class CorrectorOptions:
     generators: Optional[Tuple[str, ...]] = None
     max_input_tokens: Optional[int] = None
     max_candidate_tokens: Optional[int] = None
+    output_marker: str = ""
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
@@ -58,13 +59,19 @@ def corrector_options(k: int = 5, selection: str = "greedy_first", order: str = 
                       seed: int = 0, dedupe: bool = True, separator: str = "<sep>",
                       generators: Optional[Sequence[str]] = None,
                       max_input_tokens: Optional[int] = None,
-                      max_candidate_tokens: Optional[int] = None) -> CorrectorOptions:
-    """The Gin entry point: bind `corrector_options.k = 3` etc. Read when a dataset is built."""
+                      max_candidate_tokens: Optional[int] = None,
+                      output_marker: str = "") -> CorrectorOptions:
+    """The Gin entry point: bind `corrector_options.k = 3` etc. Read when a dataset is built.
+
+    `output_marker` ends every input (e.g. "<sep> output:"). A decoder-only corrector needs it:
+    there the output continues the input text, and an input ending in a candidate's final "."
+    leaves a pretrained LM predicting end-of-text, i.e. an empty correction."""
     return CorrectorOptions(k=k, selection=selection, order=order, seed=seed, dedupe=dedupe,
                             separator=separator,
                             generators=None if generators is None else tuple(generators),
                             max_input_tokens=max_input_tokens,
-                            max_candidate_tokens=max_candidate_tokens)
+                            max_candidate_tokens=max_candidate_tokens,
+                            output_marker=output_marker)
 
 
 @dataclasses.dataclass
@@ -169,11 +176,15 @@ def select_candidates(record: Mapping[str, Any], variant: str,
     return [c["text"] for c in cands]
 
 
-def format_input(source: str, candidates: Optional[Sequence[str]], separator: str) -> str:
-    """`source: S` (no-candidate baseline) or `source: S <sep> candidates: c1 <sep> c2`."""
+def format_input(source: str, candidates: Optional[Sequence[str]], separator: str,
+                 marker: str = "") -> str:
+    """`source: S` (no-candidate baseline) or `source: S <sep> candidates: c1 <sep> c2`, then
+    ` marker` when one is given."""
     if candidates is None:
-        return f"source: {source}"
-    return f"source: {source} {separator} candidates: " + f" {separator} ".join(candidates)
+        text = f"source: {source}"
+    else:
+        text = f"source: {source} {separator} candidates: " + f" {separator} ".join(candidates)
+    return f"{text} {marker}" if marker else text
 
 
 def water_fill(lengths: Sequence[int], budget: int) -> List[int]:
@@ -222,7 +233,8 @@ def _truncate(vocab, source: str, cands: List[str], opts: CorrectorOptions,
     cand_ids = [list(vocab.encode(c)) for c in cands]
 
     def overhead(n: int) -> int:
-        return len(vocab.encode(format_input("", None if finetune else [""] * n, opts.separator)))
+        return len(vocab.encode(format_input("", None if finetune else [""] * n, opts.separator,
+                                              opts.output_marker)))
 
     if opts.max_input_tokens - overhead(0) < min(len(src_ids), 1):
         raise ValueError(f"corrector_options.max_input_tokens={opts.max_input_tokens} leaves no room "
@@ -258,7 +270,7 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
     finetune = variant == "finetune"
     if opts.max_input_tokens is None:
         text, report = format_input(record["source"], None if finetune else cands,
-                                    opts.separator), TruncationReport()
+                                    opts.separator, opts.output_marker), TruncationReport()
     elif vocab is None:
         raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
     else:
@@ -271,14 +283,14 @@ def _fit(vocab, source: str, cands: List[str], opts: CorrectorOptions,
          finetune: bool) -> Tuple[str, TruncationReport]:
     # Texts are measured one by one; joined, they can tokenize a little longer. Shrink the
     # budget by the excess until the whole input fits (one retry is the norm).
-    whole = format_input(source, None if finetune else cands, opts.separator)
+    whole = format_input(source, None if finetune else cands, opts.separator, opts.output_marker)
     if len(vocab.encode(whole)) <= opts.max_input_tokens:
         return whole, TruncationReport()  # the common case: one encode, nothing to cut
     budget = opts.max_input_tokens
     for _ in range(8):
         src, kept, report = _truncate(vocab, source, cands,
                                       dataclasses.replace(opts, max_input_tokens=budget), finetune)
-        text = format_input(src, None if finetune else kept, opts.separator)
+        text = format_input(src, None if finetune else kept, opts.separator, opts.output_marker)
         excess = len(vocab.encode(text)) - opts.max_input_tokens
         if excess <= 0:
             return text, report
