@@ -5,7 +5,7 @@
 
 Stages, each a separate `python -m lmcor.<command>` process (so each starts from a clean Gin
 config and shows its own progress bars):
-  1. sample  (only without `pipeline.pools`) Gemma 3 270M, 5-shot: greedy + 4 samples for a
+  1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy + 4 samples for a
              slice of the task's dev set (training pool) and test set   -> RUN_DIR/pools/
   2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
              `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
@@ -107,29 +107,33 @@ def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], step
                 flags: Sequence[str]) -> List[str]:
     """`flags` name the run file (e.g. --gin_file=runs/gemma_corrector.gin) and its settings;
     the row only picks the task variant, so every row shares one recipe."""
-    overrides = json.dumps({task: pools})
+    overrides = [f"--gin.pool_overrides.by_dataset={json.dumps({task: pools})}"] if pools else []
     return [*flags, f"--gin_file=tasks/{task}.gin", f"--gin.MODEL_DIR={_q(model_dir)}",
             f"--gin.TRAIN_STEPS={steps}", f"--gin.MIXTURE_OR_TASK_NAME={_q(task + '_' + row)}",
-            f"--gin.pool_overrides.by_dataset={overrides}"]
+            *overrides]
 
 
 @gin.configurable
 def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
-               pools: Optional[Dict[str, str]] = None, train_examples: int = 64,
+               pools: Optional[Dict[str, str]] = None, sample: bool = True,
+               train_examples: int = 64,
                test_examples: int = 32, train_steps: int = 300,
                rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = ()) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
-    "test": DIR}, e.g. from scripts/real_pools.py) skips sampling; `train_examples` then
-    does not apply and `test_examples` takes the test pool's first inputs."""
+    "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
+    no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
+    and `test_examples` takes the first test inputs."""
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
         raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
-    pipe = Pipeline(run_dir, stages=(0 if pools else 2) + len(rows) + 2)
-    if pools:
+    sample = sample and not pools
+    pipe = Pipeline(run_dir, stages=(2 if sample else 0) + len(rows) + 2)
+    if not sample:
         with gin.unlock_config():  # the import registers the task configurables
             from lmcor.tasks.common import resolve_pool_dir
-        pools = {split: os.path.abspath(resolve_pool_dir(path)) for split, path in pools.items()}
+        pools = {split: os.path.abspath(resolve_pool_dir(path))
+                 for split, path in (pools or {}).items()}
     else:
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
                  for split in ("dev", "test")}
@@ -139,7 +143,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                      {"examples": n, "flags": list(sample_flags)})
     eval_args = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
                  f"--gin.EVAL_DIR={_q(os.path.join(pipe.run_dir, 'eval'))}",
-                 f"--gin.EVAL_POOL={_q(pools['test'])}",
+                 *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
                  f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)

@@ -49,7 +49,7 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
 
 
 @pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/tables/e2e.gin",
-                                      "runs/tables/jfleg.gin"])
+                                      "runs/tables/jfleg.gin", "runs/tables/wmt.gin"])
 def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     """Every row of the quickstart and of the README tables trains the Gemma recipe on its own
     task variant, with the pools the config names."""
@@ -63,7 +63,8 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
         rows = gin.query_parameter("quickstart.rows")
         flags = gin.query_parameter("quickstart.train_flags")
         bound = gin.get_bindings("quickstart")
-        pools = bound.get("pools") or {"dev": "/p/dev", "test": "/p/test"}
+        sampled = {"dev": "/p/dev", "test": "/p/test"}
+        pools = bound.get("pools") or ({} if bound.get("sample") is False else sampled)
     finally:
         gin.clear_config()
     assert "lmcor" in rows and "finetune" in rows
@@ -75,5 +76,6 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
             gin_config.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == f"{task}_{row}"
             assert gin.query_parameter("gemma_model.gguf") == "bundled"
+            assert ("pool_overrides.by_dataset" in " ".join(bindings)) == bool(pools)
         finally:
             gin.clear_config()
