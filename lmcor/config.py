@@ -3,6 +3,7 @@
 Gin files are looked up as given, then relative to the repository's `gin/` folder, so
 `--gin_file=runs/train_corrector.gin` and `--gin_file=gin/runs/train_corrector.gin` both work.
 """
+import logging
 import os
 from typing import Sequence
 
@@ -10,6 +11,16 @@ import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, "gin")
+
+
+def _not_gin_include_probe(record: logging.LogRecord) -> bool:
+    """Gin first tries every `include 'runs/x.gin'` as a Python package path and logs
+    "ERROR ... Path not found" before finding the file on the search path: noise, not an error."""
+    return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+                and record.getMessage().startswith("Path not found"))
+
+
+logging.getLogger().addFilter(_not_gin_include_probe)
 
 
 def split_gin_flags(argv: Sequence[str]):
