@@ -3,7 +3,6 @@
 Gin files are looked up as given, then relative to the repository's `gin/` folder, so
 `--gin_file=runs/train_corrector.gin` and `--gin_file=gin/runs/train_corrector.gin` both work.
 """
-import logging
 import os
 from typing import Sequence
 
@@ -11,16 +10,6 @@ import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, "gin")
-
-
-def _not_gin_include_probe(record: logging.LogRecord) -> bool:
-    """Gin first tries every `include 'runs/x.gin'` as a Python package path and logs
-    "ERROR ... Path not found" before finding the file on the search path: noise, not an error."""
-    return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
-                and record.getMessage().startswith("Path not found"))
-
-
-logging.getLogger().addFilter(_not_gin_include_probe)
 
 
 def split_gin_flags(argv: Sequence[str]):
@@ -51,8 +40,14 @@ def resolve_gin_file(path: str) -> str:
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
     """Parses gin files + bindings; errors name the offending file or binding."""
-    gin.add_config_file_search_path(GIN_DIR)
-    gin.add_config_file_search_path(REPO_ROOT)
+    # gin/ is searched before the working directory: gin tries a relative `include 'runs/x.gin'`
+    # as a Python package path first, and crashes (TypeError) when a folder named `runs/` in
+    # the working directory imports as a namespace package, as the checkout's output folder does.
+    prefixes = gin.config._LOCATION_PREFIXES  # no public API puts a search path first
+    for path in (REPO_ROOT, GIN_DIR):
+        if path in prefixes:
+            prefixes.remove(path)
+        prefixes.insert(0, path)
     resolved = [resolve_gin_file(f) for f in files]
     for path in resolved:
         try:

@@ -5,8 +5,8 @@
 
 Stages, each a separate `python -m lmcor.<command>` process (so each starts from a clean Gin
 config and shows its own progress bars):
-  1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy + 4 samples for a
-             slice of the task's dev set (training pool) and test set   -> RUN_DIR/pools/
+  1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy +
+             4 samples for a slice of the task's dev and test sets     -> RUN_DIR/pools/
   2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
              `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
   3. evaluate  the comparison table on the first `test_examples` test inputs
@@ -77,9 +77,8 @@ class Pipeline:
         if folder and _done(folder, settings):
             print(f"{head}: done already ({folder}), skipped", flush=True)
             return
-        # -P: the working directory (the checkout) stays off sys.path. Otherwise its output
-        # folder runs/ would import as a namespace package and break Gin's lookup of
-        # `include 'runs/...'` (lmcor itself comes from the virtualenv's editable install).
+        # -P: the working directory (the checkout, with its output folders) stays off sys.path;
+        # lmcor comes from the virtualenv's editable install.
         cmd = [sys.executable, "-P", "-m", module, *args]
         print(f"{head}\n  $ {' '.join(cmd[2:])}", flush=True)
         started = time.time()

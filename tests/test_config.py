@@ -31,3 +31,20 @@ def test_missing_and_malformed_gin_files_name_the_file(tmp_path):
 def test_unknown_command_exits_2(capsys):
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def test_includes_resolve_when_a_runs_folder_is_importable(tmp_path, monkeypatch):
+    """A checkout's output folder `runs/` on sys.path (python -m from the repository root)
+    imports as a namespace package; gin's `include 'runs/...'` must still find gin/runs/."""
+    import gin
+
+    from lmcor import config as gin_config
+
+    (tmp_path / "runs" / "tables").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        gin_config.parse_gin(["runs/tables/e2e.gin"], [], finalize=False)
+        assert gin.query_parameter("quickstart.task") == "e2e"
+    finally:
+        gin.clear_config()

@@ -121,6 +121,8 @@ def test_loss_positions_gives_the_full_loss_and_gradients_from_target_positions_
                  g_gathered, g_full)
     gathered.check_batch(batch)
     assert gemma_model(preset="tiny", loss_positions="auto").fit_to_data(33).loss_positions == 64
+    with pytest.raises(ValueError, match="expected None, 'auto' or a positive int"):
+        gemma_model(preset="tiny", loss_positions="Auto")
     with pytest.raises(ValueError, match="loss_positions=4; raise it to at least 8"):
         gemma_model(preset="tiny", loss_positions=4).check_batch(batch)
 

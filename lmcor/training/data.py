@@ -21,6 +21,11 @@ def _num_rows(arrays: Arrays) -> int:
     return next(iter(sizes.values()))
 
 
+def most_loss_tokens(arrays: Arrays) -> int:
+    """The largest number of loss-weighted (target) tokens in one row of a batch or shard."""
+    return int(np.max(np.sum(np.asarray(arrays["decoder_loss_weights"]) > 0, axis=1)))
+
+
 class ShardStream:
     """One data shard's infinite shuffled stream of rows."""
 
@@ -69,8 +74,7 @@ class BatchSource:
 
     def most_loss_tokens_per_row(self) -> int:
         """The largest count of loss-weighted tokens in any of this process's rows."""
-        return max(int(np.max(np.sum(np.asarray(s.arrays["decoder_loss_weights"]) > 0, axis=1)))
-                   for s in self.streams)
+        return max(most_loss_tokens(s.arrays) for s in self.streams)
 
     def position(self, step: int) -> dict:
         """What the checkpoint records about the data position (checked again on resume)."""

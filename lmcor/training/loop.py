@@ -34,16 +34,14 @@ def _global_batch(local: dict, mesh) -> dict:
             for k, v in local.items()}
 
 
-def _any_host(flag: bool) -> bool:
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
 def _max_over_hosts(value: int) -> int:
     if jax.process_count() == 1:
         return value
     return int(np.max(multihost_utils.process_allgather(np.asarray(value))))
+
+
+def _any_host(flag: bool) -> bool:
+    return bool(_max_over_hosts(int(flag)))
 
 
 def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):

