@@ -11,7 +11,12 @@ config and shows its own progress bars):
              `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
   3. evaluate  the comparison table on the first `test_examples` test inputs
                                                                 -> RUN_DIR/eval/results.{json,md}
-  4. report  Markdown + plots                                   -> RUN_DIR/report/
+  4. ablations (optional) `quickstart.ablations`: one more `lmcor` corrector per entry, trained
+             and evaluated with that entry's extra flags; `quickstart.test_ablations`: the
+             main `lmcor` corrector evaluated with extra flags (test-time changes only)
+                                                       -> RUN_DIR/ablations/<name>/{lmcor,eval}
+  5. report  Markdown + plots (ablation tables from the evaluations' EVAL_TAGS)
+                                                                -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
 marker records its settings; changed settings run the stage again and the tools resume), and
 evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json.
@@ -27,7 +32,7 @@ import json  # noqa: E402
 import os
 import subprocess
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 
@@ -103,13 +108,22 @@ def _sample_args(task: str, pool: str, split: str, examples: int,
 
 
 def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], steps: int,
-                flags: Sequence[str]) -> List[str]:
+                flags: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
     """`flags` name the run file (e.g. --gin_file=runs/gemma_corrector.gin) and its settings;
-    the row only picks the task variant, so every row shares one recipe."""
+    the row only picks the task variant, so every row shares one recipe. `extra` (an
+    ablation's flags) comes last, so its Gin files are read after the task file."""
     overrides = [f"--gin.pool_overrides.by_dataset={json.dumps({task: pools})}"] if pools else []
     return [*flags, f"--gin_file=tasks/{task}.gin", f"--gin.MODEL_DIR={_q(model_dir)}",
             f"--gin.TRAIN_STEPS={steps}", f"--gin.MIXTURE_OR_TASK_NAME={_q(task + '_' + row)}",
-            *overrides]
+            *overrides, *extra]
+
+
+def _eval_args(common: Sequence[str], eval_dir: str, model_dirs: Mapping[str, str],
+               extra: Sequence[str] = ()) -> List[str]:
+    """`lmcor evaluate` flags: the table's (`common`), then `extra` (an ablation's, so its
+    bindings win, e.g. EVAL_POOL), then the output folder and one corrector per row."""
+    return [*common, *extra, f"--gin.EVAL_DIR={_q(eval_dir)}",
+            *(f"--gin.{EVAL_MACROS[row]}={_q(path)}" for row, path in model_dirs.items())]
 
 
 @gin.configurable
@@ -118,16 +132,27 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                train_examples: int = 64,
                test_examples: int = 32, train_steps: int = 300,
                rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
-               train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = ()) -> str:
+               train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
+               ablations: Optional[Mapping[str, Sequence[str]]] = None,
+               test_ablations: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
     "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
-    and `test_examples` takes the first test inputs."""
+    and `test_examples` takes the first test inputs. `ablations` / `test_ablations` map a name
+    to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc."""
+    ablations, test_ablations = dict(ablations or {}), dict(test_ablations or {})
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
         raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
+    if test_ablations and "lmcor" not in rows:
+        raise ValueError("quickstart.test_ablations evaluate the `lmcor` row's corrector; "
+                         "add 'lmcor' to quickstart.rows")
+    clash = sorted(set(ablations) & set(test_ablations))
+    if clash:
+        raise ValueError(f"quickstart: {clash} named in both ablations and test_ablations")
     sample = sample and not pools
-    pipe = Pipeline(run_dir, stages=(2 if sample else 0) + len(rows) + 2)
+    pipe = Pipeline(run_dir, stages=(2 if sample else 0) + len(rows) + 2 + 2 * len(ablations)
+                    + len(test_ablations))
     if not sample:
         with gin.unlock_config():  # the import registers the task configurables
             from lmcor.tasks.common import resolve_pool_dir
@@ -140,17 +165,28 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
             pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sample",
                      _sample_args(task, pools[split], split, n, sample_flags), pools[split],
                      {"examples": n, "flags": list(sample_flags)})
-    eval_args = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
-                 f"--gin.EVAL_DIR={_q(os.path.join(pipe.run_dir, 'eval'))}",
-                 *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
-                 f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
+    common_eval = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
+                   *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
+                   f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
+    settings = {"steps": train_steps, "flags": list(train_flags), "pools": pools}
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)
         pipe.run(f"train {row} ({train_steps} steps)", "lmcor.train",
                  _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
-                 {"steps": train_steps, "flags": list(train_flags), "pools": pools})
-        eval_args.append(f"--gin.{EVAL_MACROS[row]}={_q(model_dir)}")
-    pipe.run("evaluate", "lmcor.evaluate", eval_args)
+                 settings)
+    pipe.run("evaluate", "lmcor.evaluate", _eval_args(
+        common_eval, os.path.join(pipe.run_dir, "eval"),
+        {row: os.path.join(pipe.run_dir, row) for row in rows}))
+    for name, flags in [*ablations.items(), *test_ablations.items()]:
+        folder = os.path.join(pipe.run_dir, "ablations", name)
+        model_dir = os.path.join(pipe.run_dir, "lmcor")
+        if name in ablations:
+            model_dir = os.path.join(folder, "lmcor")
+            pipe.run(f"ablation {name}: train lmcor ({train_steps} steps)", "lmcor.train",
+                     _train_args(task, "lmcor", model_dir, pools, train_steps, train_flags,
+                                 flags), model_dir, dict(settings, ablation=list(flags)))
+        pipe.run(f"ablation {name}: evaluate", "lmcor.evaluate", _eval_args(
+            common_eval, os.path.join(folder, "eval"), {"lmcor": model_dir}, flags))
     pipe.run("report", "lmcor.report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:

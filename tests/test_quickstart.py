@@ -79,3 +79,61 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
             assert ("pool_overrides.by_dataset" in " ".join(bindings)) == bool(pools)
         finally:
             gin.clear_config()
+
+
+def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
+    """Each ablation of the README's E2E ablation config trains the `lmcor` variant with its
+    own setting, and its evaluation carries the tag the report groups by, its own output folder
+    and corrector, and its overrides (the prompt-B test pool) over the table's."""
+    import gin
+
+    from lmcor import config as gin_config
+    from lmcor.data.preprocessors import corrector_options
+
+    try:
+        gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
+        flags = gin.query_parameter("quickstart.train_flags")
+        ablations = gin.query_parameter("quickstart.ablations")
+        test_ablations = gin.query_parameter("quickstart.test_ablations")
+    finally:
+        gin.clear_config()
+    assert {"k1", "k4", "order_shuffled"} <= set(ablations)
+    pools = {"dev": "/p/dev", "test": "/p/test"}
+    for name, extra in ablations.items():
+        args = quickstart._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
+                                      extra)
+        files, bindings, rest = gin_config.split_gin_flags(args)
+        assert not rest
+        try:
+            gin_config.parse_gin(files, bindings, finalize=False)
+            assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_lmcor"
+            opts = corrector_options()
+            assert (opts.k, opts.order) == ((int(name[1]), "fixed") if name[0] == "k"
+                                            else (5, "shuffled"))
+        finally:
+            gin.clear_config()
+    common = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
+              "--gin.EVAL_POOL='/p/test'"]
+    for name, extra in {**ablations, **test_ablations}.items():
+        args = quickstart._eval_args(common, str(tmp_path / name / "eval"),
+                                     {"lmcor": str(tmp_path / "m")}, extra)
+        files, bindings, _ = gin_config.split_gin_flags(args)
+        try:
+            gin_config.parse_gin(files, bindings, finalize=False)
+            assert gin.query_parameter("%EVAL_DIR") == str(tmp_path / name / "eval")
+            assert gin.query_parameter("%LMCOR_DIR") == str(tmp_path / "m")
+            assert "ablation" in gin.query_parameter("%EVAL_TAGS")
+            pool = gin.query_parameter("%EVAL_POOL")
+            assert pool == ("pools/e2e_test_e2e_mr" if name == "prompt_A_to_B" else "/p/test")
+        finally:
+            gin.clear_config()
+
+
+def test_bad_ablation_settings_fail_before_any_stage(tmp_path):
+    with pytest.raises(ValueError, match="add 'lmcor' to quickstart.rows"):
+        quickstart.quickstart(run_dir=str(tmp_path), rows=["finetune"],
+                              test_ablations={"k5": []})
+    with pytest.raises(ValueError, match=r"\['k5'\] named in both"):
+        quickstart.quickstart(run_dir=str(tmp_path), ablations={"k5": []},
+                              test_ablations={"k5": []})
+    assert not any(tmp_path.iterdir())
