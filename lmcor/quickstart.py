@@ -11,10 +11,10 @@ config and shows its own progress bars):
              `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
   3. evaluate  the comparison table on the first `test_examples` test inputs
                                                                 -> RUN_DIR/eval/results.{json,md}
-  4. ablations (optional) `quickstart.ablations`: one more `lmcor` corrector per entry, trained
-             and evaluated with that entry's extra flags; `quickstart.test_ablations`: the
-             main `lmcor` corrector evaluated with extra flags (test-time changes only)
-                                                       -> RUN_DIR/ablations/<name>/{lmcor,eval}
+  4. variants (optional) `quickstart.ablations`: one more `lmcor` corrector per entry, trained
+             and evaluated with that entry's extra flags; `quickstart.test_variants`: the
+             table's `lmcor` corrector evaluated with extra flags (test-side ablations, a
+             larger test set)                         -> RUN_DIR/variants/<name>/{lmcor,eval}
   5. report  Markdown + plots (ablation tables from the evaluations' EVAL_TAGS)
                                                                 -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
@@ -134,25 +134,25 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
-               test_ablations: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+               test_variants: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
     "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
-    and `test_examples` takes the first test inputs. `ablations` / `test_ablations` map a name
+    and `test_examples` takes the first test inputs. `ablations` / `test_variants` map a name
     to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc."""
-    ablations, test_ablations = dict(ablations or {}), dict(test_ablations or {})
+    ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
         raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
-    if test_ablations and "lmcor" not in rows:
-        raise ValueError("quickstart.test_ablations evaluate the `lmcor` row's corrector; "
+    if test_variants and "lmcor" not in rows:
+        raise ValueError("quickstart.test_variants evaluate the `lmcor` row's corrector; "
                          "add 'lmcor' to quickstart.rows")
-    clash = sorted(set(ablations) & set(test_ablations))
+    clash = sorted(set(ablations) & set(test_variants))
     if clash:
-        raise ValueError(f"quickstart: {clash} named in both ablations and test_ablations")
+        raise ValueError(f"quickstart: {clash} named in both ablations and test_variants")
     sample = sample and not pools
     pipe = Pipeline(run_dir, stages=(2 if sample else 0) + len(rows) + 2 + 2 * len(ablations)
-                    + len(test_ablations))
+                    + len(test_variants))
     if not sample:
         with gin.unlock_config():  # the import registers the task configurables
             from lmcor.tasks.common import resolve_pool_dir
@@ -177,15 +177,15 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     pipe.run("evaluate", "lmcor.evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"),
         {row: os.path.join(pipe.run_dir, row) for row in rows}))
-    for name, flags in [*ablations.items(), *test_ablations.items()]:
-        folder = os.path.join(pipe.run_dir, "ablations", name)
+    for name, flags in [*ablations.items(), *test_variants.items()]:
+        folder = os.path.join(pipe.run_dir, "variants", name)
         model_dir = os.path.join(pipe.run_dir, "lmcor")
         if name in ablations:
             model_dir = os.path.join(folder, "lmcor")
-            pipe.run(f"ablation {name}: train lmcor ({train_steps} steps)", "lmcor.train",
+            pipe.run(f"variant {name}: train lmcor ({train_steps} steps)", "lmcor.train",
                      _train_args(task, "lmcor", model_dir, pools, train_steps, train_flags,
                                  flags), model_dir, dict(settings, ablation=list(flags)))
-        pipe.run(f"ablation {name}: evaluate", "lmcor.evaluate", _eval_args(
+        pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), {"lmcor": model_dir}, flags))
     pipe.run("report", "lmcor.report", [pipe.run_dir])
     pipe.finish()

@@ -63,6 +63,7 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
         rows = gin.query_parameter("quickstart.rows")
         flags = gin.query_parameter("quickstart.train_flags")
         bound = gin.get_bindings("quickstart")
+        variants = bound.get("test_variants") or {}
         sampled = {"dev": "/p/dev", "test": "/p/test"}
         pools = bound.get("pools") or ({} if bound.get("sample") is False else sampled)
     finally:
@@ -77,6 +78,19 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == f"{task}_{row}"
             assert gin.query_parameter("gemma_model.gguf") == "bundled"
             assert ("pool_overrides.by_dataset" in " ".join(bindings)) == bool(pools)
+        finally:
+            gin.clear_config()
+    # A whole-test-set variant lifts the table's limit on test inputs.
+    for name, extra in variants.items():
+        table = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
+                 "--gin.EVAL_MAX_EXAMPLES=200"]
+        args = quickstart._eval_args(table, str(tmp_path / name),
+                                     {"lmcor": str(tmp_path / "lmcor")}, extra)
+        files, bindings, _ = gin_config.split_gin_flags(args)
+        try:
+            gin_config.parse_gin(files, bindings, finalize=False)
+            assert gin.query_parameter("%EVAL_MAX_EXAMPLES") == (None if name == "full_test"
+                                                                 else 200)
         finally:
             gin.clear_config()
 
@@ -94,7 +108,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
         gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
         flags = gin.query_parameter("quickstart.train_flags")
         ablations = gin.query_parameter("quickstart.ablations")
-        test_ablations = gin.query_parameter("quickstart.test_ablations")
+        test_variants = gin.query_parameter("quickstart.test_variants")
     finally:
         gin.clear_config()
     assert {"k1", "k4", "order_shuffled"} <= set(ablations)
@@ -113,8 +127,8 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
         finally:
             gin.clear_config()
     common = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
-              "--gin.EVAL_POOL='/p/test'"]
-    for name, extra in {**ablations, **test_ablations}.items():
+              "--gin.EVAL_POOL='/p/test'", "--gin.EVAL_MAX_EXAMPLES=200"]
+    for name, extra in {**ablations, **test_variants}.items():
         args = quickstart._eval_args(common, str(tmp_path / name / "eval"),
                                      {"lmcor": str(tmp_path / "m")}, extra)
         files, bindings, _ = gin_config.split_gin_flags(args)
@@ -132,8 +146,8 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
 def test_bad_ablation_settings_fail_before_any_stage(tmp_path):
     with pytest.raises(ValueError, match="add 'lmcor' to quickstart.rows"):
         quickstart.quickstart(run_dir=str(tmp_path), rows=["finetune"],
-                              test_ablations={"k5": []})
+                              test_variants={"k5": []})
     with pytest.raises(ValueError, match=r"\['k5'\] named in both"):
         quickstart.quickstart(run_dir=str(tmp_path), ablations={"k5": []},
-                              test_ablations={"k5": []})
+                              test_variants={"k5": []})
     assert not any(tmp_path.iterdir())
