@@ -134,12 +134,15 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
+               ablation_train_flags: Sequence[str] = (),
                test_variants: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
     "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
     and `test_examples` takes the first test inputs. `ablations` / `test_variants` map a name
-    to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc."""
+    to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
+    `ablation_train_flags` go to every ablation's training only (e.g. keep fewer checkpoints:
+    `lmcor evaluate` does not know the trainer's configurables)."""
     ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
@@ -182,9 +185,10 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         model_dir = os.path.join(pipe.run_dir, "lmcor")
         if name in ablations:
             model_dir = os.path.join(folder, "lmcor")
+            extra = [*flags, *ablation_train_flags]
             pipe.run(f"variant {name}: train lmcor ({train_steps} steps)", "lmcor.train",
                      _train_args(task, "lmcor", model_dir, pools, train_steps, train_flags,
-                                 flags), model_dir, dict(settings, ablation=list(flags)))
+                                 extra), model_dir, dict(settings, ablation=extra))
         pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), {"lmcor": model_dir}, flags))
     pipe.run("report", "lmcor.report", [pipe.run_dir])

@@ -2,6 +2,8 @@
 settings rerun them, a failing stage stops the pipeline naming itself; the flags it builds
 parse with the real Gin files."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -108,6 +110,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
         gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
         flags = gin.query_parameter("quickstart.train_flags")
         ablations = gin.query_parameter("quickstart.ablations")
+        train_only = gin.query_parameter("quickstart.ablation_train_flags")
         test_variants = gin.query_parameter("quickstart.test_variants")
     finally:
         gin.clear_config()
@@ -115,12 +118,13 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     pools = {"dev": "/p/dev", "test": "/p/test"}
     for name, extra in ablations.items():
         args = quickstart._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
-                                      extra)
+                                      [*extra, *train_only])
         files, bindings, rest = gin_config.split_gin_flags(args)
         assert not rest
         try:
             gin_config.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_lmcor"
+            assert gin.query_parameter("Checkpointer.keep") == 1
             opts = corrector_options()
             assert (opts.k, opts.order) == ((int(name[1]), "fixed") if name[0] == "k"
                                             else (5, "shuffled"))
@@ -128,9 +132,22 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
             gin.clear_config()
     common = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
               "--gin.EVAL_POOL='/p/test'", "--gin.EVAL_MAX_EXAMPLES=200"]
-    for name, extra in {**ablations, **test_variants}.items():
-        args = quickstart._eval_args(common, str(tmp_path / name / "eval"),
-                                     {"lmcor": str(tmp_path / "m")}, extra)
+    eval_args = {name: quickstart._eval_args(common, str(tmp_path / name / "eval"),
+                                             {"lmcor": str(tmp_path / "m")}, extra)
+                 for name, extra in {**ablations, **test_variants}.items()}
+    # `lmcor evaluate` registers fewer configurables than this test process has imported by
+    # now (the trainer's, above): parse its flags where only its own imports exist.
+    (tmp_path / "args.json").write_text(json.dumps(list(eval_args.values())))
+    check = ("import json, sys, gin, lmcor.evaluate\n"
+             "from lmcor import config\n"
+             "for args in json.load(open(sys.argv[1])):\n"
+             "    files, bindings, _ = config.split_gin_flags(args)\n"
+             "    config.parse_gin(files, bindings, finalize=False)\n"
+             "    gin.clear_config()\n")
+    done = subprocess.run([sys.executable, "-P", "-c", check, str(tmp_path / "args.json")],
+                          cwd=gin_config.REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, args in eval_args.items():
         files, bindings, _ = gin_config.split_gin_flags(args)
         try:
             gin_config.parse_gin(files, bindings, finalize=False)
