@@ -22,6 +22,7 @@ if __name__ == "__main__":
     sys.exit(_main())
 
 import dataclasses  # noqa: E402
+import hashlib
 import json
 import os
 import time
@@ -209,13 +210,41 @@ def _pred_path(pred_dir: str, row: str) -> str:
     return os.path.join(pred_dir, f"{slug}.txt")
 
 
-def _cached(path: str, n: int) -> Optional[List[str]]:
-    if os.path.isfile(path):
-        lines = read_lines(path)
-        if len(lines) == n:
-            return lines
+def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig) -> dict:
+    """What a saved corrector row was decoded from: the inputs (ids, sources, candidates), the
+    MODEL_DIR and the settings that change decoding. Another pool, test slice or corrector
+    in the same EVAL_DIR must not reuse it."""
+    digest = hashlib.sha256()
+    for rec in records:
+        digest.update(json.dumps([rec["id"], rec["source"], rec.get("candidates")],
+                                 sort_keys=True, ensure_ascii=False).encode())
+    return {"inputs_sha256": digest.hexdigest(), "model_dir": os.path.abspath(model_dir),
+            "corrector_bindings": list(cfg.corrector_bindings),
+            "num_candidates": cfg.num_candidates}
+
+
+def _key_path(path: str) -> str:
+    return path[:-len(".txt")] + ".key.json"
+
+
+def _cached(path: str, key: dict, n: int) -> Optional[List[str]]:
+    if not os.path.isfile(path):
+        return None
+    lines = read_lines(path)
+    if len(lines) != n:
         logging.warning("%s: %d lines, expected %d; decoding again", path, len(lines), n)
-    return None
+        return None
+    if not os.path.isfile(_key_path(path)):
+        # Written before keys existed: trusted by its length alone, as then.
+        logging.warning("%s: no %s; reused by its line count", path, _key_path(path))
+        return lines
+    with open(_key_path(path), encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved != key:
+        changed = sorted(k for k in key if saved.get(k) != key[k])
+        logging.warning("%s: decoded with other %s; decoding again", path, changed)
+        return None
+    return lines
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:
@@ -269,13 +298,17 @@ def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]
                                                       if model_dir else "no MODEL_DIR given"))
             logging.warning(notes[-1])
             continue
-        outs = _cached(_pred_path(pred_dir, name), len(records))
+        path, key = _pred_path(pred_dir, name), _prediction_key(records, model_dir, cfg)
+        outs = _cached(path, key, len(records))
         if outs is not None:
             yield name, outs, None
             continue
         start = time.time()
         outs = corrector_outputs(records, variant, model_dir, cfg)
-        yield name, outs, round(time.time() - start, 2)
+        seconds = round(time.time() - start, 2)
+        _write_lines(path, outs)
+        atomic_write_text(_key_path(path), json.dumps(key, indent=1) + "\n")
+        yield name, outs, seconds
 
 
 def evaluate(cfg: EvalConfig) -> dict:

@@ -1,5 +1,6 @@
 """`lmcor evaluate`: rows, intervals, paired tests, written files and resumption, on a real WMT22
 slice with a (random-weight) corrector MODEL_DIR written by the trainer's checkpointer."""
+import dataclasses
 import json
 import os
 
@@ -86,6 +87,34 @@ def test_rerun_reuses_corrector_predictions(pool_dir, lmcor_dir, tmp_path, monke
     monkeypatch.setattr(evaluate, "corrector_outputs", refuse)
     again = evaluate.evaluate(cfg)
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in first["rows"]]
+
+
+def test_saved_predictions_of_other_inputs_or_settings_are_not_reused(
+        pool_dir, lmcor_dir, task_spm_path, tmp_path, monkeypatch):
+    """Same EVAL_DIR, same number of inputs, but other decoding settings or another corrector:
+    the row is decoded again, and matches a fresh evaluation of that setting."""
+    evaluate.evaluate(_config(tmp_path / "shared", pool_dir, lmcor_dir))
+    decoded = []
+    real = evaluate.corrector_outputs
+
+    def counting(records, variant, model_dir, cfg):
+        decoded.append(model_dir)
+        return real(records, variant, model_dir, cfg)
+
+    monkeypatch.setattr(evaluate, "corrector_outputs", counting)
+    short = dataclasses.replace(_config(tmp_path / "shared", pool_dir, lmcor_dir),
+                              corrector_bindings=("corrector_settings.max_decode_tokens = 3",))
+    shared = evaluate.evaluate(short)
+    assert decoded == [lmcor_dir]
+    fresh = evaluate.evaluate(dataclasses.replace(short, out_dir=str(tmp_path / "fresh")))
+    assert read_lines(tmp_path / "shared" / "predictions" / "lmcor.txt") == \
+        read_lines(tmp_path / "fresh" / "predictions" / "lmcor.txt")
+    assert shared["rows"][-1]["metrics"] == fresh["rows"][-1]["metrics"]
+
+    other_dir = tmp_path / "other_model"
+    write_model_dir(other_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=2))
+    evaluate.evaluate(dataclasses.replace(short, model_dirs={"LMCor": str(other_dir)}))
+    assert decoded[-1] == str(other_dir)
 
 
 def test_bad_settings_name_the_field():
