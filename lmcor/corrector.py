@@ -272,7 +272,8 @@ def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
 
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
-    manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"))
+    # Orbax takes only absolute paths (a relative MODEL_DIR failed deep inside tensorstore).
+    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state", "data"))
     try:
         step = step if step is not None else manager.best_step()
         if step is None:

@@ -121,13 +121,15 @@ def test_too_long_input_is_refused(task_spm_path):
         corrector.prepare(record)
 
 
-def test_from_model_dir_restores_a_trainer_checkpoint(task_spm_path, wmt_records, tmp_path):
+def test_from_model_dir_restores_a_trainer_checkpoint(task_spm_path, wmt_records, tmp_path,
+                                                      monkeypatch):
     config = tiny_config(task_spm_path)
-    saved = write_model_dir(tmp_path, task_spm_path, tiny_params(config, seed=7), extra_gin=(
-        "corrector_options.k = 3\n"
-        "train.data = @some_data_factory_serving_never_imports\n"))
+    saved = write_model_dir(tmp_path / "run", task_spm_path, tiny_params(config, seed=7),
+                            extra_gin=("corrector_options.k = 3\n"
+                                       "train.data = @some_data_factory_serving_never_imports\n"))
+    monkeypatch.chdir(tmp_path)  # a relative MODEL_DIR, as users type it
     try:
-        loaded = Corrector.from_model_dir(str(tmp_path))
+        loaded = Corrector.from_model_dir("run")
     finally:
         gin.clear_config()
     restored = jax.tree.leaves(jax.device_get(loaded.params))
