@@ -214,6 +214,10 @@ def paired_bootstrap(metric: str, hyps_a: Sequence[str], hyps_b: Sequence[str], 
     sa, sb = _resampled_scores(stats_a, score, weights), _resampled_scores(stats_b, score, weights)
     diffs = np.abs(sb - sa)
     p = (np.sum(diffs - diffs.mean() > abs(b - a)) + 1) / (n_samples + 1)
+    if not diffs.any():
+        # Same score on every resample (e.g. a row identical to the baseline): sacreBLEU's
+        # formula gives its smallest p here, but there is no difference to be significant.
+        p = 1.0
     return {"a": a, "b": b, "delta": b - a, "p_value": float(p),
             "a_ci": [float(x) for x in np.percentile(sa, [2.5, 97.5])],
             "b_ci": [float(x) for x in np.percentile(sb, [2.5, 97.5])],

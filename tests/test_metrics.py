@@ -89,6 +89,12 @@ def test_paired_bootstrap_matches_sacrebleu(wmt22, monkeypatch):
         assert ours["p_value"] == pytest.approx(theirs.p_value)
 
 
+def test_paired_bootstrap_of_a_system_against_itself_is_not_significant(wmt22):
+    ref, base, _ = wmt22
+    same = metrics.paired_bootstrap("bleu", base, list(base), [ref], n_samples=100, seed=1)
+    assert same["delta"] == 0.0 and same["p_value"] == 1.0
+
+
 def test_bootstrap_ci_matches_sacrebleu_resamples(wmt22, monkeypatch):
     ref, _, system = wmt22
     monkeypatch.setenv("SACREBLEU_SEED", "12345")
