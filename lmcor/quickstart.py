@@ -19,7 +19,8 @@ config and shows its own progress bars):
                                                                 -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
 marker records its settings; changed settings run the stage again and the tools resume), and
-evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json.
+evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json
+(kept for stages a rerun skips).
 """
 import sys
 
@@ -95,9 +96,15 @@ class Pipeline:
             _mark_done(folder, settings)
 
     def finish(self) -> None:
-        self.timings["total"] = round(time.time() - self.start, 1)
-        atomic_write_text(os.path.join(self.run_dir, "timings.json"),
-                          json.dumps(self.timings, indent=1) + "\n")
+        """Writes timings.json: each stage's latest wall time (a stage skipped on a rerun keeps
+        the time it took before) and `total`, this invocation's wall time."""
+        path = os.path.join(self.run_dir, "timings.json")
+        timings = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                timings = json.load(f)
+        timings.update(self.timings, total=round(time.time() - self.start, 1))
+        atomic_write_text(path, json.dumps(timings, indent=1) + "\n")
 
 
 def _sample_args(task: str, pool: str, split: str, examples: int,

@@ -25,7 +25,13 @@ def test_stages_resume_from_done_markers(tmp_path):
     with pytest.raises(quickstart.QuickstartError, match="stage 'bad' failed"):
         pipe.run("bad", "json.tool", [str(tmp_path / "missing.json")])
     pipe.finish()
-    assert set(json.loads((tmp_path / "timings.json").read_text())) == {"copy", "total"}
+    first = json.loads((tmp_path / "timings.json").read_text())
+    assert set(first) == {"copy", "total"}
+    rerun = quickstart.Pipeline(str(tmp_path), stages=1)
+    rerun.run("copy", "json.tool", [str(src), str(out)], str(out.parent), {"n": 2})  # skipped
+    rerun.finish()
+    again = json.loads((tmp_path / "timings.json").read_text())
+    assert set(again) == {"copy", "total"} and again["copy"] == first["copy"]
 
 
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
