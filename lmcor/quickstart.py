@@ -103,7 +103,8 @@ class Pipeline:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 timings = json.load(f)
-        timings.update(self.timings, total=round(time.time() - self.start, 1))
+        self.timings["total"] = round(time.time() - self.start, 1)
+        timings.update(self.timings)
         atomic_write_text(path, json.dumps(timings, indent=1) + "\n")
 
 

@@ -32,6 +32,7 @@ def test_stages_resume_from_done_markers(tmp_path):
     rerun.finish()
     again = json.loads((tmp_path / "timings.json").read_text())
     assert set(again) == {"copy", "total"} and again["copy"] == first["copy"]
+    assert rerun.timings["total"] == again["total"]  # the pipeline prints it at the end
 
 
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
