@@ -306,6 +306,8 @@ def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]
         start = time.time()
         outs = corrector_outputs(records, variant, model_dir, cfg)
         seconds = round(time.time() - start, 2)
+        # Predictions before their key: a kill in between leaves a key-less or old-key file,
+        # never a new key vouching for old lines. (evaluate() writes every row again; harmless.)
         _write_lines(path, outs)
         atomic_write_text(_key_path(path), json.dumps(key, indent=1) + "\n")
         yield name, outs, seconds
