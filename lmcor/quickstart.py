@@ -143,19 +143,32 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
                ablation_train_flags: Sequence[str] = (),
-               test_variants: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+               test_variants: Optional[Mapping[str, Sequence[str]]] = None,
+               test_variant_rows: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
     "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
     and `test_examples` takes the first test inputs. `ablations` / `test_variants` map a name
     to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
     `ablation_train_flags` go to every ablation's training only (e.g. keep fewer checkpoints:
-    `lmcor evaluate` does not know the trainer's configurables)."""
+    `lmcor evaluate` does not know the trainer's configurables). A test variant evaluates the
+    `lmcor` row's corrector unless `test_variant_rows` names its rows (e.g. every row of the
+    table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]})."""
     ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
+    variant_rows = {name: ["lmcor"] for name in test_variants}
+    for name, names in dict(test_variant_rows or {}).items():
+        if name not in test_variants:
+            raise ValueError(f"quickstart.test_variant_rows: {name!r} is not a test variant "
+                             f"(test_variants: {sorted(test_variants)})")
+        missing = [r for r in names if r not in rows]
+        if missing or not names:
+            raise ValueError(f"quickstart.test_variant_rows[{name!r}]: {list(names)} must be "
+                             f"some of the table's rows {list(rows)}")
+        variant_rows[name] = list(names)
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
         raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
-    if test_variants and "lmcor" not in rows:
+    if any("lmcor" in names for names in variant_rows.values()) and "lmcor" not in rows:
         raise ValueError("quickstart.test_variants evaluate the `lmcor` row's corrector; "
                          "add 'lmcor' to quickstart.rows")
     clash = sorted(set(ablations) & set(test_variants))
@@ -190,15 +203,17 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         {row: os.path.join(pipe.run_dir, row) for row in rows}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
         folder = os.path.join(pipe.run_dir, "variants", name)
-        model_dir = os.path.join(pipe.run_dir, "lmcor")
         if name in ablations:
-            model_dir = os.path.join(folder, "lmcor")
+            model_dirs = {"lmcor": os.path.join(folder, "lmcor")}
             extra = [*flags, *ablation_train_flags]
             pipe.run(f"variant {name}: train lmcor ({train_steps} steps)", "lmcor.train",
-                     _train_args(task, "lmcor", model_dir, pools, train_steps, train_flags,
-                                 extra), model_dir, dict(settings, ablation=extra))
+                     _train_args(task, "lmcor", model_dirs["lmcor"], pools, train_steps,
+                                 train_flags, extra), model_dirs["lmcor"],
+                     dict(settings, ablation=extra))
+        else:
+            model_dirs = {row: os.path.join(pipe.run_dir, row) for row in variant_rows[name]}
         pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(
-            common_eval, os.path.join(folder, "eval"), {"lmcor": model_dir}, flags))
+            common_eval, os.path.join(folder, "eval"), model_dirs, flags))
     pipe.run("report", "lmcor.report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:

@@ -175,3 +175,46 @@ def test_bad_ablation_settings_fail_before_any_stage(tmp_path):
         quickstart.quickstart(run_dir=str(tmp_path), ablations={"k5": []},
                               test_variants={"k5": []})
     assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="'whole' is not a test variant"):
+        quickstart.quickstart(run_dir=str(tmp_path), test_variants={"k5": []},
+                              test_variant_rows={"whole": ["lmcor"]})
+    with pytest.raises(ValueError, match="must be some of the table's rows"):
+        quickstart.quickstart(run_dir=str(tmp_path), rows=["finetune", "lmcor"],
+                              test_variants={"whole": []},
+                              test_variant_rows={"whole": ["lmcor_single"]})
+    assert not any(tmp_path.iterdir())
+
+
+class _Planned(Exception):
+    """Raised by the stage recorder below at the report stage: every earlier stage is planned."""
+
+
+def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
+    """A test variant decodes the table's own correctors: the `lmcor` row's by default, or each
+    row named in `test_variant_rows` (the whole-test-set table); an ablation, its own."""
+    stages = []
+
+    def record(pipe, name, module, args, folder=None, settings=None):
+        if module == "lmcor.report":
+            raise _Planned
+        stages.append((name, list(args)))
+
+    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    pools = {"dev": str(tmp_path / "dev"), "test": str(tmp_path / "test")}
+    with pytest.raises(_Planned):
+        quickstart.quickstart(run_dir=str(tmp_path / "run"), pools=pools,
+                              rows=["finetune", "lmcor_single", "lmcor"],
+                              ablations={"k2": ["--gin.X=2"]},
+                              test_variants={"full": ["--gin.EVAL_MAX_EXAMPLES=None"],
+                                             "k5": []},
+                              test_variant_rows={"full": ["finetune", "lmcor"]})
+    evaluated = {name: {a.split("=")[0][len("--gin."):]: a.split("=", 1)[1] for a in args
+                        if a.split("=")[0][len("--gin."):] in quickstart.EVAL_MACROS.values()}
+                 for name, args in stages if name.endswith("evaluate")}
+    run = tmp_path / "run"
+    assert evaluated["variant full: evaluate"] == {"FINETUNE_DIR": repr(str(run / "finetune")),
+                                                   "LMCOR_DIR": repr(str(run / "lmcor"))}
+    assert evaluated["variant k5: evaluate"] == {"LMCOR_DIR": repr(str(run / "lmcor"))}
+    assert evaluated["variant k2: evaluate"] == {
+        "LMCOR_DIR": repr(str(run / "variants" / "k2" / "lmcor"))}
+    assert len(evaluated["evaluate"]) == 3
