@@ -13,8 +13,9 @@ config and shows its own progress bars):
                                                                 -> RUN_DIR/eval/results.{json,md}
   4. variants (optional) `quickstart.ablations`: one more `lmcor` corrector per entry, trained
              and evaluated with that entry's extra flags; `quickstart.test_variants`: the
-             table's `lmcor` corrector evaluated with extra flags (test-side ablations, a
-             larger test set)                         -> RUN_DIR/variants/<name>/{lmcor,eval}
+             table's `lmcor` corrector (or the rows `test_variant_rows` names) evaluated with
+             extra flags (test-side ablations, the whole test set)
+                                                      -> RUN_DIR/variants/<name>/{lmcor,eval}
   5. report  Markdown + plots (ablation tables from the evaluations' EVAL_TAGS)
                                                                 -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
