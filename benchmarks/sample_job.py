@@ -25,7 +25,7 @@ from lmcor.backends.jax_lm import JaxBackend, resolve_checkpoint  # noqa: E402
 def run_job(args, out_dir):
     backend = JaxBackend(checkpoint="gemma3-270m", batch_size=args.batch_size,
                          per_example_seed=False, dtype=args.dtype,
-                         shared_prefill=args.shared_prefill)
+                         shared_prefill=args.shared_prefill, quantize=args.quantize)
     start = time.perf_counter()
     manifest = sample.sample_pool(
         output_dir=out_dir, task="e2e", split="test", demo_split="dev", backend=backend,
@@ -92,6 +92,8 @@ def main():
                         help="our weights and compute (transformers stays float32)")
     parser.add_argument("--shared_prefill", action="store_true",
                         help="greedy and samples from one prefill (JaxBackend.shared_prefill)")
+    parser.add_argument("--quantize", default=None, choices=["int8"],
+                        help="int8 matmuls in the JAX backend (JaxBackend.quantize)")
     parser.add_argument("--skip_transformers", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:

@@ -1,6 +1,7 @@
 """Generation speed: lmcor's jitted decoder vs transformers `generate`, same GGUF, one run.
 
     .venv/bin/python benchmarks/sampling.py [--max_new_tokens=64] [--dtype=bfloat16]
+                                            [--quantize=int8]
 
 Gemma 3 270M (the Q4_K_M GGUF dequantized to float32 by both sides), 16 varied prompts as one
 left-padded batch, greedy and sampling (temperature 0.7, top-k 50, top-p 0.95). Our compile and
@@ -41,11 +42,12 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_ours(path, max_new_tokens, dtype):
+def run_ours(path, max_new_tokens, dtype, quantize=None):
     from lmcor import decoding
     from lmcor.generate import load_model
 
-    (lm, params, tokenizer), load_s = _timed(lambda: load_model(f"gguf:{path}", dtype))
+    (lm, params, tokenizer), load_s = _timed(
+        lambda: load_model(f"gguf:{path}", dtype, quantize))
     results = {}
     for mode, extra in (("greedy", {}), ("sample", SAMPLING)):
         config = decoding.DecodeConfig(max_new_tokens=max_new_tokens, **extra)
@@ -100,15 +102,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max_new_tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weights and activations for our matmuls (lmcor generate --quantize)")
     p.add_argument("--skip_transformers", action="store_true")
     args = p.parse_args(argv)
     from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
 
     path = bundled_gemma_gguf_path()
-    ours = run_ours(path, args.max_new_tokens, args.dtype)
+    ours = run_ours(path, args.max_new_tokens, args.dtype, args.quantize)
     theirs = {} if args.skip_transformers else run_hf(path, args.max_new_tokens)
     print(f"Gemma 3 270M, batch {len(PROMPTS)}, {args.max_new_tokens} new tokens, "
-          f"{args.dtype} (ours) / float32 (transformers)")
+          f"{args.dtype}{' + int8 matmuls' if args.quantize else ''} (ours) / float32 "
+          "(transformers)")
     for mode in ("greedy", "sample"):
         n, secs, texts = ours[mode]
         line = f"{mode:7s} ours {n / secs:7.1f} tok/s ({n} tokens, {secs:.2f}s)"
@@ -118,7 +123,9 @@ def main(argv=None) -> int:
                      f" | ratio {(n / secs) / (hn / hsecs):.2f}x")
             if mode == "greedy":
                 same = sum(a == b for a, b in zip(texts, htexts))
-                line += f" | identical greedy texts {same}/{len(texts)}"
+                shared = sum(len(os.path.commonprefix([a, b])) for a, b in zip(texts, htexts))
+                line += (f" | identical greedy texts {same}/{len(texts)}, shared prefix "
+                         f"{shared / max(1, sum(map(len, htexts))):.0%} of transformers' chars")
         print(line)
     return 0
 

@@ -2,7 +2,7 @@
 
     lmcor generate --prompt="The capital of France is" [--model=SPEC] [--max_new_tokens=N]
                    [--num_samples=N --temperature=T --top_p=P --top_k=K] [--seed=S]
-                   [--beam_size=B --alpha=A] [--stop=STRING ...] [--dtype=bfloat16]
+                   [--beam_size=B --alpha=A] [--stop=STRING ...] [--dtype=bfloat16] [--quantize=int8]
 
 Greedy unless a temperature > 0 or a beam size > 1 is given. stdout carries only the
 continuations, one line per sample, with newlines inside a continuation written as `\\n`;
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and matmul inputs (bfloat16 halves weight traffic; norms, "
                         "softmax and logits stay float32)")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weights and per-token int8 activations for every matmul "
+                        "(about 2x faster decoding on CPU; outputs can differ slightly)")
     p.add_argument("--batch_size", type=int, default=16)
     return p
 
@@ -48,9 +51,13 @@ def default_model_spec() -> str:
 
 
 @functools.lru_cache(maxsize=1)  # a process that generates twice (tests, notebooks) loads once
-def load_model(spec: str = "", dtype: str = "float32"):
-    """(adapter, params, tokenizer) for a model SPEC (see the module docstring)."""
-    from lmcor.models.gemma import GemmaLM
+def load_model(spec: str = "", dtype: str = "float32", quantize: str | None = None):
+    """(adapter, params, tokenizer) for a model SPEC (see the module docstring).
+
+    `quantize="int8"` stores the matmul weights as int8 (`gemma.quantize_params`); `dtype` then
+    applies to everything else (activations, norms, KV cache).
+    """
+    from lmcor.models.gemma import GemmaLM, quantize_params
 
     spec = spec or default_model_spec()
     kind, _, where = spec.partition(":")
@@ -65,6 +72,9 @@ def load_model(spec: str = "", dtype: str = "float32"):
     if dtype != "float32":
         params = cast_params(params, dtype)
         config = dataclasses.replace(config, dtype=dtype, param_dtype=dtype)
+    if quantize:
+        config = dataclasses.replace(config, quantize=quantize)
+        params = quantize_params(config, params)
     return GemmaLM(config), params, gemma_tokenizer(where)
 
 
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
             top_p=args.top_p, num_samples=args.num_samples, beam_size=args.beam_size,
             alpha=args.alpha, stop=tuple(args.stop))
         start = time.perf_counter()
-        lm, params, tokenizer = load_model(args.model, args.dtype)
+        lm, params, tokenizer = load_model(args.model, args.dtype, args.quantize)
     except (ValueError, FileNotFoundError) as err:
         print(f"lmcor generate: {err}", file=sys.stderr)
         return 2

@@ -30,14 +30,41 @@ def _blocks(x):
     return x.reshape(n, blocks, width), width
 
 
+def _block_max(xb):
+    """[N, B, W] -> [N, B] maxima, reduced as N*B rows: XLA CPU splits a reduction over many
+    short rows across cores, but not one over a few long rows (about 2x on two cores)."""
+    n, blocks, width = xb.shape
+    return xb.reshape(n * blocks, width).max(-1).reshape(n, blocks)
+
+
 def argmax(x):
     """`jnp.argmax(x, -1)` (first index among ties) for [N, V], via block maxima."""
     if x.shape[-1] < 4096:
         return jnp.argmax(x, axis=-1).astype(jnp.int32)
     xb, width = _blocks(x)
-    blk = jnp.argmax(xb.max(-1), axis=-1)  # the first block holding the row maximum
+    return _argmax_blocks(xb, _block_max(xb), width)
+
+
+def _argmax_blocks(xb, block_max, width):
+    blk = jnp.argmax(block_max, axis=-1)  # the first block holding the row maximum
     inner = jnp.take_along_axis(xb, blk[:, None, None], axis=1)[:, 0]
     return (blk * width + jnp.argmax(inner, axis=-1)).astype(jnp.int32)
+
+
+def argmax_logprob(x):
+    """(argmax, its log-softmax) for [N, V]: the block maxima give the row maximum too, so the
+    log-sum-exp needs only one more pass (jax.nn.logsumexp would take the maximum again)."""
+    if x.shape[-1] < 4096:
+        tok = argmax(x)
+        return tok, _token_logprob(x, tok)
+    xb, width = _blocks(x)
+    n, blocks, _ = xb.shape
+    block_max = _block_max(xb)
+    top = block_max.max(-1)
+    # log p(argmax) = max - logsumexp = -log(sum(exp(x - max))), summed as N*B short rows.
+    shifted = xb.reshape(n * blocks, width) - jnp.repeat(top, blocks)[:, None]
+    total = jnp.sum(jnp.exp(shifted), axis=-1).reshape(n, blocks).sum(-1)
+    return _argmax_blocks(xb, block_max, width), -jnp.log(total)
 
 
 def largest(x, k: int):
@@ -50,7 +77,7 @@ def largest(x, k: int):
     xb, width = _blocks(x)
     if k * width * 4 > vocab:  # few blocks to skip: the plain search is cheaper
         return jax.lax.top_k(x, k)
-    _, blk = jax.lax.top_k(xb.max(-1), k)
+    _, blk = jax.lax.top_k(_block_max(xb), k)
     cand = jnp.take_along_axis(xb, blk[:, :, None], axis=1)  # [N, k, W]
     vals, j = jax.lax.top_k(cand.reshape(x.shape[0], -1), k)
     ids = jnp.take_along_axis(blk, j // width, axis=-1) * width + j % width
@@ -135,8 +162,7 @@ def choose(logits, key, *, greedy: bool, top_k: int, use_top_p: bool, temperatur
     """-> (token [N], log-prob under the sampled distribution, log-prob under the model)."""
     logits = logits.astype(jnp.float32)
     if greedy:
-        tok = argmax(logits)
-        lp = _token_logprob(logits, tok)
+        tok, lp = argmax_logprob(logits)
         return tok, lp, lp
     scaled = logits / temperature
     if top_k:

@@ -11,6 +11,8 @@ size, which the manifest then pins. `shared_prefill=True` decodes each input's g
 its samples in one call (greedy as the first row), so the prompt is prefilled once instead of
 twice: faster when prompts are long next to the outputs, as with 5-shot prompts. With
 `model_parallel > 1` the parameters are sharded over a (data, model) mesh by their logical axes.
+`quantize="int8"` decodes with int8 matmuls (`lmcor generate --quantize`): faster on CPU, but the
+outputs differ from the float model's, so it is part of the pool's fingerprint.
 """
 import logging
 import os
@@ -47,20 +49,23 @@ def import_model_modules():
     return decoding, generate
 
 
-def load_model(path: str, dtype: str):
+def load_model(path: str, dtype: str, quantize: Optional[str] = None):
     """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder; weights in
-    `dtype` (cast once at load, so no decode step pays for it)."""
+    `dtype` (cast once at load, so no decode step pays for it), or int8 with `quantize`."""
     _, generate = import_model_modules()
     kind = "gguf" if path.endswith(".gguf") else "safetensors"
-    return generate.load_model(f"{kind}:{path}", dtype)
+    return generate.load_model(f"{kind}:{path}", dtype, quantize)
 
 
 @gin.configurable
 class JaxBackend(Backend):
     def __init__(self, checkpoint: str = BUNDLED, dtype: str = "float32", batch_size: int = 8,
                  bucket: int = 32, per_example_seed: bool = True, model_parallel: int = 1,
-                 shared_prefill: bool = False, name: Optional[str] = None):
-        self.checkpoint, self.dtype = checkpoint, dtype
+                 shared_prefill: bool = False, quantize: Optional[str] = None,
+                 name: Optional[str] = None):
+        if quantize not in (None, "int8"):
+            raise ValueError(f"JaxBackend.quantize must be None or 'int8', got {quantize!r}")
+        self.checkpoint, self.dtype, self.quantize = checkpoint, dtype, quantize
         self.batch_size, self.bucket = batch_size, bucket
         self.per_example_seed, self.model_parallel = per_example_seed, model_parallel
         self.shared_prefill = shared_prefill
@@ -81,14 +86,15 @@ class JaxBackend(Backend):
         return {**super().describe(), "checkpoint": self.checkpoint, "dtype": self.dtype,
                 "per_example_seed": self.per_example_seed, "bucket": self.bucket,
                 "batch_size": self.batch_size, "model_parallel": self.model_parallel,
-                "shared_prefill": self.shared_prefill}
+                "shared_prefill": self.shared_prefill, "quantize": self.quantize}
 
     def fingerprint(self) -> Dict:
         layout = {} if self.per_example_seed else {"batch_size": self.batch_size}
         # Sharing the prefill draws the samples from other random streams: another pool.
         shared = {"shared_prefill": True} if self.shared_prefill else {}
+        quant = {"quantize": self.quantize} if self.quantize else {}
         return {**super().fingerprint(), "dtype": self.dtype,
-                "per_example_seed": self.per_example_seed, **layout, **shared}
+                "per_example_seed": self.per_example_seed, **layout, **shared, **quant}
 
     def stats(self) -> Dict:
         s = dict(self._stats)
@@ -105,7 +111,7 @@ class JaxBackend(Backend):
             return
         path = resolve_checkpoint(self.checkpoint)
         log.info("loading %s", path)
-        self._lm, params, self._tokenizer = load_model(path, self.dtype)
+        self._lm, params, self._tokenizer = load_model(path, self.dtype, self.quantize)
         self._params = self._place(params)
 
     def _place(self, params):

@@ -3,7 +3,14 @@
 Every parameter is created with `nn.with_logical_partitioning` so the one rule table in
 `partitioning.py` decides its placement; parameters live in `param_dtype` and are cast to `dtype`
 for compute. Norms and softmax always run in float32 because bf16 loses too much there.
+
+`quantized=True` (decoding only) stores dense kernels and the embedding as int8 with one float32
+scale per output channel, and quantizes each input position to int8 on the fly (one scale per
+position), so the matmul runs int8 x int8 -> int32. On XLA CPU that is about twice as fast as
+bf16 x bf16 -> f32 at decode batch sizes, where the matmuls are compute-bound, not memory-bound.
+`quantize_int8` turns float params into that layout.
 """
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -66,6 +73,69 @@ def _fan_in_init(n_in: int, n_out: int, scale: float = 1.0) -> Initializer:
                                             out_axis=tuple(range(n_in, n_in + n_out)))
 
 
+def _int8_rows(x: jax.Array, n_axes: int) -> tuple[jax.Array, jax.Array]:
+    """x as int8 with one symmetric scale per position over its last `n_axes` dims (kept, size 1)."""
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - n_axes, x.ndim))
+    scale = jnp.max(jnp.abs(x32), axis=axes, keepdims=True) / 127.0
+    scale = jnp.where(scale == 0, 1.0, scale)
+    return jnp.round(x32 / scale).astype(jnp.int8), scale
+
+
+def _int8_matmul(x, q, q_scale, n_in: int, dims) -> jax.Array:
+    """float32 x . dequant(q): int8 dot with int32 accumulation, both scales applied after."""
+    xq, x_scale = _int8_rows(x, n_in)
+    acc = lax.dot_general(xq, q, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
+    x_scale = x_scale.reshape(x.shape[:x.ndim - n_in] + (1,) * (acc.ndim - x.ndim + n_in))
+    q_scale = q_scale.astype(jnp.float32)
+    width = acc.shape[-1]
+    if q_scale.ndim == 1 and width >= 1 << 16 and width % 512 == 0:
+        # An LM head's [N, 262144] rescale runs about 1.6x faster on XLA CPU as [N, 512, 512]
+        # (the pass is then split across cores).
+        blocks = acc.shape[:-1] + (width // 512, 512)
+        out = acc.reshape(blocks) * x_scale[..., None] * q_scale.reshape(-1, 512)
+        return out.reshape(acc.shape)
+    return acc * x_scale * q_scale
+
+
+def quantize_int8(params, template):
+    """Float params -> the `quantized=True` layout given by `template` (its shapes, e.g. from
+    `jax.eval_shape` of the quantized module's init): each `kernel` with a `kernel_scale` sibling
+    gets one scale per output channel (its trailing dims), each `embedding` one per row."""
+    def channel(w, reduce_axes):
+        w32 = jnp.asarray(w, jnp.float32)
+        scale = jnp.max(jnp.abs(w32), axis=reduce_axes) / 127.0
+        scale = jnp.where(scale == 0, 1.0, scale)
+        keep = jnp.expand_dims(scale, reduce_axes)
+        return jnp.clip(jnp.round(w32 / keep), -127, 127).astype(jnp.int8), scale
+
+    def walk(p, t):
+        if not isinstance(t, dict):
+            return p
+        out = {k: walk(p[k], t[k]) for k in p if k not in ("kernel", "embedding")}
+        if "kernel_scale" in t:  # stored as one [out, in] matrix
+            kernel = jnp.asarray(p["kernel"])
+            matrix = kernel.reshape(t["kernel"].shape[::-1]).T
+            out["kernel"], out["kernel_scale"] = channel(matrix, (1,))
+        elif "embedding_scale" in t:
+            out["embedding"], out["embedding_scale"] = channel(p["embedding"], (1,))
+        else:
+            out.update({k: p[k] for k in ("kernel", "embedding") if k in p})
+        return out
+
+    return walk(dict(params), template)
+
+
+def _int8_param(module, name, shape, axes, scale_shape, scale_axes):
+    """Quantized parameter pair; init gives zeros (quantized weights come from `quantize_int8`)."""
+    q = module.param(name, nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes)),
+                     shape, jnp.int8)
+    scale = module.param(f"{name}_scale",
+                         nn.with_logical_partitioning(nn.initializers.ones, tuple(scale_axes)),
+                         scale_shape, jnp.float32)
+    return q, scale
+
+
 class Dense(nn.Module):
     """Bias-free linear map contracting the last `in_axes` input dims into `features`.
 
@@ -79,6 +149,7 @@ class Dense(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer | None = None
     precision: Any = None
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,11 +157,22 @@ class Dense(nn.Module):
         shape = tuple(x.shape[-self.in_axes:]) + feats
         if len(shape) != len(self.kernel_axes):
             raise ValueError(f"{self.name}: kernel shape {shape} vs logical axes {self.kernel_axes}")
+        contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
+        contract_k = tuple(range(self.in_axes))
+        if self.quantized:
+            # Stored as a 2-D [out, in] matrix: XLA CPU's int8 matmul is ~1.4x faster with the
+            # contraction on the kernel's minor dim, and a kernel with several output or input
+            # dims (attention q/k/v/o) would be re-laid-out (copied) on every call.
+            n_out, n_in = math.prod(feats), math.prod(shape[:self.in_axes])
+            q, scale = _int8_param(self, "kernel", (n_out, n_in),
+                                   (self.kernel_axes[self.in_axes], self.kernel_axes[0]),
+                                   (n_out,), (self.kernel_axes[self.in_axes],))
+            flat = x.reshape(x.shape[:x.ndim - self.in_axes] + (n_in,))
+            out = _int8_matmul(flat, q, scale, 1, (((flat.ndim - 1,), (1,)), ((), ())))
+            return out.reshape(x.shape[:x.ndim - self.in_axes] + feats).astype(self.dtype)
         init = self.kernel_init or _fan_in_init(self.in_axes, len(feats))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.kernel_axes)),
                             shape, self.param_dtype)
-        contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
-        contract_k = tuple(range(self.in_axes))
         # f32 accumulation, then the compute dtype: on XLA CPU a bf16-output dot is several
         # times slower than a bf16 x bf16 -> f32 one, and less precise.
         out = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
@@ -106,18 +188,30 @@ class Embed(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+    quantized: bool = False
 
     def setup(self):
+        shape = (self.num_embeddings, self.features)
+        if self.quantized:
+            self.embedding, self.embedding_scale = _int8_param(
+                self, "embedding", shape, ("vocab", "embed"), shape[:1], ("vocab",))
+            return
         self.embedding = self.param(
             "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
-            (self.num_embeddings, self.features), self.param_dtype)
+            shape, self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        rows = jnp.take(self.embedding, ids, axis=0)
+        if self.quantized:
+            rows = rows.astype(jnp.float32) * jnp.take(self.embedding_scale, ids, axis=0)[..., None]
+        return rows.astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits in float32 whatever `dtype`: accumulating a bf16 product in f32 is both more
         precise and, on XLA CPU, several times faster than a bf16-output dot."""
+        if self.quantized:
+            return _int8_matmul(x, self.embedding, self.embedding_scale, 1,
+                                (((x.ndim - 1,), (1,)), ((), ())))
         return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
@@ -132,11 +226,13 @@ class GatedMLP(nn.Module):
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         def dense(feats, axes, name):
-            return Dense(feats, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            return Dense(feats, axes, dtype=self.dtype, param_dtype=self.param_dtype,
+                         quantized=self.quantized, name=name)
 
         gate = ACTIVATIONS[self.activation](dense(self.hidden, ("embed", "mlp"), "wi_0")(x))
         h = gate * dense(self.hidden, ("embed", "mlp"), "wi_1")(x)
