@@ -6,7 +6,7 @@ import pytest
 
 from lmcor.checkpoints import gguf
 from lmcor.checkpoints.hf_gemma import gemma_name_map
-from lmcor.models.gemma import GemmaConfig, GemmaLM
+from lmcor.models.gemma import GemmaConfig, GemmaLM, quantize_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -135,6 +135,22 @@ def test_last_position_logits_match(ours_greedy, reference_forced):
     for row, want in enumerate(reference_forced):
         rel = np.abs(first[row] - want[0]).max() / np.abs(want[0]).max()
         assert rel <= 1e-3, (PROMPTS[row], rel)
+
+
+def test_int8_decoding_keeps_the_next_token(ours, ours_greedy):
+    """int8 matmuls (`--quantize=int8`) change the logits, but not which token comes next."""
+    import dataclasses
+
+    config, params, tokenizer = ours
+    q_config = dataclasses.replace(config, quantize="int8")
+    _, tokens, mask = _left_padded(tokenizer, PROMPTS)
+    got, _ = GemmaLM(q_config).prefill(quantize_params(q_config, params),
+                                       {"tokens": tokens, "mask": mask}, 1)
+    got, want = np.asarray(got), ours_greedy[1]
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    for row in range(len(PROMPTS)):
+        assert np.corrcoef(got[row], want[row])[0, 1] > 0.99, PROMPTS[row]
+        assert np.abs(got[row] - want[row]).max() > 1e-3  # the int8 path really ran
 
 
 def test_greedy_continuations_match(ours, ours_greedy, reference_forced):

@@ -73,23 +73,21 @@ def _fan_in_init(n_in: int, n_out: int, scale: float = 1.0) -> Initializer:
                                             out_axis=tuple(range(n_in, n_in + n_out)))
 
 
-def _int8_rows(x: jax.Array, n_axes: int) -> tuple[jax.Array, jax.Array]:
-    """x as int8 with one symmetric scale per position over its last `n_axes` dims (kept, size 1)."""
+def _int8_matmul(x: jax.Array, q: jax.Array, q_scale: jax.Array) -> jax.Array:
+    """x [..., in] . dequant(q [out, in]) in float32.
+
+    x is quantized on the fly with one symmetric scale per position; the int8 x int8 product
+    accumulates in int32, and both scales are applied to the result.
+    """
     x32 = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - n_axes, x.ndim))
-    scale = jnp.max(jnp.abs(x32), axis=axes, keepdims=True) / 127.0
-    scale = jnp.where(scale == 0, 1.0, scale)
-    return jnp.round(x32 / scale).astype(jnp.int8), scale
-
-
-def _int8_matmul(x, q, q_scale, n_in: int, dims) -> jax.Array:
-    """float32 x . dequant(q): int8 dot with int32 accumulation, both scales applied after."""
-    xq, x_scale = _int8_rows(x, n_in)
-    acc = lax.dot_general(xq, q, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
-    x_scale = x_scale.reshape(x.shape[:x.ndim - n_in] + (1,) * (acc.ndim - x.ndim + n_in))
+    x_scale = jnp.max(jnp.abs(x32), axis=-1, keepdims=True) / 127.0
+    x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
+    xq = jnp.round(x32 / x_scale).astype(jnp.int8)
+    acc = lax.dot_general(xq, q, (((x.ndim - 1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.int32).astype(jnp.float32)
     q_scale = q_scale.astype(jnp.float32)
     width = acc.shape[-1]
-    if q_scale.ndim == 1 and width >= 1 << 16 and width % 512 == 0:
+    if width >= 1 << 16 and width % 512 == 0:
         # An LM head's [N, 262144] rescale runs about 1.6x faster on XLA CPU as [N, 512, 512]
         # (the pass is then split across cores).
         blocks = acc.shape[:-1] + (width // 512, 512)
@@ -100,8 +98,12 @@ def _int8_matmul(x, q, q_scale, n_in: int, dims) -> jax.Array:
 
 def quantize_int8(params, template):
     """Float params -> the `quantized=True` layout given by `template` (its shapes, e.g. from
-    `jax.eval_shape` of the quantized module's init): each `kernel` with a `kernel_scale` sibling
-    gets one scale per output channel (its trailing dims), each `embedding` one per row."""
+    `jax.eval_shape` of the quantized module's init).
+
+    Each `kernel` with a `kernel_scale` sibling becomes one int8 [out, in] matrix (input dims and
+    output dims each flattened) with a scale per output channel; each `embedding` [vocab, embed]
+    gets a scale per row. Scales are max|w| / 127, so every weight is off by at most half a step.
+    """
     def channel(w, reduce_axes):
         w32 = jnp.asarray(w, jnp.float32)
         scale = jnp.max(jnp.abs(w32), axis=reduce_axes) / 127.0
@@ -157,26 +159,27 @@ class Dense(nn.Module):
         shape = tuple(x.shape[-self.in_axes:]) + feats
         if len(shape) != len(self.kernel_axes):
             raise ValueError(f"{self.name}: kernel shape {shape} vs logical axes {self.kernel_axes}")
-        contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
-        contract_k = tuple(range(self.in_axes))
+        lead = x.shape[:x.ndim - self.in_axes]
         if self.quantized:
             # Stored as a 2-D [out, in] matrix: XLA CPU's int8 matmul is ~1.4x faster with the
             # contraction on the kernel's minor dim, and a kernel with several output or input
-            # dims (attention q/k/v/o) would be re-laid-out (copied) on every call.
+            # dims (attention q/k/v/o) would be re-laid-out (copied) on every call. Each
+            # flattened dim keeps the logical name of its outermost dim, so a `heads` split
+            # still falls between heads.
             n_out, n_in = math.prod(feats), math.prod(shape[:self.in_axes])
+            out_axis = self.kernel_axes[self.in_axes]
             q, scale = _int8_param(self, "kernel", (n_out, n_in),
-                                   (self.kernel_axes[self.in_axes], self.kernel_axes[0]),
-                                   (n_out,), (self.kernel_axes[self.in_axes],))
-            flat = x.reshape(x.shape[:x.ndim - self.in_axes] + (n_in,))
-            out = _int8_matmul(flat, q, scale, 1, (((flat.ndim - 1,), (1,)), ((), ())))
-            return out.reshape(x.shape[:x.ndim - self.in_axes] + feats).astype(self.dtype)
+                                   (out_axis, self.kernel_axes[0]), (n_out,), (out_axis,))
+            out = _int8_matmul(x.reshape(lead + (n_in,)), q, scale)
+            return out.reshape(lead + feats).astype(self.dtype)
         init = self.kernel_init or _fan_in_init(self.in_axes, len(feats))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.kernel_axes)),
                             shape, self.param_dtype)
         # f32 accumulation, then the compute dtype: on XLA CPU a bf16-output dot is several
         # times slower than a bf16 x bf16 -> f32 one, and less precise.
+        contract = (tuple(range(len(lead), x.ndim)), tuple(range(self.in_axes)))
         out = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                              ((contract_x, contract_k), ((), ())), precision=self.precision,
+                              (contract, ((), ())), precision=self.precision,
                               preferred_element_type=jnp.float32)
         return out.astype(self.dtype)
 
@@ -210,8 +213,7 @@ class Embed(nn.Module):
         """Logits in float32 whatever `dtype`: accumulating a bf16 product in f32 is both more
         precise and, on XLA CPU, several times faster than a bf16-output dot."""
         if self.quantized:
-            return _int8_matmul(x, self.embedding, self.embedding_scale, 1,
-                                (((x.ndim - 1,), (1,)), ((), ())))
+            return _int8_matmul(x, self.embedding, self.embedding_scale)
         return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
