@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                         "softmax and logits stay float32)")
     p.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 weights and per-token int8 activations for every matmul "
-                        "(about 2x faster decoding on CPU; outputs can differ slightly)")
+                        "(faster decoding on CPU; outputs differ from the float model's, "
+                        "see docs/sampling.md)")
     p.add_argument("--batch_size", type=int, default=16)
     return p
 

@@ -300,7 +300,7 @@ def test_top_p_samples_only_from_the_nucleus(vocab):
 
 @pytest.mark.parametrize("vocab", [5000, 262144])  # a padded last block / Gemma's vocabulary
 def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
-    from lmcor.samplers import argmax, largest
+    from lmcor.samplers import argmax, argmax_logprob, largest
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, vocab)).astype(np.float32)
@@ -308,6 +308,10 @@ def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
     x[2, -40:] = 9.0 + np.arange(40)  # the winners all in the last (padded) block
     x[3] = -1e30  # a row with nothing but masked entries
     np.testing.assert_array_equal(np.asarray(jax.jit(argmax)(x)), np.argmax(x, axis=-1))
+    tok, lp = jax.jit(argmax_logprob)(x)  # greedy's token and log-prob from the block maxima
+    np.testing.assert_array_equal(np.asarray(tok), np.argmax(x, axis=-1))
+    want_lp = np.asarray(jax.nn.log_softmax(x))[np.arange(len(x)), np.argmax(x, axis=-1)]
+    np.testing.assert_allclose(np.asarray(lp), want_lp, rtol=1e-5, atol=1e-5)
     for k in (1, 50):
         vals, ids = jax.jit(largest, static_argnums=1)(x, k)
         want_vals, _ = jax.lax.top_k(x, k)
