@@ -2,6 +2,7 @@
 one process, so Gemma 3 270M is loaded and each decode shape compiled once for all of them.
 
     .venv/bin/python scripts/real_pools.py --root pools [--only e2e_test_e2e_attributes ...]
+    # on a CPU: --dtype bfloat16 --shared_prefill
 
 Each pool is exactly what `lmcor sample` writes for the same settings (docs/sampling.md): the
 same `sample_pool` call, shards, manifest and resume rules, so a killed run is continued by
@@ -37,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch_size", type=int, default=8, help="inputs per decode call")
     p.add_argument("--bucket", type=int, default=32, help="prompt length rounding (tokens)")
+    p.add_argument("--shared_prefill", action="store_true",
+                   help="greedy and samples from one prefill (JaxBackend.shared_prefill; the "
+                        "fastest CPU path with --dtype bfloat16)")
     p.add_argument("--shard_size", type=int, default=8)
     p.add_argument("--max_examples", type=int, default=None)
     args = p.parse_args(argv)
@@ -51,7 +55,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown pool(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     backend = JaxBackend(checkpoint=args.checkpoint, dtype=args.dtype, batch_size=args.batch_size,
-                         bucket=args.bucket, per_example_seed=False)
+                         bucket=args.bucket, per_example_seed=False,
+                         shared_prefill=args.shared_prefill)
     for task, split, demo_split, variant in POOLS:
         name = pool_name(task, split, variant)
         if args.only and name not in args.only:

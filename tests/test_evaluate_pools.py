@@ -1,14 +1,15 @@
-"""`lmcor evaluate` on the checkout's real pools: gin/runs/evaluate_pools*.gin name
-`pools/<name>` folders, read through the task's data source (PoolDataSource.records) and found
-from the repository root whatever the working directory. A real WMT22 slice stands in for the
-pool folder (the sampled pools are outputs, absent from a fresh clone)."""
+"""`lmcor evaluate` on the checkout's real pools: gin/runs/evaluate_pools*.gin name released
+`data/pools/<name>.jsonl.gz` files, read through the task's data source (PoolDataSource.records)
+and found from the repository root whatever the working directory. A real WMT22 slice, released
+into a stand-in checkout, plays the released pool (so the test does not depend on which pools
+are released yet)."""
 import json
-import shutil
 
 import gin
 import pytest
 
 from lmcor import evaluate, rerank
+from lmcor.data import pool_release
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines
 from lmcor.tasks import common
@@ -36,9 +37,10 @@ def test_records_is_the_split_in_pool_order(pool_dir):
 def test_pools_gin_file_from_another_directory(gin_file, pool_name, value, pool_dir, tmp_path,
                                                monkeypatch):
     repo = tmp_path / "checkout"
-    shutil.copytree(pool_dir, repo / "pools" / pool_name)
+    release = pool_release.encode_release(pool_name, read_pool(pool_dir), {})
+    pool_release.write_releases([release], str(repo / "data" / "pools"))
     monkeypatch.setattr(common, "_REPO", str(repo))
-    monkeypatch.chdir(tmp_path)  # no pools/ here: only the repository root has them
+    monkeypatch.chdir(tmp_path)  # no data/pools/ here: only the repository root has them
     out = tmp_path / "eval"
     argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/e2e.gin",
             f"--gin_file=gin/runs/{gin_file}", f"--gin.EVAL_DIR='{out}'",

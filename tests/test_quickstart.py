@@ -162,7 +162,8 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
             assert gin.query_parameter("%LMCOR_DIR") == str(tmp_path / "m")
             assert "ablation" in gin.query_parameter("%EVAL_TAGS")
             pool = gin.query_parameter("%EVAL_POOL")
-            assert pool == ("pools/e2e_test_e2e_mr" if name == "prompt_A_to_B" else "/p/test")
+            assert pool == ("data/pools/e2e_test_e2e_mr.jsonl.gz" if name == "prompt_A_to_B"
+                            else "/p/test")
         finally:
             gin.clear_config()
 

@@ -9,6 +9,7 @@ import collections
 import dataclasses
 import glob
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -21,6 +22,11 @@ DECODINGS = ("greedy", "sample")
 _RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
 _CANDIDATE_KEYS = {"text", "generator", "prompt_id", "decoding", "temperature", "logprob"}
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
+# A folder of released pools (data/pools/, lmcor.data.pool_release) is told apart from a
+# sampling job's folder, which has a manifest.json too, by this marker in its manifest.
+RELEASE_MANIFEST = "manifest.json"
+RELEASE_FORMAT = "lmcor-pool-release"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class PoolError(ValueError):
@@ -210,14 +216,81 @@ def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> I
         raise PoolError(f"{path}:0: field '<file>': empty pool file (no records)")
 
 
+def resolve_pool_path(path: str, root: str = REPO_ROOT) -> str:
+    """A pool (folder or file) as given, else relative to the repository root (as Gin files are
+    found), so configs can name `data/pools/<name>.jsonl.gz` and work from any directory."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(root, path)
+    return in_repo if os.path.exists(in_repo) else path  # missing: read_pool names it as given
+
+
+def release_manifest(directory: str) -> Optional[Dict[str, Any]]:
+    """The release manifest of `directory` ({"format", "pools": {name: entry}}), or None when
+    the folder is no release (no manifest.json, or a sampling job's manifest)."""
+    path = os.path.join(directory, RELEASE_MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise PoolError(f"{path}:0: field '<file>': unreadable ({e})") from e
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        # A broken release manifest (a merge conflict, say) must not switch checking off.
+        if RELEASE_FORMAT in text:
+            raise PoolError(f"{path}:{e.lineno}: field '<json>': invalid release manifest "
+                            f"({e.msg})") from e
+        return None
+    if not isinstance(body, dict) or body.get("format") != RELEASE_FORMAT:
+        return None
+    if not isinstance(body.get("pools"), dict):
+        raise PoolError(f"{path}:0: field 'pools': expected an object of released pools")
+    return body
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_released_file(path: str, manifest: Dict[str, Any]) -> None:
+    """Refuse a released pool file that its folder's manifest does not list, or whose bytes
+    are not the ones released (an edited, truncated or half-merged file)."""
+    where = os.path.join(os.path.dirname(path), RELEASE_MANIFEST)
+    name = os.path.basename(path)
+    entries = [e for e in manifest["pools"].values()
+               if isinstance(e, dict) and e.get("file") == name]
+    if not entries:
+        raise PoolError(f"{path}:0: field '<file>': not listed in {where}; release pools with "
+                        "`lmcor pool release POOL_DIR --out=DIR`")
+    expected, actual = entries[0].get("sha256"), file_sha256(path)
+    if actual != expected:
+        raise PoolError(f"{path}:0: field '<file>': sha256 {actual} differs from {expected} "
+                        f"recorded in {where}; restore the released file (git checkout) or "
+                        "release the pool again")
+
+
 def read_pool(path_or_dir: str, stats: Optional[PoolStats] = None) -> Iterator[Dict[str, Any]]:
     """Stream validated records from a pool file or a directory of shards (sorted order).
 
     Raises PoolError naming file, line and field on the first malformed record, on an empty
-    file and on an id already seen in this pool. Pass a PoolStats to collect counts.
+    file and on an id already seen in this pool. A file in a release folder (data/pools/) is
+    checked against its manifest's sha256 first. Pass a PoolStats to collect counts.
     """
     seen: Dict[str, str] = {}
+    manifests: Dict[str, Optional[Dict[str, Any]]] = {}
     for path in pool_files(path_or_dir):
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in manifests:
+            manifests[folder] = release_manifest(folder)
+        if manifests[folder] is not None:
+            verify_released_file(path, manifests[folder])
         if stats is not None:
             stats.files += 1
         yield from _read_file(path, seen, stats)

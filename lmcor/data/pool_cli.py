@@ -1,9 +1,10 @@
-"""`lmcor pool`: build pools from the shared datasets and summarise existing pools.
+"""`lmcor pool`: build pools from the shared datasets, summarise pools, release sampled pools.
 
   lmcor pool import --dataset=wmt --split=wmt22 --out=pools/wmt22 [--data_dir=../shared/data]
-  lmcor pool stats pools/wmt22
+  lmcor pool stats pools/wmt22                      # or data/pools/<name>.jsonl.gz
+  lmcor pool release POOL_DIR [POOL_DIR ...] [--out=data/pools]
 
-Both print one JSON object (the pool's statistics) on stdout.
+Each prints one JSON object on stdout: the pool's statistics, or what was released.
 """
 import argparse
 import json
@@ -12,8 +13,9 @@ import sys
 
 from tqdm import tqdm
 
+from lmcor.data import pool_release
 from lmcor.data.importers import IMPORTERS
-from lmcor.data.pool import PoolStats, read_pool, write_pool
+from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path, write_pool
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 
@@ -31,7 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--gzip", action="store_true", help="write .jsonl.gz shards")
     imp.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     stats = sub.add_parser("stats", help="count examples, references and candidates of a pool")
-    stats.add_argument("pool", help="a pool shard or a directory of shards")
+    stats.add_argument("pool", help="a pool file (a released data/pools/<name>.jsonl.gz too) or "
+                                    "a directory of shards; relative paths also from the repo root")
+    rel = sub.add_parser("release", help="validate finished sampled pools and add them to the "
+                                         "release folder (data/pools) with its manifest")
+    rel.add_argument("pools", nargs="+", metavar="POOL_DIR",
+                     help="sampling-job folders; each is released as <folder name>.jsonl.gz")
+    rel.add_argument("--out", default=pool_release.DEFAULT_OUT,
+                     help="release folder (default: the checkout's data/pools)")
     return p
 
 
@@ -53,16 +62,23 @@ def cmd_import(args: argparse.Namespace) -> dict:
 
 def cmd_stats(args: argparse.Namespace) -> dict:
     stats = PoolStats()
-    for _ in tqdm(read_pool(args.pool, stats), desc="reading pool", unit="ex", file=sys.stderr,
-                  mininterval=1.0):
+    for _ in tqdm(read_pool(resolve_pool_path(args.pool), stats), desc="reading pool", unit="ex",
+                  file=sys.stderr, mininterval=1.0):
         pass
     return {"pool": args.pool, **stats.to_dict()}
+
+
+def cmd_release(args: argparse.Namespace) -> dict:
+    return pool_release.release_pools(args.pools, args.out)
+
+
+COMMANDS = {"import": cmd_import, "stats": cmd_stats, "release": cmd_release}
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = cmd_import(args) if args.command == "import" else cmd_stats(args)
+        result = COMMANDS[args.command](args)
     except (OSError, ValueError) as e:
         print(f"lmcor pool {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import seqio
 import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
-from lmcor.data.pool import read_pool
+from lmcor.data.pool import read_pool, resolve_pool_path
 from lmcor.data.vocab import TASK_VOCAB
 
 RecordsFn = Callable[[], Iterable[dict]]
@@ -37,18 +37,15 @@ def data_root(path: Optional[str] = None) -> str:
 
 @gin.configurable
 def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None) -> Mapping:
-    """Pools written by `lmcor sample` that replace a raw split, e.g.
+    """Pools that replace a raw split: folders written by `lmcor sample` or released files, e.g.
     `pool_overrides.by_dataset = {"e2e": {"dev": "/pools/e2e_dev", "test": "/pools/e2e_test"}}`."""
     return by_dataset or {}
 
 
 def resolve_pool_dir(path: str) -> str:
-    """A pool (folder or file) as given, else relative to the repository root (as Gin files are
-    found), so gin files can name the checkout's `pools/<name>` and work from any directory."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    in_repo = os.path.join(_REPO, path)
-    return in_repo if os.path.exists(in_repo) else path  # missing: read_pool names it as given
+    """A pool (folder, file or released `data/pools/<name>.jsonl.gz`) as given, else relative to
+    the repository root, so gin files name the checkout's pools from any working directory."""
+    return resolve_pool_path(path, _REPO)
 
 
 def records_or_pool(dataset: str, raw_split: str, importer: RecordsFn) -> Iterator[dict]:
