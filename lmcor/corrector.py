@@ -147,8 +147,9 @@ class Corrector:
         """Loads the run in MODEL_DIR (see module doc); `gin_files`/`gin_bindings` add to or
         replace its config.gin, e.g. for a run that did not save one."""
         model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
+        model = model.attach(model_dir)
         params = restore_params(os.path.join(model_dir, "checkpoints"), model, step)
-        return cls(model.decode_adapter(), params, vocab, options, settings)
+        return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings)
 
     # ------------------------------------------------------------------ inputs
 

@@ -230,11 +230,44 @@ def _eos_ids(lm, config) -> tuple[jax.Array, int]:
 
 def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
                  stop_ids: np.ndarray | None = None) -> Decoded:
-    """Decodes one padded batch (adapter batch dict); no text. See `generate` for prompts."""
+    """Decodes one padded batch (adapter batch dict); no text. See `generate` for prompts.
+
+    Ids in and out are the tokenizer's; an adapter with a task vocabulary (`lm.vocab_map`)
+    decodes in its compact ids, mapped here on both sides."""
+    vmap = getattr(lm, "vocab_map", None)
+    if vmap is not None:
+        batch, config, stop_ids = _to_task_ids(vmap, batch, config, stop_ids)
     table = jnp.asarray(np.full((4, 8), -3, np.int32) if stop_ids is None else stop_ids)
     eos, num_eos = _eos_ids(lm, config)
     if config.mode == "beam":
-        return _decode_beam(lm, params, batch, config, eos, num_eos)
+        dec = _decode_beam(lm, params, batch, config, eos, num_eos)
+    else:
+        dec = _decode_sample(lm, params, batch, config, eos, table, seed)
+    if vmap is not None:
+        dec.tokens = vmap.to_full(dec.tokens)
+        if dec.beam_tokens is not None:
+            dec.beam_tokens = vmap.to_full(dec.beam_tokens)
+    return dec
+
+
+def _to_task_ids(vmap, batch, config, stop_ids):
+    """Prompt, extra-EOS and stop ids in a task vocabulary; an EOS or stop id outside it can
+    never be decoded, so it is dropped (stop rows get -3, which no token equals)."""
+    batch = dict(batch, tokens=vmap.to_task(batch["tokens"]))
+    kept = set(int(i) for i in vmap.ids)
+    extra = tuple(int(vmap.to_task([i], count=False)[0]) for i in config.extra_eos_ids
+                  if int(i) in kept)
+    config = dataclasses.replace(config, extra_eos_ids=extra)
+    if stop_ids is not None:
+        stop_ids = np.asarray(stop_ids).copy()
+        real = stop_ids >= 0
+        inside = np.isin(stop_ids, vmap.ids) | ~real
+        stop_ids[real] = vmap.to_task(stop_ids[real], count=False)
+        stop_ids[~np.all(inside, axis=1)] = -3
+    return batch, config, stop_ids
+
+
+def _decode_sample(lm, params, batch, config, eos, table, seed):
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
                 greedy_first=config.greedy_first,

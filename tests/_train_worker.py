@@ -65,6 +65,19 @@ def reverse_task(num_shards, owned_shards, num_examples: int = 64, poison: int =
     return data_lib.split_shards(arrays, num_shards, owned_shards)
 
 
+@gin.configurable
+def reverse_prefix_task(num_shards, owned_shards, num_examples: int = 64, vocab: int = 300):
+    """The reverse task as prefix-LM rows for a decoder-only model: the input tokens, then
+    their reversal, with the loss on the reversal only."""
+    arrays = reverse_arrays(num_examples, vocab=vocab)
+    enc, tgt = arrays["encoder_input_tokens"], arrays["decoder_target_tokens"]
+    rows = np.concatenate([enc, tgt], axis=1)
+    weights = np.concatenate([np.zeros_like(enc, np.float32), (tgt > 0).astype(np.float32)], 1)
+    shifted = np.concatenate([rows[:, 1:], np.zeros((len(rows), 1), np.int32)], axis=1)
+    return data_lib.split_shards({"decoder_input_tokens": rows, "decoder_target_tokens": shifted,
+                                  "decoder_loss_weights": weights}, num_shards, owned_shards)
+
+
 def main(argv):
     model_dir, steps, rest = argv[0], int(argv[1]), argv[2:]
     bindings = [f"--gin.{b}" for b in BASE_BINDINGS]

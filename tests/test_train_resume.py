@@ -17,6 +17,14 @@ WORKER = os.path.join(REPO, "tests", "_train_worker.py")
 STEPS = 12
 SLOW = ["--gin.train.evaluator=@slow_eval", "--gin.train.eval_every=2",
         "--gin.Checkpointer.best_metric='neg_step'", "--gin.Checkpointer.keep_best=1"]
+# A tiny Gemma trained the cheap way: LoRA adapters on the upper layers, task vocabulary,
+# frozen embedding and bottom layers whose output is cached on disk.
+GEMMA_LORA = ["--gin.train.model=@gemma_model()", "--gin.gemma_model.preset='tiny'",
+              "--gin.gemma_model.lora_rank=2", "--gin.gemma_model.vocab='task'",
+              "--gin.gemma_model.freeze_embeddings=True", "--gin.gemma_model.freeze_layers=2",
+              "--gin.gemma_model.cache_frozen=True", "--gin.train.data=@reverse_prefix_task",
+              "--gin.make_optimizer.name='adamw'"]
+MODELS = {"t5": SLOW, "gemma_lora": SLOW + GEMMA_LORA}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,18 +78,19 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def uninterrupted(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("straight")
-    rc, summary, err = _finish(_start(d, extra=SLOW))
+    rc, summary, err = _finish(_start(d, extra=MODELS[request.param]))
     assert rc == 0, err[-3000:]
     assert summary["step"] == STEPS and summary["stopped"] == "done"
-    return d, summary
+    return d, summary, request.param
 
 
 def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path):
-    straight_dir, straight = uninterrupted
-    proc = _start(tmp_path, extra=SLOW)
+    straight_dir, straight, kind = uninterrupted
+    extra = MODELS[kind]
+    proc = _start(tmp_path, extra=extra)
     deadline = time.time() + 1200
     while time.time() < deadline and not [s for s in _finalized_steps(tmp_path) if s >= 4]:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -90,7 +99,7 @@ def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path)
     proc.wait()
     killed_at = max(_finalized_steps(tmp_path))
     assert 4 <= killed_at < STEPS, "the run finished before it could be killed"
-    rc, resumed, err = _finish(_start(tmp_path, extra=SLOW))
+    rc, resumed, err = _finish(_start(tmp_path, extra=extra))
     assert rc == 0, err[-3000:]
     assert resumed["step"] == STEPS
     # It continued from the last finished checkpoint rather than starting over ...
@@ -109,7 +118,7 @@ def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path)
 
 
 def test_keep_latest_plus_best(uninterrupted):
-    straight_dir, _ = uninterrupted
+    straight_dir, _, _ = uninterrupted
     # keep=2 latest, plus the best by neg_step (the earliest evaluated step, 2).
     assert _finalized_steps(straight_dir) == [2, STEPS - 2, STEPS]
 

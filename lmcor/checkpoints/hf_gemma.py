@@ -5,6 +5,7 @@ tensors to these HF names first, so both formats share one mapping and one misma
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -19,25 +20,37 @@ from lmcor.models.gemma import GLOBAL, LOCAL, GemmaConfig
 from lmcor.models.layers import as_dtype
 from lmcor.tokenizer import SentencePieceTokenizer
 
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """HF array -> our array when called; `inverse` maps back, for writing HF checkpoints."""
+    forward: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        return self.forward(w)
+
+
 # HF name -> (our param path, HF shape, HF array -> our array)
-Spec = tuple[tuple[str, ...], tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+Spec = tuple[tuple[str, ...], tuple[int, ...], Transform]
 # Prefixes under which multimodal or base-model checkpoints keep the text decoder.
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 _TIED_HEAD = "lm_head.weight"
 
-
-def _same(w):
-    return w
+_same = Transform(lambda w: w, lambda w: w)
+_transpose = Transform(np.transpose, np.transpose)
 
 
 def _split_out(*dims):
     # torch Linear [out, in] -> our kernel [in, *dims]
-    return lambda w: w.T.reshape(w.shape[1], *dims)
+    return Transform(lambda w: w.T.reshape(w.shape[1], *dims),
+                     lambda k: k.reshape(k.shape[0], -1).T)
 
 
 def _merge_in(*dims):
     # torch Linear [out, in=prod(dims)] -> our kernel [*dims, out]
-    return lambda w: w.T.reshape(*dims, w.shape[0])
+    return Transform(lambda w: w.T.reshape(*dims, w.shape[0]),
+                     lambda k: k.reshape(-1, k.shape[-1]).T)
 
 
 def gemma_name_map(c: GemmaConfig) -> dict[str, Spec]:
@@ -57,9 +70,9 @@ def gemma_name_map(c: GemmaConfig) -> dict[str, Spec]:
             "self_attn.o_proj.weight": (attn + ("o", "kernel"), (d, q * hd), _merge_in(q, hd)),
             "self_attn.q_norm.weight": (attn + ("q_norm", "scale"), (hd,), _same),
             "self_attn.k_norm.weight": (attn + ("k_norm", "scale"), (hd,), _same),
-            "mlp.gate_proj.weight": (ours + ("mlp", "wi_0", "kernel"), (c.d_ff, d), np.transpose),
-            "mlp.up_proj.weight": (ours + ("mlp", "wi_1", "kernel"), (c.d_ff, d), np.transpose),
-            "mlp.down_proj.weight": (ours + ("mlp", "wo", "kernel"), (d, c.d_ff), np.transpose),
+            "mlp.gate_proj.weight": (ours + ("mlp", "wi_0", "kernel"), (c.d_ff, d), _transpose),
+            "mlp.up_proj.weight": (ours + ("mlp", "wi_1", "kernel"), (c.d_ff, d), _transpose),
+            "mlp.down_proj.weight": (ours + ("mlp", "wo", "kernel"), (d, c.d_ff), _transpose),
             "input_layernorm.weight": (ours + ("pre_attention_norm", "scale"), (d,), _same),
             "post_attention_layernorm.weight": (ours + ("post_attention_norm", "scale"), (d,), _same),
             "pre_feedforward_layernorm.weight": (ours + ("pre_ffw_norm", "scale"), (d,), _same),

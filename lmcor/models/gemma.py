@@ -21,6 +21,7 @@ from lmcor.models import layers
 from lmcor.models.layers import Dense, Embed, GatedMLP, RMSNorm, as_dtype, constrain
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"  # HF's layer_types spelling
+LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
 
 # Text parts of the published HF configs (google/gemma-3-*); `tiny` is for tests only.
 _PRESETS = {
@@ -67,10 +68,26 @@ class GemmaConfig:
     dtype: Any = "float32"
     param_dtype: Any = "float32"
     quantize: str | None = None  # "int8": decode with int8 weights (see `quantize_params`)
+    # LoRA adapters (training): rank 0 means none. Targets name our projections (HF's
+    # q/k/v/o_proj, gate_proj = wi_0, up_proj = wi_1, down_proj = wo); layers below
+    # `lora_from_layer` carry none, so a frozen bottom stack stays the base model's.
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora_from_layer: int = 0
 
     def __post_init__(self):
         if self.quantize not in (None, "int8"):
             raise ValueError(f"GemmaConfig.quantize must be None or 'int8', got {self.quantize!r}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        bad = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if self.lora_rank < 0 or bad or not 0 <= self.lora_from_layer <= self.num_layers:
+            raise ValueError(f"GemmaConfig: lora_rank={self.lora_rank} (>= 0), lora_targets "
+                             f"unknown {bad} (choose from {LORA_TARGETS}), lora_from_layer="
+                             f"{self.lora_from_layer} (0..{self.num_layers})")
+        if self.lora_rank and self.quantize:
+            raise ValueError("GemmaConfig: LoRA trains float weights; merge adapters "
+                             "(lmcor.training.peft) before quantizing")
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
             bad = [t for t in self.layer_types if t not in (GLOBAL, LOCAL)]
@@ -86,6 +103,13 @@ class GemmaConfig:
         if name not in _PRESETS:
             raise ValueError(f"unknown Gemma preset {name!r}; choose from {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
+
+    def lora(self, layer: int) -> tuple:
+        """((projection, rank, scale), ...) of the adapters layer `layer` carries."""
+        if not self.lora_rank or layer < self.lora_from_layer:
+            return ()
+        return tuple((t, self.lora_rank, self.lora_alpha / self.lora_rank)
+                     for t in self.lora_targets)
 
     def layer_type(self, i: int) -> str:
         if self.layer_types is not None:
@@ -136,17 +160,24 @@ def _gemma_norm(cfg: GemmaConfig, **kwargs):
 class GemmaAttention(nn.Module):
     config: GemmaConfig
     is_global: bool
+    lora: tuple = ()
 
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
         dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
-        dense = functools.partial(Dense, dtype=dt, param_dtype=pdt,
-                                  quantized=cfg.quantize == "int8")
+        adapters = {n: (r, a) for n, r, a in self.lora}
+
+        def dense(features, axes, name, **kwargs):
+            rank, scale = adapters.get(name, (0, 1.0))
+            return Dense(features, axes, dtype=dt, param_dtype=pdt,
+                         quantized=cfg.quantize == "int8", lora_rank=rank, lora_scale=scale,
+                         name=name, **kwargs)
+
         norm = _gemma_norm(cfg, axis_name="head_dim")
-        q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q")(x)
-        k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k")(x)
-        v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v")(x)
+        q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q")(x)
+        k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k")(x)
+        v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v")(x)
         q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
         base = cfg.rope_global_base if self.is_global else cfg.rope_local_base
         scaling = cfg.rope_global_scaling if self.is_global else 1.0
@@ -161,24 +192,25 @@ class GemmaAttention(nn.Module):
         k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "kv_length", "kv_heads", "head_dim"))
         out = layers.dot_product_attention(q, k, v, mask=mask)
-        out = dense(cfg.d_model, ("heads", "head_dim", "embed"), in_axes=2, name="o")(out)
+        out = dense(cfg.d_model, ("heads", "head_dim", "embed"), "o", in_axes=2)(out)
         return out, new_cache
 
 
 class GemmaBlock(nn.Module):
     config: GemmaConfig
     is_global: bool
+    lora: tuple = ()
 
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
         norm = _gemma_norm(cfg)
-        h, new_cache = GemmaAttention(cfg, self.is_global, name="attn")(
+        h, new_cache = GemmaAttention(cfg, self.is_global, self.lora, name="attn")(
             norm(name="pre_attention_norm")(x), positions, mask, kv_cache, write_index)
         x = x + norm(name="post_attention_norm")(h)
         h = GatedMLP(cfg.d_ff, "gelu_tanh", dtype=as_dtype(cfg.dtype),
                      param_dtype=as_dtype(cfg.param_dtype), quantized=cfg.quantize == "int8",
-                     name="mlp")(
+                     lora=self.lora, name="mlp")(
             norm(name="pre_ffw_norm")(x))
         x = x + norm(name="post_ffw_norm")(h)
         return constrain(x, ("batch", "length", "embed")), new_cache
@@ -212,8 +244,8 @@ class Gemma3(nn.Module):
                               param_dtype=as_dtype(cfg.param_dtype),
                               embedding_init=nn.initializers.normal(stddev=0.02),
                               quantized=cfg.quantize == "int8")
-        self.blocks = [GemmaBlock(cfg, cfg.layer_type(i) == GLOBAL, name=f"layers_{i}")
-                       for i in range(cfg.num_layers)]
+        self.blocks = [GemmaBlock(cfg, cfg.layer_type(i) == GLOBAL, cfg.lora(i),
+                                  name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = _gemma_norm(cfg)()
 
     def __call__(self, tokens, *, positions=None, segment_ids=None, cache=None,
@@ -223,10 +255,16 @@ class Gemma3(nn.Module):
         logits = self.logits(hidden)
         return logits if cache is None else (logits, new_cache)
 
-    def hidden_states(self, tokens, *, positions=None, segment_ids=None, cache=None):
-        """Final-normed hidden states [B,L,D] (and the updated cache when one is given)."""
+    def hidden_states(self, tokens, *, positions=None, segment_ids=None, cache=None,
+                      start_layer: int = 0, stop_layer: int | None = None, start=None):
+        """Final-normed hidden states [B,L,D] (and the updated cache when one is given).
+
+        `stop_layer=N` returns the un-normed stream after the first N layers instead, and
+        `start=` that stream with `start_layer=N` continues from it: a frozen bottom stack's
+        output can be computed once and reused (lmcor.training.frozen_cache). Without a cache.
+        """
         cfg = self.config
-        batch, length = tokens.shape
+        batch, length = tokens.shape[:2]
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
         if positions is None:
@@ -240,14 +278,21 @@ class Gemma3(nn.Module):
             ones = jnp.ones_like(slot_pos)
             masks = _attention_masks(cfg, positions, jnp.ones_like(positions), slot_pos,
                                      jnp.where(slot_pos >= 0, ones, 0))
-        x = self.embedder(tokens) * jnp.asarray(math.sqrt(cfg.d_model), as_dtype(cfg.dtype))
+        if start is None:
+            x = self.embedder(tokens) * jnp.asarray(math.sqrt(cfg.d_model), as_dtype(cfg.dtype))
+        else:
+            x = start.astype(as_dtype(cfg.dtype))
         x = constrain(x, ("batch", "length", "embed"))
         new_layers = []
-        for i, block in enumerate(self.blocks):
+        stop = cfg.num_layers if stop_layer is None else stop_layer
+        for i in range(start_layer, stop):
             layer_cache = None if cache is None else cache["layers"][i]
             write_index = None if cache is None else cache["index"]
-            x, c = block(x, positions, masks[cfg.layer_type(i)], layer_cache, write_index)
+            x, c = self.blocks[i](x, positions, masks[cfg.layer_type(i)], layer_cache,
+                                  write_index)
             new_layers.append(c)
+        if stop_layer is not None:
+            return x, None
         x = self.final_norm(x)
         if cache is None:
             return x, None
@@ -278,12 +323,18 @@ def quantize_params(config: GemmaConfig, params) -> dict:
 
 
 class GemmaLM:
-    """Decode adapter (contract A): prefill a left-padded batch, then one token per `step`."""
+    """Decode adapter (contract A): prefill a left-padded batch, then one token per `step`.
 
-    def __init__(self, model: Gemma3 | GemmaConfig):
+    With a `vocab_map` (lmcor.data.task_vocab.TaskVocab) the module has the task's compact
+    vocabulary; `decoding.decode_batch` maps prompts into it and the output back, outside the
+    jitted loop. Special ids are the same in both spaces.
+    """
+
+    def __init__(self, model: Gemma3 | GemmaConfig, vocab_map=None):
         self.module = model if isinstance(model, Gemma3) else Gemma3(model)
         cfg = self.module.config
         self.eos_id, self.pad_id, self.vocab_size = cfg.eos_id, cfg.pad_id, cfg.vocab_size
+        self.vocab_map = vocab_map
 
     @staticmethod
     def _variables(params):

@@ -152,6 +152,10 @@ class Dense(nn.Module):
     kernel_init: Initializer | None = None
     precision: Any = None
     quantized: bool = False
+    # LoRA: y = x W + scale * (x A) B with A [in..., r] and B [r, out...]; B starts at zero, so
+    # a fresh adapter leaves the layer exactly as it was.
+    lora_rank: int = 0
+    lora_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -181,7 +185,24 @@ class Dense(nn.Module):
         out = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                               (contract, ((), ())), precision=self.precision,
                               preferred_element_type=jnp.float32)
+        if self.lora_rank:
+            out = out + self._lora(x, shape, feats, contract)
         return out.astype(self.dtype)
+
+    def _lora(self, x, shape, feats, contract):
+        r, n_in = self.lora_rank, self.in_axes
+        a = self.param("lora_a", nn.with_logical_partitioning(
+            _fan_in_init(n_in, 1), tuple(self.kernel_axes[:n_in]) + ("lora",)),
+            shape[:n_in] + (r,), self.param_dtype)
+        b = self.param("lora_b", nn.with_logical_partitioning(
+            nn.initializers.zeros, ("lora",) + tuple(self.kernel_axes[n_in:])),
+            (r,) + feats, self.param_dtype)
+        xa = lax.dot_general(x.astype(self.dtype), a.astype(self.dtype), (contract, ((), ())),
+                             preferred_element_type=jnp.float32)
+        xab = lax.dot_general(xa.astype(self.dtype), b.astype(self.dtype),
+                              (((xa.ndim - 1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+        return self.lora_scale * xab
 
 
 class Embed(nn.Module):
@@ -229,12 +250,14 @@ class GatedMLP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     quantized: bool = False
+    lora: tuple = ()  # ((param name, rank, scale), ...) for the projections that carry adapters
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         def dense(feats, axes, name):
+            rank, scale = {n: (r, a) for n, r, a in self.lora}.get(name, (0, 1.0))
             return Dense(feats, axes, dtype=self.dtype, param_dtype=self.param_dtype,
-                         quantized=self.quantized, name=name)
+                         quantized=self.quantized, lora_rank=rank, lora_scale=scale, name=name)
 
         gate = ACTIVATIONS[self.activation](dense(self.hidden, ("embed", "mlp"), "wi_0")(x))
         h = gate * dense(self.hidden, ("embed", "mlp"), "wi_1")(x)

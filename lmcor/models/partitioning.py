@@ -19,6 +19,7 @@ MESH_AXES = ("data", "model")
 #   heads, kv_heads, head_dim    attention projections
 #   vocab                        embedding / LM head rows
 #   relpos_buckets               T5 relative position bias table
+#   lora                         LoRA rank (small: never split)
 LOGICAL_AXIS_RULES = (
     ("batch", "data"),
     ("vocab", "model"),
@@ -30,6 +31,7 @@ LOGICAL_AXIS_RULES = (
     ("length", None),
     ("kv_length", None),
     ("relpos_buckets", None),
+    ("lora", None),
 )
 
 # Fully-sharded data parallel: additionally split the model width of every param over `data`.

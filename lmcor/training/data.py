@@ -45,10 +45,15 @@ class ShardStream:
             self._perms[epoch] = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         return self._perms[epoch]
 
-    def rows(self, start: int, count: int) -> Arrays:
+    def indices(self, start: int, count: int) -> np.ndarray:
+        """Positions in this shard of stream rows [start, start + count)."""
         idx = np.empty(count, np.int64)
         for j, pos in enumerate(range(start, start + count)):
             idx[j] = self._perm(pos // self.n)[pos % self.n]
+        return idx
+
+    def rows(self, start: int, count: int) -> Arrays:
+        idx = self.indices(start, count)
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
@@ -71,6 +76,20 @@ class BatchSource:
     def batch(self, step: int) -> Arrays:
         parts = [s.rows(step * self.per_shard, self.per_shard) for s in self.streams]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def shard_arrays(self) -> List[Arrays]:
+        return [s.arrays for s in self.streams]
+
+    def map_features(self, names: Sequence[str], fn) -> None:
+        """Rewrites features of every held row in place (e.g. ids into a task vocabulary)."""
+        for s in self.streams:
+            for name in names:
+                s.arrays[name] = np.asarray(fn(s.arrays[name]), s.arrays[name].dtype)
+
+    def row_ids(self, step: int) -> np.ndarray:
+        """A stable id per row of `batch(step)`: shard s's i-th row is i * num_shards + s."""
+        return np.concatenate([s.indices(step * self.per_shard, self.per_shard) * self.num_shards
+                               + s.shard for s in self.streams])
 
     def most_loss_tokens_per_row(self) -> int:
         """The largest count of loss-weighted tokens in any of this process's rows."""

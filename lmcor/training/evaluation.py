@@ -69,7 +69,7 @@ class Evaluator:
 
     def predict(self, model, params) -> List[str]:
         lm = model.decode_adapter()
-        params = _local_params(nn.unbox(params))
+        params = model.decode_params(_local_params(nn.unbox(params)))
         prompts = self._prompts(lm)
         vocab = self.task.output_features["targets"].vocabulary
         texts: List[str] = []
@@ -81,6 +81,9 @@ class Evaluator:
                                          bucket=self.length_bucket, rows=self.batch_size)
             dec = decoding.decode_batch(lm, params, batch, self.config)
             texts += decoding.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
+        if getattr(lm, "vocab_map", None) is not None:
+            log.info("%s:%s input ids outside the task vocabulary: %s", self.task_name,
+                     self.split, lm.vocab_map.oov_report())
         return texts
 
     def __call__(self, model, params, step: int) -> Dict[str, float]:

@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lmcor import distributed
 from lmcor.io_utils import atomic_write_text
 from lmcor.models import partitioning
-from lmcor.training import checkpointing, data as data_lib, state as state_lib, step as step_lib
+from lmcor.training import checkpointing, data as data_lib, frozen_cache, state as state_lib
+from lmcor.training import step as step_lib
 from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
 from lmcor.training.logging import TrainLogger, log_info
 
@@ -50,6 +51,13 @@ def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Op
         raise ValueError(f"data_shards={num} must be a multiple of the {jax.process_count()} hosts")
     owned = [s for s in range(num) if s % jax.process_count() == jax.process_index()]
     return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed)
+
+
+def _log_sizes(state, frozen):
+    trained = state_lib.nbytes(state.params)
+    log_info("trainable params %.1f MB, optimizer state %.1f MB, frozen params %.1f MB",
+             trained / 1e6, state_lib.nbytes(state.opt_state) / 1e6,
+             state_lib.nbytes(frozen) / 1e6 if frozen is not None else 0.0)
 
 
 def _restore_or_init(ckpt, state, source):
@@ -128,14 +136,20 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     schedule = state_lib.make_schedule()
     optimizer = state_lib.make_optimizer(schedule)
     source = _build_source(data, batch_size, seed, data_shards)
+    model = model.prepare(model_dir, source)
     model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
     state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
                                               init_params=model.load_pretrained())
+    frozen, frozen_shardings = model.place_frozen(mesh)
+    _log_sizes(state, frozen)
     ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
     state, start = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
-    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh)
+    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
+                                       frozen_shardings=frozen_shardings)
+    cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
+             if getattr(model, "cache_frozen", False) else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
                          distributed.is_main_host())
     losses, stopped = [], "done"
@@ -145,7 +159,11 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
             for step in range(start, train_steps):
                 batch = source.batch(step)
                 model.check_batch(batch)
-                state, metrics = step_fn(state, _global_batch(batch, mesh))
+                device_batch = _global_batch(batch, mesh)
+                if cache is not None:
+                    device_batch["frozen_hidden"] = cache.hidden(source.row_ids(step),
+                                                                 device_batch)
+                state, metrics = step_fn(state, device_batch, frozen)
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, step, model_dir)
                 losses.append(float(metrics["loss"]))

@@ -132,6 +132,12 @@ def create_state(init_fn: Callable, optimizer, mesh: Mesh, seed: int,
     return state, shardings
 
 
+def nbytes(tree) -> int:
+    """Bytes held by a tree's arrays (what a checkpoint of it costs, before compression)."""
+    return int(sum(np.prod(np.shape(x)) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+
+
 def check_params(params, abstract):
     """Imported params must match the model's tree exactly; one error lists every problem."""
     want = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}

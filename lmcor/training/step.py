@@ -52,24 +52,26 @@ def _split_micro(batch, k: int, mesh):
     return jax.tree.map(one, batch)
 
 
-def _grad_sums(forward_fn: Callable, params, batch, rng, loss_fn):
+def _grad_sums(forward_fn: Callable, params, batch, rng, loss_fn, frozen):
     def objective(p):
-        ce, zl, w = loss_fn(*forward_fn(p, batch, rng))
+        ce, zl, w = loss_fn(*forward_fn(p, batch, rng, frozen))
         return ce + zl, (ce, zl, w)
     (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return grads, sums
 
 
-def accumulate_grads(forward_fn, params, batch, rng, k: int, mesh, loss_fn=token_losses):
-    """Sums of gradients and (ce, z, weight) over k micro-batches (lax.scan keeps memory flat)."""
+def accumulate_grads(forward_fn, params, batch, rng, k: int, mesh, loss_fn=token_losses,
+                     frozen=None):
+    """Sums of gradients and (ce, z, weight) over k micro-batches (lax.scan keeps memory flat).
+    `frozen`: parameters the forward pass reads but that get no gradient."""
     if k == 1:
-        return _grad_sums(forward_fn, params, batch, rng, loss_fn)
+        return _grad_sums(forward_fn, params, batch, rng, loss_fn, frozen)
     micro = _split_micro(batch, k, mesh)
 
     def body(carry, xs):
         i, mb = xs
         mb_rng = None if rng is None else jax.random.fold_in(rng, i)
-        grads, sums = _grad_sums(forward_fn, params, mb, mb_rng, loss_fn)
+        grads, sums = _grad_sums(forward_fn, params, mb, mb_rng, loss_fn, frozen)
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params), (jnp.zeros(()),) * 3)
@@ -77,20 +79,22 @@ def accumulate_grads(forward_fn, params, batch, rng, k: int, mesh, loss_fn=token
     return grads, sums
 
 
-@gin.configurable(denylist=["forward_fn", "optimizer", "schedule", "shardings", "mesh"])
+@gin.configurable(denylist=["forward_fn", "optimizer", "schedule", "shardings", "mesh",
+                            "frozen_shardings"])
 def make_train_step(forward_fn: Callable, optimizer, schedule, shardings: TrainState, mesh,
-                    num_microbatches: int = 1, loss_fn=token_losses):
-    """Returns jitted `step(state, batch) -> (state, metrics)`.
+                    num_microbatches: int = 1, loss_fn=token_losses, frozen_shardings=None):
+    """Returns jitted `step(state, batch, frozen=None) -> (state, metrics)`.
 
-    `forward_fn(params, batch, dropout_rng) -> (logits [B, T, V], targets [B, T], weights
-    [B, T])`, the models' `loss_inputs`. A non-finite loss or gradient leaves the
+    `forward_fn(params, batch, dropout_rng, frozen) -> (logits [B, T, V], targets [B, T],
+    weights [B, T])`, the models' `loss_inputs`; `frozen` (laid out as `frozen_shardings`) is
+    what the model reads but does not train. A non-finite loss or gradient leaves the
     state unchanged (metrics['finite'] = False) so the caller can stop without ever holding a
     poisoned state.
     """
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, frozen=None):
         rng = jax.random.fold_in(state.rng, state.step)
         grads, (ce, zl, w) = accumulate_grads(forward_fn, state.params, batch, rng,
-                                              num_microbatches, mesh, loss_fn)
+                                              num_microbatches, mesh, loss_fn, frozen)
         denom = jnp.maximum(w, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.global_norm(grads)
@@ -105,5 +109,6 @@ def make_train_step(forward_fn: Callable, optimizer, schedule, shardings: TrainS
                    "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
         return new, metrics
 
-    return jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None),
-                   donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(shardings, None, frozen_shardings),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+    return lambda state, batch, frozen=None: jitted(state, batch, frozen)

@@ -1,0 +1,151 @@
+"""Cheaper corrector fine-tuning: LoRA adapters, frozen embeddings and layers, the frozen-layer
+cache, and the task vocabulary, on a tiny random Gemma 3 (mechanics) and in the trainer."""
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from lmcor.data.task_vocab import TaskVocab
+from lmcor.training import peft
+from lmcor.training import data as data_lib
+from lmcor.training.models import gemma_model
+
+
+def _random_base(seed=0):
+    model = gemma_model(preset="tiny")
+    rng = np.random.default_rng(seed)
+    shapes = nn.unbox(jax.eval_shape(model.init_fn, jax.random.PRNGKey(0)))
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype), shapes)
+
+
+def _with_base(model, base):
+    return dataclasses.replace(model, pretrained_params=base)
+
+
+def _batch(seed=0, rows=2, length=12, vocab=500):
+    toks = np.random.default_rng(seed).integers(4, vocab, (rows, length)).astype(np.int32)
+    weights = np.zeros((rows, length), np.float32)
+    weights[:, length // 2:] = 1
+    return {"decoder_input_tokens": toks, "decoder_target_tokens": np.roll(toks, -1, 1),
+            "decoder_loss_weights": weights}
+
+
+def _mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+
+
+def test_fresh_adapters_give_exactly_the_base_logits():
+    base = _random_base()
+    full = _with_base(gemma_model(preset="tiny"), base)
+    lora = _with_base(gemma_model(preset="tiny", lora_rank=4), base)
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    trainable = lora.load_pretrained()
+    frozen, _ = lora.place_frozen(_mesh())
+    want = full.logits_fn(base, batch)
+    got, _, _ = lora.loss_inputs(trainable, batch, None, frozen)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # Nonzero adapters change the logits, and merging them into the kernels keeps them.
+    bumped = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 if p[-1].key == "lora_b" else x, trainable)
+    adapted, _, _ = lora.loss_inputs(bumped, batch, None, frozen)
+    assert float(jnp.max(jnp.abs(adapted - want))) > 1e-3
+    merged = lora.decode_params(bumped)
+    assert not any("lora" in str(p) for p, _ in jax.tree_util.tree_flatten_with_path(merged)[0])
+    np.testing.assert_allclose(np.asarray(full.logits_fn(merged, batch)), np.asarray(adapted),
+                               atol=1e-4)
+
+
+def test_only_what_trains_is_in_the_state():
+    base = _random_base()
+    model = _with_base(gemma_model(preset="tiny", lora_rank=2, freeze_embeddings=True,
+                                   freeze_layers=3), base)
+    paths = ["/".join(str(getattr(k, "key", k)) for k in p)
+             for p, _ in jax.tree_util.tree_flatten_with_path(model.load_pretrained())[0]]
+    assert paths and all(p.endswith(("lora_a", "lora_b")) for p in paths)
+    assert not any(p.startswith(("layers_0/", "layers_1/", "layers_2/")) for p in paths)
+    assert any(p.startswith("layers_3/") for p in paths)
+    # Without LoRA, freezing the lowest layers and the embedding trains the rest in full.
+    partial = _with_base(gemma_model(preset="tiny", freeze_embeddings=True, freeze_layers=5),
+                         base)
+    keys = set(partial.load_pretrained())
+    assert keys == {"layers_5", "layers_6", "final_norm"}
+
+
+def test_the_frozen_cache_path_equals_the_full_forward():
+    base = _random_base()
+    model = _with_base(gemma_model(preset="tiny", lora_rank=2, freeze_embeddings=True,
+                                   freeze_layers=3, cache_frozen=True), base)
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    trainable = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 if p[-1].key == "lora_b" else x, model.load_pretrained())
+    frozen, _ = model.place_frozen(_mesh())
+    want, _, _ = model.loss_inputs(trainable, batch, None, frozen)
+    hidden = model.prefix_fn(frozen, batch)
+    got, _, _ = model.loss_inputs(trainable, dict(batch, frozen_hidden=hidden), None, frozen)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="cache_frozen needs"):
+        gemma_model(preset="tiny", freeze_layers=2, cache_frozen=True)
+    with pytest.raises(ValueError, match="freeze_layers"):
+        gemma_model(preset="tiny", freeze_layers=99)
+    with pytest.raises(ValueError, match="lora_targets"):
+        gemma_model(preset="tiny", lora_rank=2, lora_targets=("q_proj",))
+    with pytest.raises(ValueError, match="vocab"):
+        gemma_model(preset="tiny", vocab="tiny")
+
+
+def test_task_vocabulary_maps_and_counts():
+    vocab = TaskVocab.from_token_arrays([np.array([[5, 9, 0], [9, 12, 1]])], 20)
+    assert vocab.ids.tolist() == [0, 1, 2, 3, 5, 9, 12]
+    np.testing.assert_array_equal(vocab.to_task([0, 5, 12, 7, 2]), [0, 4, 6, 3, 2])
+    assert vocab.oov_report() == {"tokens": 4, "oov": 1, "oov_rate": 0.25}
+    np.testing.assert_array_equal(vocab.to_full(vocab.to_task([1, 9, 12], count=False)),
+                                  [1, 9, 12])
+
+
+def test_task_vocabulary_saves_and_refuses_a_tampered_file(tmp_path):
+    vocab = TaskVocab([7, 11], 64)
+    vocab.save(str(tmp_path), {"file": "x", "sha256": "0" * 64})
+    assert TaskVocab.load(str(tmp_path)).ids.tolist() == vocab.ids.tolist()
+    data = json.loads((tmp_path / "task_vocab.json").read_text())
+    data["ids"].append(13)
+    (tmp_path / "task_vocab.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="sha256"):
+        TaskVocab.load(str(tmp_path))
+
+
+def test_task_vocab_model_logits_equal_the_full_model_at_kept_ids():
+    base = _random_base()
+    full = _with_base(gemma_model(preset="tiny"), base)
+    batch = _batch(vocab=100)
+    source = data_lib.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
+    model = _with_base(gemma_model(preset="tiny", vocab="task"), base)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        model = model.prepare(d, source)
+        assert TaskVocab.load(d).ids.tolist() == model.task_vocab.ids.tolist()
+    ids = model.task_vocab.ids
+    assert model.config.vocab_size == len(ids) < 100
+    compact = source.batch(0)
+    np.testing.assert_array_equal(model.task_vocab.to_full(compact["decoder_input_tokens"]),
+                                  batch["decoder_input_tokens"])
+    want = np.asarray(full.logits_fn(base, {k: jnp.asarray(v) for k, v in batch.items()}))
+    got = np.asarray(model.logits_fn(model.pretrained_params,
+                                     {k: jnp.asarray(v) for k, v in compact.items()}))
+    np.testing.assert_allclose(got, want[..., ids], atol=1e-5)
+
+
+def test_base_weights_of_another_file_are_refused(tmp_path):
+    peft.record_base(str(tmp_path), {"file": "a.gguf", "sha256": "a" * 64, "bytes": 1})
+    peft.check_base(str(tmp_path), {"file": "a.gguf", "sha256": "a" * 64, "bytes": 1})
+    with pytest.raises(peft.BaseWeightsMismatch, match="b.gguf"):
+        peft.check_base(str(tmp_path), {"file": "b.gguf", "sha256": "b" * 64, "bytes": 1})
+    assert json.loads((tmp_path / "base_weights.json").read_text())["file"] == "a.gguf"
+    assert os.path.getsize(tmp_path / "base_weights.json") > 0
