@@ -36,6 +36,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers>=5.24,<5.25",
     "accelerate>=1.15,<1.16",  # transformers needs it to load a GGUF (the Gemma reference)
+    "peft>=0.21,<0.22",  # reference for the training benchmark (LoRA in torch)
 ]
 
 setup(

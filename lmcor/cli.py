@@ -17,6 +17,7 @@ COMMANDS = {
     "quickstart": "lmcor.quickstart",
     "pipeline": "lmcor.quickstart",  # the same runner; named for the README tables' configs
     "serve": "lmcor.serve",
+    "export": "lmcor.export",
 }
 
 

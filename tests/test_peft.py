@@ -149,3 +149,31 @@ def test_base_weights_of_another_file_are_refused(tmp_path):
         peft.check_base(str(tmp_path), {"file": "b.gguf", "sha256": "b" * 64, "bytes": 1})
     assert json.loads((tmp_path / "base_weights.json").read_text())["file"] == "a.gguf"
     assert os.path.getsize(tmp_path / "base_weights.json") > 0
+
+
+def test_export_puts_a_task_embedding_back_into_the_full_table(tmp_path):
+    from lmcor.export import full_vocab_params
+
+    base = _random_base()
+    batch = _batch(vocab=100)
+    source = data_lib.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
+    full = _with_base(gemma_model(preset="tiny", lora_rank=2), base)
+    model = _with_base(gemma_model(preset="tiny", lora_rank=2, vocab="task"), base)
+    model = model.prepare(str(tmp_path), source)
+    trained = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 if p[-1].key in ("lora_b", "embedding") else x,
+        model.load_pretrained())
+    params, config = full_vocab_params(model, full, trained)
+    assert config.vocab_size == 512 and config.lora_rank == 0
+    table, ids = np.asarray(params["embedder"]["embedding"]), model.task_vocab.ids
+    np.testing.assert_allclose(table[ids], np.asarray(base["embedder"]["embedding"])[ids] + 0.05,
+                               atol=1e-6)
+    others = np.setdiff1d(np.arange(512), ids)
+    np.testing.assert_array_equal(table[others], np.asarray(base["embedder"]["embedding"])[others])
+    # At the kept ids, the exported model computes what the trained compact model computes.
+    plain = gemma_model(preset="tiny")
+    frozen, _ = model.place_frozen(_mesh())
+    compact = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
+    want, _, _ = model.loss_inputs(trained, compact, None, frozen)
+    got = plain.logits_fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
+    np.testing.assert_allclose(np.asarray(got)[..., ids], np.asarray(want), atol=1e-4)
