@@ -223,6 +223,11 @@ class Corrector:
         if self.truncated_tokens:
             logging.info("corrector inputs: %d tokens removed by the token budget so far",
                          self.truncated_tokens)
+        vocab_map = getattr(self.lm, "vocab_map", None)
+        if vocab_map is not None:
+            self.last_oov = vocab_map.oov_report()
+            logging.info("corrector inputs: ids outside the task vocabulary (read as unknown): "
+                         "%s", self.last_oov)
         return out
 
     def warmup(self, max_rows: int) -> dict:

@@ -251,6 +251,16 @@ def seqio_rouge(targets, predictions) -> Dict[str, float]:
     return rouge(predictions, _target_streams(targets))
 
 
+def seqio_interval(metric: str, targets, predictions, n_samples: int = 1000) -> Dict[str, float]:
+    """{metric_low, metric_high}: the percentile bootstrap 95% interval of a SeqIO metric."""
+    srcs = None
+    if metric == "gleu":
+        srcs = [t["source"] for t in targets]
+        targets = [t["references"] for t in targets]
+    ci = bootstrap_ci(metric, predictions, _target_streams(targets), srcs, n_samples=n_samples)
+    return {f"{metric}_low": ci["low"], f"{metric}_high": ci["high"]}
+
+
 def seqio_gleu(targets, predictions) -> Dict[str, float]:
     """Targets here are dicts {"source": str, "references": [str, ...]} (GLEU needs sources)."""
     srcs = [t["source"] for t in targets]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-from lmcor import decoding
+from lmcor import decoding, metrics
 
 
 def _text(x) -> str:
@@ -34,10 +34,14 @@ class Evaluator:
     def __init__(self, task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
                  split: str = "validation", max_examples: Optional[int] = None,
                  batch_size: int = 16, beam_size: int = 4, alpha: float = 0.6,
-                 max_decode_tokens: int = 128, length_bucket: int = 32, bos_id: int = 2):
+                 max_decode_tokens: int = 128, length_bucket: int = 32, bos_id: int = 2,
+                 interval_metric: Optional[str] = None):
         self.task_name, self.split, self.max_examples = task, split, max_examples
         self.feature_lengths = dict(feature_lengths)
         self.batch_size, self.length_bucket, self.bos_id = batch_size, length_bucket, bos_id
+        # A metric to also give a bootstrap 95% interval for (e.g. "bleu"): validation sets
+        # are small, and a selection between checkpoints should show how far apart they are.
+        self.interval_metric = interval_metric
         self.config = decoding.DecodeConfig(max_new_tokens=max_decode_tokens, beam_size=beam_size,
                                             alpha=alpha)
         self._examples: Optional[List[dict]] = None
@@ -95,6 +99,8 @@ class Evaluator:
         results: Dict[str, float] = {}
         for fn in self.task.predict_metric_fns:
             results.update({k: float(np.asarray(v)) for k, v in fn(targets, preds).items()})
+        if self.interval_metric:
+            results.update(metrics.seqio_interval(self.interval_metric, targets, preds))
         log.info("eval step %d on %s:%s (%d examples): %s", step, self.task_name, self.split,
                      len(preds), results)
         return results

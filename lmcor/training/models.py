@@ -264,8 +264,12 @@ class DecoderModel:
         return peft.merge_lora(params, self.config)[0]
 
     def decode_adapter(self):
-        config = dataclasses.replace(self.config, lora_rank=0)
-        return GemmaLM(Gemma3(config), vocab_map=self.task_vocab)
+        # One adapter per model: decoding caches its compiled loops per adapter object, so a
+        # new one at every periodic evaluation would compile them again.
+        if getattr(self, "_adapter", None) is None:
+            config = dataclasses.replace(self.config, lora_rank=0)
+            self._adapter = GemmaLM(Gemma3(config), vocab_map=self.task_vocab)
+        return self._adapter
 
 
 _TOKEN_FEATURES = ("decoder_input_tokens", "decoder_target_tokens")
