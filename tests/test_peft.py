@@ -177,3 +177,34 @@ def test_export_puts_a_task_embedding_back_into_the_full_table(tmp_path):
     want, _, _ = model.loss_inputs(trained, compact, None, frozen)
     got = plain.logits_fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
     np.testing.assert_allclose(np.asarray(got)[..., ids], np.asarray(want), atol=1e-4)
+
+
+def test_frozen_cache_fills_once_and_never_serves_other_rows(tmp_path):
+    from lmcor.training import frozen_cache
+    from lmcor.training.loop import _global_batch
+
+    base = _random_base()
+    model = _with_base(gemma_model(preset="tiny", lora_rank=2, freeze_embeddings=True,
+                                   freeze_layers=3, cache_frozen=True), base)
+    mesh = _mesh()
+    frozen, _ = model.place_frozen(mesh)
+
+    def source(seed):
+        return data_lib.BatchSource({0: _batch(seed, rows=4)}, 1, 2, 0, shuffle=False)
+
+    a = source(0)
+    cache = frozen_cache.FrozenCache(model, str(tmp_path), a, frozen, mesh)
+    for step in range(2):
+        batch = _global_batch(a.batch(step), mesh)
+        got = np.asarray(cache.hidden(a.row_ids(step), batch), np.float32)
+        want = np.asarray(model.prefix_fn(frozen, batch), np.float32)
+        np.testing.assert_allclose(got, want, rtol=2 ** -7, atol=1e-6)  # bfloat16 rounding
+    assert cache.filled == 4 and cache.fraction_done() == 1.0
+    # A new process on the same rows reads the states back instead of computing them.
+    again = frozen_cache.FrozenCache(model, str(tmp_path), a, frozen, mesh)
+    again.hidden(a.row_ids(0), _global_batch(a.batch(0), mesh))
+    assert again.filled == 0
+    # Other rows get another file, not the first one's states.
+    b = source(1)
+    other = frozen_cache.FrozenCache(model, str(tmp_path), b, frozen, mesh)
+    assert other.path != cache.path and other.fraction_done() == 0.0

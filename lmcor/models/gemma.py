@@ -166,10 +166,8 @@ class GemmaAttention(nn.Module):
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
         dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
-        adapters = {n: (r, a) for n, r, a in self.lora}
-
         def dense(features, axes, name, **kwargs):
-            rank, scale = adapters.get(name, (0, 1.0))
+            rank, scale = layers.lora_settings(self.lora, name)
             return Dense(features, axes, dtype=dt, param_dtype=pdt,
                          quantized=cfg.quantize == "int8", lora_rank=rank, lora_scale=scale,
                          name=name, **kwargs)

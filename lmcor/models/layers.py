@@ -239,6 +239,11 @@ class Embed(nn.Module):
                           preferred_element_type=jnp.float32)
 
 
+def lora_settings(lora: tuple, name: str) -> tuple:
+    """(rank, scale) of projection `name` in a ((name, rank, scale), ...) table; (0, 1) if absent."""
+    return next(((r, a) for n, r, a in lora if n == name), (0, 1.0))
+
+
 class GatedMLP(nn.Module):
     """act(x W_gate) * (x W_up) W_down — T5 v1.1 "gated-gelu" and Gemma's GeGLU.
 
@@ -255,7 +260,7 @@ class GatedMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         def dense(feats, axes, name):
-            rank, scale = {n: (r, a) for n, r, a in self.lora}.get(name, (0, 1.0))
+            rank, scale = lora_settings(self.lora, name)
             return Dense(feats, axes, dtype=self.dtype, param_dtype=self.param_dtype,
                          quantized=self.quantized, lora_rank=rank, lora_scale=scale, name=name)
 

@@ -107,7 +107,6 @@ class DecoderModel:
     base: Optional[dict] = None  # identity of the pretrained file (peft.base_identity)
     seed: int = 0  # LoRA initialisation
     task_vocab: Optional[TaskVocab] = None
-    frozen: Any = None  # the base parameters that do not train (host arrays)
 
     # ------------------------------------------------------------------ parameters
 
