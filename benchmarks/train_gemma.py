@@ -257,8 +257,7 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
 
     from lmcor.models import partitioning
     from lmcor.training import data as data_lib, frozen_cache, state as state_lib
-    from lmcor.training import step as step_lib
-    from lmcor.training.loop import _global_batch
+    from lmcor.training.loop import _global_batch, build_step
     from lmcor.training.models import gemma_model
 
     start = time.perf_counter()
@@ -271,11 +270,7 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
     mesh = partitioning.make_mesh(1, 1)
     schedule = state_lib.make_schedule("constant", 1e-4)
     optimizer = state_lib.make_optimizer(schedule, name="adamw")
-    state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, 0, model.rules,
-                                              init_params=model.load_pretrained())
-    frozen, frozen_sh = model.place_frozen(mesh)
-    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
-                                       frozen_shardings=frozen_sh)
+    state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, 0)
     load_s, fill_s = time.perf_counter() - start, 0.0
     cache = None
     if options.get("cache_frozen"):

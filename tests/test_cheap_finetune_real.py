@@ -164,7 +164,8 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
     E2E rows (source -> first reference): a few AdamW steps lower their loss."""
     from lmcor.data.importers import import_e2e
     from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, state as state_lib, step as step_lib
+    from lmcor.training import data as data_lib, state as state_lib
+    from lmcor.training.loop import build_step
     from lmcor.training.models import gemma_model
 
     refs = [r["references"][0] for r in itertools.islice(import_e2e(str(data_dir), "test"), 2)]
@@ -189,11 +190,7 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
     mesh = partitioning.make_mesh(1, 1)
     schedule = state_lib.make_schedule("constant", 1e-3)
     optimizer = state_lib.make_optimizer(schedule, name="adamw")
-    state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, 0, model.rules,
-                                              init_params=model.load_pretrained())
-    frozen, frozen_sh = model.place_frozen(mesh)
-    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
-                                       frozen_shardings=frozen_sh)
+    state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, 0)
     batch = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
     losses = []
     with jax.set_mesh(mesh):

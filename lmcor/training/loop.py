@@ -53,6 +53,17 @@ def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Op
     return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed)
 
 
+def build_step(model, optimizer, schedule, mesh, seed: int):
+    """(initial state, jitted step, frozen params) for a prepared model: what `train` runs, and
+    what benchmarks and tests drive directly."""
+    state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
+                                              init_params=model.load_pretrained())
+    frozen, frozen_shardings = model.place_frozen(mesh)
+    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
+                                       frozen_shardings=frozen_shardings)
+    return state, step_fn, frozen
+
+
 def _log_sizes(state, frozen):
     trained = state_lib.nbytes(state.params)
     log_info("trainable params %.1f MB, optimizer state %.1f MB, frozen params %.1f MB",
@@ -138,16 +149,12 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     source = _build_source(data, batch_size, seed, data_shards)
     model = model.prepare(model_dir, source)
     model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
-    state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
-                                              init_params=model.load_pretrained())
-    frozen, frozen_shardings = model.place_frozen(mesh)
+    state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, seed)
     _log_sizes(state, frozen)
     ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
     state, start = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
-    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
-                                       frozen_shardings=frozen_shardings)
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
              if getattr(model, "cache_frozen", False) else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
