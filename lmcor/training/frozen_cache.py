@@ -12,6 +12,7 @@ changed dataset or base never reads stale states. A row is marked done only afte
 are flushed to disk, so a killed run leaves at worst rows to recompute, never wrong ones.
 """
 import hashlib
+import io
 import json
 import os
 
@@ -72,8 +73,7 @@ class FrozenCache:
             self.states.flush()
             self.done[fresh] = True
             self.filled += len(fresh)
-            buf = _npy_bytes(self.done)
-            atomic_write_bytes(self.done_path, buf)
+            atomic_write_bytes(self.done_path, _npy_bytes(self.done))
         out = np.asarray(self.states[row_ids]).view(ml_dtypes.bfloat16)
         sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         return jax.make_array_from_process_local_data(sharding, out)
@@ -83,8 +83,6 @@ class FrozenCache:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()

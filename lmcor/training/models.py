@@ -208,8 +208,8 @@ class DecoderModel:
         if TaskVocab.exists(model_dir):
             vocab = TaskVocab.load(model_dir)
         else:
-            vocab = TaskVocab.from_token_arrays(
-                _all_hosts_ids(source, self.config.vocab_size), self.config.vocab_size)
+            vocab = TaskVocab(_all_hosts_ids(source, self.config.vocab_size),
+                              self.config.vocab_size)
             if jax.process_index() == 0:
                 vocab.save(model_dir, self.base)
         source.map_features(_TOKEN_FEATURES, lambda ids: vocab.to_task(ids, count=False))
@@ -283,7 +283,7 @@ def _all_hosts_ids(source, vocab_size: int):
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         used = np.any(multihost_utils.process_allgather(used), axis=0)
-    return [np.flatnonzero(used)]
+    return np.flatnonzero(used)
 
 
 def _dtype(overrides: dict, dtype):

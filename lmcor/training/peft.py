@@ -52,7 +52,7 @@ class Freezing:
 
 def _walk(tree, prefix=()):
     for k, v in tree.items():
-        if isinstance(v, dict) or hasattr(v, "items") and not hasattr(v, "shape"):
+        if hasattr(v, "items") and not hasattr(v, "shape"):  # dict or FrozenDict: a subtree
             yield from _walk(v, prefix + (k,))
         else:
             yield prefix + (k,), v
