@@ -197,12 +197,46 @@ class Dense(nn.Module):
         b = self.param("lora_b", nn.with_logical_partitioning(
             nn.initializers.zeros, ("lora",) + tuple(self.kernel_axes[n_in:])),
             (r,) + feats, self.param_dtype)
-        xa = lax.dot_general(x.astype(self.dtype), a.astype(self.dtype), (contract, ((), ())),
-                             preferred_element_type=jnp.float32)
-        xab = lax.dot_general(xa.astype(self.dtype), b.astype(self.dtype),
-                              (((xa.ndim - 1,), (0,)), ((), ())),
-                              preferred_element_type=jnp.float32)
-        return self.lora_scale * xab
+        n_rows, n_out = math.prod(x.shape[:x.ndim - n_in]), math.prod(feats)
+        out = lora_product(x.astype(self.dtype).reshape(n_rows, -1),
+                           a.astype(self.dtype).reshape(-1, r),
+                           b.astype(self.dtype).reshape(r, n_out))
+        return self.lora_scale * out.reshape(x.shape[:x.ndim - n_in] + feats)
+
+
+@jax.custom_vjp
+def lora_product(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """(x a) b for 2-D x [T, in], a [in, r], b [r, out], accumulated in float32.
+
+    The backward pass is written out because autodiff's version is slow on XLA CPU: for
+    dB = (x a)^T g it puts the large gradient g [T, out] first, and XLA then copies g into a
+    transposed layout (in Gemma 3 270M's MLP, 1,664 x 2,048 floats per projection and layer,
+    a third of a LoRA step). Here the rank-sized operand goes first in every weight gradient,
+    so only r x T matrices are transposed.
+    """
+    return _lora_forward(x, a, b)[0]
+
+
+def _dot(x, y, contract=((1,), (0,))):
+    return lax.dot_general(x, y, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _lora_forward(x, a, b):
+    xa = _dot(x, a)
+    return _dot(xa.astype(b.dtype), b), (x, a, b, xa)
+
+
+def _lora_backward(res, g):
+    x, a, b, xa = res
+    g = g.astype(b.dtype)
+    d_xa = _dot(g, b, ((1,), (1,)))                                    # [T, r]
+    grad_b = _dot(xa.astype(b.dtype), g, ((0,), (0,)))                  # [r, out]
+    grad_a = _dot(d_xa.astype(x.dtype), x, ((0,), (0,))).T             # [in, r]
+    grad_x = _dot(d_xa.astype(a.dtype), a, ((1,), (1,)))               # [T, in]
+    return grad_x.astype(x.dtype), grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+lora_product.defvjp(_lora_forward, _lora_backward)
 
 
 class Embed(nn.Module):
