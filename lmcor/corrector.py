@@ -148,7 +148,7 @@ class Corrector:
         replace its config.gin, e.g. for a run that did not save one."""
         model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
         model = model.attach(model_dir)
-        params = restore_params(os.path.join(model_dir, "checkpoints"), model, step)
+        params = trained_params(model_dir, model, step)
         return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings)
 
     # ------------------------------------------------------------------ inputs
@@ -272,20 +272,40 @@ def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Seq
     return model, task_vocabulary(), pp.corrector_options(), corrector_settings()
 
 
-def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
-    """Only the params of a trainer checkpoint (the optimizer state is never read)."""
+def _manager(checkpoint_dir: str):
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
     # Orbax takes only absolute paths (a relative MODEL_DIR failed deep inside tensorstore).
-    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state", "data"))
+    return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state", "data"))
+
+
+def _pick_step(manager, checkpoint_dir: str, step: Optional[int]) -> int:
+    step = step if step is not None else manager.best_step()
+    if step is None:
+        step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no finished checkpoint")
+    return step
+
+
+def checkpoint_step(checkpoint_dir: str, step: Optional[int] = None) -> int:
+    """The step `restore_params` reads: `step`, else the best by validation, else the latest."""
+    manager = _manager(checkpoint_dir)
     try:
-        step = step if step is not None else manager.best_step()
-        if step is None:
-            step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{checkpoint_dir}: no finished checkpoint")
+        return _pick_step(manager, checkpoint_dir, step)
+    finally:
+        manager.close()
+
+
+def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
+    """Only the params of a trainer checkpoint (the optimizer state is never read)."""
+    import orbax.checkpoint as ocp
+
+    manager = _manager(checkpoint_dir)
+    try:
+        step = _pick_step(manager, checkpoint_dir, step)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
         target = {"params": jax.tree.map(
@@ -297,3 +317,19 @@ def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
         manager.close()
     logging.info("corrector: restored step %d from %s", step, checkpoint_dir)
     return restored["state"]["params"]
+
+
+def trained_params(model_dir: str, model, step: Optional[int] = None):
+    """The trained params of a run folder (`restore_params` of its checkpoints) or of a
+    released adapter folder (lmcor.checkpoints.adapter), which holds one step only."""
+    from lmcor.checkpoints import adapter
+
+    if not adapter.is_adapter_dir(model_dir):
+        return restore_params(os.path.join(model_dir, "checkpoints"), model, step)
+    info = adapter.manifest(model_dir)
+    if step is not None and step != info["step"]:
+        raise ValueError(f"{model_dir}: a released adapter holds step {info['step']} only, "
+                         f"not {step}")
+    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
+    logging.info("corrector: adapter of step %d from %s", info["step"], model_dir)
+    return adapter.load_adapter(model_dir, abstract)

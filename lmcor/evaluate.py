@@ -262,14 +262,22 @@ def write_inputs(pred_dir: str, records: Sequence[Mapping], refs: List[List]) ->
                               for r in records))
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def markdown_table(results: Mapping) -> str:
     """Row name, the main metric, then the others; each with its 95% interval; the paired test
-    of the main metric against LLM greedy last."""
+    of the main metric against LLM greedy; for trained rows, the training examples seen and
+    the training wall time. Paired tests between trained rows follow the table."""
     names = results["metrics"]
+    trained = any(row.get("training") for row in results["rows"])
     head = ["row"]
     for name in names:
         head += [METRIC_LABELS[name], "95% CI"]
     head += [f"Δ {METRIC_LABELS[names[0]]} vs greedy", "p"]
+    head += ["examples seen", "training time"] if trained else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results["rows"]:
         cells = [row["name"]]
@@ -279,8 +287,47 @@ def markdown_table(results: Mapping) -> str:
         main = row["metrics"][names[0]]
         same = row["name"] == GREEDY_ROW
         cells += ["—" if same else f"{main['delta']:+.2f}", "—" if same else f"{main['p_value']:.3f}"]
+        if trained:
+            t = row.get("training")
+            cells += ([f"{t['examples_seen']:,}", _duration(t["train_seconds"])] if t
+                      else ["", ""])
         lines.append("| " + " | ".join(cells) + " |")
+    for c in results.get("comparisons", []):
+        label = METRIC_LABELS[c["metric"]]
+        lines.append(f"\n{c['row']} against {c['against']}: Δ {label} {c['delta']:+.2f}, "
+                     f"paired bootstrap p = {c['p_value']:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def training_summary(model_dir: Optional[str]) -> Optional[dict]:
+    """What MODEL_DIR/train_summary.json (written by the trainer) says of a corrector's
+    training: examples seen, training seconds, steps, the selected step; None without one."""
+    path = os.path.join(model_dir, "train_summary.json") if model_dir else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    return {k: summary.get(k) for k in ("examples_seen", "train_seconds", "step", "best_step",
+                                        "stopped")}
+
+
+# Paired tests between trained rows: does LMCor's pool beat the same model on the source alone?
+COMPARISONS = (("LMCor", "fine-tuned"),)
+
+
+def comparisons(outputs: Mapping[str, Sequence[str]], refs, srcs,
+                cfg: "EvalConfig") -> List[dict]:
+    """The COMPARISONS whose two rows are both in the table: main metric, Δ and paired p."""
+    out = []
+    main = cfg.metric_names[0]
+    for row, against in COMPARISONS:
+        if row in outputs and against in outputs:
+            test = metrics.paired_bootstrap(_BOOTSTRAP_NAME.get(main, main), outputs[against],
+                                            outputs[row], refs, srcs,
+                                            n_samples=cfg.bootstrap_samples, seed=cfg.seed)
+            out.append({"row": row, "against": against, "metric": main,
+                        "delta": test["delta"], "p_value": test["p_value"]})
+    return out
 
 
 # ---------------------------------------------------------------------- the job
@@ -322,19 +369,22 @@ def evaluate(cfg: EvalConfig) -> dict:
     os.makedirs(pred_dir, exist_ok=True)
     write_inputs(pred_dir, records, refs)
     notes: List[str] = []
-    rows, greedy = [], None
+    rows, greedy, outputs = [], None, {}
     for name, outs, seconds in _row_outputs(records, cfg, refs, pred_dir, notes):
         path = _pred_path(pred_dir, name)
         _write_lines(path, outs)
         greedy = outs if greedy is None else greedy
+        outputs[name] = outs
         scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,
                            cfg.seed)
         rows.append({"name": name, "metrics": scores,
-                     "predictions": os.path.relpath(path, cfg.out_dir), "decode_seconds": seconds})
+                     "predictions": os.path.relpath(path, cfg.out_dir), "decode_seconds": seconds,
+                     "training": training_summary(cfg.model_dirs.get(name))})
         logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
     results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
-               "rows": rows, "notes": notes, "tags": dict(cfg.tags),
+               "rows": rows, "comparisons": comparisons(outputs, refs, srcs, cfg),
+               "notes": notes, "tags": dict(cfg.tags),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")

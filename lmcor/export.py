@@ -1,6 +1,12 @@
-"""`lmcor export MODEL_DIR --out=DIR`: a trained Gemma corrector as a plain HF checkpoint.
+"""`lmcor export MODEL_DIR --out=DIR`: a trained Gemma corrector as a plain HF checkpoint, or
+(`--adapter`) as a small released adapter folder.
 
     lmcor export /runs/e2e_lmcor --out=/exports/e2e_lmcor [--step=N] [--dtype=bfloat16]
+    lmcor export /runs/e2e_lmcor --out=data/correctors/e2e --adapter [--max_mb=16]
+
+`--adapter` writes only what the run trained (LoRA adapters), bf16 by default, with the run's
+config, task vocabulary and base-weight identity (lmcor.checkpoints.adapter); lmcor loads the
+folder wherever it takes a MODEL_DIR (evaluate, serve, export).
 
 Writes the merged, full-vocabulary model in transformers' `Gemma3ForCausalLM` layout
 (`model.safetensors` + `config.json`): LoRA adapters are folded into their kernels, frozen
@@ -35,16 +41,36 @@ def full_vocab_params(model, base_model, params) -> tuple:
 def export(model_dir: str, out_dir: str, step=None, dtype: str = "float32",
            gin_files=(), gin_bindings=()) -> str:
     from lmcor.checkpoints.hf_export import save_gemma_safetensors
-    from lmcor.corrector import configured_parts, restore_params
+    from lmcor.corrector import configured_parts, trained_params
 
     base_model, _, _, _ = configured_parts(model_dir, gin_files, gin_bindings)
     if base_model.kind != "decoder":
         raise ValueError(f"export: {model_dir} holds a {base_model.kind} corrector; only "
                          "Gemma (decoder-only) correctors export to Gemma3ForCausalLM")
     model = base_model.attach(model_dir)
-    params = restore_params(os.path.join(model_dir, "checkpoints"), model, step)
+    params = trained_params(model_dir, model, step)
     full, config = full_vocab_params(model, base_model, params)
     return save_gemma_safetensors(full, config, out_dir, dtype=dtype, overwrite=True)
+
+
+def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat16",
+                   max_mb: float = 16.0, gin_files=(), gin_bindings=()) -> str:
+    """The run's trained params at `step` (default: best by validation, else latest) as an
+    adapter folder; refuses a run that trains the whole model (nothing small to release)."""
+    from lmcor.checkpoints import adapter
+    from lmcor.corrector import checkpoint_step, configured_parts, restore_params
+
+    base_model, _, _, _ = configured_parts(model_dir, gin_files, gin_bindings)
+    if base_model.kind != "decoder" or not base_model.freezing.lora:
+        raise ValueError(f"export --adapter: {model_dir} is not a LoRA corrector run "
+                         "(gemma_model.lora_rank = 0); export the whole model instead")
+    model = base_model.attach(model_dir)
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    step = checkpoint_step(checkpoints, step)
+    params = restore_params(checkpoints, model, step)
+    adapter.save_adapter(params, model_dir, out_dir, step, dtype)
+    adapter.check_size(out_dir, int(max_mb * 1e6))
+    return out_dir
 
 
 def main(argv=None) -> int:
@@ -52,7 +78,12 @@ def main(argv=None) -> int:
     p.add_argument("model_dir")
     p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
     p.add_argument("--step", type=int, default=None, help="default: best, else latest")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                   help="default: float32, bfloat16 with --adapter")
+    p.add_argument("--adapter", action="store_true",
+                   help="write the trained adapters only (a released corrector folder)")
+    p.add_argument("--max_mb", type=float, default=16.0,
+                   help="with --adapter: refuse an adapter file larger than this")
     p.add_argument("--gin_file", action="append", default=[])
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     bindings = [r[len("--gin."):] for r in rest if r.startswith("--gin.")]
@@ -60,7 +91,12 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        out = export(args.model_dir, args.out, args.step, args.dtype, args.gin_file, bindings)
+        if args.adapter:
+            out = export_adapter(args.model_dir, args.out, args.step, args.dtype or "bfloat16",
+                                 args.max_mb, args.gin_file, bindings)
+        else:
+            out = export(args.model_dir, args.out, args.step, args.dtype or "float32",
+                         args.gin_file, bindings)
     except (ValueError, FileNotFoundError) as err:
         print(f"lmcor export: {err}", file=sys.stderr)
         return 2

@@ -116,6 +116,21 @@ def _sample_args(task: str, pool: str, split: str, examples: int,
             f"--gin.sample_pool.max_examples={examples}", *flags]
 
 
+BUDGET_KEYS = {"examples": "train_examples", "epochs": "train_epochs",
+               "eval_every_examples": "eval_every_examples", "patience": "patience"}
+
+
+def budget_flags(budget: Optional[Mapping[str, int]]) -> List[str]:
+    """`quickstart.budget` ({"examples": N or "epochs": E, "eval_every_examples": M,
+    "patience": P}) as `train.*` flags: every row of a table trains on the same number of examples,
+    is validated as often, and stops on the same rule."""
+    unknown = sorted(set(budget or {}) - set(BUDGET_KEYS))
+    if unknown:
+        raise ValueError(f"quickstart.budget: unknown {unknown}; expected some of "
+                         f"{sorted(BUDGET_KEYS)}")
+    return [f"--gin.train.{BUDGET_KEYS[k]}={v!r}" for k, v in (budget or {}).items()]
+
+
 def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], steps: int,
                 flags: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
     """`flags` name the run file (e.g. --gin_file=runs/gemma_corrector.gin) and its settings;
@@ -135,11 +150,19 @@ def _eval_args(common: Sequence[str], eval_dir: str, model_dirs: Mapping[str, st
             *(f"--gin.{EVAL_MACROS[row]}={_q(path)}" for row, path in model_dirs.items())]
 
 
+def _limit(train_steps: int, budget: Optional[Mapping[str, int]]) -> str:
+    budget = budget or {}
+    if "examples" in budget:
+        return f"{budget['examples']:,} examples"
+    return f"{budget['epochs']} epochs" if "epochs" in budget else f"{train_steps} steps"
+
+
 @gin.configurable
 def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                pools: Optional[Dict[str, str]] = None, sample: bool = True,
                train_examples: int = 64,
-               test_examples: int = 32, train_steps: int = 300,
+               test_examples: Optional[int] = 32, train_steps: int = 300,
+               budget: Optional[Mapping[str, int]] = None,
                rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
@@ -149,12 +172,15 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
     "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
-    and `test_examples` takes the first test inputs. `ablations` / `test_variants` map a name
+    and `test_examples` takes the first test inputs (None: all of them). `ablations` / `test_variants` map a name
     to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
     `ablation_train_flags` go to every ablation's training only (e.g. keep fewer checkpoints:
     `lmcor evaluate` does not know the trainer's configurables). A test variant evaluates the
     `lmcor` row's corrector unless `test_variant_rows` names its rows (e.g. every row of the
-    table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]})."""
+    table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]}).
+    `budget` (see `budget_flags`) ends each training run by examples seen and validation;
+    `train_steps` stays the cap."""
+    train_flags = [*train_flags, *budget_flags(budget)]
     ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
     variant_rows = {name: ["lmcor"] for name in test_variants}
     for name, names in dict(test_variant_rows or {}).items():
@@ -196,7 +222,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     settings = {"steps": train_steps, "flags": list(train_flags), "pools": pools}
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)
-        pipe.run(f"train {row} ({train_steps} steps)", "lmcor.train",
+        pipe.run(f"train {row} ({_limit(train_steps, budget)})", "lmcor.train",
                  _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
                  settings)
     pipe.run("evaluate", "lmcor.evaluate", _eval_args(
@@ -207,7 +233,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         if name in ablations:
             model_dirs = {"lmcor": os.path.join(folder, "lmcor")}
             extra = [*flags, *ablation_train_flags]
-            pipe.run(f"variant {name}: train lmcor ({train_steps} steps)", "lmcor.train",
+            pipe.run(f"variant {name}: train lmcor ({_limit(train_steps, budget)})", "lmcor.train",
                      _train_args(task, "lmcor", model_dirs["lmcor"], pools, train_steps,
                                  train_flags, extra), model_dirs["lmcor"],
                      dict(settings, ablation=extra))
@@ -218,7 +244,8 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     pipe.run("report", "lmcor.report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:
-        print(f"\n{task} ({test_examples} test inputs), {pipe.timings['total']:.0f}s in all:\n"
+        inputs = "all" if test_examples is None else test_examples
+        print(f"\n{task} ({inputs} test inputs), {pipe.timings['total']:.0f}s in all:\n"
               f"{f.read()}")
     return os.path.join(pipe.run_dir, "report", "report.md")
 

@@ -9,7 +9,10 @@ into one folder (RUN_DIR/report by default):
   rows_<eval>.png           each row's main metric with its bootstrap 95% interval;
   ablation_<dataset>_<name>.png  main metric per row against the ablated value (e.g. the number of
                             candidates), from evaluations tagged `evaluation.tags`;
-  curves_<run>.png          training loss and validation metrics against steps.
+  curves_<run>.png          training loss and validation metrics against steps;
+  learning_<eval>.png       each trained row's validation metric against the training
+                            examples it has seen (MODEL_DIR/eval/history.jsonl), one line per
+                            row, the selected checkpoint circled.
 """
 import sys
 
@@ -85,6 +88,34 @@ def training_runs(run_dir: str, results: Sequence[Tuple[str, dict]]) -> Dict[str
                 name = os.path.relpath(log_dir, run_dir if root == run_dir else os.path.dirname(root))
                 runs[name] = curves
     return runs
+
+
+def eval_history(model_dir: str) -> List[dict]:
+    """The trainer's evaluations of MODEL_DIR (step, examples_seen, metrics), oldest first."""
+    path = os.path.join(model_dir, "eval", "history.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def learning_curves(results: Mapping) -> Tuple[str, Dict[str, List[Tuple[int, float, int]]]]:
+    """(validation metric, row -> [(examples seen, value, step)]) for the trained rows of one
+    evaluation: the table's main metric when the trainer's evaluator reports it, else the
+    first metric both report."""
+    histories = {row: eval_history(d)
+                 for row, d in results.get("config", {}).get("model_dirs", {}).items() if d}
+    histories = {row: h for row, h in histories.items() if h}
+    if not histories:
+        return "", {}
+    names = [set(r["metrics"]) for h in histories.values() for r in h]
+    common = set.intersection(*names)
+    main = results.get("main_metric", "")
+    metric = main if main in common else next(iter(sorted(common)), "")
+    if not metric:
+        return "", {}
+    return metric, {row: [(r["examples_seen"], float(r["metrics"][metric]), r["step"])
+                          for r in h] for row, h in histories.items()}
 
 
 # ---------------------------------------------------------------------- plots
@@ -178,6 +209,24 @@ def plot_curves(name: str, curves: Curves, path: str) -> None:
     plt.close(fig)
 
 
+def plot_learning(title: str, metric: str, rows: Mapping[str, list], selected: Mapping[str, int],
+                  path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row, points in rows.items():
+        xs, ys, steps = zip(*points)
+        line, = ax.plot(xs, ys, marker=".", label=row)
+        for x, y, step in points:
+            if step == selected.get(row):
+                ax.plot([x], [y], "o", ms=11, mfc="none", color=line.get_color())
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel(f"validation {METRIC_LABELS.get(metric, metric)}")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------- the report
 
 
@@ -210,6 +259,14 @@ def build_report(run_dir: str, out_dir: str) -> str:
         notes = "".join(f"\n- {n}" for n in res.get("notes", []))
         parts.append(f"## {title}\n\n{res.get('num_examples', '?')} examples.\n\n"
                      f"{markdown_table(res)}{notes}\n\n![rows]({png})\n")
+        metric, curves = learning_curves(res)
+        if curves:
+            png = _file_name("learning", rel)
+            selected = {r["name"]: (r.get("training") or {}).get("best_step")
+                        for r in res["rows"]}
+            plot_learning(title, metric, curves, selected, os.path.join(out_dir, png))
+            parts.append(f"Learning curves (validation {METRIC_LABELS.get(metric, metric)}):"
+                         f"\n\n![learning]({png})\n")
     metric_of = {ablation_key(r): r["metrics"][0] for _, r in results}
     for name, rows in ablation_series(results).items():
         png = _file_name("ablation", name)

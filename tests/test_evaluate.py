@@ -171,3 +171,42 @@ def test_ablation_gin_files(name, task, tags):
     if name == "cross_source_gpt4_only":
         assert cfg.greedy_generator == "GPT4-5shot" and cfg.max_references == 1
         assert cfg.corrector_bindings == ("corrector_options.generators = ['GPT4-5shot']",)
+
+
+def test_trained_rows_report_their_training_and_the_paired_test_between_them(
+        pool_dir, lmcor_dir, tmp_path):
+    import shutil
+
+    from lmcor import report
+
+    trained = tmp_path / "trained"
+    shutil.copytree(lmcor_dir, trained)
+    summary = {"step": 40, "examples_seen": 1234, "train_seconds": 4000.0, "stopped":
+               "converged", "best_step": 30, "evaluations": 4}
+    (trained / "train_summary.json").write_text(json.dumps(summary))
+    history = [{"step": s, "examples_seen": 300 * s // 10, "train_seconds": 100.0 * s,
+                "metrics": {"chrf": 10.0 + s / 10, "bleu": 1.0}} for s in (10, 20, 30, 40)]
+    (trained / "eval").mkdir()
+    (trained / "eval" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    out = tmp_path / "eval"
+    results = evaluate.evaluate(_config(out, pool_dir, str(trained), finetune_dir=lmcor_dir))
+    rows = {r["name"]: r for r in results["rows"]}
+    assert rows["LMCor"]["training"] == {k: summary[k] for k in
+                                         ("examples_seen", "train_seconds", "step", "best_step",
+                                          "stopped")}
+    assert rows["fine-tuned"]["training"] is None and rows["LLM greedy"]["training"] is None
+    [cmp] = results["comparisons"]
+    assert (cmp["row"], cmp["against"], cmp["metric"]) == ("LMCor", "fine-tuned", "chrf")
+    assert cmp["delta"] == pytest.approx(rows["LMCor"]["metrics"]["chrf"]["score"]
+                                         - rows["fine-tuned"]["metrics"]["chrf"]["score"])
+    table = (out / "results.md").read_text()
+    assert "| examples seen | training time |" in table.splitlines()[0]
+    assert "| 1,234 | 1 h 07 min |" in table
+    assert "LMCor against fine-tuned: Δ chrF" in table
+    # The report draws the LMCor row's learning curve from its history.
+    metric, curves = report.learning_curves(results)
+    assert metric == "chrf"
+    assert curves == {"LMCor": [(r["examples_seen"], r["metrics"]["chrf"], r["step"])
+                                for r in history]}
+    text = open(report.build_report(str(out), str(tmp_path / "report"))).read()
+    assert "![learning](learning_" in text

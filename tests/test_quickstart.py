@@ -219,3 +219,26 @@ def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
     assert evaluated["variant k2: evaluate"] == {
         "LMCOR_DIR": repr(str(run / "variants" / "k2" / "lmcor"))}
     assert len(evaluated["evaluate"]) == 3
+
+
+def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
+    import gin
+
+    from lmcor import config as gin_config
+
+    budget = {"examples": 1200, "eval_every_examples": 300, "patience": 3}
+    args = quickstart._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
+                                  ["--gin_file=models/t5_1_1_tiny.gin",
+                                   "--gin_file=runs/train_corrector.gin",
+                                   *quickstart.budget_flags(budget)])
+    files, bindings, _ = gin_config.split_gin_flags(args)
+    try:
+        gin_config.parse_gin(files, bindings, finalize=False)
+        assert gin.query_parameter("train.train_examples") == 1200
+        assert gin.query_parameter("train.eval_every_examples") == 300
+        assert gin.query_parameter("train.patience") == 3
+    finally:
+        gin.clear_config()
+    assert quickstart.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
+    with pytest.raises(ValueError, match="steps"):
+        quickstart.budget_flags({"steps": 3})

@@ -26,7 +26,7 @@ class Checkpointer:
     def __init__(self, directory: str, save_every: int = 1000, keep: int = 3, keep_best: int = 1,
                  best_metric: Optional[str] = None, best_mode: str = "max",
                  async_save: bool = True):
-        self.best_metric = best_metric
+        self.best_metric, self.best_mode = best_metric, best_mode
         keepers = [policies.LatestN(n=keep)]
         best_fn = None
         if best_metric:

@@ -21,6 +21,19 @@ def _num_rows(arrays: Arrays) -> int:
     return next(iter(sizes.values()))
 
 
+def row_examples(arrays: Arrays) -> np.ndarray:
+    """Training examples per row: the packed segments that carry loss (one per row unpacked).
+
+    Budgets and evaluation intervals count these, so rows of different lengths (a source-only
+    row packs more examples than a row with five candidates) are compared per example seen."""
+    weighted = np.asarray(arrays["decoder_loss_weights"]) > 0
+    segments = arrays.get("decoder_segment_ids")
+    if segments is None:
+        return weighted.any(axis=1).astype(np.int64)
+    segments = np.where(weighted, np.asarray(segments), 0)
+    return np.array([np.count_nonzero(np.unique(row)) for row in segments], np.int64)
+
+
 def most_loss_tokens(arrays: Arrays) -> int:
     """The largest number of loss-weighted (target) tokens in one row of a batch or shard."""
     return int(np.max(np.sum(np.asarray(arrays["decoder_loss_weights"]) > 0, axis=1)))
@@ -47,9 +60,12 @@ class ShardStream:
 
     def indices(self, start: int, count: int) -> np.ndarray:
         """Positions in this shard of stream rows [start, start + count)."""
+        pos = np.arange(start, start + count, dtype=np.int64)
+        epochs = pos // self.n
         idx = np.empty(count, np.int64)
-        for j, pos in enumerate(range(start, start + count)):
-            idx[j] = self._perm(pos // self.n)[pos % self.n]
+        for epoch in np.unique(epochs):
+            at = epochs == epoch
+            idx[at] = self._perm(int(epoch))[pos[at] % self.n]
         return idx
 
     def rows(self, start: int, count: int) -> Arrays:
@@ -72,6 +88,7 @@ class BatchSource:
         self.num_shards, self.batch_size, self.seed = num_shards, batch_size, seed
         self.streams: List[ShardStream] = [ShardStream(shards[s], seed, s, shuffle)
                                            for s in sorted(shards)]
+        self._row_examples = [row_examples(s.arrays) for s in self.streams]
 
     def batch(self, step: int) -> Arrays:
         parts = [s.rows(step * self.per_shard, self.per_shard) for s in self.streams]
@@ -91,6 +108,18 @@ class BatchSource:
         return np.concatenate([s.indices(step * self.per_shard, self.per_shard) * self.num_shards
                                + s.shard for s in self.streams])
 
+    def num_examples(self) -> int:
+        """Examples in this process's shards: one epoch of its part of the data."""
+        return int(sum(counts.sum() for counts in self._row_examples))
+
+    def examples_per_step(self, steps: int) -> np.ndarray:
+        """Examples (`row_examples`) in this process's part of batch(t), for t < `steps`."""
+        total = np.zeros(steps, np.int64)
+        for stream, counts in zip(self.streams, self._row_examples):
+            idx = stream.indices(0, steps * self.per_shard)
+            total += counts[idx].reshape(steps, self.per_shard).sum(axis=1)
+        return total
+
     def most_loss_tokens_per_row(self) -> int:
         """The largest count of loss-weighted tokens in any of this process's rows."""
         return max(most_loss_tokens(s.arrays) for s in self.streams)
@@ -98,8 +127,7 @@ class BatchSource:
     def position(self, step: int) -> dict:
         """What the checkpoint records about the data position (checked again on resume)."""
         return {"step": int(step), "seed": int(self.seed), "num_shards": int(self.num_shards),
-                "batch_size": int(self.batch_size),
-                "examples_seen": int(step) * int(self.batch_size)}
+                "batch_size": int(self.batch_size), "rows_seen": int(step) * int(self.batch_size)}
 
 
 def split_shards(arrays: Arrays, num_shards: int, owned: Sequence[int]) -> Dict[int, Arrays]:

@@ -6,6 +6,7 @@ anything is saved, evaluation runs every `eval_every` steps and feeds keep-best 
 and a SIGTERM on any host turns into "save this step, stop" on all of them.
 """
 import contextlib
+import json
 import os
 import time
 from typing import Callable, Optional
@@ -45,6 +46,89 @@ def _any_host(flag: bool) -> bool:
     return bool(_max_over_hosts(int(flag)))
 
 
+def _sum_over_hosts(values: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return values
+    return np.sum(multihost_utils.process_allgather(values), axis=0)
+
+
+class _ExamplePlan:
+    """Examples seen after each step (all hosts), and the step budget and evaluation steps they
+    give: a table's rows train on the same number of examples, not of steps, since a packed row
+    holds more short examples than long ones. Deterministic, so a resumed run plans the same."""
+
+    def __init__(self, source, train_steps: int, train_examples: Optional[int],
+                 eval_every_examples: int, train_epochs: Optional[float] = None):
+        self.seen = np.cumsum(_sum_over_hosts(source.examples_per_step(train_steps)))
+        self.end = train_steps
+        if train_epochs is not None:
+            if train_examples is not None or train_epochs <= 0:
+                raise ValueError(f"train.train_epochs={train_epochs}: give a positive number of "
+                                 f"epochs or train.train_examples, not both")
+            epoch = int(_sum_over_hosts(np.array([source.num_examples()]))[0])
+            train_examples = int(np.ceil(train_epochs * epoch))
+            log_info("train_epochs=%g: %d examples (%d per epoch)", train_epochs,
+                     train_examples, epoch)
+        if train_examples is not None:
+            if train_examples <= 0:
+                raise ValueError(f"train.train_examples={train_examples} must be positive")
+            if self.seen[-1] < train_examples:
+                log_info("train_examples=%d is more than train_steps=%d steps hold (%d): the "
+                         "run stops at train_steps", train_examples, train_steps,
+                         int(self.seen[-1]))
+            else:
+                self.end = int(np.searchsorted(self.seen, train_examples)) + 1
+        self.every = int(eval_every_examples)
+        if self.every < 0:
+            raise ValueError(f"train.eval_every_examples={self.every} must be >= 0")
+
+    def examples(self, steps_done: int) -> int:
+        return int(self.seen[steps_done - 1]) if steps_done > 0 else 0
+
+    def evaluates(self, steps_done: int) -> bool:
+        """After `steps_done` steps: has the count crossed a multiple of `every`, or is this
+        the budget's last step (so a budget always ends with a validation score)?"""
+        if not self.every:
+            return False
+        crossed = self.examples(steps_done) // self.every > self.examples(steps_done - 1) // self.every
+        return crossed or steps_done == self.end
+
+
+class _EvalHistory:
+    """MODEL_DIR/eval/history.jsonl: one line per evaluation (step, examples seen, training
+    seconds, metrics). It feeds early stopping, the report's learning curves and the table's
+    "examples seen" and "wall time" columns. On resume, lines after the restored step (from a
+    run killed before its checkpoint finished) are dropped."""
+
+    def __init__(self, model_dir: str, start_step: int, main_host: bool):
+        self.path = os.path.join(model_dir, "eval", "history.jsonl")
+        self.main = main_host
+        self.records = []
+        if os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.records = [r for r in map(json.loads, filter(str.strip, f))
+                                if r["step"] <= start_step]
+        if self.main:
+            self._write()
+
+    def _write(self):
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def add(self, record: dict):
+        self.records.append(record)
+        if self.main:
+            self._write()
+
+    def stalled(self, metric: Optional[str], mode: str, patience: Optional[int]) -> bool:
+        """True when none of the last `patience` evaluations improved on the best before them."""
+        if not patience or not metric or len(self.records) <= patience:
+            return False
+        values = [float(r["metrics"][metric]) for r in self.records]
+        sign = 1.0 if mode == "max" else -1.0
+        best_before = max(sign * v for v in values[:-patience])
+        return all(sign * v <= best_before for v in values[-patience:])
+
+
 def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):
     num = data_shards or jax.process_count()
     if num % jax.process_count():
@@ -72,23 +156,32 @@ def _log_sizes(state, frozen):
 
 
 def _restore_or_init(ckpt, state, source):
+    """(state, step, position): the latest checkpoint's, or the fresh state at step 0."""
     latest = ckpt.latest_step()
     if latest is None:
-        return state, 0
+        return state, 0, {}
     state, pos = ckpt.restore(latest, state, expected_position=source.position(latest))
-    log_info("resumed from step %d (%d examples seen)", latest, pos["examples_seen"])
-    return state, latest
+    log_info("resumed from step %d (%d rows seen)", latest, pos["rows_seen"])
+    return state, latest, pos
 
 
 class _TrainClock:
     """Training wall time against an optional budget, with evaluations left out of it."""
 
-    def __init__(self, budget_s: Optional[float]):
+    def __init__(self, budget_s: Optional[float], before_s: float = 0.0):
+        # `before_s`: what earlier runs of the same MODEL_DIR trained (the budget is this run's).
         self.budget_s, self.start, self.excluded = budget_s, time.monotonic(), 0.0
+        self.before_s = before_s
+
+    def this_run(self) -> float:
+        return time.monotonic() - self.start - self.excluded
+
+    def used(self) -> float:
+        """Training seconds of this MODEL_DIR over all its runs."""
+        return self.before_s + self.this_run()
 
     def expired(self) -> bool:
-        used = time.monotonic() - self.start - self.excluded
-        return self.budget_s is not None and used >= self.budget_s
+        return self.budget_s is not None and self.this_run() >= self.budget_s
 
     @contextlib.contextmanager
     def paused(self):
@@ -130,8 +223,19 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
           mesh_shape=(-1, 1), data_shards: Optional[int] = None, log_every: int = 10,
           eval_every: int = 0, evaluator: Optional[Callable] = None,
           evaluate_only: bool = False, max_train_seconds: Optional[float] = None,
+          train_examples: Optional[int] = None, train_epochs: Optional[float] = None,
+          eval_every_examples: int = 0, patience: Optional[int] = None,
           preemption=None) -> dict:
-    """Trains until `train_steps` optimizer updates; returns {"step", "losses", "stopped"}.
+    """Trains until `train_steps` optimizer updates; returns {"step", "losses", "stopped",
+    "examples_seen", "train_seconds"}.
+
+    `train_examples` stops it earlier, after the step at which that many training examples
+    (packed segments, `data.row_examples`) have been seen; `train_epochs` sets it as a number
+    of passes over the training examples. `eval_every_examples` evaluates each
+    time that many more have been seen, and at the end of the budget; `patience` then stops the
+    run ("converged") once that many evaluations in a row have not improved the keep-best
+    metric (`Checkpointer.best_metric`) on the best before them. Every evaluation is appended to
+    MODEL_DIR/eval/history.jsonl, and MODEL_DIR/train_summary.json records how the run ended.
 
     `max_train_seconds` also stops it once this run has trained that long (wall clock, from
     the first step, compilation included; evaluation time not counted), with a checkpoint and,
@@ -152,18 +256,29 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, seed)
     _log_sizes(state, frozen)
     ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
-    state, start = _restore_or_init(ckpt, state, source)
+    state, start, position = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
+    plan = _ExamplePlan(source, train_steps, train_examples, eval_every_examples, train_epochs)
+    if patience is not None and (patience < 1 or not ckpt.best_metric or evaluator is None):
+        raise ValueError(f"train.patience={patience} needs patience >= 1, an evaluator and "
+                         f"Checkpointer.best_metric (got {ckpt.best_metric!r})")
+    history = _EvalHistory(model_dir, start, distributed.is_main_host())
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
              if getattr(model, "cache_frozen", False) else None)
-    logger = TrainLogger(os.path.join(model_dir, "train"), train_steps, start,
+    logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
                          distributed.is_main_host())
-    losses, stopped = [], "done"
-    clock = _TrainClock(max_train_seconds)
+    losses, stopped = [], "done" if train_examples is None and train_epochs is None else "budget"
+    end = plan.end
+    if history.stalled(ckpt.best_metric, ckpt.best_mode, patience):
+        stopped, end = "converged", start
+    if start >= end:
+        log_info("nothing to train: the run already ended at step %d (%s)", start, stopped)
+    clock = _TrainClock(max_train_seconds, float(position.get("train_seconds", 0.0)))
+    trained_s = clock.before_s  # training seconds at the last finished step, over all runs
     try:
         with jax.set_mesh(mesh):
-            for step in range(start, train_steps):
+            for step in range(start, end):
                 batch = source.batch(step)
                 model.check_batch(batch)
                 device_batch = _global_batch(batch, mesh)
@@ -177,20 +292,38 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
                 done = step + 1
                 logger.step(done, metrics, log_every)
                 out_of_time = _any_host(clock.expired())
+                trained_s = clock.used()
                 evals = None
                 if evaluator is not None and (
-                        (eval_every and done % eval_every == 0) or out_of_time):
+                        (eval_every and done % eval_every == 0) or plan.evaluates(done)
+                        or out_of_time):
                     with clock.paused():
                         evals = evaluator(model, state.params, done)
                     logger.scalars(done, evals, prefix="eval/")
+                    history.add({"step": done, "examples_seen": plan.examples(done),
+                                 "train_seconds": round(trained_s, 1), "metrics": evals})
                 preempted = _any_host(preemption is not None and preemption.requested)
-                ckpt.save(done, state, source.position(done), metrics=evals,
-                          force=preempted or out_of_time or done == train_steps
+                converged = evals is not None and history.stalled(
+                    ckpt.best_metric, ckpt.best_mode, patience)
+                ckpt.save(done, state, {**source.position(done),
+                                        "examples_seen": plan.examples(done),
+                                        "train_seconds": round(trained_s, 3)},
+                          metrics=evals, force=preempted or out_of_time or done == plan.end
                           or evals is not None)
-                if preempted or out_of_time:
-                    stopped = "preempted" if preempted else "time_limit"
+                if preempted or out_of_time or converged:
+                    stopped = ("preempted" if preempted else "time_limit" if out_of_time
+                               else "converged")
                     break
     finally:
+        ckpt.wait()
+        best_step = ckpt.best_step()
         ckpt.close()
         logger.close()
-    return {"step": int(jax.device_get(state.step)), "losses": losses, "stopped": stopped}
+    done = int(jax.device_get(state.step))
+    summary = {"step": done, "examples_seen": plan.examples(done),
+               "train_seconds": round(trained_s, 1), "stopped": stopped,
+               "best_step": best_step, "evaluations": len(history.records)}
+    if distributed.is_main_host() and stopped != "preempted":
+        atomic_write_text(os.path.join(model_dir, "train_summary.json"),
+                          json.dumps(summary, indent=1) + "\n")
+    return {**summary, "losses": losses}

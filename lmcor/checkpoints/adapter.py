@@ -1,0 +1,119 @@
+"""A released corrector: a trained run's LoRA adapters (and any other trained parameters) in one
+small safetensors file, beside what a run folder needs to load them.
+
+    DIR/adapter.safetensors   trained parameters only, flattened names ("layers_12/attn/q/lora_a")
+    DIR/adapter.json          step, dtype, parameter count, sha256 of adapter.safetensors, and
+                              the run's training summary
+    DIR/config.gin            the run's Gin config (model, vocabulary, corrector options)
+    DIR/task_vocab.json       the task vocabulary's id map, if the run used one
+    DIR/base_weights.json     the base checkpoint's file name and sha256
+
+`Corrector.from_model_dir(DIR)` loads such a folder like a run folder: the frozen base comes
+from the configured base weights (checked against base_weights.json), the adapters from here.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Optional
+
+import numpy as np
+from flax import traverse_util
+
+from lmcor.models.layers import as_dtype
+
+WEIGHTS, MANIFEST = "adapter.safetensors", "adapter.json"
+# Copied from the run folder when present; config.gin is required.
+RUN_FILES = ("config.gin", "task_vocab.json", "base_weights.json", "train_summary.json")
+FORMAT = "lmcor-adapter"
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, WEIGHTS))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
+                 dtype: str = "bfloat16") -> str:
+    """Writes the trained `params` of the run in `model_dir` (restored at `step`) as an adapter
+    folder `out_dir` (replaced whole, never left half-written); returns out_dir."""
+    from safetensors.numpy import save_file
+
+    if not os.path.isfile(os.path.join(model_dir, "config.gin")):
+        raise AdapterError(f"{model_dir}: no config.gin (not a finished lmcor train run?)")
+    flat = traverse_util.flatten_dict(params, sep="/")
+    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32).astype(as_dtype(dtype)))
+               for k, v in flat.items()}
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".adapter-")
+    try:
+        save_file(tensors, os.path.join(tmp, WEIGHTS))
+        for name in RUN_FILES:
+            if os.path.isfile(os.path.join(model_dir, name)):
+                shutil.copyfile(os.path.join(model_dir, name), os.path.join(tmp, name))
+        summary = None
+        if os.path.isfile(os.path.join(tmp, "train_summary.json")):
+            with open(os.path.join(tmp, "train_summary.json"), encoding="utf-8") as f:
+                summary = json.load(f)
+        manifest = {"format": FORMAT, "version": 1, "step": int(step), "dtype": dtype,
+                    "parameters": int(sum(v.size for v in tensors.values())),
+                    "bytes": os.path.getsize(os.path.join(tmp, WEIGHTS)),
+                    "sha256": _sha256(os.path.join(tmp, WEIGHTS)), "training": summary}
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def manifest(adapter_dir: str) -> dict:
+    with open(os.path.join(adapter_dir, MANIFEST), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_adapter(adapter_dir: str, template: Mapping) -> dict:
+    """The adapter's parameters as float32 arrays in `template`'s tree (the trainable params of
+    the configured model, e.g. from `jax.eval_shape(model.init_fn, ...)`). Refuses a file whose
+    sha256 differs from the manifest's, and names missing or unexpected parameters."""
+    from safetensors.numpy import load_file
+
+    path = os.path.join(adapter_dir, WEIGHTS)
+    info = manifest(adapter_dir)
+    if _sha256(path) != info["sha256"]:
+        raise AdapterError(f"{path}: sha256 differs from {MANIFEST}'s (the file was changed "
+                           "or is truncated)")
+    tensors = load_file(path)
+    want = traverse_util.flatten_dict(dict(template), sep="/")
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    wrong = sorted(k for k in set(want) & set(tensors)
+                   if tuple(tensors[k].shape) != tuple(want[k].shape))
+    if missing or unexpected or wrong:
+        raise AdapterError(f"{adapter_dir}: adapter does not fit the configured model (missing "
+                           f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]})")
+    return traverse_util.unflatten_dict({k: np.asarray(tensors[k], np.float32) for k in want},
+                                        sep="/")
+
+
+def check_size(adapter_dir: str, limit_bytes: Optional[int]) -> None:
+    size = os.path.getsize(os.path.join(adapter_dir, WEIGHTS))
+    if limit_bytes is not None and size > limit_bytes:
+        raise AdapterError(f"{adapter_dir}: {size / 1e6:.1f} MB is over the {limit_bytes / 1e6:.0f}"
+                           " MB limit for a released adapter")
