@@ -59,13 +59,18 @@ def test_training_splits_have_one_example_per_reference():
     e2e_val, e2e_val_refs = _count("e2e_finetune", "validation")
     jf_train, _ = _count("jfleg_finetune", "train")
     jf_val, _ = _count("jfleg_finetune", "validation")
-    wmt_train = sum(len(r["references"]) for r in wmt.train_records())
+    wmt_train, _ = _count("wmt_finetune", "train")
+    paragraphs = list(wmt.train_records())
     print(f"e2e train {int(e2e_train)} refs, validation {int(e2e_val)} MRs; jfleg train "
           f"{int(jf_train)} refs, validation {int(jf_val)}; wmt train {int(wmt_train)}")
     assert int(e2e_train) + int(e2e_val_refs) == 4299  # every dev reference, split by MR
     assert 100 < int(e2e_val) < 250  # ~10% of the 1,484 dev MRs
     assert int(jf_train) + int(jf_val) * 4 == 754 * 4
-    assert int(wmt_train) == 1002 * 3 + 2037 * 2
+    # WMT trains on paragraphs: one example per paragraph and reference, and every segment
+    # (with its 3 wmt21 or 2 wmt22 references) inside exactly one paragraph.
+    assert int(wmt_train) == sum(len(p["references"]) for p in paragraphs)
+    assert sum(len(p["meta"]["segment_ids"]) * len(p["references"])
+               for p in paragraphs) == 1002 * 3 + 2037 * 2
     assert seqio.get_mixture_or_task("e2e_finetune").num_input_examples("train") + int(e2e_val) == 1484
 
 

@@ -5,6 +5,11 @@ mixtures). The held-out setup is `wmt_<variant>`: train on wmt21 + wmt22, valida
 half of wmt23 (segments 0..278) and test on the second half (279..556); the halves are
 contiguous so a document rarely straddles them. Metrics: chrF and BLEU.
 
+The held-out setup trains on paragraphs (`train_unit`, lmcor.data.paragraphs): consecutive
+segments of one document joined until their source reaches a length drawn from the wmt23
+validation half's paragraphs, every reference and system joined alike. Sentence-level rows
+teach a corrector to stop after one sentence of a test paragraph.
+
 Mixtures: `wmt_<variant>_mix` = wmt21 + wmt22 (rates by number of segments), and
 `wmt22_per_system_lmcor_single_mix`, one single-candidate task per wmt22 system (the corrector
 sees one generator's output at a time: the plug-and-play setting).
@@ -14,7 +19,10 @@ import os
 import re
 from typing import List
 
+import gin
+
 from lmcor import metrics
+from lmcor.data import paragraphs
 from lmcor.data.importers import import_wmt
 from lmcor.tasks import common
 
@@ -34,8 +42,22 @@ def _half(first: bool):
     return iter(records[:cut] if first else records[cut:])
 
 
+@gin.configurable
+def train_unit(unit: str = "paragraph", seed: int = 0) -> tuple:
+    """How the held-out setup's training records are cut: "paragraph" or "sentence"."""
+    if unit not in ("paragraph", "sentence"):
+        raise ValueError(f"train_unit.unit={unit!r}; choose 'paragraph' or 'sentence'")
+    return unit, seed
+
+
 def train_records():
-    return itertools.chain.from_iterable(year_records(y) for y in TRAIN_YEARS)
+    unit, seed = train_unit()
+    if unit == "sentence":
+        return itertools.chain.from_iterable(year_records(y) for y in TRAIN_YEARS)
+    target = [paragraphs.words(r["source"]) for r in _half(True)]
+    return itertools.chain.from_iterable(
+        paragraphs.join_paragraphs(list(year_records(y)), target, seed=seed + k)
+        for k, y in enumerate(TRAIN_YEARS))
 
 
 def _year_source(year: str) -> common.PoolDataSource:
