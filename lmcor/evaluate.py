@@ -32,7 +32,7 @@ import gin
 from absl import logging
 
 from lmcor import config as gin_config
-from lmcor import metrics, rerank
+from lmcor import breakdowns, metrics, rerank
 from lmcor.io_utils import atomic_write_text, read_lines
 
 # Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
@@ -64,6 +64,7 @@ class EvalConfig:
     corrector_bindings: Sequence[str] = ()
     num_candidates: Optional[int] = None
     tags: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    breakdown: Optional[str] = None
 
 
 @gin.configurable
@@ -75,12 +76,15 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                max_references: Optional[int] = None, max_examples: Optional[int] = None,
                bootstrap_samples: int = 1000, seed: int = 0, batch_size: int = 16,
                corrector_bindings: Sequence[str] = (), num_candidates: Optional[int] = None,
-               tags: Optional[Mapping[str, object]] = None) -> EvalConfig:
+               tags: Optional[Mapping[str, object]] = None,
+               breakdown: Optional[str] = "auto") -> EvalConfig:
     """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
     a registered task (any variant: the pool is the same) or, with `pool`, just a name.
     `num_candidates` keeps each pool's first k candidates (for every row; the correctors get
     corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
-    copied into results.json for `lmcor report`'s ablation plots."""
+    copied into results.json for `lmcor report`'s ablation plots. `breakdown` names a grouping
+    of the test inputs (lmcor.breakdowns) to score the main metric on per group; "auto" takes
+    the dataset's (E2E: by number of attributes), None none."""
     dataset = task_dataset(task)
     family = "wmt" if dataset.startswith("wmt") else dataset
     names = tuple(metric_names or METRICS_BY_DATASET.get(family, ("bleu", "chrf")))
@@ -90,9 +94,14 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
     if mbr_utility not in rerank.UTILITIES:
         raise ValueError(f"evaluation.mbr_utility={mbr_utility!r}; expected one of {rerank.UTILITIES}")
     dirs = dict(zip([r for r, _ in CORRECTOR_ROWS], (finetune_dir, lmcor_single_dir, lmcor_dir)))
+    if breakdown == "auto":
+        breakdown = breakdowns.DEFAULT_BY_DATASET.get(dataset)
+    if breakdown is not None and breakdown not in breakdowns.BREAKDOWNS:
+        raise ValueError(f"evaluation.breakdown={breakdown!r}; expected 'auto', None or one of "
+                         f"{sorted(breakdowns.BREAKDOWNS)}")
     return EvalConfig(task, dataset, out_dir, split, pool, dirs, greedy_generator, mbr_utility, names,
                       max_references, max_examples, bootstrap_samples, seed, batch_size,
-                      tuple(corrector_bindings), num_candidates, dict(tags or {}))
+                      tuple(corrector_bindings), num_candidates, dict(tags or {}), breakdown)
 
 
 # ---------------------------------------------------------------------- data
@@ -296,7 +305,20 @@ def markdown_table(results: Mapping) -> str:
         label = METRIC_LABELS[c["metric"]]
         lines.append(f"\n{c['row']} against {c['against']}: Δ {label} {c['delta']:+.2f}, "
                      f"paired bootstrap p = {c['p_value']:.3f}")
-    return "\n".join(lines) + "\n"
+    by_group = breakdowns.markdown(results.get("breakdown"), METRIC_LABELS[names[0]])
+    return "\n".join(lines) + "\n" + (f"\n{by_group}" if by_group else "")
+
+
+def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict]:
+    if cfg.breakdown is None:
+        return None
+    main = _BOOTSTRAP_NAME.get(cfg.metric_names[0], cfg.metric_names[0])
+
+    def score(idx, hyps):
+        return _corpus(main, [hyps[i] for i in idx], [[s[i] for i in idx] for s in refs],
+                       [srcs[i] for i in idx])
+
+    return breakdowns.score_groups(cfg.breakdown, records, outputs, score)
 
 
 def training_summary(model_dir: Optional[str]) -> Optional[dict]:
@@ -384,6 +406,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
                "rows": rows, "comparisons": comparisons(outputs, refs, srcs, cfg),
+               "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
                "notes": notes, "tags": dict(cfg.tags),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),

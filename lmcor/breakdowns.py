@@ -1,0 +1,62 @@
+"""A table's main metric per group of test inputs, e.g. E2E by number of attributes: where a
+corrector gains or loses (long MRs need two or three sentences; a corrector that stops after
+one loses there first).
+
+A breakdown maps a pool record to a group label; `lmcor evaluate` scores every row on each
+group's records (corpus level, the table's main metric) and writes the result beside the
+table (results.json "breakdown", and a second table in results.md).
+"""
+import re
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+_E2E_ATTRIBUTE = re.compile(r"\w+\[[^\]]*\]")
+# E2E's cleaned MRs have 1 to 10 attributes; few have fewer than 5 or more than 7.
+_E2E_GROUPS = (("2–4", range(0, 5)), ("5", range(5, 6)), ("6", range(6, 7)), ("7", range(7, 8)),
+               ("8–10", range(8, 100)))
+
+
+def e2e_attributes(record: Mapping) -> str:
+    n = len(_E2E_ATTRIBUTE.findall(record["source"]))
+    return next(label for label, counts in _E2E_GROUPS if n in counts)
+
+
+BREAKDOWNS: Dict[str, Tuple[str, Callable[[Mapping], str], Sequence[str]]] = {
+    "e2e_attributes": ("attributes", e2e_attributes, [label for label, _ in _E2E_GROUPS]),
+}
+DEFAULT_BY_DATASET = {"e2e": "e2e_attributes"}
+
+
+def groups(name: str, records: Sequence[Mapping]) -> Tuple[str, List[Tuple[str, List[int]]]]:
+    """(what is counted, [(label, indices of its records)]) in the breakdown's label order,
+    empty groups left out."""
+    if name not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {name!r}; known: {sorted(BREAKDOWNS)}")
+    what, label_of, order = BREAKDOWNS[name]
+    members: Dict[str, List[int]] = {label: [] for label in order}
+    for i, record in enumerate(records):
+        members[label_of(record)].append(i)
+    return what, [(label, idx) for label, idx in members.items() if idx]
+
+
+def score_groups(name: str, records: Sequence[Mapping], outputs: Mapping[str, Sequence[str]],
+                 score: Callable[[Sequence[int], Sequence[str]], float]) -> dict:
+    """{"by", "groups": [{"label", "examples"}], "scores": {row: {label: score}}}, where
+    `score(indices, hyps)` scores a row's outputs on those records."""
+    what, parts = groups(name, records)
+    return {"by": what, "name": name,
+            "groups": [{"label": label, "examples": len(idx)} for label, idx in parts],
+            "scores": {row: {label: score(idx, outs) for label, idx in parts}
+                       for row, outs in outputs.items()}}
+
+
+def markdown(breakdown: Optional[Mapping], metric_label: str) -> str:
+    if not breakdown:
+        return ""
+    head = [f"{breakdown['by']} (inputs)"] + [f"{g['label']} ({g['examples']})"
+                                             for g in breakdown["groups"]]
+    lines = [f"{metric_label} by {breakdown['by']}:", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, scores in breakdown["scores"].items():
+        lines.append("| " + " | ".join([row] + [f"{scores[g['label']]:.2f}"
+                                                 for g in breakdown["groups"]]) + " |")
+    return "\n".join(lines) + "\n"
