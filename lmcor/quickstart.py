@@ -150,6 +150,23 @@ def _eval_args(common: Sequence[str], eval_dir: str, model_dirs: Mapping[str, st
             *(f"--gin.{EVAL_MACROS[row]}={_q(path)}" for row, path in model_dirs.items())]
 
 
+def _released_correctors(correctors: Optional[Mapping[str, str]],
+                         rows: Sequence[str]) -> Dict[str, str]:
+    """Absolute folders of `quickstart.correctors` (relative ones are found from the current
+    directory, else from the repository root), checked before any stage runs."""
+    out = {}
+    for row, path in dict(correctors or {}).items():
+        if row not in EVAL_MACROS or row in rows:
+            raise ValueError(f"quickstart.correctors: {row!r} must be a row ({sorted(EVAL_MACROS)})"
+                             f" that quickstart.rows does not also train ({list(rows)})")
+        found = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(
+            gin_config.REPO_ROOT, path)
+        if not os.path.isdir(found):
+            raise ValueError(f"quickstart.correctors[{row!r}]: {path!r} is not a folder")
+        out[row] = os.path.abspath(found)
+    return out
+
+
 def _limit(train_steps: int, budget: Optional[Mapping[str, int]]) -> str:
     budget = budget or {}
     if "examples" in budget:
@@ -163,7 +180,8 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                train_examples: int = 64,
                test_examples: Optional[int] = 32, train_steps: int = 300,
                budget: Optional[Mapping[str, int]] = None,
-               rows: Sequence[str] = ("finetune", "lmcor"), sample_flags: Sequence[str] = (),
+               rows: Sequence[str] = ("finetune", "lmcor"),
+               correctors: Optional[Mapping[str, str]] = None, sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
                ablation_train_flags: Sequence[str] = (),
@@ -179,8 +197,11 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     `lmcor` row's corrector unless `test_variant_rows` names its rows (e.g. every row of the
     table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]}).
     `budget` (see `budget_flags`) ends each training run by examples seen and validation;
-    `train_steps` stays the cap."""
+    `train_steps` stays the cap. `correctors` maps a row to a trained corrector folder (a
+    MODEL_DIR or a released adapter, e.g. {"lmcor": "data/correctors/e2e"}) that the table
+    evaluates instead of training one; with no row to train, only the test split is sampled."""
     train_flags = [*train_flags, *budget_flags(budget)]
+    released = _released_correctors(correctors, rows)
     ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
     variant_rows = {name: ["lmcor"] for name in test_variants}
     for name, names in dict(test_variant_rows or {}).items():
@@ -202,8 +223,9 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     if clash:
         raise ValueError(f"quickstart: {clash} named in both ablations and test_variants")
     sample = sample and not pools
-    pipe = Pipeline(run_dir, stages=(2 if sample else 0) + len(rows) + 2 + 2 * len(ablations)
-                    + len(test_variants))
+    splits = ("dev", "test") if rows else ("test",)
+    pipe = Pipeline(run_dir, stages=(len(splits) if sample else 0) + len(rows) + 2
+                    + 2 * len(ablations) + len(test_variants))
     if not sample:
         with gin.unlock_config():  # the import registers the task configurables
             from lmcor.tasks.common import resolve_pool_dir
@@ -212,7 +234,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     else:
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
                  for split in ("dev", "test")}
-        for split, n in (("dev", train_examples), ("test", test_examples)):
+        for split, n in [(s, train_examples if s == "dev" else test_examples) for s in splits]:
             pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sample",
                      _sample_args(task, pools[split], split, n, sample_flags), pools[split],
                      {"examples": n, "flags": list(sample_flags)})
@@ -227,7 +249,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                  settings)
     pipe.run("evaluate", "lmcor.evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"),
-        {row: os.path.join(pipe.run_dir, row) for row in rows}))
+        {**{row: os.path.join(pipe.run_dir, row) for row in rows}, **released}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
         folder = os.path.join(pipe.run_dir, "variants", name)
         if name in ablations:

@@ -242,3 +242,29 @@ def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
     assert quickstart.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
     with pytest.raises(ValueError, match="steps"):
         quickstart.budget_flags({"steps": 3})
+
+
+def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_path,
+                                                                            monkeypatch):
+    stages = []
+
+    def record(pipe, name, module, args, folder=None, settings=None):
+        if module == "lmcor.report":
+            raise _Planned
+        stages.append((name, module, list(args)))
+
+    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    released = tmp_path / "released"
+    released.mkdir()
+    with pytest.raises(_Planned):
+        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
+                              correctors={"lmcor": str(released)}, test_examples=5)
+    assert [module for _, module, _ in stages] == ["lmcor.sample", "lmcor.evaluate"]
+    assert "--gin.sample_pool.split='test'" in stages[0][2]
+    assert f"--gin.LMCOR_DIR={str(released)!r}" in stages[1][2]
+    with pytest.raises(ValueError, match="not a folder"):
+        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
+                              correctors={"lmcor": str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match="does not also train"):
+        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=["lmcor"],
+                              correctors={"lmcor": str(released)})
