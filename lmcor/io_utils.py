@@ -4,6 +4,7 @@ The data goes to a temporary file in the destination's own directory (so the fin
 on one filesystem and is atomic), is fsynced, then renamed over the destination.
 """
 import contextlib
+import hashlib
 import os
 import tempfile
 from typing import IO, Iterator, List, Sequence, Union
@@ -86,3 +87,12 @@ def read_aligned(paths: Sequence[PathLike]) -> List[List[str]]:
             raise LineCountError(f"{os.fspath(path)}: has {len(col)} lines but {os.fspath(paths[0])} "
                                  f"has {len(columns[0])}; these files must be line-aligned")
     return columns
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ small safetensors file, beside what a run folder needs to load them.
 `Corrector.from_model_dir(DIR)` loads such a folder like a run folder: the frozen base comes
 from the configured base weights (checked against base_weights.json), the adapters from here.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
+from lmcor.io_utils import file_sha256
 from lmcor.models.layers import as_dtype
 
 WEIGHTS, MANIFEST = "adapter.safetensors", "adapter.json"
@@ -35,14 +35,6 @@ class AdapterError(ValueError):
 
 def is_adapter_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, WEIGHTS))
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
@@ -71,7 +63,7 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
         manifest = {"format": FORMAT, "version": 1, "step": int(step), "dtype": dtype,
                     "parameters": int(sum(v.size for v in tensors.values())),
                     "bytes": os.path.getsize(os.path.join(tmp, WEIGHTS)),
-                    "sha256": _sha256(os.path.join(tmp, WEIGHTS)), "training": summary}
+                    "sha256": file_sha256(os.path.join(tmp, WEIGHTS)), "training": summary}
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
             f.write("\n")
@@ -97,7 +89,7 @@ def load_adapter(adapter_dir: str, template: Mapping) -> dict:
 
     path = os.path.join(adapter_dir, WEIGHTS)
     info = manifest(adapter_dir)
-    if _sha256(path) != info["sha256"]:
+    if file_sha256(path) != info["sha256"]:
         raise AdapterError(f"{path}: sha256 differs from {MANIFEST}'s (the file was changed "
                            "or is truncated)")
     tensors = load_file(path)

@@ -9,14 +9,13 @@ import collections
 import dataclasses
 import glob
 import gzip
-import hashlib
 import io
 import json
 import math
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
-from lmcor.io_utils import atomic_open
+from lmcor.io_utils import atomic_open, file_sha256
 
 DECODINGS = ("greedy", "sample")
 _RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
@@ -249,14 +248,6 @@ def release_manifest(directory: str) -> Optional[Dict[str, Any]]:
     if not isinstance(body.get("pools"), dict):
         raise PoolError(f"{path}:0: field 'pools': expected an object of released pools")
     return body
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_released_file(path: str, manifest: Dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from lmcor import io_utils
 from lmcor.io_utils import atomic_write_text
 
 BASE_FILE = "base_weights.json"
@@ -117,11 +118,7 @@ def file_sha256(path: str) -> str:
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = io_utils.file_sha256(path)
     return _SHA_CACHE[key]
 
 
