@@ -183,6 +183,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                rows: Sequence[str] = ("finetune", "lmcor"),
                correctors: Optional[Mapping[str, str]] = None, sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
+               train_overrides: Sequence[str] = (), evaluate_overrides: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
                ablation_train_flags: Sequence[str] = (),
                test_variants: Optional[Mapping[str, Sequence[str]]] = None,
@@ -199,8 +200,11 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     `budget` (see `budget_flags`) ends each training run by examples seen and validation;
     `train_steps` stays the cap. `correctors` maps a row to a trained corrector folder (a
     MODEL_DIR or a released adapter, e.g. {"lmcor": "data/correctors/e2e"}) that the table
-    evaluates instead of training one; with no row to train, only the test split is sampled."""
-    train_flags = [*train_flags, *budget_flags(budget)]
+    evaluates instead of training one; with no row to train, only the test split is sampled.
+    `train_overrides` / `evaluate_overrides` come after the table's own flags, so one file can
+    rescale every table (gin/runs/gpu_scale.gin: batch 128 on one GPU)."""
+    train_flags = [*train_flags, *budget_flags(budget), *train_overrides]
+    evaluate_flags = [*evaluate_flags, *evaluate_overrides]
     released = _released_correctors(correctors, rows)
     ablations, test_variants = dict(ablations or {}), dict(test_variants or {})
     variant_rows = {name: ["lmcor"] for name in test_variants}

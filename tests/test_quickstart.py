@@ -268,3 +268,41 @@ def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_
     with pytest.raises(ValueError, match="does not also train"):
         quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=["lmcor"],
                               correctors={"lmcor": str(released)})
+
+
+@pytest.mark.parametrize("table", ["e2e", "jfleg", "wmt"])
+def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_path, monkeypatch):
+    import gin
+
+    from lmcor import config as gin_config
+
+    stages = []
+
+    def record(pipe, name, module, args, folder=None, settings=None):
+        if module == "lmcor.report":
+            raise _Planned
+        stages.append((module, list(args)))
+
+    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
+    pools = [] if table == "wmt" else [f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
+    try:
+        gin_config.parse_gin([f"runs/tables/{table}.gin", "runs/gpu_scale.gin"],
+                             [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
+        with pytest.raises(_Planned):
+            quickstart.quickstart()
+    finally:
+        gin.clear_config()
+    trains = [args for module, args in stages if module == "lmcor.train"]
+    assert len(trains) == 2  # the fine-tuned and LMCor rows
+    for args in trains:
+        files, bindings, _ = gin_config.split_gin_flags(args)
+        try:
+            gin_config.parse_gin(files, bindings, finalize=False)
+            assert gin.query_parameter("%BATCH_SIZE") == 128
+            assert gin.query_parameter("train.train_examples") == 256000
+            assert gin.query_parameter("%TRAIN_STEPS") == 2000
+        finally:
+            gin.clear_config()
+    evaluations = [args for module, args in stages if module == "lmcor.evaluate"]
+    assert evaluations and all("--gin.evaluation.batch_size=128" in e for e in evaluations)
