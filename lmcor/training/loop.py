@@ -2,8 +2,9 @@
 
 Builds the mesh, this host's step-keyed batches, the sharded state (fresh, imported or restored
 from MODEL_DIR/checkpoints), then steps: every step's metrics are checked for finiteness before
-anything is saved, evaluation runs every `eval_every` steps and feeds keep-best checkpointing,
-and a SIGTERM on any host turns into "save this step, stop" on all of them.
+anything is saved, evaluation runs every `eval_every` steps or `eval_every_examples` examples
+(lmcor.training.budget) and feeds keep-best checkpointing and early stopping, and a SIGTERM on
+any host turns into "save this step, stop" on all of them.
 """
 import contextlib
 import json
@@ -20,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lmcor import distributed
 from lmcor.io_utils import atomic_write_text
 from lmcor.models import partitioning
-from lmcor.training import checkpointing, data as data_lib, frozen_cache, state as state_lib
+from lmcor.training import budget, checkpointing, data as data_lib, frozen_cache
+from lmcor.training import state as state_lib
 from lmcor.training import step as step_lib
 from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
 from lmcor.training.logging import TrainLogger, log_info
@@ -44,89 +46,6 @@ def _max_over_hosts(value: int) -> int:
 
 def _any_host(flag: bool) -> bool:
     return bool(_max_over_hosts(int(flag)))
-
-
-def _sum_over_hosts(values: np.ndarray) -> np.ndarray:
-    if jax.process_count() == 1:
-        return values
-    return np.sum(multihost_utils.process_allgather(values), axis=0)
-
-
-class _ExamplePlan:
-    """Examples seen after each step (all hosts), and the step budget and evaluation steps they
-    give: a table's rows train on the same number of examples, not of steps, since a packed row
-    holds more short examples than long ones. Deterministic, so a resumed run plans the same."""
-
-    def __init__(self, source, train_steps: int, train_examples: Optional[int],
-                 eval_every_examples: int, train_epochs: Optional[float] = None):
-        self.seen = np.cumsum(_sum_over_hosts(source.examples_per_step(train_steps)))
-        self.end = train_steps
-        if train_epochs is not None:
-            if train_examples is not None or train_epochs <= 0:
-                raise ValueError(f"train.train_epochs={train_epochs}: give a positive number of "
-                                 f"epochs or train.train_examples, not both")
-            epoch = int(_sum_over_hosts(np.array([source.num_examples()]))[0])
-            train_examples = int(np.ceil(train_epochs * epoch))
-            log_info("train_epochs=%g: %d examples (%d per epoch)", train_epochs,
-                     train_examples, epoch)
-        if train_examples is not None:
-            if train_examples <= 0:
-                raise ValueError(f"train.train_examples={train_examples} must be positive")
-            if self.seen[-1] < train_examples:
-                log_info("train_examples=%d is more than train_steps=%d steps hold (%d): the "
-                         "run stops at train_steps", train_examples, train_steps,
-                         int(self.seen[-1]))
-            else:
-                self.end = int(np.searchsorted(self.seen, train_examples)) + 1
-        self.every = int(eval_every_examples)
-        if self.every < 0:
-            raise ValueError(f"train.eval_every_examples={self.every} must be >= 0")
-
-    def examples(self, steps_done: int) -> int:
-        return int(self.seen[steps_done - 1]) if steps_done > 0 else 0
-
-    def evaluates(self, steps_done: int) -> bool:
-        """After `steps_done` steps: has the count crossed a multiple of `every`, or is this
-        the budget's last step (so a budget always ends with a validation score)?"""
-        if not self.every:
-            return False
-        crossed = self.examples(steps_done) // self.every > self.examples(steps_done - 1) // self.every
-        return crossed or steps_done == self.end
-
-
-class _EvalHistory:
-    """MODEL_DIR/eval/history.jsonl: one line per evaluation (step, examples seen, training
-    seconds, metrics). It feeds early stopping, the report's learning curves and the table's
-    "examples seen" and "wall time" columns. On resume, lines after the restored step (from a
-    run killed before its checkpoint finished) are dropped."""
-
-    def __init__(self, model_dir: str, start_step: int, main_host: bool):
-        self.path = os.path.join(model_dir, "eval", "history.jsonl")
-        self.main = main_host
-        self.records = []
-        if os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.records = [r for r in map(json.loads, filter(str.strip, f))
-                                if r["step"] <= start_step]
-        if self.main:
-            self._write()
-
-    def _write(self):
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-
-    def add(self, record: dict):
-        self.records.append(record)
-        if self.main:
-            self._write()
-
-    def stalled(self, metric: Optional[str], mode: str, patience: Optional[int]) -> bool:
-        """True when none of the last `patience` evaluations improved on the best before them."""
-        if not patience or not metric or len(self.records) <= patience:
-            return False
-        values = [float(r["metrics"][metric]) for r in self.records]
-        sign = 1.0 if mode == "max" else -1.0
-        best_before = max(sign * v for v in values[:-patience])
-        return all(sign * v <= best_before for v in values[-patience:])
 
 
 def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):
@@ -259,18 +178,19 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
     state, start, position = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
-    plan = _ExamplePlan(source, train_steps, train_examples, eval_every_examples, train_epochs)
+    plan = budget.ExamplePlan(source, train_steps, train_examples, eval_every_examples, train_epochs)
     if patience is not None and (patience < 1 or not ckpt.best_metric or evaluator is None):
         raise ValueError(f"train.patience={patience} needs patience >= 1, an evaluator and "
                          f"Checkpointer.best_metric (got {ckpt.best_metric!r})")
-    history = _EvalHistory(model_dir, start, distributed.is_main_host())
+    history = budget.EvalHistory(model_dir, start, distributed.is_main_host())
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
              if getattr(model, "cache_frozen", False) else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
                          distributed.is_main_host())
     losses, stopped = [], "done" if train_examples is None and train_epochs is None else "budget"
     end = plan.end
-    if history.stalled(ckpt.best_metric, ckpt.best_mode, patience):
+    # Any host: only the main host is sure to hold the history file after a restart.
+    if _any_host(history.stalled(ckpt.best_metric, ckpt.best_mode, patience)):
         stopped, end = "converged", start
     if start >= end:
         log_info("nothing to train: the run already ended at step %d (%s)", start, stopped)
@@ -303,8 +223,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
                     history.add({"step": done, "examples_seen": plan.examples(done),
                                  "train_seconds": round(trained_s, 1), "metrics": evals})
                 preempted = _any_host(preemption is not None and preemption.requested)
-                converged = evals is not None and history.stalled(
-                    ckpt.best_metric, ckpt.best_mode, patience)
+                converged = evals is not None and _any_host(history.stalled(
+                    ckpt.best_metric, ckpt.best_mode, patience))
                 ckpt.save(done, state, {**source.position(done),
                                         "examples_seen": plan.examples(done),
                                         "train_seconds": round(trained_s, 3)},
