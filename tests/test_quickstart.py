@@ -190,17 +190,37 @@ class _Planned(Exception):
     """Raised by the stage recorder below at the report stage: every earlier stage is planned."""
 
 
-def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
-    """A test variant decodes the table's own correctors: the `lmcor` row's by default, or each
-    row named in `test_variant_rows` (the whole-test-set table); an ablation, its own."""
+def _query(args, names):
+    """{name: value} that the Gin files and bindings in a stage's `args` give each name."""
+    import gin
+
+    from lmcor import config as gin_config
+
+    files, bindings, _ = gin_config.split_gin_flags(args)
+    try:
+        gin_config.parse_gin(files, bindings, finalize=False)
+        return {name: gin.query_parameter(name) for name in names}
+    finally:
+        gin.clear_config()
+
+
+def _record_stages(monkeypatch) -> list:
+    """Replaces running a stage by recording (name, module, args); stops at the report."""
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None):
         if module == "lmcor.report":
             raise _Planned
-        stages.append((name, list(args)))
+        stages.append((name, module, list(args)))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    return stages
+
+
+def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
+    """A test variant decodes the table's own correctors: the `lmcor` row's by default, or each
+    row named in `test_variant_rows` (the whole-test-set table); an ablation, its own."""
+    stages = _record_stages(monkeypatch)
     pools = {"dev": str(tmp_path / "dev"), "test": str(tmp_path / "test")}
     with pytest.raises(_Planned):
         quickstart.quickstart(run_dir=str(tmp_path / "run"), pools=pools,
@@ -211,7 +231,7 @@ def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
                               test_variant_rows={"full": ["finetune", "lmcor"]})
     evaluated = {name: {a.split("=")[0][len("--gin."):]: a.split("=", 1)[1] for a in args
                         if a.split("=")[0][len("--gin."):] in quickstart.EVAL_MACROS.values()}
-                 for name, args in stages if name.endswith("evaluate")}
+                 for name, _, args in stages if name.endswith("evaluate")}
     run = tmp_path / "run"
     assert evaluated["variant full: evaluate"] == {"FINETUNE_DIR": repr(str(run / "finetune")),
                                                    "LMCOR_DIR": repr(str(run / "lmcor"))}
@@ -222,23 +242,15 @@ def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
 
 
 def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
-    import gin
-
-    from lmcor import config as gin_config
-
     budget = {"examples": 1200, "eval_every_examples": 300, "patience": 3}
     args = quickstart._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin",
                                    *quickstart.budget_flags(budget)])
-    files, bindings, _ = gin_config.split_gin_flags(args)
-    try:
-        gin_config.parse_gin(files, bindings, finalize=False)
-        assert gin.query_parameter("train.train_examples") == 1200
-        assert gin.query_parameter("train.eval_every_examples") == 300
-        assert gin.query_parameter("train.patience") == 3
-    finally:
-        gin.clear_config()
+    assert _query(args, ["train.train_examples", "train.eval_every_examples",
+                         "train.patience"]) == {"train.train_examples": 1200,
+                                                "train.eval_every_examples": 300,
+                                                "train.patience": 3}
     assert quickstart.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
     with pytest.raises(ValueError, match="steps"):
         quickstart.budget_flags({"steps": 3})
@@ -246,14 +258,7 @@ def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
 
 def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_path,
                                                                             monkeypatch):
-    stages = []
-
-    def record(pipe, name, module, args, folder=None, settings=None):
-        if module == "lmcor.report":
-            raise _Planned
-        stages.append((name, module, list(args)))
-
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    stages = _record_stages(monkeypatch)
     released = tmp_path / "released"
     released.mkdir()
     with pytest.raises(_Planned):
@@ -276,14 +281,7 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
 
     from lmcor import config as gin_config
 
-    stages = []
-
-    def record(pipe, name, module, args, folder=None, settings=None):
-        if module == "lmcor.report":
-            raise _Planned
-        stages.append((module, list(args)))
-
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    stages = _record_stages(monkeypatch)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
     pools = [] if table == "wmt" else [f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     try:
@@ -293,16 +291,10 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
             quickstart.quickstart()
     finally:
         gin.clear_config()
-    trains = [args for module, args in stages if module == "lmcor.train"]
+    trains = [args for _, module, args in stages if module == "lmcor.train"]
     assert len(trains) == 2  # the fine-tuned and LMCor rows
     for args in trains:
-        files, bindings, _ = gin_config.split_gin_flags(args)
-        try:
-            gin_config.parse_gin(files, bindings, finalize=False)
-            assert gin.query_parameter("%BATCH_SIZE") == 128
-            assert gin.query_parameter("train.train_examples") == 256000
-            assert gin.query_parameter("%TRAIN_STEPS") == 2000
-        finally:
-            gin.clear_config()
-    evaluations = [args for module, args in stages if module == "lmcor.evaluate"]
+        assert _query(args, ["%BATCH_SIZE", "train.train_examples", "%TRAIN_STEPS"]) == {
+            "%BATCH_SIZE": 128, "train.train_examples": 256000, "%TRAIN_STEPS": 2000}
+    evaluations = [args for _, module, args in stages if module == "lmcor.evaluate"]
     assert evaluations and all("--gin.evaluation.batch_size=128" in e for e in evaluations)
