@@ -90,20 +90,13 @@ def training_runs(run_dir: str, results: Sequence[Tuple[str, dict]]) -> Dict[str
     return runs
 
 
-def eval_history(model_dir: str) -> List[dict]:
-    """The trainer's evaluations of MODEL_DIR (step, examples_seen, metrics), oldest first."""
-    path = os.path.join(model_dir, "eval", "history.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def learning_curves(results: Mapping) -> Tuple[str, Dict[str, List[Tuple[int, float, int]]]]:
     """(validation metric, row -> [(examples seen, value, step)]) for the trained rows of one
     evaluation: the table's main metric when the trainer's evaluator reports it, else the
     first metric both report."""
-    histories = {row: eval_history(d)
+    from lmcor.training.budget import read_history
+
+    histories = {row: read_history(d)
                  for row, d in results.get("config", {}).get("model_dirs", {}).items() if d}
     histories = {row: h for row, h in histories.items() if h}
     if not histories:
@@ -214,7 +207,7 @@ def plot_learning(title: str, metric: str, rows: Mapping[str, list], selected: M
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row, points in rows.items():
-        xs, ys, steps = zip(*points)
+        xs, ys, _ = zip(*points)
         line, = ax.plot(xs, ys, marker=".", label=row)
         for x, y, step in points:
             if step == selected.get(row):

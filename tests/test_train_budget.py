@@ -92,6 +92,10 @@ def test_an_epochs_budget_counts_passes_over_the_training_examples(tmp_path):
     # The reverse task has 64 examples: 0.3 epochs is 20 examples, 3 steps of 8.
     out = _train(tmp_path, 100, "--gin.train.train_epochs=0.3")
     assert (out["step"], out["examples_seen"], out["stopped"]) == (3, 24, "budget")
+    # A budget that train_steps cuts short: the run ends at the cap, and says so.
+    gin.clear_config()
+    capped = _train(tmp_path / "capped", 2, "--gin.train.train_epochs=5")
+    assert (capped["step"], capped["examples_seen"], capped["stopped"]) == (2, 16, "done")
 
 
 def test_patience_without_a_metric_is_refused(tmp_path):

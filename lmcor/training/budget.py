@@ -15,6 +15,8 @@ from jax.experimental import multihost_utils
 from lmcor.io_utils import atomic_write_text
 from lmcor.training.logging import log_info
 
+HISTORY = os.path.join("eval", "history.jsonl")
+
 
 def _sum_over_hosts(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
@@ -31,6 +33,7 @@ class ExamplePlan:
                  eval_every_examples: int, train_epochs: Optional[float] = None):
         self.seen = np.cumsum(_sum_over_hosts(source.examples_per_step(train_steps)))
         self.end = train_steps
+        self.budgeted = False  # True when the examples budget, not train_steps, ends the run
         if train_epochs is not None:
             if train_examples is not None or train_epochs <= 0:
                 raise ValueError(f"train.train_epochs={train_epochs}: give a positive number of "
@@ -48,6 +51,7 @@ class ExamplePlan:
                          int(self.seen[-1]))
             else:
                 self.end = int(np.searchsorted(self.seen, train_examples)) + 1
+                self.budgeted = True
         self.every = int(eval_every_examples)
         if self.every < 0:
             raise ValueError(f"train.eval_every_examples={self.every} must be >= 0")
@@ -64,6 +68,16 @@ class ExamplePlan:
         return crossed or steps_done == self.end
 
 
+def read_history(model_dir: str) -> list:
+    """MODEL_DIR/eval/history.jsonl's records (step, examples_seen, train_seconds, metrics),
+    oldest first; empty when the run has none."""
+    path = os.path.join(model_dir, HISTORY)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 class EvalHistory:
     """MODEL_DIR/eval/history.jsonl: one line per evaluation (step, examples seen, training
     seconds, metrics). It feeds early stopping, the report's learning curves and the table's
@@ -71,13 +85,9 @@ class EvalHistory:
     run killed before its checkpoint finished) are dropped."""
 
     def __init__(self, model_dir: str, start_step: int, main_host: bool):
-        self.path = os.path.join(model_dir, "eval", "history.jsonl")
+        self.path = os.path.join(model_dir, HISTORY)
         self.main = main_host
-        self.records = []
-        if os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.records = [r for r in map(json.loads, filter(str.strip, f))
-                                if r["step"] <= start_step]
+        self.records = [r for r in read_history(model_dir) if r["step"] <= start_step]
         if self.main:
             self._write()
 

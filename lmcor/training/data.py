@@ -127,7 +127,7 @@ class BatchSource:
     def position(self, step: int) -> dict:
         """What the checkpoint records about the data position (checked again on resume)."""
         return {"step": int(step), "seed": int(self.seed), "num_shards": int(self.num_shards),
-                "batch_size": int(self.batch_size), "rows_seen": int(step) * int(self.batch_size)}
+                "batch_size": int(self.batch_size)}
 
 
 def split_shards(arrays: Arrays, num_shards: int, owned: Sequence[int]) -> Dict[int, Arrays]:

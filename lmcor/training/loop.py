@@ -80,7 +80,7 @@ def _restore_or_init(ckpt, state, source):
     if latest is None:
         return state, 0, {}
     state, pos = ckpt.restore(latest, state, expected_position=source.position(latest))
-    log_info("resumed from step %d (%d rows seen)", latest, pos["rows_seen"])
+    log_info("resumed from step %d (%d rows seen)", latest, latest * source.batch_size)
     return state, latest, pos
 
 
@@ -187,7 +187,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
              if getattr(model, "cache_frozen", False) else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
                          distributed.is_main_host())
-    losses, stopped = [], "done" if train_examples is None and train_epochs is None else "budget"
+    losses, stopped = [], "budget" if plan.budgeted else "done"
     end = plan.end
     # Any host: only the main host is sure to hold the history file after a restart.
     if _any_host(history.stalled(ckpt.best_metric, ckpt.best_mode, patience)):
