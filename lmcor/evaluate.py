@@ -1,8 +1,8 @@
 """`lmcor evaluate`: the paper's comparison table for one task's test pool.
 
     lmcor evaluate --gin_file=gin/runs/evaluate.gin --gin_file=gin/tasks/e2e.gin \
-        --gin.EVAL_DIR="'/runs/e2e/eval'" --gin.FINETUNE_DIR="'/runs/e2e/finetune'" \
-        --gin.LMCOR_SINGLE_DIR="'/runs/e2e/single'" --gin.LMCOR_DIR="'/runs/e2e/lmcor'"
+        --gin.EVAL_DIR=/runs/e2e/eval --gin.FINETUNE_DIR=/runs/e2e/finetune \
+        --gin.LMCOR_SINGLE_DIR=/runs/e2e/single --gin.LMCOR_DIR=/runs/e2e/lmcor
 
 Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
 oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
@@ -43,6 +43,7 @@ METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "gleu": "G
 _BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
 CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
 GREEDY_ROW = "LLM greedy"
+NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,7 +365,7 @@ def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]
         model_dir = cfg.model_dirs.get(name)
         if not model_dir or not os.path.isdir(model_dir):
             notes.append(f"row {name!r} omitted: " + (f"MODEL_DIR {model_dir!r} does not exist"
-                                                      if model_dir else "no MODEL_DIR given"))
+                                                      if model_dir else NO_MODEL_DIR))
             logging.warning(notes[-1])
             continue
         path, key = _pred_path(pred_dir, name), _prediction_key(records, model_dir, cfg)
@@ -407,7 +408,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
                "rows": rows, "comparisons": comparisons(outputs, refs, srcs, cfg),
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
-               "notes": notes, "tags": dict(cfg.tags),
+               "notes": notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")

@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from lmcor import config as gin_config
+
 
 def full_vocab_params(model, base_model, params) -> tuple:
     """(params, config) of the whole-vocabulary model, adapters merged."""
@@ -86,8 +88,10 @@ def main(argv=None) -> int:
                    help="with --adapter: refuse an adapter file larger than this")
     p.add_argument("--gin_file", action="append", default=[])
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bindings = [r[len("--gin."):] for r in rest if r.startswith("--gin.")]
-    unknown = [r for r in rest if not r.startswith("--gin.")]
+    try:  # the same --gin.NAME=VALUE reading as every other command
+        _, bindings, unknown = gin_config.split_gin_flags(rest)
+    except ValueError as err:
+        p.error(str(err))
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

@@ -53,7 +53,8 @@ class QuickstartError(RuntimeError):
 
 
 def _q(value: str) -> str:
-    """A Python string literal for a --gin.NAME=VALUE flag."""
+    """A Python string literal for a --gin.NAME=VALUE flag: quoted, not bare, so a value that
+    gin would read as something else (`123`, `True`, `[a]`) still reaches the stage as a string."""
     return repr(str(value))
 
 

@@ -1,11 +1,15 @@
 """`lmcor report RUN_DIR`: every evaluation under RUN_DIR as Markdown tables and PNG plots.
 
     lmcor report /runs/quickstart [--out=/runs/quickstart/report]
+    lmcor report --refresh docs/results.md README.md [--write]
 
 Reads each `results.json` under RUN_DIR (written by `lmcor evaluate`) and the TensorBoard event
 files of the training runs (found under RUN_DIR and in the MODEL_DIRs the results name). Writes
 into one folder (RUN_DIR/report by default):
   report.md                 the tables, the ablations and links to the plots;
+  results.json              every evaluation's scores, intervals, paired p and training
+                            summary in compact form (lmcor/published.py); docs/results/
+                            holds a copy per table;
   rows_<eval>.png           each row's main metric with its bootstrap 95% interval;
   ablation_<dataset>_<name>.png  main metric per row against the ablated value (e.g. the number of
                             candidates), from evaluations tagged `evaluation.tags`;
@@ -29,6 +33,8 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from lmcor import config as gin_config
+from lmcor import published
 from lmcor.evaluate import METRIC_LABELS, markdown_table
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
 
@@ -44,6 +50,8 @@ def find_results(run_dir: str) -> List[Tuple[str, dict]]:
                 results = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+        if results.get("format") == published.FORMAT:
+            continue  # a report's own summary (RUN_DIR/report/results.json), not an evaluation
         for field in ("rows", "metrics"):
             if field not in results:
                 raise ValueError(f"{path}: field {field!r} missing (not written by lmcor evaluate?)")
@@ -271,16 +279,30 @@ def build_report(run_dir: str, out_dir: str) -> str:
         parts.append(f"## Training: {name}\n\n![curves]({png})\n")
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(parts))
+    atomic_write_text(os.path.join(out_dir, "results.json"),
+                      json.dumps(published.summarize(results, run_dir), indent=1,
+                                 ensure_ascii=False) + "\n")
     return path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="lmcor report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
     p.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    p.add_argument("--refresh", metavar="DOC.md", nargs="+",
+                   help="print each DOC.md with its generated tables rendered again from the "
+                        "results files they name (lmcor/published.py), instead of a report")
+    p.add_argument("--write", action="store_true", help="with --refresh: rewrite the files")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if bool(args.run_dir) == bool(args.refresh):
+        p.error("give RUN_DIR or --refresh DOC.md, not both")
     try:
+        if args.refresh:
+            for doc in args.refresh:
+                text = published.refresh_file(doc, gin_config.REPO_ROOT, write=args.write)
+                print(doc if args.write else text, end="\n" if args.write else "")
+            return 0
         path = build_report(args.run_dir, args.out or os.path.join(args.run_dir, "report"))
     except (OSError, ValueError) as e:
         print(f"lmcor report: error: {e}", file=sys.stderr)

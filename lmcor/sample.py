@@ -24,7 +24,6 @@ import glob
 import json
 import logging
 import os
-import subprocess
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -64,15 +63,6 @@ def load_split(task: str, data_dir: str, split: str, role: str) -> List[dict]:
     if not records:
         raise SampleError(f"task {task!r}: the {role} split {split!r} in {data_dir} is empty")
     return records
-
-
-def git_revision() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=gin_config.REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def shard_path(output_dir: str, index: int) -> str:
@@ -274,7 +264,7 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
     stats = pool_stats(output_dir) if has_shards else PoolStats()
     manifest = {
         "status": "complete" if stats.examples == n_examples else "partial",
-        "code_version": git_revision(), "model": backend.generator,
+        "code_version": gin_config.git_revision(), "model": backend.generator,
         "prompt_variant": run_config["prompt"]["variant"],
         "counts": {**stats.to_dict(), "expected_examples": n_examples,
                    "shards_written_this_run": n_written,
@@ -292,20 +282,6 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
         _write_manifest(output_dir, run_config, manifest)
     log.info("backend stats: %s", manifest["backend_stats"])
     return {"config": run_config, **manifest}
-
-
-def _quote_bare_strings(bindings: Sequence[str]) -> List[str]:
-    """`--gin.OUTPUT_DIR=/tmp/x` is what users type; gin needs `OUTPUT_DIR="/tmp/x"`."""
-    out = []
-    for b in bindings:
-        name, value = b.split("=", 1)
-        if value.strip()[:1] not in tuple("@%'\"[({"):  # references and literals stay as typed
-            try:
-                gin.config.parse_value(value)
-            except SyntaxError:
-                value = json.dumps(value)
-        out.append(f"{name}={value}")
-    return out
 
 
 def _host_settings(argv: Sequence[str]):
@@ -328,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SampleError(f"unknown arguments: {' '.join(rest)}")
         if not files:
             raise SampleError("no --gin_file given (start from gin/runs/sample.gin)")
-        gin_config.parse_gin(files, _quote_bare_strings(bindings))
+        gin_config.parse_gin(files, bindings)  # bare strings allowed: lmcor.config
         summary = sample_pool(**hosts)
     except (SampleError, PoolError, BackendError, ValueError, FileNotFoundError) as e:
         print(f"lmcor sample: error: {e}", file=sys.stderr)

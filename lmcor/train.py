@@ -1,7 +1,7 @@
 """`lmcor train`: the T5X-style trainer.
 
     lmcor train --gin_file=gin/models/t5_1_1_base.gin --gin_file=gin/runs/train_corrector.gin \
-        --gin_file=gin/tasks/wmt.gin --gin.MODEL_DIR="'/tmp/run'" [--gin.TRAIN_STEPS=1000] \
+        --gin_file=gin/tasks/wmt.gin --gin.MODEL_DIR=/tmp/run [--gin.TRAIN_STEPS=1000] \
         [--coordinator_address=host:port --num_processes=N --process_id=I]
 
 Gin is the only wiring (`train.*` in lmcor/training/loop.py, `make_optimizer.*`,

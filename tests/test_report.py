@@ -10,7 +10,7 @@ import pytest
 from clu import metric_writers
 from matplotlib import image
 
-from lmcor import evaluate, report
+from lmcor import config, evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
 
@@ -98,3 +98,82 @@ def test_report_errors(tmp_path):
     bad.write_text('{"rows": [}')
     with pytest.raises(ValueError, match="results.json:1"):
         report.find_results(str(tmp_path))
+
+
+# ---------------------------------------------------------------------- published results
+
+
+def test_report_publishes_a_compact_summary_of_every_evaluation(run_dir, tmp_path):
+    out = tmp_path / "report"
+    report.build_report(str(run_dir), str(out))
+    summary = published.load(str(out / "results.json"))
+    assert sorted(summary["evaluations"]) == ["ablations/k1", "ablations/k3", "ablations/k9"]
+    for key, ev in summary["evaluations"].items():
+        full = json.loads((run_dir / key / "results.json").read_text())
+        assert [r["name"] for r in ev["rows"]] == [r["name"] for r in full["rows"]]
+        for small, big in zip(ev["rows"], full["rows"]):
+            for metric in full["metrics"]:
+                for field in ("score", "low", "high", "delta", "p_value"):
+                    assert small["metrics"][metric][field] == big["metrics"][metric][field]
+    assert summary["commit"] and summary["machine"]
+    # A second report over the same folder reads evaluations only, not that summary.
+    report.build_report(str(run_dir), str(run_dir / "report"))
+    assert report.build_report(str(run_dir), str(run_dir / "report"))
+
+
+def _published(run_dir, tmp_path):
+    report.build_report(str(run_dir), str(tmp_path / "report"))
+    return str(tmp_path / "report" / "results.json")
+
+
+def test_refresh_regenerates_stale_tables_from_the_results_file(run_dir, tmp_path):
+    path = _published(run_dir, tmp_path)
+    k9 = json.loads((run_dir / "ablations" / "k9" / "results.json").read_text())
+    oracle = next(r for r in k9["rows"] if r["name"] == "oracle")["metrics"]["chrf"]
+    doc = (f"# Results\n\nProse stays.\n\n<!-- lmcor:table {path} ablations/k9 -->\n"
+           f"| a stale table |\n<!-- /lmcor -->\n\nMore prose.\n")
+    new = published.refresh(doc, str(tmp_path))
+    assert "a stale table" not in new
+    assert new.startswith("# Results\n\nProse stays.\n\n<!-- lmcor:table ")
+    assert new.endswith("<!-- /lmcor -->\n\nMore prose.\n")
+    assert f"| oracle | {oracle['score']:.2f} | [{oracle['low']:.2f}, {oracle['high']:.2f}] |" in new
+    assert published.refresh(new, str(tmp_path)) == new  # regenerating is stable
+
+
+def test_headline_marks_the_best_row_but_never_the_oracle(run_dir, tmp_path):
+    path = _published(run_dir, tmp_path)
+    text = published.render_headline([f"{path}:ablations/k9", f"{path}:ablations/k1"])
+    head, _, k9, k1 = [[c.strip() for c in line.strip("|").split("|")]
+                       for line in text.splitlines()]
+    assert head == ["task (test inputs)", "metric", "LLM greedy", "MBR rerank", "oracle"]
+    assert k9[:2] == ["wmt22 (8)", "chrF"] and k1[:2] == ["wmt22 (8)", "chrF"]
+    scores = [float(c.strip("*").split()[0]) for c in k9[2:]]
+    assert scores[2] > max(scores[:2])  # over 9 systems the oracle leads ...
+    assert not k9[4].startswith("**")  # ... and is never marked
+    best = 2 + max(range(2), key=lambda i: scores[i])
+    assert [c.startswith("**") for c in k9[2:4]] == [i + 2 == best for i in range(2)]
+
+
+def test_refresh_errors_name_the_problem(run_dir, tmp_path):
+    path = _published(run_dir, tmp_path)
+    with pytest.raises(ValueError, match="no evaluation 'eval'; it has"):
+        published.refresh(f"<!-- lmcor:table {path} eval -->\n<!-- /lmcor -->", "/")
+    with pytest.raises(ValueError, match="without a `<!-- /lmcor -->` end"):
+        published.refresh(f"<!-- lmcor:table {path} ablations/k1 -->\nno end\n", "/")
+    with pytest.raises(ValueError, match="unknown block"):
+        published.refresh("<!-- lmcor:chart x -->\n<!-- /lmcor -->", "/")
+    bad = tmp_path / "old.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="expected 'lmcor-results/1'"):
+        published.load(str(bad))
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_committed_documents_equal_their_regenerated_form(doc):
+    # The numbers in the README and the results report come from docs/results/*.json only.
+    path = os.path.join(config.REPO_ROOT, doc)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert "<!-- lmcor:" in text
+    assert published.refresh_file(path, config.REPO_ROOT) == text, (
+        f"{doc} is stale: run `lmcor report --refresh {doc} --write`")

@@ -75,7 +75,7 @@ def test_oracle_beats_greedy_on_real_e2e_references(data_dir):
 
 
 @pytest.mark.slow
-def test_wmt_pool_figures_from_the_issue(data_dir):
+def test_wmt_pool_figures_match_the_published_ones(data_dir):
     """chrF vs reference A: best single system, MBR (chrF utility) and oracle over each pool."""
     want = {"wmt22": (64.64, 65.20, 71.28), "wmt23": (71.82, 70.35, 74.60)}
     for year, (best, mbr, oracle) in want.items():

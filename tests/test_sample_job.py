@@ -86,15 +86,6 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
         assert sample.main(_argv(killed, server, data_dir, "--gin.SEED=1")) == 2
 
 
-def test_command_line_bare_words_become_gin_strings_but_references_do_not():
-    assert sample._quote_bare_strings(
-        ["OUTPUT_DIR=/tmp/x y", "PromptConfig.variant=e2e_mr", "sample_pool.backend=@HttpBackend()",
-         "sample_pool.seed=%SEED", "SamplingParams.top_p=0.9", "HttpBackend.model='m'"]) == [
-        'OUTPUT_DIR="/tmp/x y"', 'PromptConfig.variant="e2e_mr"',
-        "sample_pool.backend=@HttpBackend()", "sample_pool.seed=%SEED",
-        "SamplingParams.top_p=0.9", "HttpBackend.model='m'"]
-
-
 def _write_gin(tmp_path, text):
     path = tmp_path / "bad.gin"
     path.write_text(text)

@@ -271,3 +271,18 @@ def test_cli_serves_a_model_dir_and_stops_on_sigterm(task_spm_path, tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path):
+    """`--gin.NAME=path` without inner quotes reaches the corrector's configurables: here the
+    vocabulary, whose missing file is the first thing loading the corrector trips on."""
+    import gin
+
+    from lmcor import serve
+
+    try:
+        with pytest.raises(FileNotFoundError, match=r"no/such/vocab\.model: no such file"):
+            serve.main([f"--corrector={tmp_path}", "--upstream=http://127.0.0.1:9/v1",
+                        "--gin.task_vocabulary.spm_model=no/such/vocab.model"])
+    finally:
+        gin.clear_config()

@@ -157,3 +157,16 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
         trained_params(str(out), model)
     with pytest.raises(adapter.AdapterError, match="limit"):
         export.export_adapter(str(run), str(tmp_path / "big"), max_mb=1e-6, gin_bindings=vocab)
+
+
+def test_the_export_command_takes_bare_gin_strings(tmp_path, capsys):
+    """`--gin.NAME=path` without inner quotes reaches the run's configurables: the missing
+    vocabulary file is the first thing loading the run trips on."""
+    from lmcor import export
+
+    try:
+        assert export.main([str(tmp_path), f"--out={tmp_path / 'out'}",
+                            "--gin.task_vocabulary.spm_model=no/such/vocab.model"]) == 2
+    finally:
+        gin.clear_config()
+    assert "no/such/vocab.model: no such file" in capsys.readouterr().err

@@ -40,3 +40,15 @@ def test_run_files_parse_and_bind_the_trainer(files, task, model):
     assert _resolve(gin.query_parameter("train.model_dir")) == "/tmp/unused"
     best = _resolve(gin.query_parameter("Checkpointer.best_metric"))
     assert best in ("bleu", "chrf", "gleu", "rougeLsum")
+
+
+def test_the_train_command_takes_a_bare_model_dir(tmp_path, monkeypatch):
+    """`--gin.MODEL_DIR=runs/x` (no inner quotes) reaches the trainer as a path: it writes the
+    run's config.gin there, then stops at a mesh this machine cannot build."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.gin").write_text("train.model_dir = %MODEL_DIR\ntrain.train_steps = 1\n"
+                                      "train.model = None\ntrain.data = None\n"
+                                      "train.mesh_shape = (999, 1)\n")
+    with pytest.raises(ValueError, match="mesh 999x1 needs 999 devices"):
+        lmcor.train.main(["--gin_file=run.gin", "--gin.MODEL_DIR=runs/x"])
+    assert "'runs/x'" in (tmp_path / "runs" / "x" / "config.gin").read_text()

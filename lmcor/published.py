@@ -1,0 +1,190 @@
+"""Published results: one compact JSON file per table, and the Markdown generated from them.
+
+`lmcor report RUN_DIR` writes RUN_DIR/report/results.json (see `summarize`): per evaluation,
+per row, per metric the score, its 95 % interval, Δ and paired p against LLM greedy, and, for
+trained rows, the examples seen and the training time. A copy of that file per table lives in
+docs/results/<table>.json.
+
+Markdown files quote those numbers only through generated blocks, so prose and numbers cannot
+drift apart. A block is an HTML comment naming what to render, then the generated text, then a
+closing comment:
+
+    <!-- lmcor:table docs/results/e2e.json eval -->
+    ...generated...
+    <!-- /lmcor -->
+
+    <!-- lmcor:headline docs/results/e2e.json:eval docs/results/jfleg.json:eval -->
+    ...generated...
+    <!-- /lmcor -->
+
+`table FILE KEY` is the whole table of one evaluation (KEY is its folder under RUN_DIR);
+`headline FILE:KEY ...` is one line per evaluation with each row's main metric and interval.
+Paths are relative to the repository root. `lmcor report --refresh DOC.md` prints DOC.md with
+every block regenerated (`--write` rewrites it in place); a test checks that the committed
+documents equal that output.
+"""
+import json
+import os
+import platform
+import re
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+from lmcor import config as gin_config
+from lmcor.evaluate import METRIC_LABELS, NO_MODEL_DIR, markdown_table
+from lmcor.io_utils import atomic_write_text
+
+FORMAT = "lmcor-results/1"
+# The row columns of the headline table, in the order a reader compares them.
+HEADLINE_ROWS = ("LLM greedy", "MBR rerank", "oracle", "fine-tuned", "LMCor single", "LMCor")
+
+_BLOCK = re.compile(r"(?P<open><!-- lmcor:(?P<kind>\w+) (?P<args>[^>]*?) -->\n)(?P<body>.*?)"
+                    r"(?P<close><!-- /lmcor -->)", re.S)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (what a reader needs to compare wall times), else the platform."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _row(row: Mapping) -> dict:
+    out = {"name": row["name"],
+           "metrics": {name: {k: m[k] for k in ("score", "low", "high", "delta", "p_value")}
+                       for name, m in row["metrics"].items()}}
+    training = row.get("training")
+    if training:
+        out["training"] = {k: training.get(k) for k in ("examples_seen", "train_seconds",
+                                                        "step", "best_step", "stopped")}
+    return out
+
+
+def _short(commit: Optional[str]) -> Optional[str]:
+    return commit[:7] if commit else None
+
+
+def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
+              machine: Optional[str] = None) -> dict:
+    """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder."""
+    evaluations = {}
+    # The code that evaluated is what a figure names; the report's own checkout otherwise.
+    commits = {res.get("commit") for _, res in results if res.get("commit")}
+    for rel, res in results:
+        evaluations[rel] = {
+            "task": res.get("task"), "dataset": res.get("dataset"), "split": res.get("split"),
+            "num_examples": res.get("num_examples"), "metrics": list(res["metrics"]),
+            "main_metric": res["metrics"][0], "rows": [_row(r) for r in res["rows"]],
+            "comparisons": list(res.get("comparisons") or []),
+            "breakdown": res.get("breakdown"), "tags": dict(res.get("tags") or {}),
+            "notes": list(res.get("notes") or [])}
+    return {"format": FORMAT, "run": os.path.basename(os.path.abspath(run_dir)),
+            "commit": _short(commits.pop() if len(commits) == 1 else gin_config.git_revision()),
+            "machine": machine or _cpu_model(), "evaluations": evaluations}
+
+
+def load(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r} "
+                         f"(written by `lmcor report`)")
+    return data
+
+
+def _evaluation(data: Mapping, key: str, path: str) -> Mapping:
+    evaluations = data["evaluations"]
+    if key not in evaluations:
+        raise ValueError(f"{path}: no evaluation {key!r}; it has {sorted(evaluations)}")
+    return evaluations[key]
+
+
+def render_table(path: str, key: str) -> str:
+    data = load(path)
+    ev = _evaluation(data, key, path)
+    # A pool-only evaluation leaves the corrector rows out by design: no note needed for that.
+    notes = "".join(f"\n- {n}" for n in ev.get("notes", []) if not n.endswith(NO_MODEL_DIR))
+    return (f"{markdown_table(ev).rstrip()}{notes}\n\n{ev['num_examples']:,} {ev['split']} inputs of "
+            f"{ev['dataset']}; commit {data['commit']}, {data['machine']}.\n")
+
+
+def render_headline(specs: Sequence[str]) -> str:
+    """One line per FILE:KEY: the main metric [95 % CI] of every headline row it has."""
+    evals: List[Tuple[Mapping, Mapping]] = []
+    for spec in specs:
+        path, _, key = spec.rpartition(":")
+        if not path:
+            raise ValueError(f"headline entry {spec!r}: expected FILE.json:KEY")
+        data = load(path)
+        evals.append((data, _evaluation(data, key, path)))
+    present = {r["name"] for _, ev in evals for r in ev["rows"]}
+    columns = [name for name in HEADLINE_ROWS if name in present]
+    lines = ["| task (test inputs) | metric | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    for _, ev in evals:
+        main = ev["main_metric"]
+        by_name = {r["name"]: r["metrics"][main] for r in ev["rows"]}
+        # The oracle is an upper bound no system reaches, not a competitor: never the best.
+        best = max((by_name[c]["score"] for c in columns if c in by_name and c != "oracle"),
+                   default=None)
+        cells = []
+        for name in columns:
+            m = by_name.get(name)
+            if m is None:
+                cells.append("—")
+                continue
+            text = f"{m['score']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
+            cells.append(f"**{text}**" if m["score"] == best and name != "oracle" else text)
+        lines.append(f"| {ev['dataset']} ({ev['num_examples']:,}) | "
+                     f"{METRIC_LABELS.get(main, main)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _table_block(args: Sequence[str], root: str) -> str:
+    if len(args) != 2:
+        raise ValueError(f"`lmcor:table` takes FILE.json KEY, got {' '.join(args)!r}")
+    return render_table(os.path.join(root, args[0]), args[1])
+
+
+def _headline_block(args: Sequence[str], root: str) -> str:
+    return render_headline([os.path.join(root, a) for a in args])
+
+
+_RENDERERS = {"table": _table_block, "headline": _headline_block}
+
+
+def refresh(text: str, root: str) -> str:
+    """TEXT with every generated block rendered again from the files it names (relative to
+    ROOT; an absolute path stays as it is)."""
+    def render(match: "re.Match") -> str:
+        kind, args = match.group("kind"), match.group("args").split()
+        if kind not in _RENDERERS:
+            raise ValueError(f"unknown block <!-- lmcor:{kind} -->; known {sorted(_RENDERERS)}")
+        return match.group("open") + _RENDERERS[kind](args, root) + match.group("close")
+
+    opened = text.count("<!-- lmcor:")
+    new, blocks = _BLOCK.subn(render, text)
+    if blocks != opened:
+        raise ValueError(f"{opened - blocks} `<!-- lmcor:... -->` block(s) without a "
+                         f"`<!-- /lmcor -->` end")
+    return new
+
+
+def refresh_file(path: str, root: str, write: bool = False) -> str:
+    """PATH's text with its blocks regenerated; `write` also saves it (when it changed)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        new = refresh(text, root)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    if write and new != text:
+        atomic_write_text(path, new)
+    return new
