@@ -308,11 +308,11 @@ def _lora(args, **more):
     return dict(lora_rank=args.rank, lora_alpha=2 * args.rank, freeze_embeddings=True, **more)
 
 
-# Today's recipe, each option alone, and the combination: gemma_model options from the
+# Full fine-tuning, each option alone, and the combination: gemma_model options from the
 # command line's args. LoRA rows freeze the embedding, as PEFT does; `freeze_layers` rows
 # freeze the embedding and the lowest N layers.
 RECIPE_OPTIONS: Dict[str, Callable] = {
-    "lmcor_today": lambda a: {},
+    "lmcor_full_ft": lambda a: {},
     "lmcor_task_vocab": lambda a: {"vocab": "task"},
     "lmcor_frozen_embeddings": lambda a: {"freeze_embeddings": True},
     "lmcor_lora": lambda a: _lora(a),
