@@ -6,3 +6,8 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+# Every command reuses compiled XLA executables across runs (lmcor/compile_cache.py).
+from lmcor import compile_cache as _compile_cache  # noqa: E402
+
+_compile_cache.configure()
