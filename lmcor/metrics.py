@@ -35,6 +35,13 @@ def _sacrebleu_metric(name: str, **kwargs):
     return {"bleu": BLEU, "chrf": CHRF, "ter": TER}[name](**kwargs)
 
 
+def bleu_tokenizers() -> Tuple[str, ...]:
+    """The names sacreBLEU's BLEU takes as `tokenize`."""
+    from sacrebleu.metrics import BLEU
+
+    return tuple(BLEU.TOKENIZERS)
+
+
 def bleu(hyps: Sequence[str], refs_list: RefStreams, **kwargs) -> float:
     """Corpus sacreBLEU (13a tokenization by default); kwargs go to sacrebleu.metrics.BLEU."""
     _check_aligned(hyps, refs_list)
@@ -150,11 +157,17 @@ def gleu(srcs: Sequence[str], hyps: Sequence[str], refs_list: RefStreams,
 # ---------------------------------------------------------------- bootstrap
 
 
-def _sufficient_stats(metric: str, hyps, refs_list, srcs) -> Tuple[np.ndarray, Callable]:
-    """Per-segment stats (segments on axis -2) and a function from weighted totals to score."""
+def _sufficient_stats(metric: str, hyps, refs_list, srcs,
+                      tokenize: Optional[str] = None) -> Tuple[np.ndarray, Callable]:
+    """Per-segment stats (segments on axis -2) and a function from weighted totals to score.
+
+    `tokenize` (bleu only) must be the tokenizer the reported score used, or the resamples
+    measure a different metric than the score they bracket."""
+    if tokenize is not None and metric != "bleu":
+        raise ValueError(f"tokenize applies to bleu only, not {metric}")
     if metric in ("bleu", "chrf", "ter"):
         _check_aligned(hyps, refs_list)
-        m = _sacrebleu_metric(metric)
+        m = _sacrebleu_metric(metric, **({"tokenize": tokenize} if tokenize else {}))
         stats = np.asarray(m._extract_corpus_statistics(list(hyps), refs_list), dtype=np.float64)
 
         def score(totals):
@@ -187,9 +200,10 @@ def _resampled_scores(stats: np.ndarray, score: Callable, weights: np.ndarray) -
 
 
 def bootstrap_ci(metric: str, hyps: Sequence[str], refs_list: RefStreams, srcs=None,
-                 n_samples: int = 1000, seed: int = 12345, confidence: float = 0.95) -> Dict[str, float]:
-    """Score and percentile bootstrap confidence interval for one system."""
-    stats, score = _sufficient_stats(metric, hyps, refs_list, srcs)
+                 n_samples: int = 1000, seed: int = 12345, confidence: float = 0.95,
+                 tokenize: Optional[str] = None) -> Dict[str, float]:
+    """Score and percentile bootstrap confidence interval for one system (`tokenize`: bleu's)."""
+    stats, score = _sufficient_stats(metric, hyps, refs_list, srcs, tokenize)
     actual = float(score(stats.sum(axis=-2)))
     samples = _resampled_scores(stats, score, _resample_weights(len(hyps), n_samples, seed))
     tail = (1 - confidence) / 2 * 100
@@ -199,7 +213,8 @@ def bootstrap_ci(metric: str, hyps: Sequence[str], refs_list: RefStreams, srcs=N
 
 
 def paired_bootstrap(metric: str, hyps_a: Sequence[str], hyps_b: Sequence[str], refs_list: RefStreams,
-                     srcs=None, n_samples: int = 1000, seed: int = 12345) -> Dict[str, float]:
+                     srcs=None, n_samples: int = 1000, seed: int = 12345,
+                     tokenize: Optional[str] = None) -> Dict[str, float]:
     """Paired bootstrap resampling (Koehn 2004) of system B against baseline A.
 
     p_value follows sacreBLEU's paired_bs: how often the centred resampled |A-B| difference
@@ -207,8 +222,8 @@ def paired_bootstrap(metric: str, hyps_a: Sequence[str], hyps_b: Sequence[str], 
     """
     if len(hyps_a) != len(hyps_b):
         raise ValueError(f"systems have {len(hyps_a)} and {len(hyps_b)} segments")
-    stats_a, score = _sufficient_stats(metric, hyps_a, refs_list, srcs)
-    stats_b, _ = _sufficient_stats(metric, hyps_b, refs_list, srcs)
+    stats_a, score = _sufficient_stats(metric, hyps_a, refs_list, srcs, tokenize)
+    stats_b, _ = _sufficient_stats(metric, hyps_b, refs_list, srcs, tokenize)
     a, b = float(score(stats_a.sum(axis=-2))), float(score(stats_b.sum(axis=-2)))
     weights = _resample_weights(len(hyps_a), n_samples, seed)
     sa, sb = _resampled_scores(stats_a, score, weights), _resampled_scores(stats_b, score, weights)

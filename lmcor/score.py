@@ -12,7 +12,7 @@ import sys
 from typing import Dict, List, Optional
 
 from lmcor import metrics
-from lmcor.io_utils import read_aligned
+from lmcor.data.pool import read_aligned_text
 
 METRICS = ("bleu", "chrf", "ter", "rouge", "gleu")
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0,
                    help="resamples for a 95%% CI (and the paired test); 0 = off")
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--tokenize", help="sacreBLEU tokenizer for bleu/ter (default 13a)")
+    p.add_argument("--tokenize", help="sacreBLEU tokenizer for bleu (default 13a)")
     return p
 
 
@@ -37,8 +37,22 @@ def _score(metric: str, hyps: List[str], refs: List[List[str]], srcs, tokenize) 
         return metrics.rouge(hyps, refs)
     if metric == "gleu":
         return {"gleu": metrics.gleu(srcs, hyps, refs)}
-    kwargs = {"tokenize": tokenize} if tokenize and metric != "chrf" else {}
+    kwargs = {"tokenize": tokenize} if tokenize else {}
     return {metric: getattr(metrics, metric)(hyps, refs, **kwargs)}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.metric == "gleu" and not args.src:
+        raise ValueError("--metric=gleu needs --src (GLEU penalises n-grams kept from the source)")
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.tokenize is not None:
+        if args.metric != "bleu":
+            # sacreBLEU's chrF and TER take no tokenizer; dropping the flag would mislead.
+            raise ValueError(f"--tokenize applies to --metric=bleu only, not {args.metric}")
+        if args.tokenize not in metrics.bleu_tokenizers():
+            raise ValueError(f"unknown --tokenize {args.tokenize!r}; choose one of "
+                             + ", ".join(metrics.bleu_tokenizers()))
 
 
 def _bootstrap_metric(metric: str) -> str:
@@ -46,22 +60,26 @@ def _bootstrap_metric(metric: str) -> str:
 
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
-    if args.metric == "gleu" and not args.src:
-        raise ValueError("--metric=gleu needs --src (GLEU penalises n-grams kept from the source)")
+    _check_flags(args)
     paths = [args.hyp] + args.ref + ([args.src] if args.src else [])
     paths += [args.baseline] if args.baseline else []
-    columns = read_aligned(paths)
+    columns = read_aligned_text(paths)
     hyps, refs = columns[0], columns[1:1 + len(args.ref)]
+    if not hyps:
+        # sacreBLEU fails on no segments, ROUGE and GLEU would report 0.0: refuse them all alike.
+        raise ValueError(f"{args.hyp}: no lines to score (empty file)")
     srcs: Optional[List[str]] = columns[1 + len(args.ref)] if args.src else None
     result: Dict[str, object] = {k: round(v, 4) for k, v in
                                  _score(args.metric, hyps, refs, srcs, args.tokenize).items()}
     if args.bootstrap > 0:
         name = _bootstrap_metric(args.metric)
-        ci = metrics.bootstrap_ci(name, hyps, refs, srcs, n_samples=args.bootstrap, seed=args.seed)
+        ci = metrics.bootstrap_ci(name, hyps, refs, srcs, n_samples=args.bootstrap, seed=args.seed,
+                                  tokenize=args.tokenize)
         result["ci95"] = [round(ci["low"], 4), round(ci["high"], 4)]
         if args.baseline:
             test = metrics.paired_bootstrap(name, columns[-1], hyps, refs, srcs,
-                                            n_samples=args.bootstrap, seed=args.seed)
+                                            n_samples=args.bootstrap, seed=args.seed,
+                                            tokenize=args.tokenize)
             result["baseline"] = round(test["a"], 4)
             result["delta"] = round(test["delta"], 4)
             result["p_value"] = round(test["p_value"], 4)

@@ -101,3 +101,51 @@ def test_unknown_split_and_missing_folder(tmp_path):
         list(importers.import_jfleg(str(tmp_path), "train"))
     with pytest.raises(importers.DatasetError, match="dataset folder not found"):
         list(importers.import_jfleg(str(tmp_path), "test"))
+
+
+def _e2e_dev_copy(data_dir, tmp_path, data: bytes):
+    folder = tmp_path / "e2e_cleaned"
+    folder.mkdir()
+    path = folder / importers.E2E_FILES["dev"]
+    path.write_bytes(data)
+    return path
+
+
+def test_e2e_truncated_inside_a_quoted_field(data_dir, tmp_path):
+    data = (data_dir / "e2e_cleaned" / importers.E2E_FILES["dev"]).read_bytes()[:5000]
+    assert data.endswith(b',"If')  # the cut leaves a reference that was opened, never closed
+    path = _e2e_dev_copy(data_dir, tmp_path, data)
+    last_line = data.count(b"\n") + 1
+    with pytest.raises(importers.DatasetError, match=rf"^{path}:{last_line}: malformed CSV record"):
+        list(importers.import_e2e(str(tmp_path), "dev"))
+
+
+def test_e2e_short_final_row(data_dir, tmp_path):
+    lines = (data_dir / "e2e_cleaned" / importers.E2E_FILES["dev"]).read_bytes().split(b"\n")
+    # Header, ten whole rows, then an eleventh row cut right after its second field (ref).
+    mr_ref = next(csv.reader([lines[11].decode("utf-8")]))[:2]
+    short = '"{}","{}"'.format(*mr_ref).encode("utf-8")
+    path = _e2e_dev_copy(data_dir, tmp_path, b"\n".join(lines[:11] + [short]) + b"\n")
+    with pytest.raises(importers.DatasetError, match=rf"^{path}:12: row has 2 columns, the header 4"):
+        list(importers.import_e2e(str(tmp_path), "dev"))
+
+
+def test_e2e_bad_utf8_names_file_and_line(data_dir, tmp_path):
+    lines = (data_dir / "e2e_cleaned" / importers.E2E_FILES["dev"]).read_bytes().split(b"\n")
+    lines[7] = lines[7][:3] + b"\xff" + lines[7][3:]
+    path = _e2e_dev_copy(data_dir, tmp_path, b"\n".join(lines))
+    with pytest.raises(importers.DatasetError, match=rf"^{path}:8: not valid UTF-8 at column 4 "):
+        list(importers.import_e2e(str(tmp_path), "dev"))
+
+
+def test_jfleg_bad_utf8_names_file_and_line(data_dir, tmp_path):
+    dst = tmp_path / "jfleg" / "dev"
+    shutil.copytree(data_dir / "jfleg" / "dev", dst)
+    ref2 = dst / "dev.ref2"
+    lines = ref2.read_bytes().split(b"\n")
+    column = len(lines[99].decode("utf-8")) + 1  # just past the line's own characters
+    lines[99] = lines[99] + b"\xc3("  # a two-byte sequence broken at its second byte
+    ref2.write_bytes(b"\n".join(lines))
+    with pytest.raises(importers.DatasetError, match=rf"^{ref2}:100: not valid UTF-8 at column {column} "
+                                                     r"\(byte 0xc3"):
+        list(importers.import_jfleg(str(tmp_path), "dev"))

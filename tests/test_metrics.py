@@ -131,3 +131,16 @@ def test_seqio_metric_functions():
     gl = metrics.seqio_gleu([{"source": "a b c d", "references": ["a b x d"]}], ["a b x d"])
     assert gl == {"gleu": pytest.approx(100.0)}
     assert np.isfinite(metrics.seqio_ter(targets, preds)["ter"])
+
+
+def test_bootstrap_uses_the_tokenizer_of_the_score(wmt22):
+    ref, base, system = wmt22
+    expected = sacrebleu.corpus_bleu(system, [ref], tokenize="char").score
+    assert abs(expected - sacrebleu.corpus_bleu(system, [ref]).score) > 1  # the choice matters here
+    ci = metrics.bootstrap_ci("bleu", system, [ref], n_samples=20, seed=1, tokenize="char")
+    assert ci["score"] == pytest.approx(expected)
+    test = metrics.paired_bootstrap("bleu", base, system, [ref], n_samples=20, seed=1, tokenize="char")
+    assert test["b"] == pytest.approx(expected)
+    assert test["a"] == pytest.approx(sacrebleu.corpus_bleu(base, [ref], tokenize="char").score)
+    with pytest.raises(ValueError, match="tokenize applies to bleu only"):
+        metrics.bootstrap_ci("chrf", system, [ref], tokenize="char")

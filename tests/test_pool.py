@@ -222,3 +222,77 @@ def test_atomic_open_failure_keeps_old_content(tmp_path):
     with pytest.raises(ValueError, match="write modes"):
         with atomic_open(path, "r"):
             pass
+
+
+# --- byte-level problems: bad UTF-8, JSON error columns, repeated keys ---
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_bad_utf8_named_on_its_own_physical_line(tmp_path, compress):
+    # Line 400 of 500 holds the bad byte; many kilobytes of good lines precede it, so a
+    # reader that decodes ahead in blocks would blame an earlier line.
+    lines = [json.dumps(_record(i)).encode("ascii") for i in range(500)]
+    marker = b"Hallo Welt."
+    column = lines[399].index(marker) + len("Hallo W") + 1  # ASCII line: bytes == characters
+    lines[399] = lines[399].replace(marker, b"Hallo W\xffelt.", 1)
+    data = b"".join(line + b"\n" for line in lines)
+    path = tmp_path / ("p.jsonl.gz" if compress else "p.jsonl")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(PoolError, match=rf"^{path}:400: field '<file>': not valid UTF-8 at "
+                                        rf"column {column} \(byte 0xff"):
+        list(read_pool(str(path)))
+
+
+def test_bad_utf8_column_counts_characters(tmp_path):
+    path = tmp_path / "p.jsonl"
+    # "ü" is two bytes but one column: the bad byte is character 14 of the line.
+    path.write_bytes('{"id": "ü", "'.encode("utf-8") + b"\xc3(" + b'": 1}\n')
+    with pytest.raises(PoolError, match=rf"^{path}:1: field '<file>': not valid UTF-8 at column 14 "):
+        list(read_pool(str(path)))
+
+
+def test_invalid_json_reports_the_real_column(tmp_path):
+    truncated = '{"id": "ex-0", "source": "abc"'  # 30 characters: the record stops after them
+    missing_comma = '{"id": "ex-1" "source": "abc"}'
+    path = _bad_pool(tmp_path, [json.dumps(_record(0)), truncated])
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '<json>': invalid JSON at column 31: "
+                                        r"Expecting ',' delimiter"):
+        list(read_pool(path))
+    path = _bad_pool(tmp_path, [missing_comma])
+    column = missing_comma.index('"source"') + 1
+    with pytest.raises(PoolError, match=rf"^{path}:1: field '<json>': invalid JSON at column {column}: "):
+        list(read_pool(path))
+
+
+@pytest.mark.parametrize("old,new,field,key", [
+    ('"source": ', '"source": "first", "source": ', "source", "source"),
+    ('"generator": "other"', '"generator": "x", "generator": "other"', r"candidates\[1\]\.generator",
+     "generator"),
+    ('"meta": {"n": 0}', '"meta": {"n": 0, "n": 1}', r"meta\.n", "n"),
+])
+def test_duplicate_key_is_refused(tmp_path, old, new, field, key):
+    line = json.dumps(_record(0))
+    assert old in line
+    path = _bad_pool(tmp_path, [json.dumps(_record(1)), line.replace(old, new, 1)])
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '{field}': duplicate key '{key}'"):
+        list(read_pool(path))
+
+
+def test_failed_write_leaves_no_folder(tmp_path):
+    bad = _record(9)
+    bad["references"] = []
+    out = tmp_path / "new" / "pool"
+    # Four good records fill two shards before the bad one is reached.
+    with pytest.raises(PoolError, match=r"record 4: field 'references'"):
+        write_pool([_record(i) for i in range(4)] + [bad], str(out), shard_size=2)
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_overwrite_keeps_the_old_pool(tmp_path):
+    write_pool([_record(i) for i in range(3)], str(tmp_path), shard_size=1)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    bad = _record(20)
+    bad["id"] = ""
+    with pytest.raises(PoolError, match=r"record 2: field 'id'"):
+        write_pool([_record(10), _record(11), bad], str(tmp_path), shard_size=1, overwrite=True)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List
 
-from lmcor.data.pool import PoolError
-from lmcor.io_utils import read_aligned, read_lines  # noqa: F401  (read_lines: used via this module by backends)
+from lmcor.data.pool import PoolError, TextError, read_aligned_text, text_lines
+from lmcor.io_utils import read_lines  # noqa: F401  (used via this module by backends)
 
 E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
 JFLEG_SPLITS = ("dev", "test")
@@ -34,18 +34,50 @@ def _check_choice(value: str, choices, what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(choices)}")
 
 
+def _read_aligned(paths: List[str]) -> List[List[str]]:
+    try:
+        return read_aligned_text(paths)
+    except TextError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _csv_records(path: str) -> Iterator[tuple]:
+    """(first physical line, fields) of each CSV record of `path`; blank lines are skipped.
+
+    The csv module reads lines split on "\\n" alone, so its line count is the file's. In strict
+    mode it refuses a quoted field still open at the end of the file: a truncated file, whose
+    last field would otherwise come back cut short without a word.
+    """
+    reader = csv.reader((line for _, line in text_lines(path)), strict=True)
+    while True:
+        first = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DatasetError(f"{path}:{first}: malformed CSV record starting on this line ({e}); "
+                               "a quoted field left open means a truncated file") from None
+        except TextError as e:
+            raise DatasetError(str(e)) from None
+        if fields:
+            yield first, fields
+
+
 def _e2e_rows(path: str) -> Iterator[tuple]:
     # The MRs and references hold commas and quotes: the csv module handles the quoting.
     csv.field_size_limit(sys.maxsize)
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"mr", "ref"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{path}:1: missing column(s) {sorted(missing)} in the header")
-        for row in reader:
-            if row["mr"] is None or row["ref"] is None:
-                raise DatasetError(f"{path}:{reader.line_num}: field 'ref': row has too few columns")
-            yield row["mr"], row["ref"], row.get("orig_mr")
+    records = _csv_records(path)
+    header = next(records, (1, []))[1]
+    missing = {"mr", "ref"} - set(header)
+    if missing:
+        raise DatasetError(f"{path}:1: missing column(s) {sorted(missing)} in the header")
+    for lineno, fields in records:
+        if len(fields) != len(header):
+            raise DatasetError(f"{path}:{lineno}: row has {len(fields)} columns, the header "
+                               f"{len(header)} (a short last row means a truncated file)")
+        row = dict(zip(header, fields))
+        yield row["mr"], row["ref"], row.get("orig_mr")
 
 
 def import_e2e(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
@@ -77,7 +109,7 @@ def import_jfleg(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
     paths += [os.path.join(folder, f"{split}.ref{k}") for k in range(JFLEG_REFS)]
     spell = os.path.join(folder, f"{split}.spellchecked.src")
     has_spell = os.path.isfile(spell)
-    columns = read_aligned(paths + ([spell] if has_spell else []))
+    columns = _read_aligned(paths + ([spell] if has_spell else []))
     for i, row in enumerate(zip(*columns)):
         meta = {"dataset": "jfleg", "split": split}
         if has_spell:
@@ -103,7 +135,7 @@ def import_wmt(data_dir: str, year: str, source_lang: str = "en",
     systems = _wmt_files(sys_dir, "", f".{target_lang}") if os.path.isdir(sys_dir) else []
     if not refs:
         raise DatasetError(f"{folder}: no reference.*.{target_lang} files")
-    columns = read_aligned([source] + [p for _, p in refs] + [p for _, p in systems])
+    columns = _read_aligned([source] + [p for _, p in refs] + [p for _, p in systems])
     n_refs = len(refs)
     meta = {"dataset": year, "langpair": f"{source_lang}-{target_lang}",
             "reference_names": [name for name, _ in refs]}

@@ -9,13 +9,12 @@ import collections
 import dataclasses
 import glob
 import gzip
-import io
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from lmcor.io_utils import atomic_open, file_sha256
+from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256, read_aligned
 
 DECODINGS = ("greedy", "sample")
 _RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
@@ -176,33 +175,117 @@ def pool_files(path_or_dir: str) -> List[str]:
     return [path]
 
 
-def _open_text(path: str) -> io.TextIOBase:
-    # JSON escapes every control character, so only "\n" can end a record: read it verbatim.
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, "r", encoding="utf-8", newline="\n")
+class TextError(ValueError):
+    """A text file holds a byte sequence that is not UTF-8; names file, line and column."""
+
+    def __init__(self, path: str, lineno: int, problem: str):
+        super().__init__(f"{path}:{lineno}: {problem}")
+        self.path, self.lineno, self.problem = path, lineno, problem
 
 
-def _file_lines(path: str) -> Iterator[tuple]:
+def _decode_line(raw: bytes, path: str, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # Everything before e.start decoded, so it can be decoded again to count characters.
+        column = len(raw[:e.start].decode("utf-8")) + 1
+        raise TextError(path, lineno, f"not valid UTF-8 at column {column} "
+                                      f"(byte 0x{raw[e.start]:02x}: {e.reason})") from None
+
+
+def text_lines(path: str, gz: Optional[bool] = None) -> Iterator[Tuple[int, str]]:
+    """(line number, line with its "\\n") for each physical line of a UTF-8 file, gunzipped if
+    `gz` (default: if the name ends in .gz).
+
+    Lines are split on b"\\n" alone and decoded one by one: a text-mode reader decodes blocks
+    ahead of the line it hands out, so it blames a bad byte on an earlier line. No UTF-8
+    sequence contains the byte 0x0a, so the split never cuts a character. Raises TextError.
+    """
+    gz = path.endswith(".gz") if gz is None else gz
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        for lineno, raw in enumerate(f, start=1):
+            yield lineno, _decode_line(raw, path, lineno)
+
+
+def read_aligned_text(paths: Sequence[str]) -> List[List[str]]:
+    """io_utils.read_aligned, with a byte that is not UTF-8 reported as TextError (file, line,
+    column) instead of a UnicodeDecodeError that names neither file nor line."""
+    try:
+        return read_aligned(paths)
+    except UnicodeDecodeError:
+        # Rare, so find the culprit by reading again, as read_aligned does: split on "\n"
+        # alone, never gunzipped.
+        for path in paths:
+            for _ in text_lines(os.fspath(path), gz=False):
+                pass
+        raise
+
+
+def _file_lines(path: str) -> Iterator[Tuple[int, str]]:
+    # JSON escapes every control character, so only "\n" can end a record.
     lineno = 0
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                yield lineno, line
-    except (EOFError, OSError, UnicodeDecodeError) as e:
+        for lineno, line in text_lines(path):
+            yield lineno, line
+    except TextError as e:
+        raise PoolError(f"{path}:{e.lineno}: field '<file>': {e.problem}") from None
+    except (EOFError, OSError) as e:
         raise PoolError(f"{path}:{lineno + 1}: field '<file>': unreadable ({e})") from e
+
+
+class _DuplicateKeys:
+    """object_pairs_hook that builds dicts as json does and remembers any with a repeated key
+    (json itself keeps the last value silently)."""
+
+    def __init__(self):
+        self.found: List[Tuple[Dict[str, Any], str]] = []
+
+    def __call__(self, pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):  # the cheap test on every object; the key only when needed
+            keys = [key for key, _ in pairs]
+            self.found.append((obj, next(k for i, k in enumerate(keys) if k in keys[:i])))
+        return obj
+
+
+def _path_to(target: Any, value: Any, path: str = "") -> Optional[str]:
+    """Dotted field path (e.g. "candidates[1]") of the object `target` inside `value`."""
+    if value is target:
+        return path
+    if isinstance(value, dict):
+        children = ((f"{path}.{key}" if path else key, child) for key, child in value.items())
+    elif isinstance(value, list):
+        children = ((f"{path}[{i}]", child) for i, child in enumerate(value))
+    else:
+        return None
+    for sub, child in children:
+        found = _path_to(target, child, sub)
+        if found is not None:
+            return found
+    return None
 
 
 def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> Iterator[Dict[str, Any]]:
     count = 0
+    duplicates = _DuplicateKeys()
+    decoder = json.JSONDecoder(object_pairs_hook=duplicates)  # json.loads would build one a line
     for lineno, line in _file_lines(path):
         where = f"{path}:{lineno}"
         if not line.strip():
             _fail(where, "<line>", "blank line (one JSON record per line expected)")
+        # Without its "\n": an error at the end of a truncated line would otherwise be placed
+        # at column 1 of a line 2 that does not exist.
+        text = line[:-1] if line.endswith("\n") else line
+        duplicates.found.clear()
         try:
-            raw = json.loads(line)
+            raw = decoder.decode(text)
         except json.JSONDecodeError as e:
             _fail(where, "<json>", f"invalid JSON at column {e.colno}: {e.msg} (truncated line?)")
+        if duplicates.found:
+            obj, key = duplicates.found[0]
+            parent = _path_to(obj, raw)
+            _fail(where, f"{parent}.{key}" if parent else key,
+                  f"duplicate key {key!r} (a JSON reader keeps only the last value)")
         rec = validate_record(raw, where)
         if rec["id"] in seen:
             _fail(where, "id", f"duplicate id {rec['id']!r} (first seen at {seen[rec['id']]})")
@@ -311,38 +394,71 @@ def _existing_shards(out_dir: str, prefix: str) -> List[str]:
     return sorted(f for f in glob.glob(os.path.join(out_dir, f"{prefix}-*")) if is_shard(f))
 
 
+def _missing_dirs(path: str) -> List[str]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
 def write_pool(records: Iterable[Dict[str, Any]], out_dir: str, shard_size: int = 1000,
                prefix: str = "pool", compress: bool = False, overwrite: bool = False) -> List[str]:
     """Validate and write records as `{prefix}-NNNNN.jsonl[.gz]` shards; return their paths.
 
-    Each shard appears atomically. Existing shards with this prefix are refused unless
-    `overwrite`, in which case the stale ones not rewritten are removed at the end.
+    All or nothing: shards are written under hidden names (which readers skip) and renamed into
+    place only once every record has passed, so a bad record, a failing importer or a full disk
+    leaves the folder as it was, and a folder this call created is removed again. Existing
+    shards with this prefix are refused unless `overwrite`, in which case the stale ones not
+    rewritten are removed at the end.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    created = _missing_dirs(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     old = _existing_shards(out_dir, prefix)
     if old and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {len(old)} '{prefix}' shards "
                               f"(e.g. {os.path.basename(old[0])}); pass overwrite=True (--overwrite)")
     written: List[str] = []
+    staged: List[str] = []
     seen = set()
     buffer: List[str] = []
-    for n, rec in enumerate(records):
-        rec = validate_record(rec, f"record {n}")
-        if rec["id"] in seen:
-            _fail(f"record {n}", "id", f"duplicate id {rec['id']!r}")
-        seen.add(rec["id"])
-        buffer.append(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-        if len(buffer) == shard_size:
-            written.append(_shard_path(out_dir, prefix, len(written), compress))
-            _write_shard(written[-1], buffer, compress)
-            buffer = []
-    if not buffer and not written:
-        raise PoolError(f"{out_dir}: no records to write (an empty pool is not a pool)")
-    if buffer:
+
+    def flush() -> None:
         written.append(_shard_path(out_dir, prefix, len(written), compress))
-        _write_shard(written[-1], buffer, compress)
+        staged.append(os.path.join(out_dir, f".{os.path.basename(written[-1])}.partial"))
+        _write_shard(staged[-1], buffer, compress)
+        buffer.clear()
+
+    try:
+        for n, rec in enumerate(records):
+            rec = validate_record(rec, f"record {n}")
+            if rec["id"] in seen:
+                _fail(f"record {n}", "id", f"duplicate id {rec['id']!r}")
+            seen.add(rec["id"])
+            buffer.append(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            if len(buffer) == shard_size:
+                flush()
+        if not buffer and not written:
+            raise PoolError(f"{out_dir}: no records to write (an empty pool is not a pool)")
+        if buffer:
+            flush()
+    except BaseException:
+        for path in staged:
+            if os.path.exists(path):
+                os.unlink(path)
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty: someone else writes there too
+        raise
+    for path, final in zip(staged, written):
+        os.replace(path, final)
     for stale in set(old) - set(written):
         os.unlink(stale)
+    _fsync_dir(out_dir)
     return written
