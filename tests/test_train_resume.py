@@ -1,8 +1,10 @@
 """Preemption and crash safety of `lmcor train`, with the trainer in a real subprocess:
 SIGKILL mid-run then restart reproduces an uninterrupted run bit for bit; SIGTERM saves and
-exits 0; a non-finite loss stops the run without writing the bad state."""
+exits 0; a non-finite loss stops the run without writing the bad state; a damaged newest
+checkpoint is moved aside and the run resumes from the intact one before it."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,3 +164,62 @@ def test_time_budget_stops_with_a_checkpoint_and_a_final_evaluation(tmp_path):
     # The checkpoint carries the metrics of an evaluation run on step 1.
     with open(os.path.join(tmp_path, "checkpoints", "1", "metrics", "metrics")) as f:
         assert json.load(f) == {"neg_step": -1.0}
+
+
+def _truncate_largest_array_file(step_dir):
+    """Cuts the biggest file of the step's `state` item in half: what a disk or a copy that
+    stopped early leaves behind. The biggest one holds array chunks, so restoring must read it."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+             for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    os.truncate(biggest, os.path.getsize(biggest) // 2)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path):
+    # The worker saves every 2 steps and keeps 2: a 6-step run leaves steps 4 and 6.
+    rc, first, err = _finish(_start(tmp_path, steps=6))
+    assert rc == 0, err[-3000:]
+    ckpt = os.path.join(tmp_path, "checkpoints")
+    assert _finalized_steps(tmp_path) == [4, 6]
+    reference = os.path.join(tmp_path, "step6_intact")
+    shutil.copytree(os.path.join(ckpt, "6"), reference)
+    _truncate_largest_array_file(os.path.join(ckpt, "6"))
+
+    rc, resumed, err = _finish(_start(tmp_path, steps=8))
+    assert rc == 0, err[-3000:]
+    warning = [l for l in err.splitlines() if "checkpoint step 6" in l and "cannot be restored" in l]
+    assert len(warning) == 1 and "resuming from step 4" in warning[0], err[-3000:]
+    print(warning[0])
+    # It restarted from step 4 with the data position of step 4: the same losses as the
+    # first run, and a new step 6 bit-identical to the one that was damaged.
+    assert resumed["step"] == 8 and len(resumed["losses"]) == 4
+    np.testing.assert_array_equal(resumed["losses"][:2], first["losses"][4:6])
+    _assert_trees_equal(ocp.PyTreeCheckpointer().restore(os.path.join(reference, "state")),
+                        _params(tmp_path, 6)[1])
+    # The damaged step is kept aside, outside Orbax's step names: the new step 6 could be
+    # saved, and keep=2 counted only real steps (6 and 8, not the damaged one).
+    aside = [n for n in os.listdir(ckpt) if not n.isdigit()]
+    assert len(aside) == 1 and aside[0].startswith("6.corrupt-"), aside
+    assert _finalized_steps(tmp_path) == [6, 8]
+    for step in (6, 8):
+        _params(tmp_path, step)
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+    rc, _, err = _finish(_start(tmp_path, steps=2))
+    assert rc == 0, err[-3000:]
+    ckpt = os.path.join(tmp_path, "checkpoints")
+    steps = _finalized_steps(tmp_path)
+    assert steps == [1, 2]  # the first step is saved too: no checkpoint exists yet
+    for step in steps:
+        _truncate_largest_array_file(os.path.join(ckpt, str(step)))
+    rc, summary, err = _finish(_start(tmp_path, steps=4))
+    assert rc != 0 and summary is None
+    lines = [l for l in err.splitlines() if "UnrestorableCheckpoints: " in l]
+    assert len(lines) == 1, err[-3000:]
+    print(lines[0])
+    paths = " ".join(os.path.join(ckpt, str(s)) for s in (2, 1))
+    assert "step 2: " in lines[0] and "step 1: " in lines[0] and f"rm -r {paths}" in lines[0]
+    assert len(lines[0]) < 1000
+    # Nothing is moved or deleted when no step restores (a changed model config looks alike).
+    assert sorted(os.listdir(ckpt)) == ["1", "2"]

@@ -75,11 +75,11 @@ def _log_sizes(state, frozen):
 
 
 def _restore_or_init(ckpt, state, source):
-    """(state, step, position): the latest checkpoint's, or the fresh state at step 0."""
-    latest = ckpt.latest_step()
-    if latest is None:
+    """(state, step, position): the newest intact checkpoint's, or the fresh state at step 0."""
+    restored = ckpt.restore_latest(state, expected_position=source.position)
+    if restored is None:
         return state, 0, {}
-    state, pos = ckpt.restore(latest, state, expected_position=source.position(latest))
+    latest, state, pos = restored
     log_info("resumed from step %d (%d rows seen)", latest, latest * source.batch_size)
     return state, latest, pos
 
