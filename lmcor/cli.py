@@ -1,10 +1,15 @@
 """`lmcor <command> ...`: dispatches to `lmcor.<module>.main(argv)`.
 
-Each command lives in its own module (also runnable as `python -m lmcor.<module>`); the table
-below only maps names so that importing the CLI stays cheap.
+Each command lives in its own module (also runnable as `python -m lmcor.<module>`, which comes
+back here); the table below only maps names so that importing the CLI stays cheap. The commands
+configured by Gin are described here too (`GIN_COMMANDS`): their --help and the checks of their
+flags that need no configurable run before their module is imported, which for the trainer
+means JAX, TensorFlow and SeqIO (10-20 s).
 """
 import importlib
 import sys
+
+from lmcor.gin_command import GinCommand
 
 COMMANDS = {
     "generate": "lmcor.generate",
@@ -15,24 +20,105 @@ COMMANDS = {
     "evaluate": "lmcor.evaluate",
     "report": "lmcor.report",
     "quickstart": "lmcor.quickstart",
-    "pipeline": "lmcor.quickstart",  # the same runner; named for the README tables' configs
+    # The same runner as quickstart, named for the README tables' configs.
+    "pipeline": "lmcor.quickstart:pipeline_main",
     "serve": "lmcor.serve",
     "export": "lmcor.export",
 }
+
+_RUN_MACROS = (
+    ("RUN_DIR", "folder of every stage's output (pools/, one folder per row, eval/, report/)"),
+    ("TRAIN_STEPS", "training steps of each row (the cap when quickstart.budget is set)"),
+)
+
+GIN_COMMANDS = {
+    "train": GinCommand(
+        "train", "Trains a corrector (T5X-style: Gin files and bindings are the only "
+                 "configuration); rerunning with the same MODEL_DIR resumes.",
+        macros=(("MODEL_DIR", "run folder: checkpoints/, train/ (TensorBoard), config.gin "
+                              "(required)"),
+                ("TRAIN_STEPS", "steps to train"),
+                ("MIXTURE_OR_TASK_NAME", "SeqIO task, e.g. wmt_lmcor, e2e_finetune (the task "
+                                         "file sets one)"),
+                ("BATCH_SIZE", "global batch size"),
+                ("EVAL_EVERY", "steps between validations"),
+                ("BEST_METRIC", "validation metric that picks the kept checkpoint"),
+                ("TASK_FEATURE_LENGTHS", "input and target lengths in tokens")),
+        examples=("lmcor train --gin_file=runs/smoke.gin --gin.MODEL_DIR=/tmp/smoke",
+                  "lmcor train --gin_file=models/t5_1_1_base.gin "
+                  "--gin_file=runs/train_corrector.gin --gin_file=tasks/wmt.gin "
+                  "--gin.MODEL_DIR=/tmp/wmt --gin.TRAIN_STEPS=1000"),
+        start_from="runs/smoke.gin", distributed=True),
+    "sample": GinCommand(
+        "sample", "Few-shot prompts an LLM for a candidate pool (greedy + samples per input), "
+                  "in shards that a rerun skips.",
+        macros=(("OUTPUT_DIR", "pool folder: pool-NNNNN.jsonl shards and manifest.json"),
+                ("DATA_DIR", "the shared datasets (default: ../shared/data)"),
+                ("SEED", "seed of the prompts' shots and of sampling")),
+        examples=("lmcor sample --gin_file=runs/sample.gin --gin_file=tasks/sampling/e2e.gin "
+                  "--gin.OUTPUT_DIR=pools/e2e_test",),
+        start_from="runs/sample.gin", distributed=True),
+    "evaluate": GinCommand(
+        "evaluate", "Writes the comparison table (LLM, reranking, oracle, correctors) of one "
+                    "task's test pool, with bootstrap intervals and paired tests.",
+        macros=(("EVAL_DIR", "output folder: results.json, results.md, predictions/ "
+                             "(required)"),
+                ("MIXTURE_OR_TASK_NAME", "task, e.g. e2e_lmcor (the task file sets one)"),
+                ("EVAL_POOL", "candidate pool to evaluate (default: the task's)"),
+                ("EVAL_SPLIT", "split of the task"),
+                ("FINETUNE_DIR", "MODEL_DIR of the fine-tuned row (unset: row left out)"),
+                ("LMCOR_SINGLE_DIR", "MODEL_DIR of the LMCor single-candidate row"),
+                ("LMCOR_DIR", "MODEL_DIR of the LMCor row"),
+                ("EVAL_MAX_EXAMPLES", "evaluate the first N inputs only"),
+                ("EVAL_NUM_CANDIDATES", "candidates per input given to the correctors"),
+                ("EVAL_TAGS", "tags of this evaluation, for the report's ablation tables")),
+        examples=("lmcor evaluate --gin_file=runs/evaluate.gin --gin_file=tasks/e2e.gin "
+                  "--gin.EVAL_DIR=/runs/e2e/eval --gin.LMCOR_DIR=/runs/e2e/lmcor",),
+        start_from="runs/evaluate.gin"),
+    "quickstart": GinCommand(
+        "quickstart", "Samples, trains, evaluates and reports in one command; a rerun resumes "
+                      "from what is on disk.",
+        macros=(*_RUN_MACROS,
+                ("QUICKSTART_EXAMPLES", "dev inputs sampled for training"),
+                ("QUICKSTART_TEST_EXAMPLES", "test inputs sampled for the table")),
+        examples=("lmcor quickstart", "lmcor quickstart --gin.QUICKSTART_EXAMPLES=64 "
+                                      "--gin.RUN_DIR=runs/qs64"),
+        default_gin="runs/quickstart.gin"),
+    "pipeline": GinCommand(
+        "pipeline", "Runs a README table's config: samples (or reads) its pools, trains its "
+                    "rows, evaluates and reports; a rerun resumes from what is on disk.",
+        macros=_RUN_MACROS,
+        examples=("lmcor pipeline --gin_file=runs/tables/e2e.gin",
+                  "lmcor pipeline --gin_file=runs/tables/wmt.gin --gin.RUN_DIR=/work/wmt"),
+        default_gin="runs/quickstart.gin"),
+}
+
+
+def run_gin_command(name: str, argv, body) -> int:
+    """`lmcor <name> argv` for a command in GIN_COMMANDS: see GinCommand.run."""
+    return GIN_COMMANDS[name].run(argv, body)
+
+
+def _usage() -> str:
+    names = ", ".join(sorted(COMMANDS))
+    return f"usage: lmcor <command> [flags]\ncommands: {names}\n(lmcor <command> --help for one)"
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        names = ", ".join(sorted(COMMANDS))
-        msg = f"usage: lmcor <command> [flags]\ncommands: {names}"
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"lmcor: unknown command {argv[0]!r}\n{msg}", file=sys.stderr)
+            print(f"lmcor: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
             return 2
-        print(msg)
+        print(_usage())
         return 0
-    module = importlib.import_module(COMMANDS[argv[0]])
-    return module.main(argv[1:])
+    name, args = argv[0], argv[1:]
+    if name in GIN_COMMANDS:
+        checked = GIN_COMMANDS[name].front(args)
+        if isinstance(checked, int):
+            return checked
+    module, _, function = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(args)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ Predictions already on disk are reused: a rerun decodes only the rows that are m
 import sys
 
 if __name__ == "__main__":
-    # Run under the module's real name so its gin configurables are registered once.
-    from lmcor.evaluate import main as _main
+    # `python -m lmcor.evaluate` is `lmcor evaluate`, which runs the module under its real name
+    # so its gin configurables are registered once.
+    from lmcor.cli import main as _main
 
-    sys.exit(_main())
+    sys.exit(_main(["evaluate", *sys.argv[1:]]))
 
 import dataclasses  # noqa: E402
 import hashlib
@@ -31,7 +32,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import gin
 from absl import logging
 
+from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.gin_command import GinFlags
 from lmcor import breakdowns, metrics, rerank
 from lmcor.io_utils import atomic_write_text, read_lines
 
@@ -416,16 +419,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     return results
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = gin_config.gin_only_flags("evaluate", argv)
-    if flags is None:
-        return 2
-    files, bindings = flags
+def _main(flags: GinFlags) -> int:
     logging.set_verbosity(logging.INFO)
-    gin_config.parse_gin(files, bindings, finalize=False)
+    gin_config.parse_gin(flags.files, flags.bindings, finalize=False)
     results = evaluate(evaluation())
     print(markdown_table(results), end="")
     for note in results["notes"]:
         print(f"note: {note}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main)

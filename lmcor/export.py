@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from lmcor import config as gin_config
+from lmcor.gin_command import one_line_parser
 
 
 def full_vocab_params(model, base_model, params) -> tuple:
@@ -75,8 +76,17 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
     return out_dir
 
 
+_GIN_HELP = """Gin: the run's MODEL_DIR/config.gin, then each --gin_file, then each binding
+  --gin.NAME=VALUE      a binding read last (repeatable): a macro or configurable.parameter of
+                        the run's config, e.g. --gin.task_vocabulary.spm_model=PATH for a run
+                        whose vocabulary file moved; a string needs no quotes
+"""
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="lmcor export", description=__doc__.split("\n\n")[0])
+    p = one_line_parser(prog="lmcor export", description=__doc__.split("\n\n")[0],
+                                   epilog=_GIN_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir")
     p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
     p.add_argument("--step", type=int, default=None, help="default: best, else latest")
@@ -86,23 +96,30 @@ def main(argv=None) -> int:
                    help="write the trained adapters only (a released corrector folder)")
     p.add_argument("--max_mb", type=float, default=16.0,
                    help="with --adapter: refuse an adapter file larger than this")
-    p.add_argument("--gin_file", action="append", default=[])
+    p.add_argument("--gin_file", action="append", default=[],
+                   help="a Gin file read after the run's config.gin (repeatable)")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:  # the same --gin.NAME=VALUE reading as every other command
+    try:  # the Gin flags' form, files and syntax, checked before the run is loaded
         _, bindings, unknown = gin_config.split_gin_flags(rest)
-    except ValueError as err:
+        for f in args.gin_file:
+            gin_config.read_gin_file(gin_config.resolve_gin_file(f))
+        for b in bindings:
+            gin_config.check_gin_binding(b)
+    except (ValueError, FileNotFoundError) as err:
         p.error(str(err))
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if args.adapter:
-            out = export_adapter(args.model_dir, args.out, args.step, args.dtype or "bfloat16",
-                                 args.max_mb, args.gin_file, bindings)
-        else:
-            out = export(args.model_dir, args.out, args.step, args.dtype or "float32",
-                         args.gin_file, bindings)
+        with gin_config.command_line():
+            if args.adapter:
+                out = export_adapter(args.model_dir, args.out, args.step,
+                                     args.dtype or "bfloat16", args.max_mb, args.gin_file,
+                                     bindings)
+            else:
+                out = export(args.model_dir, args.out, args.step, args.dtype or "float32",
+                             args.gin_file, bindings)
     except (ValueError, FileNotFoundError) as err:
-        print(f"lmcor export: {err}", file=sys.stderr)
+        print(f"lmcor export: error: {err}", file=sys.stderr)
         return 2
     print(f"lmcor export: wrote {out}")
     return 0

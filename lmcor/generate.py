@@ -17,11 +17,11 @@ import functools
 import sys
 import time
 
-from lmcor import decoding
+from lmcor.gin_command import one_line_parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmcor generate", description=__doc__.split("\n")[0])
+    p = one_line_parser(prog="lmcor generate", description=__doc__.split("\n")[0])
     p.add_argument("--prompt", action="append", required=True,
                    help="text to continue (repeat the flag for several prompts)")
     p.add_argument("--model", default="", help="gguf:PATH or safetensors:DIR")
@@ -93,6 +93,8 @@ def escape(text: str) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from lmcor import decoding  # imports JAX: after the flags, so --help and typos answer at once
+
     try:
         config = decoding.DecodeConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         lm, params, tokenizer = load_model(args.model, args.dtype, args.quantize)
     except (ValueError, FileNotFoundError) as err:
-        print(f"lmcor generate: {err}", file=sys.stderr)
+        print(f"lmcor generate: error: {err}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - start
     out = decoding.generate(lm, params, tokenizer, args.prompt, config, seed=args.seed,

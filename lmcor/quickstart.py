@@ -26,9 +26,10 @@ evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timi
 import sys
 
 if __name__ == "__main__":
-    from lmcor.quickstart import main as _main
+    # `python -m lmcor.quickstart` is `lmcor quickstart`.
+    from lmcor.cli import main as _main
 
-    sys.exit(_main())
+    sys.exit(_main(["quickstart", *sys.argv[1:]]))
 
 import json  # noqa: E402
 import os
@@ -38,10 +39,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 
+from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.gin_command import GinFlags
 from lmcor.io_utils import atomic_write_text
 
-DEFAULT_GIN = "runs/quickstart.gin"
 DONE = "DONE.json"
 # A row trains on its task variant (`<task>_<variant>`) and fills this evaluate macro.
 EVAL_MACROS = {"finetune": "FINETUNE_DIR", "lmcor_single": "LMCOR_SINGLE_DIR",
@@ -277,17 +279,21 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     return os.path.join(pipe.run_dir, "report", "report.md")
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = gin_config.gin_only_flags("quickstart", argv)
-    if flags is None:
-        return 2
-    files, bindings = flags
-    gin_config.parse_gin(files or [DEFAULT_GIN], bindings)
-    try:
-        path = quickstart()
-    except QuickstartError as e:
-        print(f"lmcor quickstart: error: {e}\n(rerun the same command to resume)", file=sys.stderr)
-        return 1
-    print(f"report: {path}")
-    return 0
+def main(argv=None, command: str = "quickstart") -> int:
+    def body(flags: GinFlags) -> int:
+        gin_config.parse_gin(flags.files, flags.bindings)
+        try:
+            path = quickstart()
+        except QuickstartError as e:
+            print(f"lmcor {command}: error: {e} (rerun the same command to resume)",
+                  file=sys.stderr)
+            return 1
+        print(f"report: {path}")
+        return 0
+
+    return cli.run_gin_command(command, sys.argv[1:] if argv is None else argv, body)
+
+
+def pipeline_main(argv=None) -> int:
+    """`lmcor pipeline`: the same runner, under its own name in its help and messages."""
+    return main(argv, command="pipeline")

@@ -13,11 +13,12 @@ with `tensorboard=True`, tokens/s, progress and retries also go to `tensorboard/
 import sys
 
 if __name__ == "__main__":
-    # `python -m lmcor.sample`: run the module under its real name, so its gin configurables are
-    # registered once (not also as `__main__.sample_pool`, which makes every binding ambiguous).
-    from lmcor.sample import main as _main
+    # `python -m lmcor.sample` is `lmcor sample`, which runs the module under its real name, so
+    # its gin configurables are registered once (not also as `__main__.sample_pool`, which makes
+    # every binding ambiguous).
+    from lmcor.cli import main as _main
 
-    sys.exit(_main())
+    sys.exit(_main(["sample", *sys.argv[1:]]))
 
 import dataclasses  # noqa: E402
 import glob
@@ -30,7 +31,9 @@ from typing import Dict, List, Optional, Sequence
 import gin
 from tqdm import tqdm
 
+from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.gin_command import GinFlags
 from lmcor import prompts
 from lmcor.backends.base import Backend, BackendError, Request, SamplingParams
 from lmcor.data import importers
@@ -284,27 +287,21 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
     return {"config": run_config, **manifest}
 
 
-def _host_settings(argv: Sequence[str]):
+def _host_settings(kwargs: dict) -> dict:
+    """sample_pool's host arguments from the distributed flags (or their environment)."""
     from lmcor import distributed  # noqa: PLC0415
 
-    kwargs, rest = distributed.split_distributed_flags(argv)
     if kwargs or os.environ.get(distributed.ENV_COUNT):
         info = distributed.initialize(**kwargs)
-        return {"process_index": info.process_index, "process_count": info.process_count}, rest
-    return {}, rest
+        return {"process_index": info.process_index, "process_count": info.process_count}
+    return {}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(flags: GinFlags) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        hosts, argv = _host_settings(argv)
-        files, bindings, rest = gin_config.split_gin_flags(argv)
-        if rest:
-            raise SampleError(f"unknown arguments: {' '.join(rest)}")
-        if not files:
-            raise SampleError("no --gin_file given (start from gin/runs/sample.gin)")
-        gin_config.parse_gin(files, bindings)  # bare strings allowed: lmcor.config
+        hosts = _host_settings(flags.distributed)
+        gin_config.parse_gin(flags.files, flags.bindings)  # bare strings allowed: lmcor.config
         summary = sample_pool(**hosts)
     except (SampleError, PoolError, BackendError, ValueError, FileNotFoundError) as e:
         print(f"lmcor sample: error: {e}", file=sys.stderr)
@@ -313,3 +310,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                               "wall_s_this_run", "tokens_per_s_this_run")}))
     return 0 if summary["status"] == "complete" or hosts.get("process_count", 1) > 1 else 1
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.run_gin_command("sample", sys.argv[1:] if argv is None else argv, _main)

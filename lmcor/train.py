@@ -10,10 +10,20 @@ MODEL_DIR/checkpoints, TensorBoard in MODEL_DIR/train, the run's Gin config in M
 Re-running with the same MODEL_DIR resumes from the latest checkpoint exactly.
 (The loop lives in lmcor.training.loop so `python -m lmcor.train` registers it only once.)
 """
-import json
 import sys
 
+if __name__ == "__main__":
+    # `python -m lmcor.train` is `lmcor train`: the help and the flag checks come before the
+    # trainer's imports below (JAX, TensorFlow, SeqIO), which take 10-20 s.
+    from lmcor.cli import main as _main
+
+    sys.exit(_main(["train", *sys.argv[1:]]))
+
+import json  # noqa: E402
+
+from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.gin_command import GinFlags
 from lmcor import distributed
 from lmcor.training import checkpointing
 from lmcor.training.logging import setup_console_logging
@@ -22,24 +32,24 @@ from lmcor.training.loop import NonFiniteLossError, train  # noqa: F401  (re-exp
 
 def run(argv) -> dict:
     """Parses distributed + gin flags, joins the job, trains; returns train()'s summary."""
-    dist_kwargs, argv = distributed.split_distributed_flags(list(argv))
-    files, bindings, rest = gin_config.split_gin_flags(argv)
-    if rest:
-        raise ValueError(f"lmcor train: unknown arguments {rest}")
+    return _run(cli.GIN_COMMANDS["train"].parse(argv))
+
+
+def _run(flags: GinFlags) -> dict:
     setup_console_logging()
-    distributed.initialize(**dist_kwargs)
-    gin_config.parse_gin(files, bindings)
+    distributed.initialize(**flags.distributed)
+    gin_config.parse_gin(flags.files, flags.bindings)
     with checkpointing.PreemptionFlag() as flag:
         return train(preemption=flag)
 
 
-def main(argv=None) -> int:
-    summary = run(sys.argv[1:] if argv is None else argv)
+def _main(flags: GinFlags) -> int:
+    summary = _run(flags)
     if distributed.is_main_host():
         print(json.dumps({"final_step": summary["step"], "stopped": summary["stopped"],
                           "last_loss": summary["losses"][-1] if summary["losses"] else None}))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None) -> int:
+    return cli.run_gin_command("train", sys.argv[1:] if argv is None else argv, _main)

@@ -1,0 +1,155 @@
+"""The commands configured by Gin (train, sample, evaluate, quickstart, pipeline): their --help,
+and the checks of their flags that need no configurable, made before the command imports its
+modules (10-20 s for the trainer), so that a typo is one line in a fraction of a second.
+"""
+import dataclasses
+import sys
+import textwrap
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from lmcor.config import (GinError, check_gin_binding, check_statements, closest, command_line,
+                          read_gin_file, resolve_gin_file, split_gin_flags)
+
+
+@dataclasses.dataclass(frozen=True)
+class GinFlags:
+    files: List[str]
+    bindings: List[str]
+    distributed: Dict[str, object]  # keyword arguments of lmcor.distributed.initialize
+
+
+_BINDING_HELP = ("--gin.NAME=VALUE", "a binding, read after the files (repeatable): NAME is a "
+                 "macro (below) or configurable.parameter; a string needs no quotes")
+_DISTRIBUTED_HELP = (
+    ("--coordinator_address=HOST:PORT", "a multi-host job's coordinator (or "
+                                        "JAX_COORDINATOR_ADDRESS)"),
+    ("--num_processes=N", "the job's number of processes (or JAX_NUM_PROCESSES)"),
+    ("--process_id=I", "this process's index, 0 to N-1 (or JAX_PROCESS_ID)"),
+)
+_HELP_WIDTH = 100
+
+
+def _table(rows) -> List[str]:
+    width = max(len(name) for name, _ in rows)
+    out = []
+    for name, text in rows:
+        lines = textwrap.wrap(text, _HELP_WIDTH - width - 4) or [""]
+        out += [f"  {name:<{width}}  {lines[0]}", *(" " * (width + 4) + line
+                                                   for line in lines[1:])]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GinCommand:
+    """A command configured by Gin files and --gin flags: its --help, and the checks of its flags
+    that need no configurable (their form, each gin file found and well formed). Both run before
+    the command imports its modules, which takes 10-20 s for the trainer."""
+    name: str
+    summary: str
+    macros: Tuple[Tuple[str, str], ...]  # (NAME, what it sets) for the macros people bind
+    examples: Tuple[str, ...] = ()
+    default_gin: Optional[str] = None  # read when no --gin_file is given
+    start_from: str = ""  # the file to name when a --gin_file is needed and none is given
+    distributed: bool = False  # takes lmcor.distributed's flags
+
+    def help(self) -> str:
+        files = "[--gin_file=FILE ...]" if self.default_gin else \
+            "--gin_file=FILE [--gin_file=FILE ...]"
+        usage = f"usage: lmcor {self.name} {files} [--gin.NAME=VALUE ...]"
+        if self.distributed:
+            usage += " [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]"
+        default = f"; default {self.default_gin}" if self.default_gin else ""
+        flags = [("--gin_file=FILE", f"a Gin file, as given or under gin/ (repeatable, read in "
+                                     f"order{default})"), _BINDING_HELP,
+                 *(_DISTRIBUTED_HELP if self.distributed else ()),
+                 ("-h, --help", "show this help and exit")]
+        lines = [usage, "", *textwrap.wrap(self.summary, _HELP_WIDTH), "", "flags:",
+                 *_table(flags), "", "main Gin macros (--gin.NAME=VALUE):", *_table(self.macros)]
+        if self.examples:
+            lines += ["", "examples:", *(f"  {e}" for e in self.examples)]
+        return "\n".join(lines) + "\n"
+
+    def parse(self, argv: Sequence[str]) -> GinFlags:
+        """The flags in `argv`, checked as far as that needs no configurable (GinError). No gin
+        file is fine here: a library caller may have bound everything itself."""
+        argv, dist = list(argv), {}
+        if self.distributed:
+            from lmcor import distributed  # imports no jax before a job is joined
+
+            try:
+                dist, argv = distributed.split_distributed_flags(argv)
+            except ValueError as e:
+                raise GinError(str(e)) from None
+        files, bindings, rest = split_gin_flags(argv)
+        if rest:
+            raise GinError(self._unrecognized(rest))
+        files = files or ([self.default_gin] if self.default_gin else [])
+        statements: Optional[list] = []
+        for f in files:
+            try:
+                in_file = read_gin_file(resolve_gin_file(f))
+            except FileNotFoundError as e:
+                raise GinError(str(e)) from None
+            statements = None if in_file is None or statements is None else statements + in_file
+        in_bindings = [st for b in bindings for st in check_gin_binding(b)]
+        if files and statements is not None:
+            # Checks parse_gin makes again once the files are imported; made here too, a typo in
+            # a macro's name or a forgotten MODEL_DIR is reported before the command's imports.
+            # (Without files, a library caller may have bound everything from code.)
+            check_statements(bindings, statements + in_bindings)
+        return GinFlags(files, bindings, dist)
+
+    def _unrecognized(self, rest: Sequence[str]) -> str:
+        known = ["--gin_file", "--help"]
+        if self.distributed:
+            from lmcor import distributed
+
+            known += [f"--{name}" for name in distributed.FLAG_NAMES]
+        close = closest(rest[0].split("=", 1)[0], known)
+        hint = f" (did you mean {close}?)" if close else ""
+        return f"unrecognized arguments: {' '.join(rest)}{hint}"
+
+    def fail(self, err) -> int:
+        print(f"lmcor {self.name}: error: {err}", file=sys.stderr)
+        return 2
+
+    def front(self, argv: Sequence[str]) -> Union[int, GinFlags]:
+        """The exit status when `argv` asks for help (printed) or has a mistake (reported in one
+        line), else its flags."""
+        argv = list(argv)
+        if "-h" in argv or "--help" in argv:
+            print(self.help(), end="")
+            return 0
+        try:
+            flags = self.parse(argv)
+        except GinError as e:
+            return self.fail(e)
+        if not flags.files:
+            return self.fail(f"no --gin_file given (start from --gin_file={self.start_from}; "
+                             f"see lmcor {self.name} --help)")
+        return flags
+
+    def run(self, argv: Sequence[str], body: Callable[[GinFlags], int]) -> int:
+        """`lmcor <name> argv`: the help or the flag checks, then body(flags) as the command line
+        (`command_line`), with its Gin mistakes reported in one line and exit status 2; any other
+        error propagates with its traceback."""
+        flags = self.front(argv)
+        if isinstance(flags, int):
+            return flags
+        try:
+            with command_line():
+                return body(flags)
+        except GinError as e:
+            return self.fail(e)
+
+
+def one_line_parser(**kwargs):
+    """An argparse parser whose errors are one line, `lmcor <command>: error: ...` with exit
+    status 2, like the Gin commands' (argparse's own prints its usage first)."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    return _Parser(**kwargs)
