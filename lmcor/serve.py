@@ -6,11 +6,18 @@
 Per request the upstream is asked for its greedy output and `num_candidates - 1` samples (two
 concurrent calls), the corrector input is built exactly as in training, and concurrent requests
 are beam-decoded together by a micro-batcher (one jitted call per batch, padded to one of the
-corrector's fixed decode shapes, all compiled before the server listens). Standard library HTTP
-server; no new dependencies.
+corrector's fixed decode shapes and output lengths, all compiled before the server takes a
+request). The server listens at once and loads and compiles in the background: /healthz
+answers 503 "warming_up" with the compile progress until then. Standard library HTTP server;
+no new dependencies.
+
+Nothing heavy is imported at module level (the corrector pulls in JAX and TensorFlow), so that
+`--help` and the checks of the flags answer in well under a second.
 """
 import argparse
 import concurrent.futures
+import dataclasses
+import errno
 import hmac
 import json
 import os
@@ -21,42 +28,108 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import logging
 
 from lmcor.backends.base import Request, SamplingParams
-from lmcor.corrector import Corrector, InputTooLongError, pool_record, row_bucket
 from lmcor.serve_metrics import Metrics
-from lmcor.upstream import ApiError, make_upstream
+from lmcor.upstream import ApiError, check_upstream, make_upstream
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
+class Decoder:
+    """The corrector's beam search at a few fixed output lengths.
+
+    The decode loop is compiled for a static number of new tokens, so decoding each request at
+    its own `max_tokens` would compile once per distinct value while serving. Instead a request
+    is decoded at the shortest of `lengths` that holds its `max_tokens` (the corrector's
+    `max_decode_tokens` is always one of them, and the longest) and its output is cut to
+    `max_tokens` corrector tokens."""
+
+    def __init__(self, corrector, max_rows: int, lengths: Sequence[int] = ()):
+        top = corrector.settings.max_decode_tokens
+        self.corrector, self.max_rows = corrector, max_rows
+        self.lengths = tuple(sorted({min(int(n), top) for n in lengths} | {top}))
+
+    def length_for(self, max_tokens: int) -> int:
+        return next((n for n in self.lengths if n >= max_tokens), self.lengths[-1])
+
+    def shapes(self) -> List[Tuple[int, int, int]]:
+        """Every (rows, width, output length) `decode` is called with."""
+        return [(rows, width, n) for n in self.lengths
+                for rows, width in self.corrector.decode_shapes(self.max_rows)]
+
+    def decode(self, token_lists: Sequence[Sequence[int]], length: int,
+               rows: int) -> List[Tuple[List[int], bool]]:
+        """Per input: (output ids without EOS, whether the corrector ended it with EOS)."""
+        from lmcor import decoding
+
+        c = self.corrector
+        width = c.width_bucket(max(len(t) for t in token_lists))
+        batch = decoding.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
+                                     pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
+        config = dataclasses.replace(c.decode_config, max_new_tokens=length)
+        dec = decoding.decode_batch(c.lm, c.params, batch, config)
+        eos, out = int(c.lm.eos_id), []
+        for tokens, n in zip(dec.tokens[:len(token_lists)], dec.lengths):
+            ids = [int(t) for t in tokens[:int(n)]]
+            ended = bool(ids) and ids[-1] == eos
+            while ids and ids[-1] == eos:
+                ids.pop()
+            out.append((ids, ended))
+        return out
+
+    def warm(self, rows: int, width: int, length: int):
+        self.decode([[int(self.corrector.lm.eos_id)] * width], length, rows)
+
+    def finish(self, ids: List[int], ended: bool, max_tokens: int) -> Tuple[str, int, str]:
+        """(text, completion tokens, finish_reason) of one output cut to max_tokens: "length"
+        when max_tokens cut it or the corrector ran out of output length before its EOS."""
+        kept = ids[:max_tokens]
+        reason = "length" if len(ids) > max_tokens or not ended else "stop"
+        return self.corrector.vocab.decode(kept), len(kept), reason
 
 
 # ------------------------------------------------------------------------------- batching
 
 
+@dataclasses.dataclass
+class _Item:
+    ids: List[int]
+    length: int  # the output length it is decoded at
+    max_tokens: int
+    future: concurrent.futures.Future
+
+
 class MicroBatcher:
     """Queues prepared corrector inputs; one thread decodes up to `max_batch` of them at once,
-    waiting at most `max_wait_ms` after the first for others to arrive."""
+    waiting at most `max_wait_ms` after the first for others to arrive. Inputs of one batch
+    that need different output lengths are decoded in one call per length, so that a request's
+    answer does not depend on the `max_tokens` of the requests it happened to share a batch
+    with."""
 
-    def __init__(self, corrector: Corrector, metrics: Metrics, max_batch: int, max_wait_ms: float):
-        self.corrector, self.metrics = corrector, metrics
+    def __init__(self, decoder: Decoder, metrics: Metrics, max_batch: int, max_wait_ms: float):
+        self.decoder, self.metrics = decoder, metrics
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="lmcor-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, ids: List[int]) -> concurrent.futures.Future:
+    def submit(self, ids: List[int], max_tokens: int) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
-        self.queue.put((ids, future))
+        self.queue.put(_Item(ids, self.decoder.length_for(max_tokens), max_tokens, future))
         return future
 
     def stop(self):
         self.queue.put(None)
         self.thread.join()
 
-    def _collect(self, first) -> list:
+    def _collect(self, first: _Item) -> List[_Item]:
         items, deadline = [first], time.monotonic() + self.max_wait
         while len(items) < self.max_batch:
             try:
@@ -68,27 +141,32 @@ class MicroBatcher:
                 break
             items.append(item)
         # A request that already gave up (decode timeout) is not decoded.
-        return [(ids, f) for ids, f in items if f.set_running_or_notify_cancel()]
+        return [item for item in items if item.future.set_running_or_notify_cancel()]
 
     def _run(self):
+        from lmcor.corrector import row_bucket
+
         while True:
             first = self.queue.get()
             if first is None:
                 return
-            items = self._collect(first)
-            if not items:
-                continue
-            try:
-                texts, _ = self.corrector.decode_ids([ids for ids, _ in items],
-                                                     row_bucket(len(items), self.max_batch))
-            except Exception as e:  # one bad batch must not stop the server
-                logging.exception("corrector decode failed")
-                for _, f in items:
-                    f.set_exception(e)
-                continue
-            self.metrics.batch(len(items))
-            for (_, f), text in zip(items, texts):
-                f.set_result(text)
+            groups = {}
+            for item in self._collect(first):
+                groups.setdefault(item.length, []).append(item)
+            for length, group in groups.items():
+                try:
+                    outs = self.decoder.decode([item.ids for item in group], length,
+                                               row_bucket(len(group), self.max_batch))
+                    results = [self.decoder.finish(ids, ended, item.max_tokens)
+                               for item, (ids, ended) in zip(group, outs)]
+                except Exception as e:  # one bad batch must not stop the server
+                    logging.exception("corrector decode failed")
+                    for item in group:
+                        item.future.set_exception(e)
+                    continue
+                self.metrics.batch(len(group))
+                for item, result in zip(group, results):
+                    item.future.set_result(result)
 
 
 # ------------------------------------------------------------------------------- requests
@@ -99,6 +177,34 @@ def _chat_prompt(messages) -> str:
     turns = [f"<start_of_turn>{'model' if m['role'] == 'assistant' else 'user'}\n"
              f"{m['content']}<end_of_turn>\n" for m in messages]
     return "".join(turns) + "<start_of_turn>model\n"
+
+
+def _is_int(value) -> bool:
+    # JSON true/false arrive as bool, a subclass of int: `"max_tokens": true` is not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _max_tokens(body: dict, limit: int) -> int:
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:  # absent or null: the next name, then the server's limit
+            continue
+        if not _is_int(value) or not 1 <= value <= limit:
+            raise ApiError(400, f"{name} must be an integer in [1, {limit}], got "
+                                f"{json.dumps(value)}")
+        return value
+    return limit
+
+
+def _stop(value) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ApiError(400, f'field "stop" must be a string or a list of strings, got '
+                            f"{json.dumps(value)}")
+    return tuple(s for s in value if s)
 
 
 def parse_body(raw: bytes, chat: bool, limits: dict) -> dict:
@@ -112,11 +218,13 @@ def parse_body(raw: bytes, chat: bool, limits: dict) -> dict:
     if body.get("stream"):
         raise ApiError(400, "stream=true is not supported: the corrector needs the whole pool "
                             "before it can write; send stream=false")
-    if body.get("n", 1) != 1:
+    n = body.get("n", 1)
+    if n is not None and (not _is_int(n) or n != 1):
         raise ApiError(400, "n must be 1: the proxy returns one corrected output")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", limits["max_tokens"]))
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limits["max_tokens"]:
-        raise ApiError(400, f"max_tokens must be an integer in [1, {limits['max_tokens']}]")
+    max_tokens = _max_tokens(body, limits["max_tokens"])
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise ApiError(400, f"seed must be an integer, got {json.dumps(seed)}")
     extra = body.get("lmcor") or {}
     if not isinstance(extra, dict):
         raise ApiError(400, 'field "lmcor" must be an object')
@@ -139,31 +247,132 @@ def parse_body(raw: bytes, chat: bool, limits: dict) -> dict:
     source = extra.get("source", default_source)
     if not isinstance(source, str):
         raise ApiError(400, 'field "lmcor.source" must be a string')
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
     return {"prompt": prompt, "messages": messages, "source": source, "max_tokens": max_tokens,
-            "stop": stop, "seed": body.get("seed") if isinstance(body.get("seed"), int) else 0,
+            "stop": _stop(body.get("stop")), "seed": 0 if seed is None else seed,
             "model": str(body.get("model") or "lmcor"),
             "return_candidates": bool(extra.get("return_candidates"))}
 
 
 class ServeApp:
-    """Everything a request needs: corrector, upstream, batcher, limits, metrics."""
+    """Everything a request needs: corrector, upstream, batcher, limits, metrics.
 
-    def __init__(self, corrector: Corrector, upstream, *, num_candidates: int = 5,
+    Given a corrector and an upstream, the app is ready at once (the caller compiled, or does
+    not mind compiling on the first requests). Without them it starts "warming up": `start`
+    loads both and compiles every decode shape in a background thread, while /healthz reports
+    the progress and completion requests get 503."""
+
+    def __init__(self, corrector=None, upstream=None, *, num_candidates: int = 5,
                  temperature: float = 0.6, max_batch_size: int = 8, max_wait_ms: float = 10.0,
                  max_request_bytes: int = 1 << 20, max_tokens: int = 256,
-                 decode_timeout_s: float = 60.0, auth_token: Optional[str] = None):
-        if num_candidates < 1:
-            raise ValueError("--num_candidates must be >= 1 (the greedy output counts as one)")
-        self.corrector, self.upstream = corrector, upstream
+                 decode_timeout_s: float = 60.0, auth_token: Optional[str] = None,
+                 decode_lengths: Sequence[int] = ()):
+        problems = [msg for ok, msg in [
+            (num_candidates >= 1, "--num_candidates must be >= 1 (the greedy output counts "
+                                  "as one)"),
+            (temperature > 0 or num_candidates == 1, "--temperature must be > 0 to sample"),
+            (max_batch_size >= 1, "--max_batch_size must be >= 1"),
+            (max_wait_ms >= 0, "--max_wait_ms must be >= 0"),
+            (max_request_bytes >= 1, "--max_request_bytes must be >= 1"),
+            (max_tokens >= 1, "--max_tokens must be >= 1"),
+            (decode_timeout_s > 0, "--decode_timeout_s must be > 0"),
+            (all(n >= 1 for n in decode_lengths), "--decode_lengths must all be >= 1"),
+        ] if not ok]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.corrector, self.upstream, self.decoder, self.batcher = None, None, None, None
         self.num_candidates, self.temperature = num_candidates, temperature
+        self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
+        self.decode_lengths = tuple(decode_lengths)
         self.limits = {"max_tokens": max_tokens, "max_request_bytes": max_request_bytes}
         self.decode_timeout_s, self.auth_token = decode_timeout_s, auth_token
-        self.metrics = Metrics(max_batch_size, corrector.compiled_executables,
-                               lambda: getattr(upstream, "connection_retries", 0))
-        self.batcher = MicroBatcher(corrector, self.metrics, max_batch_size, max_wait_ms)
+        # Read when /metrics is rendered, so they work before the corrector is loaded.
+        self.metrics = Metrics(
+            max_batch_size,
+            lambda: self.corrector.compiled_executables() if self.corrector else 0,
+            lambda: getattr(self.upstream, "connection_retries", 0),
+            lambda: getattr(self.upstream, "batch_max", 0))
         self.accepting = True
+        self._state_lock = threading.Lock()
+        self._state = {"status": "warming_up", "phase": "starting",
+                       "message": "warming up: starting", "shapes_done": 0, "shapes_total": None}
+        self.loader: Optional[threading.Thread] = None
+        self.warmup: Optional[dict] = None  # {"shapes", "seconds"} once `start` compiled
+        if corrector is not None:
+            self._attach(corrector, upstream)
+            self._set_state({"status": "ok"})
+
+    # ------------------------------------------------------------------ start-up
+
+    def _attach(self, corrector, upstream):
+        self.decoder = Decoder(corrector, self.max_batch_size, self.decode_lengths)
+        self.corrector, self.upstream = corrector, upstream
+        self.batcher = MicroBatcher(self.decoder, self.metrics, self.max_batch_size,
+                                    self.max_wait_ms)
+
+    def _set_state(self, state: dict):
+        with self._state_lock:
+            self._state = state
+
+    def _warming(self, phase: str, message: str, done: int = 0, total: Optional[int] = None):
+        self._set_state({"status": "warming_up", "phase": phase,
+                         "message": f"warming up: {message}", "shapes_done": done,
+                         "shapes_total": total})
+
+    def start(self, load_corrector: Callable[[], object], load_upstream: Callable[[], object],
+              on_ready: Callable[[dict], None] = lambda warmup: None) -> threading.Thread:
+        """Loads the corrector and the upstream and compiles every decode shape, in a
+        background thread; the app turns ready (then calls `on_ready` with the warm-up's
+        shapes and seconds) or failed when it is done."""
+        self.loader = threading.Thread(target=self._load,
+                                       args=(load_corrector, load_upstream, on_ready),
+                                       name="lmcor-warmup", daemon=True)
+        self.loader.start()
+        return self.loader
+
+    def _load(self, load_corrector, load_upstream, on_ready):
+        try:
+            self._warming("loading", "loading the corrector")
+            corrector = load_corrector()
+            self._warming("loading", "loading the upstream")
+            upstream = load_upstream()
+            self._attach(corrector, upstream)
+            shapes, start = self.decoder.shapes(), time.perf_counter()
+            logging.info("compiling %d corrector decode shapes (rows, width, output length): "
+                         "%s", len(shapes), shapes)
+            for i, shape in enumerate(shapes):
+                if not self.accepting:  # shutting down: no point compiling the rest
+                    return
+                self._warming("compiling", f"{i}/{len(shapes)} corrector decode shapes "
+                                           "compiled", i, len(shapes))
+                self.decoder.warm(*shape)
+            seconds = time.perf_counter() - start
+            logging.info("corrector warm-up: %d shapes, %d executables, %.1f s", len(shapes),
+                         corrector.compiled_executables(), seconds)
+            self.warmup = {"shapes": len(shapes), "seconds": round(seconds, 1)}
+            self._set_state({"status": "ok"})
+            on_ready(self.warmup)
+        except Exception as e:  # the server cannot become ready: say why, main() exits
+            logging.exception("start-up failed")
+            # One line (gin appends "In call to configurable ..." on a line of its own).
+            why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            self._set_state({"status": "failed",
+                             "message": f"start-up failed: {type(e).__name__}: {why}"})
+
+    def health(self) -> Tuple[int, dict]:
+        """(HTTP status, body) of /healthz: 200 only when ready to answer completions."""
+        if not self.accepting:
+            return 503, {"status": "shutting_down"}
+        with self._state_lock:
+            state = dict(self._state)
+        return (200 if state["status"] == "ok" else 503), state
+
+    @property
+    def failed(self) -> Optional[str]:
+        """The start-up error, once loading or compiling failed."""
+        with self._state_lock:
+            return self._state["message"] if self._state["status"] == "failed" else None
+
+    # ------------------------------------------------------------------ requests
 
     def authorized(self, header: Optional[str]) -> bool:
         if self.auth_token is None:
@@ -183,6 +392,13 @@ class ServeApp:
 
     def handle(self, raw: bytes, chat: bool) -> dict:
         req = parse_body(raw, chat, self.limits)
+        with self._state_lock:
+            state = dict(self._state)
+        # Refused while warming up only: a request accepted before a shutdown is still served.
+        if state["status"] != "ok":
+            raise ApiError(503, state["message"], "unavailable")
+        from lmcor.corrector import InputTooLongError, pool_record
+
         try:  # refuse an oversized source before paying for the upstream call
             self.corrector.tokenize(req["source"])
         except InputTooLongError as e:
@@ -192,22 +408,28 @@ class ServeApp:
             ids = self.corrector.prepare(pool_record(req["source"], candidates))
         except InputTooLongError as e:
             raise ApiError(413, str(e)) from None
-        future = self.batcher.submit(ids)
+        future = self.batcher.submit(ids, req["max_tokens"])
         try:
-            text = future.result(timeout=self.decode_timeout_s)
+            text, completion_tokens, finish_reason = future.result(timeout=self.decode_timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise ApiError(504, f"corrector decode took over {self.decode_timeout_s}s",
                            "decode_timeout") from None
-        return _response(req, chat, text, len(ids), candidates)
+        return _response(req, chat, text, len(ids), completion_tokens, finish_reason, candidates)
 
     def close(self):
-        self.batcher.stop()
+        self.accepting = False
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self.upstream is not None:
+            self.upstream.close()
 
 
-def _response(req: dict, chat: bool, text: str, prompt_tokens: int, candidates) -> dict:
-    completion_tokens = len(text.split())
-    choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
+def _response(req: dict, chat: bool, text: str, prompt_tokens: int, completion_tokens: int,
+              finish_reason: str, candidates) -> dict:
+    """The OpenAI reply; token counts are in the corrector's vocabulary (its input and
+    output), not the upstream's."""
+    choice = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
@@ -244,6 +466,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             if status == 401:
                 self.send_header("WWW-Authenticate", "Bearer")
+            if status == 503:  # warming up or shutting down: a client may come back later
+                self.send_header("Retry-After", "5")
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -254,8 +478,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/healthz":
-            ok = self.app.accepting
-            return self._send(200 if ok else 503, {"status": "ok" if ok else "shutting_down"})
+            return self._send(*self.app.health())
         if self.path == "/metrics":
             if not self.app.authorized(self.headers.get("Authorization")):
                 return self._error(ApiError(401, "missing or wrong bearer token", "auth_error"))
@@ -348,31 +571,73 @@ class Server(ThreadingHTTPServer):
 # ------------------------------------------------------------------------------- CLI
 
 
-def _flags(argv):
-    p = argparse.ArgumentParser(prog="lmcor serve", description=__doc__.split("\n")[0])
-    p.add_argument("--corrector", required=True, help="MODEL_DIR of a trained corrector")
-    p.add_argument("--upstream", required=True, help="http(s)://host:port/v1 or jax:gguf:PATH")
-    p.add_argument("--upstream_model", default=None,
-                   help="model name sent upstream (default: the client's `model` field)")
-    p.add_argument("--upstream_api_key_env", default="OPENAI_API_KEY")
-    p.add_argument("--upstream_timeout_s", type=float, default=60.0)
-    p.add_argument("--upstream_retries", type=int, default=0,
-                   help="retries of failed upstream calls (timeouts, 429, 5xx included)")
-    p.add_argument("--upstream_connect_retries", type=int, default=3,
-                   help="retries of upstream calls whose connection was refused or dropped "
-                        "before any reply")
-    p.add_argument("--num_candidates", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--auth_token_env", default=None,
-                   help="environment variable holding the bearer token clients must send")
-    p.add_argument("--max_batch_size", type=int, default=8)
-    p.add_argument("--max_wait_ms", type=float, default=10.0)
-    p.add_argument("--max_request_bytes", type=int, default=1 << 20)
-    p.add_argument("--max_tokens", type=int, default=256, help="largest max_tokens accepted")
-    p.add_argument("--decode_timeout_s", type=float, default=60.0)
-    p.add_argument("--checkpoint_step", type=int, default=None)
+EPILOG = """\
+Gin flags (parsed after MODEL_DIR/config.gin, overriding it):
+  --gin_file=FILE           a Gin file (repeatable); needed for a run that saved no config.gin
+  --gin.NAME=VALUE          one binding, e.g. --gin.corrector_settings.beam_size=2 or
+                            --gin.corrector_settings.max_input_tokens=512 (fewer shapes to
+                            compile at start-up)
+
+The server listens at once; /healthz answers 503 {"status": "warming_up", ...} with the compile
+progress while the corrector loads and compiles, then 200 {"status": "ok"}. See
+docs/serving.md."""
+
+
+def _flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmcor serve", description=__doc__.split("\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--corrector", required=True, metavar="MODEL_DIR",
+        help="folder `lmcor train` wrote (checkpoints/ and config.gin), or a released adapter "
+             "folder (required)")
+    add("--upstream", required=True, metavar="URL",
+        help="the LLM: an OpenAI-compatible http(s)://host:port/v1, or jax:gguf:PATH for Gemma "
+             "3 from a GGUF file in this process (required)")
+    # Only shown here: lmcor.config.split_gin_flags takes --gin_file/--gin.* out before parsing.
+    add("--gin_file", action="append", metavar="FILE",
+        help="Gin file parsed after MODEL_DIR/config.gin (repeatable; default: none)")
+    add("--checkpoint_step", type=int, default=None, metavar="N",
+        help="checkpoint step to serve (default: the best by validation, else the latest)")
+    add("--upstream_model", default=None, metavar="NAME",
+        help="model name sent upstream (default: the client's `model` field)")
+    add("--upstream_api_key_env", default="OPENAI_API_KEY", metavar="VAR",
+        help="environment variable holding the upstream's API key; unset sends none "
+             "(default: %(default)s)")
+    add("--upstream_timeout_s", type=float, default=60.0, metavar="S",
+        help="deadline of one upstream call, 504 past it (default: %(default)s)")
+    add("--upstream_retries", type=int, default=0, metavar="N",
+        help="retries of failed upstream calls: timeouts, 429 and 5xx included "
+             "(default: %(default)s)")
+    add("--upstream_connect_retries", type=int, default=3, metavar="N",
+        help="retries of upstream calls whose connection was refused or dropped before any "
+             "reply (default: %(default)s)")
+    add("--num_candidates", type=int, default=5, metavar="N",
+        help="pool size: the greedy output + N-1 samples (default: %(default)s)")
+    add("--temperature", type=float, default=0.6, metavar="T",
+        help="sampling temperature of the upstream's samples (default: %(default)s)")
+    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    add("--port", type=int, default=8000,
+        help="port to listen on; 0 picks a free one (default: %(default)s)")
+    add("--auth_token_env", default=None, metavar="VAR",
+        help="environment variable holding the bearer token clients must send "
+             "(default: none, no auth)")
+    add("--max_batch_size", type=int, default=8, metavar="N",
+        help="most requests decoded in one corrector call (default: %(default)s)")
+    add("--max_wait_ms", type=float, default=10.0, metavar="MS",
+        help="how long a batch waits after its first request for others "
+             "(default: %(default)s)")
+    add("--max_request_bytes", type=int, default=1 << 20, metavar="N",
+        help="largest request body; larger ones get 413 (default: %(default)s)")
+    add("--max_tokens", type=int, default=256, metavar="N",
+        help="largest max_tokens a client may ask for, and the max_tokens of a request "
+             "without one (default: %(default)s)")
+    add("--decode_lengths", default="", metavar="N,N",
+        help="output lengths (corrector tokens) to compile the corrector decode for, besides "
+             "corrector_settings.max_decode_tokens: a request decodes at the shortest one "
+             "that holds its max_tokens, then is cut to max_tokens; each adds a warm-up "
+             "compilation per decode shape (default: none)")
+    add("--decode_timeout_s", type=float, default=60.0, metavar="S",
+        help="corrector decode deadline, 504 past it (default: %(default)s)")
     return p
 
 
@@ -385,33 +650,92 @@ def _auth_token(env: Optional[str]) -> Optional[str]:
     return token
 
 
+def _decode_lengths(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.replace(" ", "").split(",") if n)
+    except ValueError:
+        raise ValueError(f"--decode_lengths={text!r}: expected integers separated by commas")
+
+
+def _bind(host: str, port: int, app: ServeApp) -> Server:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port={port}: expected 0-65535")
+    try:
+        return Server((host, port), app)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"--port={port}: {host}:{port} is already in use") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"lmcor serve: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv=None) -> int:
     from lmcor import config as gin_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    files, bindings, rest = gin_config.split_gin_flags(argv)
-    args = _flags(argv).parse_args(rest)
-    corrector = Corrector.from_model_dir(args.corrector, files, bindings, args.checkpoint_step)
-    logging.info("compiling every corrector decode shape (batches up to %d, inputs up to %d "
-                 "tokens)", args.max_batch_size, corrector.settings.max_input_tokens)
-    corrector.warmup(args.max_batch_size)
-    upstream = make_upstream(args.upstream, args.upstream_model, args.upstream_timeout_s,
-                             args.upstream_retries, args.upstream_api_key_env,
-                             args.upstream_connect_retries)
-    app = ServeApp(corrector, upstream, num_candidates=args.num_candidates,
-                   temperature=args.temperature, max_batch_size=args.max_batch_size,
-                   max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,
-                   max_tokens=args.max_tokens, decode_timeout_s=args.decode_timeout_s,
-                   auth_token=_auth_token(args.auth_token_env))
-    server = Server((args.host, args.port), app).start()
+    try:
+        files, bindings, rest = gin_config.split_gin_flags(argv)
+    except (ValueError, StopIteration) as e:
+        return _fail(str(e) or "--gin_file needs a value")
+    args = _flags().parse_args(rest)
+    # Everything that can be checked without the corrector is, before the minutes of loading
+    # and compiling it.
+    try:
+        check_upstream(args.upstream)
+        if not os.path.isdir(args.corrector):
+            raise ValueError(f"--corrector={args.corrector}: no such folder")
+        app = ServeApp(num_candidates=args.num_candidates, temperature=args.temperature,
+                       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                       max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
+                       decode_timeout_s=args.decode_timeout_s,
+                       auth_token=_auth_token(args.auth_token_env),
+                       decode_lengths=_decode_lengths(args.decode_lengths))
+        server = _bind(args.host, args.port, app)
+    except ValueError as e:
+        return _fail(str(e))
+
+    def load_corrector():
+        from lmcor.corrector import Corrector
+        return Corrector.from_model_dir(args.corrector, files, bindings, args.checkpoint_step)
+
+    def load_upstream():
+        upstream = make_upstream(args.upstream, args.upstream_model, args.upstream_timeout_s,
+                                 args.upstream_retries, args.upstream_api_key_env,
+                                 args.upstream_connect_retries, args.max_batch_size,
+                                 args.max_wait_ms)
+        upstream.load()
+        return upstream
+
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(server, app, stop, load_corrector, load_upstream)
+    finally:  # main() may run inside another program (tests): give its handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(server: Server, app: ServeApp, stop: threading.Event, load_corrector,
+           load_upstream) -> int:
+    server.start()
     print(f"lmcor serve: listening on {server.url}", flush=True)
+    print("lmcor serve: warming up (GET /healthz for progress)", flush=True)
+    app.start(load_corrector, load_upstream, lambda warmup: print(
+        f"lmcor serve: ready ({warmup['shapes']} decode shapes compiled in "
+        f"{warmup['seconds']} s)", flush=True))
     while not stop.wait(0.5):
-        pass
+        if app.failed:
+            break
+    failed = app.failed
     logging.info("shutting down: finishing in-flight requests")
     server.stop()
+    if failed:
+        return _fail(failed, 1)
     print("lmcor serve: stopped", flush=True)
     return 0
 

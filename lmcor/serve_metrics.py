@@ -1,26 +1,37 @@
 """Prometheus text-format metrics of `lmcor serve`: requests by status, latency and batch-size
 histograms, upstream errors and retries, in-flight requests, compiled decode executables."""
 import threading
-from typing import Callable, List
-
-from lmcor.corrector import row_buckets
+from typing import Callable, List, Tuple
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def batch_edges(max_batch: int) -> Tuple[int, ...]:
+    """The row counts the corrector pads a batch to (`lmcor.corrector.row_buckets`: powers of
+    two, capped at max_batch). Computed here because /metrics answers while the server is still
+    loading the corrector, whose module pulls in JAX and TensorFlow."""
+    edges, rows = [], 1
+    while rows < max_batch:
+        edges.append(rows)
+        rows *= 2
+    return tuple(edges + [max_batch])
 
 
 class Metrics:
     """Counters and histograms rendered in the Prometheus text exposition format."""
 
     def __init__(self, max_batch: int, executables: Callable[[], int] = lambda: 0,
-                 upstream_retries: Callable[[], int] = lambda: 0):
+                 upstream_retries: Callable[[], int] = lambda: 0,
+                 upstream_batch_max: Callable[[], int] = lambda: 0):
         self.lock = threading.Lock()
         # Read when rendered: the corrector and the upstream keep these counts themselves.
         self.executables, self.upstream_retries = executables, upstream_retries
+        self.upstream_batch_max = upstream_batch_max
         self.requests = {}  # (endpoint, status) -> count
         self.upstream_errors = {}  # reason -> count
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.batch_edges = row_buckets(max_batch)
+        self.batch_edges = batch_edges(max_batch)
         self.batches = [0] * len(self.batch_edges)
         self.batch_rows, self.batch_max = 0, 0
         self.inflight = 0
@@ -62,6 +73,10 @@ class Metrics:
                     "upstream dropped the connection.",
                     "# TYPE lmcor_upstream_retries_total counter",
                     f"lmcor_upstream_retries_total {self.upstream_retries()}",
+                    "# HELP lmcor_upstream_batch_size_max Most requests the in-process upstream "
+                    "(jax:gguf) sampled in one call so far; 0 for an HTTP upstream.",
+                    "# TYPE lmcor_upstream_batch_size_max gauge",
+                    f"lmcor_upstream_batch_size_max {self.upstream_batch_max()}",
                     "# HELP lmcor_inflight_requests Requests being handled now.",
                     "# TYPE lmcor_inflight_requests gauge", f"lmcor_inflight_requests {self.inflight}",
                     "# HELP lmcor_decode_executables Compiled corrector decode shapes (growth "

@@ -7,8 +7,13 @@ A connection the upstream refused, reset or closed without a reply is tried agai
 so repeating is safe, and a burst of new connections (every request of a finished micro-batch
 asks upstream for its next pool at once) overflows a small listen backlog, which drops some.
 Timeouts are not repeated: the client is already waiting."""
+import concurrent.futures
+import dataclasses
+import os
+import queue
 import threading
 import time
+import urllib.parse
 from typing import Optional
 
 from lmcor.backends.base import BackendError, Request, SamplingParams
@@ -30,6 +35,12 @@ class HttpUpstream:
         self.connect_retries = connect_retries
         self.connection_retries = 0  # done so far (the server's /metrics shows it)
         self.backends, self.lock = {}, threading.Lock()
+
+    def load(self):
+        """Nothing to load: the endpoint is called per request."""
+
+    def close(self):
+        """Nothing to stop: calls run in the requests' own threads."""
 
     def _backend(self, mode: str, model: str):
         from lmcor.backends.http import HttpBackend
@@ -71,24 +82,117 @@ def _upstream_api_error(reason: str, status: Optional[int], message: str) -> Api
 
 
 class JaxUpstream:
-    """Gemma 3 from a GGUF file, run in this process (one generation at a time)."""
+    """Gemma 3 from a GGUF file, run in this process, sampling concurrent requests together.
 
-    def __init__(self, gguf_path: str):
+    Decoding one request at a time would serialise every client behind the model (and leave
+    the corrector's micro-batcher nothing to batch), so one thread takes the requests that
+    arrive within `max_wait_ms` of the first, up to `max_batch`, and decodes them in one backend
+    call per distinct sampling parameters (`max_tokens`, `stop`): every request's greedy output
+    and samples in one jitted decode (`shared_prefill`), rows padded to a power of two so that
+    few shapes compile. A batch's samples come from one random stream, seeded by its first
+    request's seed and its size, so a request's `seed` reproduces its samples when it is
+    decoded alone, not when it shares a batch."""
+
+    def __init__(self, gguf_path: str, max_batch: int = 8, max_wait_ms: float = 10.0):
         from lmcor.backends.jax_lm import JaxBackend
-        self.backend, self.lock = JaxBackend(checkpoint=gguf_path, batch_size=1), threading.Lock()
+        self.backend = JaxBackend(checkpoint=gguf_path, batch_size=1, per_example_seed=False,
+                                  shared_prefill=True)
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.batch_max = 0  # most requests decoded in one call so far (the server's /metrics)
+        self.lock = threading.Lock()  # the backend is used by one thread at a time
+        self.queue: "queue.Queue" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="lmcor-upstream", daemon=True)
+        self.thread.start()
+
+    def load(self):
+        """Reads the weights now (server start-up) rather than in the first request."""
+        with self.lock:
+            self.backend.tokenizer  # noqa: B018  (the property loads the model)
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
 
     def generate(self, mode: str, model: str, request: Request, params: SamplingParams):
-        with self.lock:
+        future = concurrent.futures.Future()
+        self.queue.put((request, params, future))
+        return self.backend.generator, future.result()
+
+    def _collect(self, first) -> list:
+        items, deadline = [first], time.monotonic() + self.max_wait
+        while len(items) < self.max_batch:
             try:
-                return self.backend.generator, self.backend.generate([request], params)[0]
-            except BackendError as e:
-                raise ApiError(502, f"upstream failed: {e}", "upstream_error") from None
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:  # stop marker: finish this batch, then stop
+                self.queue.put(None)
+                break
+            items.append(item)
+        return items
+
+    def _run(self):
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            groups = {}
+            for request, params, future in self._collect(first):
+                groups.setdefault(params, []).append((request, future))
+            for params, group in groups.items():
+                self._decode(params, group)
+
+    def _decode(self, params: SamplingParams, group: list):
+        # JaxBackend (per_example_seed=False) seeds a batch from its first request's seed and
+        # every request's id: ids by position, not random, keep a lone request reproducible.
+        requests = [dataclasses.replace(r, id=str(i)) for i, (r, _) in enumerate(group)]
+        rows = min(self.max_batch, 1 << (len(group) - 1).bit_length())
+        try:
+            with self.lock:
+                # Rows per decode call; the backend pads every call to its batch_size.
+                self.backend.batch_size = rows
+                outs = self.backend.generate(requests, params)
+                self.batch_max = max(self.batch_max, len(group))
+        except BackendError as e:
+            error = ApiError(502, f"upstream failed: {e}", "upstream_error")
+            for _, future in group:
+                future.set_exception(error)
+            return
+        except Exception as e:  # a bug answers its requests (500) and keeps the thread alive
+            for _, future in group:
+                future.set_exception(e)
+            return
+        for (_, future), gens in zip(group, outs):
+            future.set_result(gens)
+
+
+def check_upstream(spec: str) -> None:
+    """Raises ValueError for an --upstream that cannot work, without loading or calling it, so
+    the server refuses it before its start-up (loading and compiling the corrector) begins."""
+    if spec.startswith("jax:gguf:"):
+        from lmcor.backends.jax_lm import BUNDLED
+
+        path = spec[len("jax:gguf:"):]
+        if path != BUNDLED and not os.path.isfile(path):
+            raise ValueError(f"--upstream={spec}: {path!r}: no such file (a .gguf file, or "
+                             f"{BUNDLED!r})")
+        return
+    if not spec.startswith(("http://", "https://")):
+        raise ValueError(f"--upstream={spec}: expected an http(s):// base URL or jax:gguf:PATH")
+    try:
+        url = urllib.parse.urlsplit(spec)
+        url.port  # noqa: B018  (raises for a port that is not a number in 0-65535)
+    except ValueError as e:
+        raise ValueError(f"--upstream={spec}: {e}") from None
+    if not url.hostname:
+        raise ValueError(f"--upstream={spec}: no host in the URL")
 
 
 def make_upstream(spec: str, model: Optional[str], timeout_s: float, retries: int,
-                  api_key_env: Optional[str], connect_retries: int = 3):
+                  api_key_env: Optional[str], connect_retries: int = 3, max_batch: int = 8,
+                  max_wait_ms: float = 10.0):
+    """`max_batch`/`max_wait_ms`: how the in-process model batches concurrent requests."""
+    check_upstream(spec)
     if spec.startswith("jax:gguf:"):
-        return JaxUpstream(spec[len("jax:gguf:"):])
-    if spec.startswith(("http://", "https://")):
-        return HttpUpstream(spec, model, timeout_s, retries, api_key_env, connect_retries)
-    raise ValueError(f"--upstream={spec!r}: expected an http(s):// base URL or jax:gguf:PATH")
+        return JaxUpstream(spec[len("jax:gguf:"):], max_batch, max_wait_ms)
+    return HttpUpstream(spec, model, timeout_s, retries, api_key_env, connect_retries)

@@ -3,8 +3,11 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,12 +15,14 @@ import urllib.request
 
 import pytest
 
-from lmcor.corrector import Corrector, pool_record
+from lmcor.corrector import Corrector, CorrectorSettings, pool_record, row_buckets
 from lmcor.serve import Server, ServeApp
-from lmcor.upstream import HttpUpstream
+from lmcor.upstream import HttpUpstream, JaxUpstream
 
 from _llm_server import RAMBLE, FakeLLM, reply_text
-from _tiny_corrector import shared_corrector
+from _tiny_corrector import shared_corrector, tiny_corrector
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROMPT = "Translate to German: The cat sat on the mat."
 
@@ -59,6 +64,45 @@ def metrics(server) -> str:
 
 def metric(text: str, name: str) -> float:
     return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def healthz(server):
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_ready(server, timeout_s: float = 600.0) -> list:
+    """Polls /healthz until it answers 200 -> every body it answered on the way."""
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, body = healthz(server)
+        seen.append(body)
+        if status == 200:
+            return seen
+        assert body["status"] == "warming_up", body
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout_s}s: {seen[-1]}")
+
+
+# One width (128), and a fresh model per test: its decode loops are compiled by the test itself.
+SMALL = CorrectorSettings(beam_size=2, max_decode_tokens=6, max_input_tokens=128,
+                          length_bucket=128)
+
+
+@contextlib.contextmanager
+def starting(load_corrector, upstream_url, **kwargs):
+    """A server that loads its corrector and compiles its decode shapes after it listens, as
+    `lmcor serve` does."""
+    app = ServeApp(**{"max_batch_size": 1, "num_candidates": 1, "max_wait_ms": 5, **kwargs})
+    server = Server(("127.0.0.1", 0), app).start()
+    app.start(load_corrector, lambda: HttpUpstream(upstream_url, None, 5.0, 0, None))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def closed_port() -> int:
@@ -116,6 +160,102 @@ def test_client_errors(corrector):
         text = metrics(server)
     assert 'lmcor_requests_total{endpoint="/v1/completions",status="400"} 3' in text
     assert 'lmcor_requests_total{endpoint="/v1/completions",status="413"} 1' in text
+
+
+@pytest.mark.parametrize("field,value", [
+    ("stop", 5), ("stop", ["ok", 1]), ("stop", {"s": "x"}), ("max_tokens", True),
+    ("max_tokens", False), ("max_completion_tokens", True), ("max_tokens", 2.0), ("n", True),
+    ("seed", True), ("seed", "7")])
+def test_malformed_fields_are_400(corrector, field, value):
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/completions", {"prompt": PROMPT, field: value})
+        assert llm.requests == []
+    assert status == 400 and field in reply["error"]["message"], reply
+
+
+def test_null_and_list_fields_are_accepted(corrector):
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, reply = post(server, "/v1/completions",
+                             {"prompt": PROMPT, "stop": ["\n\n", ""], "max_tokens": None,
+                              "seed": None, "n": None})
+        sent = [body for _, body, _ in llm.requests]
+    assert status == 200, reply
+    assert all(b["stop"] == ["\n\n"] for b in sent), sent
+
+
+def test_max_tokens_bounds_the_corrected_output(corrector):
+    """The corrected text is cut to `max_tokens` tokens of the corrector's vocabulary, with
+    finish_reason "length"; usage counts those tokens."""
+    body = {"prompt": PROMPT, "seed": 3, "lmcor": {"return_candidates": True}}
+    with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
+        status, full = post(server, "/v1/completions", body)
+        cut = {k: post(server, "/v1/completions", {**body, "max_tokens": k}) for k in (1, 2, 3)}
+        chat = post(server, "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1})
+    assert status == 200, full
+    text = full["choices"][0]["text"]
+    assert text == corrector.correct([pool_record(PROMPT, full["lmcor"]["candidates"])])[0]
+    n = full["usage"]["completion_tokens"]
+    assert 3 < n <= corrector.settings.max_decode_tokens
+    # No max_tokens: the server's limit (256), more than the corrector writes (6 tokens).
+    top = corrector.settings.max_decode_tokens
+    assert full["choices"][0]["finish_reason"] == ("length" if n == top else "stop")
+    for k, (status, reply) in cut.items():
+        assert status == 200, reply
+        choice, usage = reply["choices"][0], reply["usage"]
+        assert choice["finish_reason"] == "length" and usage["completion_tokens"] == k
+        assert usage["total_tokens"] == usage["prompt_tokens"] + k
+        assert text.startswith(choice["text"])
+    # Each cut is the same output, one token longer (ids decoded, not words counted).
+    assert len({reply["choices"][0]["text"] for _, reply in cut.values()}) == 3
+    assert chat[0] == 200 and chat[1]["usage"]["completion_tokens"] == 1
+    assert chat[1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_new_max_tokens_values_compile_nothing(task_spm_path):
+    """A request decodes at the shortest compiled output length that holds its max_tokens, so
+    no max_tokens value compiles anything after the warm-up."""
+    served = tiny_corrector(task_spm_path, settings=SMALL)
+    with FakeLLM() as llm, starting(lambda: served, llm.base_url, decode_lengths=(2,)) as server:
+        wait_ready(server)
+        compiled = served.compiled_executables()
+        replies = {k: post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": k})
+                   for k in (1, 2, 3, 5, 6, 7, 40, 256)}
+        text = metrics(server)
+    assert compiled == 2  # 1 row x 1 width x output lengths 2 and 6
+    assert metric(text, "lmcor_decode_executables") == compiled == served.compiled_executables()
+    assert {k: status for k, (status, _) in replies.items()} == dict.fromkeys(replies, 200)
+    tokens = {k: r["usage"]["completion_tokens"] for k, (_, r) in replies.items()}
+    assert tokens[1] == 1 and tokens[2] == 2 and all(tokens[k] <= min(k, 6) for k in tokens)
+    # Above the longest compiled length the corrector's own limit is what bounds the output.
+    assert tokens[7] == tokens[40] == tokens[256] == tokens[6]
+
+
+def test_healthz_reports_warm_up_progress(task_spm_path):
+    served = tiny_corrector(task_spm_path, settings=SMALL)
+    with FakeLLM() as llm, starting(lambda: served, llm.base_url, max_batch_size=2) as server:
+        first = healthz(server)
+        refused = post(server, "/v1/completions", {"prompt": PROMPT})
+        seen = wait_ready(server)
+        answered = post(server, "/v1/completions", {"prompt": PROMPT})
+        ready = healthz(server)
+        assert llm.requests[-1][1]["prompt"] == PROMPT and len(llm.requests) == 1
+    assert first[0] == 503 and first[1]["status"] == "warming_up", first
+    assert first[1]["message"].startswith("warming up")
+    assert refused[0] == 503 and refused[1]["error"]["message"].startswith("warming up")
+    progress = [(b["shapes_done"], b["shapes_total"]) for b in seen
+                if b.get("phase") == "compiling"]
+    # Rows 1 and 2 x one width x one output length; each shape is seen before it compiles.
+    assert progress and {total for _, total in progress} == {2}, seen
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert any("0/2 corrector decode shapes compiled" in b["message"] for b in seen), seen
+    assert answered[0] == 200 and ready == (200, {"status": "ok"})
+
+
+def test_metrics_batch_edges_are_the_corrector_row_buckets():
+    from lmcor.serve_metrics import batch_edges
+
+    assert all(batch_edges(n) == row_buckets(n) for n in range(1, 40))
 
 
 def test_too_long_source_is_413_before_the_upstream(corrector):
@@ -242,38 +382,72 @@ def test_shutdown_finishes_in_flight_requests(corrector):
 
 
 @pytest.mark.slow
-def test_cli_serves_a_model_dir_and_stops_on_sigterm(task_spm_path, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
+def test_jax_upstream_samples_concurrent_requests_together(corrector, gemma_gguf_path):
+    """The in-process Gemma (real 270M weights) samples concurrent requests in one call, so
+    they also reach the corrector together; each still gets its own greedy output."""
+    prompts = [f"Write one short sentence about the number {i}." for i in range(8)]
+    upstream = JaxUpstream(gemma_gguf_path, max_batch=8, max_wait_ms=300)
+    upstream.load()
+    app = ServeApp(corrector, upstream, num_candidates=3, max_batch_size=8, max_wait_ms=300)
+    server = Server(("127.0.0.1", 0), app).start()
+    body = lambda p: {"prompt": p, "max_tokens": 4, "lmcor": {"return_candidates": True}}
+    try:
+        alone = post(server, "/v1/completions", body(prompts[0]))
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            replies = list(pool.map(lambda p: post(server, "/v1/completions", body(p)), prompts))
+        text = metrics(server)
+    finally:
+        server.stop()
+    assert alone[0] == 200 and [s for s, _ in replies] == [200] * len(prompts), replies
+    pools = [r["lmcor"]["candidates"] for _, r in replies]
+    assert all([c["decoding"] for c in p] == ["greedy", "sample", "sample"] for p in pools)
+    # Batched, a request's greedy output is the one it gets alone.
+    assert pools[0][0]["text"] == alone[1]["lmcor"]["candidates"][0]["text"]
+    assert metric(text, "lmcor_batch_size_max") > 1  # they reach the corrector together
+    assert metric(text, "lmcor_upstream_batch_size_max") > 1
 
+
+@pytest.fixture(scope="module")
+def model_dir(task_spm_path, tmp_path_factory) -> str:
     from _tiny_corrector import tiny_config, tiny_params, write_model_dir
 
-    write_model_dir(tmp_path, task_spm_path, tiny_params(tiny_config(task_spm_path)))
+    path = tmp_path_factory.mktemp("model_dir")
+    write_model_dir(path, task_spm_path, tiny_params(tiny_config(task_spm_path)))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_cli_serves_a_model_dir_and_stops_on_sigterm(model_dir):
+    import signal
+
     with FakeLLM() as llm:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lmcor.serve", f"--corrector={tmp_path}",
+            [sys.executable, "-m", "lmcor.serve", f"--corrector={model_dir}",
              f"--upstream={llm.base_url}", "--port=0", "--max_batch_size=1",
              "--num_candidates=3"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
         try:
             line = proc.stdout.readline()
             assert "listening on http://127.0.0.1:" in line, line
             server = type("S", (), {"url": line.split()[-1]})
+            # It listens before loading the corrector: "starting" is told apart from "dead".
+            status, body = healthz(server)
+            assert status == 503 and body["status"] == "warming_up", body
+            assert post(server, "/v1/completions", {"prompt": PROMPT})[0] == 503
+            wait_ready(server)
             status, reply = post(server, "/v1/completions",
                                  {"prompt": PROMPT, "lmcor": {"return_candidates": True}})
             assert status == 200 and len(reply["lmcor"]["candidates"]) == 3
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
-            assert "stopped" in proc.stdout.read()
+            out = proc.stdout.read()
+            assert "ready (" in out and "stopped" in out
         finally:
             if proc.poll() is None:
                 proc.kill()
 
 
-def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path):
+def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path, capsys):
     """`--gin.NAME=path` without inner quotes reaches the corrector's configurables: here the
     vocabulary, whose missing file is the first thing loading the corrector trips on."""
     import gin
@@ -281,8 +455,68 @@ def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path):
     from lmcor import serve
 
     try:
-        with pytest.raises(FileNotFoundError, match=r"no/such/vocab\.model: no such file"):
-            serve.main([f"--corrector={tmp_path}", "--upstream=http://127.0.0.1:9/v1",
-                        "--gin.task_vocabulary.spm_model=no/such/vocab.model"])
+        code = serve.main([f"--corrector={tmp_path}", "--upstream=http://127.0.0.1:9/v1",
+                           "--port=0", "--gin.task_vocabulary.spm_model=no/such/vocab.model"])
     finally:
         gin.clear_config()
+    # The server was up (warming up) when loading failed: it stops, and says why in one line.
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(r"start-up failed: FileNotFoundError: .*no/such/vocab\.model: no such file",
+                     err), err
+
+
+def run_cli(args, env=None, timeout_s: float = 60.0):
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "lmcor.serve", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=timeout_s)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize("case", ["upstream", "auth_token_env", "port", "corrector"])
+def test_cli_refuses_bad_flags_before_loading(model_dir, case):
+    """Flags that cannot work are refused in one line within seconds, not after the minutes of
+    loading and compiling the corrector (which the valid MODEL_DIR here would go on to)."""
+    env = {k: v for k, v in os.environ.items() if k != "LMCOR_TEST_UNSET_TOKEN"}
+    args = {"corrector": model_dir, "upstream": "http://127.0.0.1:9/v1", "port": "0",
+            "max_batch_size": "1"}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args.update({
+            "upstream": {"upstream": "ftp://x"},
+            "auth_token_env": {"auth_token_env": "LMCOR_TEST_UNSET_TOKEN"},
+            "port": {"port": str(busy.getsockname()[1])},
+            "corrector": {"corrector": os.path.join(model_dir, "no_such_run")},
+        }[case])
+        proc, seconds = run_cli([f"--{k}={v}" for k, v in args.items()], env=env)
+    want = {"upstream": r"--upstream=ftp://x: expected an http\(s\):// base URL",
+            "auth_token_env": r"--auth_token_env=LMCOR_TEST_UNSET_TOKEN: .* unset",
+            "port": r"--port=\d+: 127\.0\.0\.1:\d+ is already in use",
+            "corrector": r"--corrector=.*no_such_run: no such folder"}[case]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.fullmatch(r"lmcor serve: error: " + want + ".*", lines[0]), lines[0]
+    assert seconds < 10, seconds
+
+
+def test_help_describes_every_flag_and_returns_fast():
+    from lmcor import serve
+
+    for action in serve._flags()._actions:
+        if action.dest != "help":
+            text = (action.help or "") % {"default": action.default}
+            assert re.search(r"\((required|[^()]*default: [^)]+)\)$", text), (action.dest, text)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "lmcor.cli", "serve", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "--gin_file" in proc.stdout and "--gin.NAME=VALUE" in proc.stdout
+    assert seconds < 2.0, seconds
+    # Fast because importing the command pulls in neither JAX nor TensorFlow.
+    probe = ("import sys; from lmcor import serve; "
+             "print([m for m in ('jax', 'tensorflow', 'lmcor.corrector') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, timeout=60).stdout
+    assert out.strip() == "[]", out
