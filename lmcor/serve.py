@@ -33,6 +33,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from absl import logging
 
 from lmcor.backends.base import Request, SamplingParams
+from lmcor.batching import collect_batch
 from lmcor.serve_metrics import Metrics
 from lmcor.upstream import ApiError, check_upstream, make_upstream
 
@@ -130,16 +131,7 @@ class MicroBatcher:
         self.thread.join()
 
     def _collect(self, first: _Item) -> List[_Item]:
-        items, deadline = [first], time.monotonic() + self.max_wait
-        while len(items) < self.max_batch:
-            try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:  # stop marker: finish this batch, then stop
-                self.queue.put(None)
-                break
-            items.append(item)
+        items = collect_batch(self.queue, first, self.max_batch, self.max_wait)
         # A request that already gave up (decode timeout) is not decoded.
         return [item for item in items if item.future.set_running_or_notify_cancel()]
 

@@ -17,6 +17,7 @@ import urllib.parse
 from typing import Optional
 
 from lmcor.backends.base import BackendError, Request, SamplingParams
+from lmcor.batching import collect_batch
 
 
 class ApiError(Exception):
@@ -119,17 +120,7 @@ class JaxUpstream:
         return self.backend.generator, future.result()
 
     def _collect(self, first) -> list:
-        items, deadline = [first], time.monotonic() + self.max_wait
-        while len(items) < self.max_batch:
-            try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:  # stop marker: finish this batch, then stop
-                self.queue.put(None)
-                break
-            items.append(item)
-        return items
+        return collect_batch(self.queue, first, self.max_batch, self.max_wait)
 
     def _run(self):
         while True:
