@@ -21,7 +21,6 @@ import errno
 import hmac
 import json
 import os
-import queue
 import signal
 import sys
 import threading
@@ -33,7 +32,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from absl import logging
 
 from lmcor.backends.base import Request, SamplingParams
-from lmcor.batching import collect_batch
+from lmcor.batching import BatchWorker
 from lmcor.serve_metrics import Metrics
 from lmcor.upstream import ApiError, check_upstream, make_upstream
 
@@ -107,7 +106,7 @@ class _Item:
     future: concurrent.futures.Future
 
 
-class MicroBatcher:
+class MicroBatcher(BatchWorker):
     """Queues prepared corrector inputs; one thread decodes up to `max_batch` of them at once,
     waiting at most `max_wait_ms` after the first for others to arrive. Inputs of one batch
     that need different output lengths are decoded in one call per length, so that a request's
@@ -116,49 +115,36 @@ class MicroBatcher:
 
     def __init__(self, decoder: Decoder, metrics: Metrics, max_batch: int, max_wait_ms: float):
         self.decoder, self.metrics = decoder, metrics
-        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
-        self.queue: "queue.Queue" = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="lmcor-batcher", daemon=True)
-        self.thread.start()
+        super().__init__("lmcor-batcher", max_batch, max_wait_ms)
 
     def submit(self, ids: List[int], max_tokens: int) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
         self.queue.put(_Item(ids, self.decoder.length_for(max_tokens), max_tokens, future))
         return future
 
-    def stop(self):
-        self.queue.put(None)
-        self.thread.join()
-
-    def _collect(self, first: _Item) -> List[_Item]:
-        items = collect_batch(self.queue, first, self.max_batch, self.max_wait)
+    def accept(self, item: _Item) -> bool:
         # A request that already gave up (decode timeout) is not decoded.
-        return [item for item in items if item.future.set_running_or_notify_cancel()]
+        return item.future.set_running_or_notify_cancel()
 
-    def _run(self):
+    def group_key(self, item: _Item) -> int:
+        return item.length
+
+    def handle(self, length: int, group: List[_Item]) -> None:
         from lmcor.corrector import row_bucket
 
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            groups = {}
-            for item in self._collect(first):
-                groups.setdefault(item.length, []).append(item)
-            for length, group in groups.items():
-                try:
-                    outs = self.decoder.decode([item.ids for item in group], length,
-                                               row_bucket(len(group), self.max_batch))
-                    results = [self.decoder.finish(ids, ended, item.max_tokens)
-                               for item, (ids, ended) in zip(group, outs)]
-                except Exception as e:  # one bad batch must not stop the server
-                    logging.exception("corrector decode failed")
-                    for item in group:
-                        item.future.set_exception(e)
-                    continue
-                self.metrics.batch(len(group))
-                for item, result in zip(group, results):
-                    item.future.set_result(result)
+        try:
+            outs = self.decoder.decode([item.ids for item in group], length,
+                                       row_bucket(len(group), self.max_batch))
+            results = [self.decoder.finish(ids, ended, item.max_tokens)
+                       for item, (ids, ended) in zip(group, outs)]
+        except Exception as e:  # one bad batch must not stop the server
+            logging.exception("corrector decode failed")
+            for item in group:
+                item.future.set_exception(e)
+            return
+        self.metrics.batch(len(group))
+        for item, result in zip(group, results):
+            item.future.set_result(result)
 
 
 # ------------------------------------------------------------------------------- requests

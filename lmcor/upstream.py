@@ -10,14 +10,13 @@ Timeouts are not repeated: the client is already waiting."""
 import concurrent.futures
 import dataclasses
 import os
-import queue
 import threading
 import time
 import urllib.parse
 from typing import Optional
 
 from lmcor.backends.base import BackendError, Request, SamplingParams
-from lmcor.batching import collect_batch
+from lmcor.batching import BatchWorker
 
 
 class ApiError(Exception):
@@ -82,7 +81,7 @@ def _upstream_api_error(reason: str, status: Optional[int], message: str) -> Api
     return ApiError(502, f"upstream failed ({reason}): {message}", "upstream_error")
 
 
-class JaxUpstream:
+class JaxUpstream(BatchWorker):
     """Gemma 3 from a GGUF file, run in this process, sampling concurrent requests together.
 
     Decoding one request at a time would serialise every client behind the model (and leave
@@ -98,12 +97,9 @@ class JaxUpstream:
         from lmcor.backends.jax_lm import JaxBackend
         self.backend = JaxBackend(checkpoint=gguf_path, batch_size=1, per_example_seed=False,
                                   shared_prefill=True)
-        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.batch_max = 0  # most requests decoded in one call so far (the server's /metrics)
         self.lock = threading.Lock()  # the backend is used by one thread at a time
-        self.queue: "queue.Queue" = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="lmcor-upstream", daemon=True)
-        self.thread.start()
+        super().__init__("lmcor-upstream", max_batch, max_wait_ms)
 
     def load(self):
         """Reads the weights now (server start-up) rather than in the first request."""
@@ -111,27 +107,18 @@ class JaxUpstream:
             self.backend.tokenizer  # noqa: B018  (the property loads the model)
 
     def close(self):
-        self.queue.put(None)
-        self.thread.join()
+        self.stop()
 
     def generate(self, mode: str, model: str, request: Request, params: SamplingParams):
         future = concurrent.futures.Future()
         self.queue.put((request, params, future))
         return self.backend.generator, future.result()
 
-    def _collect(self, first) -> list:
-        return collect_batch(self.queue, first, self.max_batch, self.max_wait)
+    def group_key(self, item) -> SamplingParams:
+        return item[1]
 
-    def _run(self):
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            groups = {}
-            for request, params, future in self._collect(first):
-                groups.setdefault(params, []).append((request, future))
-            for params, group in groups.items():
-                self._decode(params, group)
+    def handle(self, params: SamplingParams, items: list) -> None:
+        self._decode(params, [(request, future) for request, _, future in items])
 
     def _decode(self, params: SamplingParams, group: list):
         # JaxBackend (per_example_seed=False) seeds a batch from its first request's seed and
