@@ -71,9 +71,8 @@ def _short(commit: Optional[str]) -> Optional[str]:
 def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
               machine: Optional[str] = None) -> dict:
     """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder."""
+    report_commit = _short(gin_config.git_revision())
     evaluations = {}
-    # The code that evaluated is what a figure names; the report's own checkout otherwise.
-    commits = {res.get("commit") for _, res in results if res.get("commit")}
     for rel, res in results:
         evaluations[rel] = {
             "task": res.get("task"), "dataset": res.get("dataset"), "split": res.get("split"),
@@ -81,9 +80,11 @@ def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
             "main_metric": res["metrics"][0], "rows": [_row(r) for r in res["rows"]],
             "comparisons": list(res.get("comparisons") or []),
             "breakdown": res.get("breakdown"), "tags": dict(res.get("tags") or {}),
-            "notes": list(res.get("notes") or [])}
+            "notes": list(res.get("notes") or []),
+            # The code that evaluated is what a figure names (the report's checkout if unknown).
+            "commit": _short(res.get("commit")) or report_commit}
     return {"format": FORMAT, "run": os.path.basename(os.path.abspath(run_dir)),
-            "commit": _short(commits.pop() if len(commits) == 1 else gin_config.git_revision()),
+            "commit": report_commit,
             "machine": machine or _cpu_model(), "evaluations": evaluations}
 
 
@@ -112,7 +113,7 @@ def render_table(path: str, key: str) -> str:
     # A pool-only evaluation leaves the corrector rows out by design: no note needed for that.
     notes = "".join(f"\n- {n}" for n in ev.get("notes", []) if not n.endswith(NO_MODEL_DIR))
     return (f"{markdown_table(ev).rstrip()}{notes}\n\n{ev['num_examples']:,} {ev['split']} inputs of "
-            f"{ev['dataset']}; commit {data['commit']}, {data['machine']}.\n")
+            f"{ev['dataset']}; commit {ev.get('commit') or data['commit']}, {data['machine']}.\n")
 
 
 def render_headline(specs: Sequence[str]) -> str:
