@@ -13,7 +13,7 @@ Beam search also returns `scores`: the log-prob divided by the GNMT length penal
 """
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,15 @@ def _bucket(n: int, bucket: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """What to generate. `temperature == 0` means greedy; `beam_size > 1` means beam search."""
+    """What to generate. `temperature == 0` means greedy; `beam_size > 1` means beam search.
+
+    `max_new_tokens_bucket` (greedy and sampling; beam search ignores it and compiles for
+    `max_new_tokens`): compile the loop, its token buffer and its KV cache for this many new
+    tokens and stop after `max_new_tokens` through a traced limit, so every `max_new_tokens` up
+    to the bucket shares one executable. The tokens are the same as without it (the random
+    stream is keyed by step); the longer cache can move log-probs by rounding. None compiles
+    for `max_new_tokens` exactly.
+    """
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_k: int = 0
@@ -42,10 +50,14 @@ class DecodeConfig:
     # Sampling only: the first of each prompt's num_samples rows is its greedy continuation, so
     # a greedy output and its samples share one prefill (the paper's pool in one call).
     greedy_first: bool = False
+    max_new_tokens_bucket: Optional[int] = None
 
     def __post_init__(self):
         checks = [
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.max_new_tokens_bucket is None
+             or self.max_new_tokens_bucket >= self.max_new_tokens,
+             "max_new_tokens_bucket must be None or >= max_new_tokens"),
             (self.temperature >= 0, "temperature must be >= 0"),
             (self.top_k >= 0, "top_k must be >= 0"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
@@ -153,7 +165,9 @@ def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
     )
 
 
-def _sample_loop(lm, opts, params, batch, key, eos_ids, table, temperature, top_p):
+def _sample_loop(lm, opts, params, batch, key, eos_ids, table, temperature, top_p, limit=None):
+    """`limit` (traced): stop after this many of the compiled `max_new_tokens` steps, so one
+    executable serves every shorter length; None leaves the loop exactly as compiled."""
     steps = opts["max_new_tokens"]
     logits, cache = lm.prefill(params, batch, steps)
     logits, cache = repeat_rows((logits, cache), opts["num_samples"])
@@ -172,7 +186,8 @@ def _sample_loop(lm, opts, params, batch, key, eos_ids, table, temperature, top_
 
     def cond(carry):
         i, s, _ = carry
-        return (i < steps) & ~jnp.all(s["done"])
+        end = steps if limit is None else jnp.minimum(limit, steps)
+        return (i < end) & ~jnp.all(s["done"])
 
     def body(carry):
         i, s, c = carry
@@ -268,15 +283,22 @@ def _to_task_ids(vmap, batch, config, stop_ids):
 
 
 def _decode_sample(lm, params, batch, config, eos, table, seed):
+    bucket = config.max_new_tokens_bucket
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
                 greedy_first=config.greedy_first,
-                max_new_tokens=config.max_new_tokens, pad_id=int(lm.pad_id))
+                max_new_tokens=bucket or config.max_new_tokens, pad_id=int(lm.pad_id))
+    args = [params, batch, jax.random.key(seed), eos, table,
+            jnp.float32(config.temperature or 1.0), jnp.float32(config.top_p)]
+    if bucket is not None:
+        # The length is then an argument, not part of the compiled loop's key.
+        opts["limited"] = True
+        args.append(jnp.int32(config.max_new_tokens))
     run = _compiled(lm, "sample", _sample_loop, opts)
-    temperature = jnp.float32(config.temperature or 1.0)
     start = time.perf_counter()
-    out = jax.device_get(run(params, batch, jax.random.key(seed), eos, table, temperature,
-                             jnp.float32(config.top_p)))
+    out = jax.device_get(run(*args))
+    # Columns past max_new_tokens are never written: cut to the shape an exact compile returns.
+    out["tokens"] = out["tokens"][:, :config.max_new_tokens]
     return Decoded(tokens=out["tokens"], lengths=out["lengths"], logprobs=out["lp"],
                    model_logprobs=out["mlp"], timing=_timing(run, start))
 

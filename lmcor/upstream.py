@@ -89,14 +89,16 @@ class JaxUpstream(BatchWorker):
     arrive within `max_wait_ms` of the first, up to `max_batch`, and decodes them in one backend
     call per distinct sampling parameters (`max_tokens`, `stop`): every request's greedy output
     and samples in one jitted decode (`shared_prefill`), rows padded to a power of two so that
-    few shapes compile. A batch's samples come from one random stream, seeded by its first
-    request's seed and its size, so a request's `seed` reproduces its samples when it is
-    decoded alone, not when it shares a batch."""
+    few shapes compile; `max_tokens` is rounded up to a power of two for compiling
+    (`bucket_new_tokens`), so each client's new value does not compile a decode of its own. A
+    batch's samples come from one random stream, seeded by its first request's seed and its
+    size, so a request's `seed` reproduces its samples when it is decoded alone, not when it
+    shares a batch."""
 
     def __init__(self, gguf_path: str, max_batch: int = 8, max_wait_ms: float = 10.0):
         from lmcor.backends.jax_lm import JaxBackend
         self.backend = JaxBackend(checkpoint=gguf_path, batch_size=1, per_example_seed=False,
-                                  shared_prefill=True)
+                                  shared_prefill=True, bucket_new_tokens=True)
         self.batch_max = 0  # most requests decoded in one call so far (the server's /metrics)
         self.lock = threading.Lock()  # the backend is used by one thread at a time
         super().__init__("lmcor-upstream", max_batch, max_wait_ms)

@@ -100,6 +100,11 @@ def _decode(fam, seed=0, **kw):
     return decoding.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
 
 
+def _decode_len(fam, n, seed=0, **kw):
+    config = DecodeConfig(max_new_tokens=n, **kw)
+    return decoding.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
+
+
 def _reference_greedy(fam):
     """Argmax loop over the full forward pass, no cache: the ground truth for cached greedy."""
     rows = fam["batch"][next(iter(fam["batch"]))].shape[0]
@@ -190,6 +195,62 @@ def test_greedy_first_row_is_greedy_and_the_rest_are_samples(family):
     np.testing.assert_allclose(out.model_logprobs[::3], g.model_logprobs, rtol=1e-5)
     samples = np.delete(out.tokens, np.s_[::3], axis=0)
     assert len({tuple(row) for row in samples}) > len(PROMPTS)  # not copies of the greedy row
+
+
+# --------------------------------------------------------------------------- length buckets
+
+
+def _executables(lm) -> set:
+    """(loop, argument signature) of every executable compiled for `lm` so far."""
+    holder = decoding._COMPILED.get(id(lm), (None, {}))[1]
+    return {(key, sig) for key, run in holder.items() for sig in run.executables}
+
+
+def test_bucketed_greedy_equals_exact_length_greedy(family):
+    exact = _decode_len(family, 5)
+    out = _decode_len(family, 5, max_new_tokens_bucket=16)
+    print("bucketed", out.tokens.tolist(), out.lengths.tolist())
+    assert out.tokens.shape == exact.tokens.shape == (4, 5) and np.all(out.lengths <= 5)
+    np.testing.assert_array_equal(out.tokens, exact.tokens)
+    np.testing.assert_array_equal(out.lengths, exact.lengths)
+    np.testing.assert_array_equal(out.tokens, family["greedy"].tokens[:, :5])
+    np.testing.assert_allclose(out.logprobs, exact.logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_lengths_under_one_bucket_share_one_executable(family):
+    lm = family["lm"]
+
+    def compiled_by(**kw):
+        before = _executables(lm)
+        out = _decode_len(family, **kw)
+        return out, len(_executables(lm) - before)
+
+    # A bucket no other test uses, so its first length compiles here.
+    (a, first), (b, second) = [compiled_by(n=n, max_new_tokens_bucket=32) for n in (3, 6)]
+    (_, exact_3), (_, exact_6) = [compiled_by(n=n) for n in (3, 6)]
+    print("bucketed compiles", first, second, "exact compiles", exact_3, exact_6)
+    assert (first, second) == (1, 0) and b.timing["compile_s"] == 0.0
+    assert (exact_3, exact_6) == (1, 1)
+    assert np.all(a.lengths <= 3) and np.all(b.lengths <= 6)
+    np.testing.assert_array_equal(a.tokens, b.tokens[:, :3])
+
+
+def test_bucketed_samples_equal_exact_length_samples(family):
+    # The sampler's key is folded with the step index, so the stream does not depend on how
+    # many steps the loop was compiled for.
+    kw = dict(temperature=1.0, num_samples=2, seed=7)
+    exact = _decode(family, **kw)  # the loop the seed test above compiles
+    out = _decode(family, max_new_tokens_bucket=16, **kw)
+    print("bucketed samples", out.tokens.tolist())
+    np.testing.assert_array_equal(out.tokens, exact.tokens)
+    np.testing.assert_array_equal(out.lengths, exact.lengths)
+    np.testing.assert_allclose(out.logprobs, exact.logprobs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.model_logprobs, exact.model_logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_bucket_shorter_than_the_length_is_refused():
+    with pytest.raises(ValueError, match="max_new_tokens_bucket"):
+        DecodeConfig(max_new_tokens=8, max_new_tokens_bucket=4)
 
 
 # --------------------------------------------------------------------------- beam search

@@ -407,6 +407,47 @@ def test_jax_upstream_samples_concurrent_requests_together(corrector, gemma_gguf
     assert metric(text, "lmcor_upstream_batch_size_max") > 1
 
 
+class _ByteTokenizer:
+    """Prompt bytes as ids 3..258 after BOS 2: enough text in and out for a random model."""
+
+    def encode(self, text, add_bos=False):
+        return ([2] if add_bos else []) + [3 + b for b in text.encode()]
+
+    def decode(self, ids):
+        return bytes(min(max(int(i) - 3, 0), 255) for i in ids).decode("latin-1")
+
+
+def test_jax_upstream_max_tokens_share_compiled_decodes():
+    """Client max_tokens values inside one power-of-two bucket reuse one compiled decode."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from lmcor import decoding
+    from lmcor.backends.base import Request, SamplingParams
+    from lmcor.models.gemma import GemmaConfig, GemmaLM
+
+    lm = GemmaLM(GemmaConfig.preset("tiny"))
+    params = nn.meta.unbox(lm.module.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32)))
+    upstream = JaxUpstream("unused.gguf", max_batch=1, max_wait_ms=1)
+    # The backend reads its file only while it holds no model: a tiny random Gemma stands in.
+    backend = upstream.backend
+    backend._lm, backend._params, backend._tokenizer = lm, params, _ByteTokenizer()
+    request = Request(id="r", prompt="Say something.", messages=(), seed=3)
+    try:
+        pools = {n: upstream.generate("completions", "gemma", request,
+                                      SamplingParams(num_samples=2, temperature=0.7,
+                                                     max_new_tokens=n))[1]
+                 for n in (3, 5, 11)}
+    finally:
+        upstream.close()
+    executables = sum(len(run.executables) for run in decoding._COMPILED[id(lm)][1].values())
+    print("executables", executables, {n: [g.num_tokens for g in p] for n, p in pools.items()})
+    assert executables == 1
+    assert all([g.decoding for g in p] == ["greedy", "sample", "sample"] for p in pools.values())
+    assert all(0 < g.num_tokens <= n for n, p in pools.items() for g in p)
+
+
 @pytest.fixture(scope="module")
 def model_dir(task_spm_path, tmp_path_factory) -> str:
     from _tiny_corrector import tiny_config, tiny_params, write_model_dir

@@ -13,6 +13,10 @@ twice: faster when prompts are long next to the outputs, as with 5-shot prompts.
 `model_parallel > 1` the parameters are sharded over a (data, model) mesh by their logical axes.
 `quantize="int8"` decodes with int8 matmuls (`lmcor generate --quantize`): faster on CPU, but the
 outputs differ from the float model's, so it is part of the pool's fingerprint.
+`bucket_new_tokens=True` compiles each decode for `max_new_tokens` rounded up to a power of two
+(at least 16) and stops at the asked length, so callers with many lengths (`lmcor serve`)
+compile once per bucket; the tokens are unchanged, but the longer cache can move log-probs by
+rounding, so it too is part of the fingerprint.
 """
 import logging
 import os
@@ -62,13 +66,13 @@ class JaxBackend(Backend):
     def __init__(self, checkpoint: str = BUNDLED, dtype: str = "float32", batch_size: int = 8,
                  bucket: int = 32, per_example_seed: bool = True, model_parallel: int = 1,
                  shared_prefill: bool = False, quantize: Optional[str] = None,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, bucket_new_tokens: bool = False):
         if quantize not in (None, "int8"):
             raise ValueError(f"JaxBackend.quantize must be None or 'int8', got {quantize!r}")
         self.checkpoint, self.dtype, self.quantize = checkpoint, dtype, quantize
         self.batch_size, self.bucket = batch_size, bucket
         self.per_example_seed, self.model_parallel = per_example_seed, model_parallel
-        self.shared_prefill = shared_prefill
+        self.shared_prefill, self.bucket_new_tokens = shared_prefill, bucket_new_tokens
         self._name = name or os.path.splitext(os.path.basename(checkpoint.rstrip("/")))[0]
         self._lm = self._params = self._tokenizer = None
         self.reset_stats()
@@ -86,15 +90,18 @@ class JaxBackend(Backend):
         return {**super().describe(), "checkpoint": self.checkpoint, "dtype": self.dtype,
                 "per_example_seed": self.per_example_seed, "bucket": self.bucket,
                 "batch_size": self.batch_size, "model_parallel": self.model_parallel,
-                "shared_prefill": self.shared_prefill, "quantize": self.quantize}
+                "shared_prefill": self.shared_prefill, "quantize": self.quantize,
+                **({"bucket_new_tokens": True} if self.bucket_new_tokens else {})}
 
     def fingerprint(self) -> Dict:
         layout = {} if self.per_example_seed else {"batch_size": self.batch_size}
         # Sharing the prefill draws the samples from other random streams: another pool.
         shared = {"shared_prefill": True} if self.shared_prefill else {}
         quant = {"quantize": self.quantize} if self.quantize else {}
+        bucketed = {"bucket_new_tokens": True} if self.bucket_new_tokens else {}
         return {**super().fingerprint(), "dtype": self.dtype,
-                "per_example_seed": self.per_example_seed, **layout, **shared, **quant}
+                "per_example_seed": self.per_example_seed, **layout, **shared, **quant,
+                **bucketed}
 
     def stats(self) -> Dict:
         s = dict(self._stats)
@@ -134,6 +141,13 @@ class JaxBackend(Backend):
 
     # ------------------------------------------------------------------ decoding
 
+    def _new_tokens_bucket(self, max_new_tokens: int) -> Optional[int]:
+        """The decode length compiled for `max_new_tokens`: a power of two, so n lengths cost
+        about log2(n) compiles; at least 16, since short lengths save little decode time."""
+        if not self.bucket_new_tokens:
+            return None
+        return max(16, 1 << (max_new_tokens - 1).bit_length())
+
     def _decode(self, ids: List[List[int]], config, seed: int, rows: int):
         from lmcor import decoding  # noqa: PLC0415
 
@@ -157,7 +171,8 @@ class JaxBackend(Backend):
     def _greedy(self, ids, reqs, params) -> List[Generation]:
         from lmcor.decoding import DecodeConfig  # noqa: PLC0415
 
-        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, stop=params.stop)
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, stop=params.stop,
+                           max_new_tokens_bucket=self._new_tokens_bucket(params.max_new_tokens))
         out = []
         for start in range(0, len(ids), self.batch_size):
             texts, lengths, lps = self._decode(ids[start:start + self.batch_size], cfg, 0,
@@ -174,7 +189,8 @@ class JaxBackend(Backend):
         n = params.num_samples + with_greedy
         cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                            top_p=params.top_p, num_samples=n, stop=params.stop,
-                           greedy_first=with_greedy)
+                           greedy_first=with_greedy,
+                           max_new_tokens_bucket=self._new_tokens_bucket(params.max_new_tokens))
         step = 1 if self.per_example_seed else self.batch_size
         out = []
         for start in range(0, len(ids), step):
