@@ -195,14 +195,19 @@ class Corrector:
         loops = decoding._COMPILED.get(id(self.lm), (None, {}))[1]
         return sum(len(loop.executables) for loop in list(loops.values()))
 
-    def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None):
-        """Beam-search one batch of prepared inputs -> (texts, compile seconds)."""
+    def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None,
+                   compile_only: bool = False):
+        """Beam-search one batch of prepared inputs -> (texts, compile seconds);
+        `compile_only` compiles that batch's shape and returns no texts."""
         rows = max(rows or len(token_lists), len(token_lists))
         width = self.width_bucket(max(len(t) for t in token_lists))
         # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
         batch = decoding.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
                                      pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
-        dec = decoding.decode_batch(self.lm, self.params, batch, self.decode_config)
+        dec = decoding.decode_batch(self.lm, self.params, batch, self.decode_config,
+                                    compile_only=compile_only)
+        if compile_only:
+            return [], float(dec.timing["compile_s"])
         n = len(token_lists)
         texts = decoding.texts_of(self.vocab, decoding.Decoded(
             tokens=dec.tokens[:n], lengths=dec.lengths[:n], logprobs=dec.logprobs[:n],
@@ -231,13 +236,15 @@ class Corrector:
         return out
 
     def warmup(self, max_rows: int) -> dict:
-        """Decodes once at every shape of `decode_shapes(max_rows)`, so that batches of up to
-        max_rows inputs of any accepted length never compile later -> counts and seconds."""
+        """Compiles the decode at every shape of `decode_shapes(max_rows)`, so that batches of
+        up to max_rows inputs of any accepted length never compile later -> counts and
+        seconds."""
         from tqdm import tqdm
 
         shapes, start, compile_s = self.decode_shapes(max_rows), time.perf_counter(), 0.0
         for rows, width in tqdm(shapes, desc="corrector warm-up", unit="shape"):
-            compile_s += self.decode_ids([[int(self.lm.eos_id)] * width], rows)[1]
+            compile_s += self.decode_ids([[int(self.lm.eos_id)] * width], rows,
+                                         compile_only=True)[1]
         out = {"shapes": len(shapes), "executables": self.compiled_executables(),
                "compile_s": round(compile_s, 1), "total_s": round(time.perf_counter() - start, 1)}
         logging.info("corrector warm-up: %s", out)

@@ -208,7 +208,8 @@ class _Compiled:
     def __init__(self, fn):
         self.jitted, self.executables, self.last_compile_s = jax.jit(fn), {}, 0.0
 
-    def __call__(self, *args):
+    def compile(self, *args):
+        """The executable for these arguments' shapes, compiled now unless it already is."""
         leaves, tree = jax.tree.flatten(args)
         sig = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
                             getattr(x, "sharding", None)) for x in leaves))
@@ -217,7 +218,10 @@ class _Compiled:
             start = time.perf_counter()
             self.executables[sig] = self.jitted.lower(*args).compile()
             self.last_compile_s = time.perf_counter() - start
-        return self.executables[sig](*args)
+        return self.executables[sig]
+
+    def __call__(self, *args):
+        return self.compile(*args)(*args)
 
 
 # Compiled loops per adapter object (held strongly, so ids are never reused while cached).
@@ -244,20 +248,25 @@ def _eos_ids(lm, config) -> tuple[jax.Array, int]:
 
 
 def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
-                 stop_ids: np.ndarray | None = None) -> Decoded:
+                 stop_ids: np.ndarray | None = None, compile_only: bool = False) -> Decoded:
     """Decodes one padded batch (adapter batch dict); no text. See `generate` for prompts.
 
     Ids in and out are the tokenizer's; an adapter with a task vocabulary (`lm.vocab_map`)
-    decodes in its compact ids, mapped here on both sides."""
+    decodes in its compact ids, mapped here on both sides. `compile_only` compiles the loop
+    for this batch's shapes and decodes nothing (a server's warm-up: running each shape's
+    loop to its last step would cost more than compiling it); the Decoded then holds only
+    its timing."""
     vmap = getattr(lm, "vocab_map", None)
     if vmap is not None:
         batch, config, stop_ids = _to_task_ids(vmap, batch, config, stop_ids)
     table = jnp.asarray(np.full((4, 8), -3, np.int32) if stop_ids is None else stop_ids)
     eos, num_eos = _eos_ids(lm, config)
     if config.mode == "beam":
-        dec = _decode_beam(lm, params, batch, config, eos, num_eos)
+        dec = _decode_beam(lm, params, batch, config, eos, num_eos, compile_only)
     else:
-        dec = _decode_sample(lm, params, batch, config, eos, table, seed)
+        dec = _decode_sample(lm, params, batch, config, eos, table, seed, compile_only)
+    if compile_only:
+        return dec
     if vmap is not None:
         dec.tokens = vmap.to_full(dec.tokens)
         if dec.beam_tokens is not None:
@@ -282,7 +291,15 @@ def _to_task_ids(vmap, batch, config, stop_ids):
     return batch, config, stop_ids
 
 
-def _decode_sample(lm, params, batch, config, eos, table, seed):
+def _compile_only(run: _Compiled, args) -> Decoded:
+    run.compile(*args)
+    none = np.zeros((0,), np.float32)
+    return Decoded(tokens=np.zeros((0, 0), np.int32), lengths=np.zeros((0,), np.int32),
+                   logprobs=none, model_logprobs=none,
+                   timing={"compile_s": run.last_compile_s, "decode_s": 0.0})
+
+
+def _decode_sample(lm, params, batch, config, eos, table, seed, compile_only=False):
     bucket = config.max_new_tokens_bucket
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
@@ -295,6 +312,8 @@ def _decode_sample(lm, params, batch, config, eos, table, seed):
         opts["limited"] = True
         args.append(jnp.int32(config.max_new_tokens))
     run = _compiled(lm, "sample", _sample_loop, opts)
+    if compile_only:
+        return _compile_only(run, args)
     start = time.perf_counter()
     out = jax.device_get(run(*args))
     # Columns past max_new_tokens are never written: cut to the shape an exact compile returns.
@@ -303,12 +322,15 @@ def _decode_sample(lm, params, batch, config, eos, table, seed):
                    model_logprobs=out["mlp"], timing=_timing(run, start))
 
 
-def _decode_beam(lm, params, batch, config, eos, num_eos):
+def _decode_beam(lm, params, batch, config, eos, num_eos, compile_only=False):
     opts = dict(beam_size=config.beam_size, max_new_tokens=config.max_new_tokens,
                 pad_id=int(lm.pad_id), num_eos=num_eos)
     run = _compiled(lm, "beam", beam_search.beam_loop, opts)
+    args = (params, batch, eos, jnp.float32(config.alpha))
+    if compile_only:
+        return _compile_only(run, args)
     start = time.perf_counter()
-    out = jax.device_get(run(params, batch, eos, jnp.float32(config.alpha)))
+    out = jax.device_get(run(*args))
     best = lambda x: x[:, 0]
     dec = Decoded(tokens=best(out["tokens"]), lengths=best(out["lengths"]),
                   logprobs=best(out["lp"]), model_logprobs=best(out["lp"]),

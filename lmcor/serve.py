@@ -64,9 +64,8 @@ class Decoder:
         return [(rows, width, n) for n in self.lengths
                 for rows, width in self.corrector.decode_shapes(self.max_rows)]
 
-    def decode(self, token_lists: Sequence[Sequence[int]], length: int,
-               rows: int) -> List[Tuple[List[int], bool]]:
-        """Per input: (output ids without EOS, whether the corrector ended it with EOS)."""
+    def _run(self, token_lists: Sequence[Sequence[int]], length: int, rows: int,
+             compile_only: bool = False):
         from lmcor import decoding
 
         c = self.corrector
@@ -74,7 +73,13 @@ class Decoder:
         batch = decoding.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
                                      pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
         config = dataclasses.replace(c.decode_config, max_new_tokens=length)
-        dec = decoding.decode_batch(c.lm, c.params, batch, config)
+        return decoding.decode_batch(c.lm, c.params, batch, config, compile_only=compile_only)
+
+    def decode(self, token_lists: Sequence[Sequence[int]], length: int,
+               rows: int) -> List[Tuple[List[int], bool]]:
+        """Per input: (output ids without EOS, whether the corrector ended it with EOS)."""
+        c = self.corrector
+        dec = self._run(token_lists, length, rows)
         eos, out = int(c.lm.eos_id), []
         for tokens, n in zip(dec.tokens[:len(token_lists)], dec.lengths):
             ids = [int(t) for t in tokens[:int(n)]]
@@ -85,7 +90,8 @@ class Decoder:
         return out
 
     def warm(self, rows: int, width: int, length: int):
-        self.decode([[int(self.corrector.lm.eos_id)] * width], length, rows)
+        """Compiles the decode of this shape without running it."""
+        self._run([[int(self.corrector.lm.eos_id)] * width], length, rows, compile_only=True)
 
     def finish(self, ids: List[int], ended: bool, max_tokens: int) -> Tuple[str, int, str]:
         """(text, completion tokens, finish_reason) of one output cut to max_tokens: "length"

@@ -378,3 +378,21 @@ def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
         want_vals, _ = jax.lax.top_k(x, k)
         np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_vals))
         np.testing.assert_array_equal(np.take_along_axis(x, np.asarray(ids), -1), np.asarray(vals))
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_compile_only_compiles_the_shape_and_decodes_nothing(family, mode):
+    # A length no other test decodes, so the warm-up below is what compiles it.
+    kw = dict(beam_size=2) if mode == "beam" else {}
+    lm, before = family["lm"], _executables(family["lm"])
+    config = DecodeConfig(max_new_tokens=7, **kw)
+    warm = decoding.decode_batch(lm, family["params"], family["batch"], config,
+                                 compile_only=True)
+    assert len(_executables(lm) - before) == 1
+    assert warm.tokens.size == 0 and warm.timing["decode_s"] == 0.0
+    assert warm.timing["compile_s"] > 0
+    # The real decode then runs the executable the warm-up compiled, and decodes as usual.
+    dec = decoding.decode_batch(lm, family["params"], family["batch"], config)
+    assert dec.timing["compile_s"] == 0.0 and len(_executables(lm) - before) == 1
+    if mode == "greedy":
+        np.testing.assert_array_equal(dec.tokens, family["greedy"].tokens[:, :7])
