@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lmcor.checkpoints.gguf_file import GgufFile
 from lmcor.checkpoints.hf_gemma import params_from_hf_tensors
 from lmcor.models.gemma import GemmaConfig
 from lmcor.tokenizer import GgufVocab, SentencePieceTokenizer
@@ -41,22 +42,18 @@ def _reader(path: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_reader(path: str, mtime: float):
-    # Parsing the header walks every vocabulary string (seconds for Gemma's 262k); the weights
-    # and the tokenizer are usually loaded together, so they share one parse.
+def _cached_reader(path: str, mtime: float) -> GgufFile:
+    # The weights and the tokenizer are usually loaded together: they share one parse.
     del mtime  # part of the cache key only: a rewritten file is parsed again
-    from gguf import GGUFReader  # noqa: PLC0415  (imports numpy-heavy modules; only GGUF users pay)
-
     try:
-        return GGUFReader(path)
-    except (ValueError, OSError) as err:
+        return GgufFile.read(path)
+    except OSError as err:
         raise ValueError(f"{path}: not a readable GGUF file ({err})") from err
 
 
 def read_metadata(path: str, prefixes: tuple[str, ...] = ("",)) -> dict[str, Any]:
     """Metadata key -> Python value (arrays as lists) for keys starting with one of `prefixes`."""
-    reader = _reader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefixes)}
+    return {k: v for k, v in _reader(path).fields.items() if k.startswith(prefixes)}
 
 
 def hf_name(gguf_name: str) -> str:
@@ -127,7 +124,7 @@ def load_gemma_gguf(path: str) -> tuple[GemmaConfig, dict]:
     """(config, unboxed params) from a Gemma 3 GGUF; every tensor is dequantized to float32."""
     path = os.fspath(path)
     reader = _reader(path)
-    meta = {k: f.contents() for k, f in reader.fields.items()
+    meta = {k: v for k, v in reader.fields.items()
             if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
     tensors = {hf_name(t.name): t for t in reader.tensors}
     embed = tensors.get("model.embed_tokens.weight")
