@@ -49,27 +49,50 @@ class Decoder:
     its own `max_tokens` would compile once per distinct value while serving. Instead a request
     is decoded at the shortest of `lengths` that holds its `max_tokens` (the corrector's
     `max_decode_tokens` is always one of them, and the longest) and its output is cut to
-    `max_tokens` corrector tokens."""
+    `max_tokens` corrector tokens.
+
+    A server marks the shapes it has compiled (`warm`); a batch then runs at the smallest of
+    them that holds its rows and width, never compiling while serving. A decoder nobody warms
+    decodes every batch at its own shape, compiling on first use."""
 
     def __init__(self, corrector, max_rows: int, lengths: Sequence[int] = ()):
         top = corrector.settings.max_decode_tokens
         self.corrector, self.max_rows = corrector, max_rows
         self.lengths = tuple(sorted({min(int(n), top) for n in lengths} | {top}))
+        self.compiled: Optional[set] = None  # (rows, width, length) once `warm` was called
+        self._lock = threading.Lock()
 
     def length_for(self, max_tokens: int) -> int:
         return next((n for n in self.lengths if n >= max_tokens), self.lengths[-1])
 
     def shapes(self) -> List[Tuple[int, int, int]]:
-        """Every (rows, width, output length) `decode` is called with."""
-        return [(rows, width, n) for n in self.lengths
-                for rows, width in self.corrector.decode_shapes(self.max_rows)]
+        """Every (rows, width, output length) `decode` is called with. The first
+        `len(self.lengths)` can serve any batch: per output length, the most rows at the
+        widest width."""
+        pairs = self.corrector.decode_shapes(self.max_rows)
+        top = (max(r for r, _ in pairs), max(w for _, w in pairs))
+        return ([(*top, n) for n in self.lengths]
+                + [(r, w, n) for n in self.lengths for r, w in pairs if (r, w) != top])
+
+    def _shape(self, rows: int, width: int, length: int) -> Tuple[int, int]:
+        """The (rows, width) a batch runs at: its own, or while some are not compiled yet the
+        cheapest compiled one that holds it (outputs equal up to float rounding)."""
+        with self._lock:
+            if self.compiled is None or (rows, width, length) in self.compiled:
+                return rows, width
+            fits = [(r * w, r, w) for r, w, n in self.compiled
+                    if n == length and r >= rows and w >= width]
+        if not fits:
+            raise RuntimeError(f"no compiled decode shape holds {rows} rows x {width} tokens "
+                               f"at output length {length}")
+        return min(fits)[1:]
 
     def _run(self, token_lists: Sequence[Sequence[int]], length: int, rows: int,
-             compile_only: bool = False):
+             width: Optional[int] = None, compile_only: bool = False):
         from lmcor import decoding
 
         c = self.corrector
-        width = c.width_bucket(max(len(t) for t in token_lists))
+        width = width or c.width_bucket(max(len(t) for t in token_lists))
         batch = decoding.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
                                      pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
         config = dataclasses.replace(c.decode_config, max_new_tokens=length)
@@ -79,7 +102,8 @@ class Decoder:
                rows: int) -> List[Tuple[List[int], bool]]:
         """Per input: (output ids without EOS, whether the corrector ended it with EOS)."""
         c = self.corrector
-        dec = self._run(token_lists, length, rows)
+        width = c.width_bucket(max(len(t) for t in token_lists))
+        dec = self._run(token_lists, length, *self._shape(rows, width, length))
         eos, out = int(c.lm.eos_id), []
         for tokens, n in zip(dec.tokens[:len(token_lists)], dec.lengths):
             ids = [int(t) for t in tokens[:int(n)]]
@@ -90,8 +114,11 @@ class Decoder:
         return out
 
     def warm(self, rows: int, width: int, length: int):
-        """Compiles the decode of this shape without running it."""
-        self._run([[int(self.corrector.lm.eos_id)] * width], length, rows, compile_only=True)
+        """Compiles the decode of this shape without running it; batches may then use it."""
+        self._run([[int(self.corrector.lm.eos_id)] * width], length, rows, width,
+                  compile_only=True)
+        with self._lock:
+            self.compiled = (self.compiled or set()) | {(rows, width, length)}
 
     def finish(self, ids: List[int], ended: bool, max_tokens: int) -> Tuple[str, int, str]:
         """(text, completion tokens, finish_reason) of one output cut to max_tokens: "length"
@@ -242,8 +269,9 @@ class ServeApp:
 
     Given a corrector and an upstream, the app is ready at once (the caller compiled, or does
     not mind compiling on the first requests). Without them it starts "warming up": `start`
-    loads both and compiles every decode shape in a background thread, while /healthz reports
-    the progress and completion requests get 503."""
+    loads both and compiles the decode shapes that can serve any request in a background
+    thread, while /healthz reports the progress and completion requests get 503; then it is
+    ready, and the same thread compiles the smaller shapes."""
 
     def __init__(self, corrector=None, upstream=None, *, num_candidates: int = 5,
                  temperature: float = 0.6, max_batch_size: int = 8, max_wait_ms: float = 10.0,
@@ -280,7 +308,8 @@ class ServeApp:
         self._state = {"status": "warming_up", "phase": "starting",
                        "message": "warming up: starting", "shapes_done": 0, "shapes_total": None}
         self.loader: Optional[threading.Thread] = None
-        self.warmup: Optional[dict] = None  # {"shapes", "seconds"} once `start` compiled
+        # {"shapes", "of", "seconds"} once `start` can serve; "all_seconds" once all compiled
+        self.warmup: Optional[dict] = None
         if corrector is not None:
             self._attach(corrector, upstream)
             self._set_state({"status": "ok"})
@@ -321,20 +350,30 @@ class ServeApp:
             upstream = load_upstream()
             self._attach(corrector, upstream)
             shapes, start = self.decoder.shapes(), time.perf_counter()
-            logging.info("compiling %d corrector decode shapes (rows, width, output length): "
-                         "%s", len(shapes), shapes)
+            needed = len(self.decoder.lengths)
+            logging.info("compiling %d corrector decode shapes (rows, width, output length), "
+                         "ready after the first %d: %s", len(shapes), needed, shapes)
             for i, shape in enumerate(shapes):
                 if not self.accepting:  # shutting down: no point compiling the rest
                     return
-                self._warming("compiling", f"{i}/{len(shapes)} corrector decode shapes "
-                                           "compiled", i, len(shapes))
+                if i < needed:
+                    self._warming("compiling", f"{i}/{needed} corrector decode shapes needed "
+                                               "to serve compiled", i, needed)
+                else:
+                    self._set_state({"status": "ok", "shapes_done": i,
+                                     "shapes_total": len(shapes),
+                                     "message": f"serving; {i}/{len(shapes)} decode shapes "
+                                                "compiled, the rest in the background"})
                 self.decoder.warm(*shape)
-            seconds = time.perf_counter() - start
-            logging.info("corrector warm-up: %d shapes, %d executables, %.1f s", len(shapes),
-                         corrector.compiled_executables(), seconds)
-            self.warmup = {"shapes": len(shapes), "seconds": round(seconds, 1)}
+                if i + 1 == needed:  # every request can run now, at the widest shape
+                    self.warmup = {"shapes": needed, "of": len(shapes),
+                                   "seconds": round(time.perf_counter() - start, 1)}
+                    self._set_state({"status": "ok"})
+                    on_ready(self.warmup)
             self._set_state({"status": "ok"})
-            on_ready(self.warmup)
+            self.warmup["all_seconds"] = round(time.perf_counter() - start, 1)
+            logging.info("corrector warm-up: %d shapes, %d executables, %.1f s", len(shapes),
+                         corrector.compiled_executables(), self.warmup["all_seconds"])
         except Exception as e:  # the server cannot become ready: say why, main() exits
             logging.exception("start-up failed")
             # One line (gin appends "In call to configurable ..." on a line of its own).
@@ -403,6 +442,13 @@ class ServeApp:
 
     def close(self):
         self.accepting = False
+        loader = self.loader
+        if loader is not None and loader is not threading.current_thread():
+            # XLA aborts the process if it exits in the middle of a compile: the loader stops
+            # after the shape it is compiling.
+            if loader.is_alive():
+                logging.info("shutting down: waiting for the decode compile in progress")
+            loader.join(300)
         if self.batcher is not None:
             self.batcher.stop()
         if self.upstream is not None:
@@ -563,7 +609,8 @@ Gin flags (parsed after MODEL_DIR/config.gin, overriding it):
                             compile at start-up)
 
 The server listens at once; /healthz answers 503 {"status": "warming_up", ...} with the compile
-progress while the corrector loads and compiles, then 200 {"status": "ok"}. See
+progress while the corrector loads and compiles the decode shapes that can serve any request,
+then 200 {"status": "ok", ...} while the smaller shapes compile in the background. See
 docs/serving.md."""
 
 
@@ -706,12 +753,14 @@ def main(argv=None) -> int:
 
 def _serve(server: Server, app: ServeApp, stop: threading.Event, load_corrector,
            load_upstream) -> int:
+    started = time.perf_counter()
     server.start()
     print(f"lmcor serve: listening on {server.url}", flush=True)
     print("lmcor serve: warming up (GET /healthz for progress)", flush=True)
     app.start(load_corrector, load_upstream, lambda warmup: print(
-        f"lmcor serve: ready ({warmup['shapes']} decode shapes compiled in "
-        f"{warmup['seconds']} s)", flush=True))
+        f"lmcor serve: ready after {time.perf_counter() - started:.1f} s ({warmup['shapes']} "
+        f"of {warmup['of']} decode shapes compiled in {warmup['seconds']} s; the rest compile "
+        "in the background)", flush=True))
     while not stop.wait(0.5):
         if app.failed:
             break

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from lmcor.corrector import Corrector, CorrectorSettings, pool_record, row_buckets
-from lmcor.serve import Server, ServeApp
+from lmcor.serve import Decoder, Server, ServeApp
 from lmcor.upstream import HttpUpstream, JaxUpstream
 
 from _llm_server import RAMBLE, FakeLLM, reply_text
@@ -238,6 +238,7 @@ def test_healthz_reports_warm_up_progress(task_spm_path):
         refused = post(server, "/v1/completions", {"prompt": PROMPT})
         seen = wait_ready(server)
         answered = post(server, "/v1/completions", {"prompt": PROMPT})
+        server.app.loader.join(60)
         ready = healthz(server)
         assert llm.requests[-1][1]["prompt"] == PROMPT and len(llm.requests) == 1
     assert first[0] == 503 and first[1]["status"] == "warming_up", first
@@ -245,11 +246,35 @@ def test_healthz_reports_warm_up_progress(task_spm_path):
     assert refused[0] == 503 and refused[1]["error"]["message"].startswith("warming up")
     progress = [(b["shapes_done"], b["shapes_total"]) for b in seen
                 if b.get("phase") == "compiling"]
-    # Rows 1 and 2 x one width x one output length; each shape is seen before it compiles.
-    assert progress and {total for _, total in progress} == {2}, seen
-    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
-    assert any("0/2 corrector decode shapes compiled" in b["message"] for b in seen), seen
-    assert answered[0] == 200 and ready == (200, {"status": "ok"})
+    # Ready once the 2-row shape (one width, one output length) is compiled; each shape is
+    # seen before it compiles. The 1-row shape compiles after, while serving.
+    assert progress and {total for _, total in progress} == {1}, seen
+    assert any("0/1 corrector decode shapes needed to serve compiled" in b["message"]
+               for b in seen), seen
+    assert answered[0] == 200 and ready[0] == 200 and ready[1]["status"] == "ok", ready
+    assert served.compiled_executables() == 2
+
+
+def test_batches_run_at_the_cheapest_compiled_shape_that_holds_them(task_spm_path):
+    """While the server has compiled only the covering shape (most rows, widest input), a
+    1-row batch of a short input runs at it, compiles nothing, and answers what a decode at its
+    own shape answers."""
+    settings = dataclasses.replace(SMALL, max_input_tokens=256, length_bucket=64)
+    served = tiny_corrector(task_spm_path, settings=settings)
+    decoder = Decoder(served, max_rows=4)
+    shapes = decoder.shapes()
+    assert shapes[0] == (4, 256, 6) and len(shapes) == 3 * len(settings.widths)
+    decoder.warm(*shapes[0])
+    compiled = served.compiled_executables()
+    inputs = [served.vocab.encode("a short input")]
+    padded = decoder.decode(inputs, 6, rows=1)
+    assert served.compiled_executables() == compiled == 1
+    own = Decoder(served, max_rows=4).decode(inputs, 6, rows=1)  # never warmed: its own shape
+    assert served.compiled_executables() == 2
+    assert padded == own and padded[0][0]
+    decoder.warm(1, 64, 6)
+    assert decoder.decode(inputs, 6, rows=1) == own
+    assert served.compiled_executables() == 2  # (1, 64, 6) was the shape `own` compiled
 
 
 def test_metrics_batch_edges_are_the_corrector_row_buckets():
@@ -482,7 +507,7 @@ def test_cli_serves_a_model_dir_and_stops_on_sigterm(model_dir):
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
             out = proc.stdout.read()
-            assert "ready (" in out and "stopped" in out
+            assert "ready after " in out and "stopped" in out
         finally:
             if proc.poll() is None:
                 proc.kill()
