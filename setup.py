@@ -20,7 +20,6 @@ INSTALL_REQUIRES = [
     "sacrebleu>=2.6,<2.7",
     "rouge-score==0.1.2",
     "bm25s>=0.3.16,<0.4",
-    "clu==0.0.12",
     "tensorboard>=2.21,<2.22",
     "tqdm>=4.70,<5",
     "absl-py>=2.5,<3",

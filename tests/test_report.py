@@ -1,18 +1,18 @@
 """`lmcor report`: tables, ablation and row plots, and training curves from real evaluations of
-a WMT22 slice (MBR/oracle over its first k systems) and TensorBoard files the trainer's writer
-(clu) produced."""
+a WMT22 slice (MBR/oracle over its first k systems) and TensorBoard files the trainer's own
+logger (lmcor.training.logging.TrainLogger) wrote."""
 import itertools
 import json
 import os
 
 import numpy as np
 import pytest
-from clu import metric_writers
 from matplotlib import image
 
 from lmcor import config, evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
+from lmcor.training.logging import TrainLogger
 
 N = 8
 
@@ -23,11 +23,12 @@ def run_dir(data_dir, tmp_path_factory):
     pool = run / "pool"
     write_pool(itertools.islice(import_wmt(data_dir, "wmt22"), N), str(pool))
     model_dir = run / "lmcor"
-    writer = metric_writers.create_default_writer(str(model_dir / "train"))
+    logger = TrainLogger(str(model_dir / "train"), total_steps=3, start_step=0, main_host=True)
     for step in (1, 2, 3):
-        writer.write_scalars(step, {"loss": 4.0 / step})
-    writer.write_scalars(3, {"eval/chrf": 12.5})
-    writer.close()
+        logger.step(step, {"loss": 4.0 / step, "learning_rate": 1e-3, "target_tokens": 8.0},
+                    log_every=1)
+    logger.scalars(3, {"chrf": 12.5}, prefix="eval/")
+    logger.close()
     for k in (1, 3, 9):
         cfg = evaluate.evaluation(task="wmt22", out_dir=str(run / "ablations" / f"k{k}"),
                                   pool=str(pool), max_references=1, num_candidates=k,
