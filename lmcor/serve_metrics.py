@@ -80,7 +80,7 @@ class Metrics:
                     "# HELP lmcor_inflight_requests Requests being handled now.",
                     "# TYPE lmcor_inflight_requests gauge", f"lmcor_inflight_requests {self.inflight}",
                     "# HELP lmcor_decode_executables Compiled corrector decode shapes (growth "
-                    "after warm-up means compiling while serving).",
+                    "after the background warm-up means compiling while serving).",
                     "# TYPE lmcor_decode_executables gauge",
                     f"lmcor_decode_executables {self.executables()}"]
         return "\n".join(out) + "\n"
