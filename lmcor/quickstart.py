@@ -68,15 +68,6 @@ def _done(folder: str, settings: Dict) -> bool:
         return json.load(f) == json.loads(json.dumps(settings))
 
 
-def _preempted(folder: str) -> bool:
-    """Whether the trainer's MODEL_DIR/train_summary.json says the run stopped on SIGTERM."""
-    path = os.path.join(folder, "train_summary.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("stopped") == "preempted"
-
-
 def _mark_done(folder: str, settings: Dict) -> None:
     atomic_write_text(os.path.join(folder, DONE), json.dumps(settings, indent=1) + "\n")
 
@@ -104,10 +95,6 @@ class Pipeline:
         code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT)
         if code != 0:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
-        if folder and _preempted(folder):
-            # The trainer saved and exited 0 on SIGTERM: the row is not trained yet.
-            raise QuickstartError(f"stage {name!r} was preempted (SIGTERM) after saving a "
-                                  "checkpoint; rerun the same command to resume it")
         self.timings[name] = round(time.time() - started, 1)
         if folder:
             _mark_done(folder, settings)

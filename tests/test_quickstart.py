@@ -35,24 +35,6 @@ def test_stages_resume_from_done_markers(tmp_path):
     assert rerun.timings["total"] == again["total"]  # the pipeline prints it at the end
 
 
-def test_a_preempted_training_stage_is_not_marked_done(tmp_path):
-    """The trainer exits 0 after saving on SIGTERM, with "stopped": "preempted" in
-    MODEL_DIR/train_summary.json; the pipeline must stop there, not take the row as trained.
-    (json.tool stands in for the stage's process: it writes the summary the trainer writes.)"""
-    run = tmp_path / "row"
-    run.mkdir()
-    summary = run / "train_summary.json"
-    preempted, finished = tmp_path / "preempted.json", tmp_path / "finished.json"
-    preempted.write_text('{"step": 1102, "stopped": "preempted"}')
-    finished.write_text('{"step": 2000, "stopped": "patience"}')
-    pipe = quickstart.Pipeline(str(tmp_path), stages=2)
-    with pytest.raises(quickstart.QuickstartError, match="'train lmcor' was preempted .* rerun"):
-        pipe.run("train lmcor", "json.tool", [str(preempted), str(summary)], str(run), {"n": 1})
-    assert not (run / quickstart.DONE).exists()
-    pipe.run("train lmcor", "json.tool", [str(finished), str(summary)], str(run), {"n": 1})
-    assert (run / quickstart.DONE).exists()
-
-
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     import gin
 
