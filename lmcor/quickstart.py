@@ -45,6 +45,7 @@ from lmcor.gin_command import GinFlags
 from lmcor.io_utils import atomic_write_text
 
 DONE = "DONE.json"
+TRAIN_SUMMARY = "train_summary.json"  # lmcor.train writes it when a run ends, except on SIGTERM
 # A row trains on its task variant (`<task>_<variant>`) and fills this evaluate macro.
 EVAL_MACROS = {"finetune": "FINETUNE_DIR", "lmcor_single": "LMCOR_SINGLE_DIR",
                "lmcor": "LMCOR_DIR"}
@@ -68,6 +69,16 @@ def _done(folder: str, settings: Dict) -> bool:
         return json.load(f) == json.loads(json.dumps(settings))
 
 
+def _stat(path: str):
+    """What tells a file rewritten (atomic_write_text renames a new inode into place) from one
+    left as it was; None when absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _mark_done(folder: str, settings: Dict) -> None:
     atomic_write_text(os.path.join(folder, DONE), json.dumps(settings, indent=1) + "\n")
 
@@ -80,8 +91,13 @@ class Pipeline:
         self.timings: Dict[str, float] = {}
 
     def run(self, name: str, module: str, args: Sequence[str], folder: str = None,
-            settings: Dict = None) -> None:
-        """Runs `python -m module args` unless `folder` holds a DONE marker with `settings`."""
+            settings: Dict = None, writes: str = None) -> None:
+        """Runs `python -m module args` unless `folder` holds a DONE marker with `settings`.
+
+        `writes`: a file in `folder` that the stage writes only when its work is complete. A
+        stage that exits 0 without writing it is not marked done. The trainer is such a stage:
+        on SIGTERM it saves, exits 0 and writes no train_summary.json, so a preempted row is
+        resumed by the next run instead of being taken as trained."""
         self.stage += 1
         head = f"[quickstart {self.stage}/{self.stages} | {time.time() - self.start:6.0f}s] {name}"
         if folder and _done(folder, settings):
@@ -92,9 +108,15 @@ class Pipeline:
         cmd = [sys.executable, "-P", "-m", module, *args]
         print(f"{head}\n  $ {' '.join(cmd[2:])}", flush=True)
         started = time.time()
+        proof = os.path.join(folder, writes) if folder and writes else None
+        before = _stat(proof) if proof else None
         code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT)
         if code != 0:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
+        if proof and _stat(proof) in (None, before):
+            raise QuickstartError(f"stage {name!r} exited before finishing (it did not write "
+                                  f"{proof}; a trainer does that when stopped by SIGTERM, "
+                                  "after saving); rerun the same command to resume it")
         self.timings[name] = round(time.time() - started, 1)
         if folder:
             _mark_done(folder, settings)
@@ -253,7 +275,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         model_dir = os.path.join(pipe.run_dir, row)
         pipe.run(f"train {row} ({_limit(train_steps, budget)})", "lmcor.train",
                  _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
-                 settings)
+                 settings, writes=TRAIN_SUMMARY)
     pipe.run("evaluate", "lmcor.evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"),
         {**{row: os.path.join(pipe.run_dir, row) for row in rows}, **released}))
@@ -265,7 +287,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
             pipe.run(f"variant {name}: train lmcor ({_limit(train_steps, budget)})", "lmcor.train",
                      _train_args(task, "lmcor", model_dirs["lmcor"], pools, train_steps,
                                  train_flags, extra), model_dirs["lmcor"],
-                     dict(settings, ablation=extra))
+                     dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
         else:
             model_dirs = {row: os.path.join(pipe.run_dir, row) for row in variant_rows[name]}
         pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(

@@ -2,6 +2,7 @@
 settings rerun them, a failing stage stops the pipeline naming itself; the flags it builds
 parse with the real Gin files."""
 import json
+import os
 import subprocess
 import sys
 
@@ -33,6 +34,65 @@ def test_stages_resume_from_done_markers(tmp_path):
     again = json.loads((tmp_path / "timings.json").read_text())
     assert set(again) == {"copy", "total"} and again["copy"] == first["copy"]
     assert rerun.timings["total"] == again["total"]  # the pipeline prints it at the end
+
+
+def test_a_stage_that_exits_without_writing_its_result_is_not_marked_done(tmp_path):
+    src, folder = tmp_path / "in.json", tmp_path / "row"
+    src.write_text('{"a": 1}')
+    folder.mkdir()
+    (folder / "out.json").write_text('{"old": 1}')  # left by an earlier, different run
+    pipe = quickstart.Pipeline(str(tmp_path), stages=2)
+    with pytest.raises(quickstart.QuickstartError, match="'silent' exited before finishing"):
+        pipe.run("silent", "json.tool", [str(src)], str(folder), {"n": 1}, writes="out.json")
+    assert not (folder / quickstart.DONE).exists()
+    pipe.run("writes", "json.tool", [str(src), str(folder / "out.json")], str(folder), {"n": 1},
+             writes="out.json")
+    assert (folder / quickstart.DONE).exists()
+
+
+@pytest.mark.slow
+def test_a_training_stage_stopped_by_sigterm_resumes_on_the_next_run(data_dir, tmp_path,
+                                                                      monkeypatch):
+    """The real trainer (gin/runs/smoke.gin, tiny T5 on the WMT22 pool) saves and exits 0 on
+    SIGTERM; the pipeline must stop there, and its next run must finish the same row."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    monkeypatch.setenv("LMCOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    model_dir = tmp_path / "lmcor"
+    args = ["--gin_file=runs/smoke.gin", f"--gin.MODEL_DIR={str(model_dir)!r}",
+            "--gin.TRAIN_STEPS=400", "--gin.EVAL_EVERY=0", "--gin.Checkpointer.save_every=2"]
+
+    def stop_after_first_checkpoint():
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            saved = [n for n in os.listdir(model_dir / "checkpoints") if n.isdigit()] \
+                if (model_dir / "checkpoints").is_dir() else []
+            children = psutil.Process().children()
+            if saved and children:
+                children[0].send_signal(signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_after_first_checkpoint)
+    stopper.start()
+    pipe = quickstart.Pipeline(str(tmp_path), stages=2)
+    with pytest.raises(quickstart.QuickstartError, match="exited before finishing"):
+        pipe.run("train lmcor", "lmcor.train", args, str(model_dir), {"n": 1},
+                 writes=quickstart.TRAIN_SUMMARY)
+    stopper.join()
+    assert not (model_dir / quickstart.DONE).exists()
+    stopped_at = max(int(n) for n in os.listdir(model_dir / "checkpoints") if n.isdigit())
+    assert stopped_at < 400
+    args[2] = f"--gin.TRAIN_STEPS={stopped_at + 2}"  # the resumed run only has to finish
+    pipe.run("train lmcor", "lmcor.train", args, str(model_dir), {"n": 1},
+             writes=quickstart.TRAIN_SUMMARY)
+    summary = json.loads((model_dir / quickstart.TRAIN_SUMMARY).read_text())
+    assert summary["step"] == stopped_at + 2 and (model_dir / quickstart.DONE).exists()
 
 
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
