@@ -326,6 +326,18 @@ def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
     return restored["state"]["params"]
 
 
+def trained_identity(model_dir: str) -> dict:
+    """Which trained weights `trained_params(model_dir)` reads: the checkpoint step for a run
+    folder (it moves when the run trains on or a better step is validated), the step and
+    weights sha256 for a released adapter."""
+    from lmcor.checkpoints import adapter
+
+    if adapter.is_adapter_dir(model_dir):
+        info = adapter.manifest(model_dir)
+        return {"adapter_step": info["step"], "adapter_sha256": info["sha256"]}
+    return {"step": checkpoint_step(os.path.join(model_dir, "checkpoints"))}
+
+
 def trained_params(model_dir: str, model, step: Optional[int] = None):
     """The trained params of a run folder (`restore_params` of its checkpoints) or of a
     released adapter folder (lmcor.checkpoints.adapter), which holds one step only."""

@@ -225,14 +225,16 @@ def _pred_path(pred_dir: str, row: str) -> str:
 
 def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig) -> dict:
     """What a saved corrector row was decoded from: the inputs (ids, sources, candidates), the
-    MODEL_DIR and the settings that change decoding. Another pool, test slice or corrector
-    in the same EVAL_DIR must not reuse it."""
+    MODEL_DIR, the weights it restores, and the settings that change decoding. Another pool,
+    test slice, corrector or checkpoint (a run trained further, a better validated step) in the
+    same EVAL_DIR must not reuse it."""
+    from lmcor.corrector import trained_identity  # noqa: PLC0415 — loads orbax
     digest = hashlib.sha256()
     for rec in records:
         digest.update(json.dumps([rec["id"], rec["source"], rec.get("candidates")],
                                  sort_keys=True, ensure_ascii=False).encode())
     return {"inputs_sha256": digest.hexdigest(), "model_dir": os.path.abspath(model_dir),
-            "corrector_bindings": list(cfg.corrector_bindings),
+            "weights": trained_identity(model_dir), "corrector_bindings": list(cfg.corrector_bindings),
             "num_candidates": cfg.num_candidates}
 
 

@@ -40,9 +40,10 @@ def shared_corrector(spm_path: str) -> Corrector:
     return tiny_corrector(spm_path)
 
 
-def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "") -> dict:
+def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "", step: int = 5) -> dict:
     """A MODEL_DIR as the trainer leaves it: a checkpoint saved by its own Checkpointer (params +
-    optimizer state + data position) and the run's config.gin. Returns the saved params."""
+    optimizer state + data position) and the run's config.gin. Returns the saved params. Into
+    an existing MODEL_DIR it adds the checkpoint `step`, as a run that trained on would."""
     from lmcor.models import partitioning
     from lmcor.training import checkpointing, models, state as state_lib
 
@@ -52,7 +53,7 @@ def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "") -> di
     state, _ = state_lib.create_state(model.init_fn, optimizer, partitioning.make_mesh(1, 1),
                                       seed=3, init_params=params)
     ckpt = checkpointing.Checkpointer(f"{model_dir}/checkpoints", async_save=False)
-    ckpt.save(5, state, {"step": 5}, force=True)
+    ckpt.save(step, state, {"step": step}, force=True)
     ckpt.close()
     with open(f"{model_dir}/config.gin", "w", encoding="utf-8") as f:
         f.write("train.model = @t5_model()\n"

@@ -113,8 +113,19 @@ def test_saved_predictions_of_other_inputs_or_settings_are_not_reused(
 
     other_dir = tmp_path / "other_model"
     write_model_dir(other_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=2))
-    evaluate.evaluate(dataclasses.replace(short, model_dirs={"LMCor": str(other_dir)}))
+    trained_on = dataclasses.replace(short, model_dirs={"LMCor": str(other_dir)})
+    evaluate.evaluate(trained_on)
     assert decoded[-1] == str(other_dir)
+
+    # The same MODEL_DIR trained on to a new checkpoint: its saved row is stale.
+    write_model_dir(other_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=3),
+                    step=9)
+    n = len(decoded)
+    newer = evaluate.evaluate(trained_on)
+    assert len(decoded) == n + 1
+    fresh = evaluate.evaluate(dataclasses.replace(trained_on, out_dir=str(tmp_path / "fresh9")))
+    assert newer["rows"][-1]["metrics"] == fresh["rows"][-1]["metrics"]
+    assert len(decoded) == n + 2  # the fresh EVAL_DIR had nothing saved
 
 
 def test_bad_settings_name_the_field():
