@@ -234,7 +234,8 @@ def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig)
         digest.update(json.dumps([rec["id"], rec["source"], rec.get("candidates")],
                                  sort_keys=True, ensure_ascii=False).encode())
     return {"inputs_sha256": digest.hexdigest(), "model_dir": os.path.abspath(model_dir),
-            "weights": trained_identity(model_dir), "corrector_bindings": list(cfg.corrector_bindings),
+            "weights": trained_identity(model_dir),
+            "corrector_bindings": list(cfg.corrector_bindings),
             "num_candidates": cfg.num_candidates}
 
 

@@ -124,9 +124,12 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     from lmcor import export
     from lmcor.checkpoints import adapter
     from lmcor.corrector import configured_parts, restore_params, trained_params
+    from lmcor.training.budget import read_history
 
     run = tmp_path / "run"
-    _train(run, 3, *GEMMA_LORA)
+    # Validated at 8 and 16 examples (no best metric: the latest step is the one released).
+    _train(run, 3, *GEMMA_LORA, "--gin.train.evaluator=@slow_eval", "--gin.slow_eval.seconds=0",
+           "--gin.train.eval_every_examples=8")
     gin.clear_config()
     # The run trained on synthetic ids; loading it as a corrector needs some vocabulary.
     vocab = [f"task_vocabulary.spm_model = {str(task_spm_path)!r}"]
@@ -140,6 +143,8 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
                 "train_summary.json"} <= set(os.listdir(out))
         info = adapter.manifest(str(out))
         assert (info["step"], info["dtype"]) == (3, dtype)
+        # The learning curve travels with it: the report reads the same validations.
+        assert len(read_history(str(out))) >= 2 and read_history(str(out)) == read_history(str(run))
         got = trained_params(str(out), model)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             b = np.asarray(b, np.float32)

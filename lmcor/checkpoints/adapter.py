@@ -7,6 +7,7 @@ small safetensors file, beside what a run folder needs to load them.
     DIR/config.gin            the run's Gin config (model, vocabulary, corrector options)
     DIR/task_vocab.json       the task vocabulary's id map, if the run used one
     DIR/base_weights.json     the base checkpoint's file name and sha256
+    DIR/eval/history.jsonl    the run's validations, for the report's learning curves
 
 `Corrector.from_model_dir(DIR)` loads such a folder like a run folder: the frozen base comes
 from the configured base weights (checked against base_weights.json), the adapters from here.
@@ -24,8 +25,9 @@ from lmcor.io_utils import file_sha256
 from lmcor.models.layers import as_dtype
 
 WEIGHTS, MANIFEST = "adapter.safetensors", "adapter.json"
-# Copied from the run folder when present; config.gin is required.
-RUN_FILES = ("config.gin", "task_vocab.json", "base_weights.json", "train_summary.json")
+# Copied from the run folder when present, at the same relative path; config.gin is required.
+RUN_FILES = ("config.gin", "task_vocab.json", "base_weights.json", "train_summary.json",
+             os.path.join("eval", "history.jsonl"))
 FORMAT = "lmcor-adapter"
 
 
@@ -55,6 +57,7 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
         save_file(tensors, os.path.join(tmp, WEIGHTS))
         for name in RUN_FILES:
             if os.path.isfile(os.path.join(model_dir, name)):
+                os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
                 shutil.copyfile(os.path.join(model_dir, name), os.path.join(tmp, name))
         summary = None
         if os.path.isfile(os.path.join(tmp, "train_summary.json")):
