@@ -130,7 +130,11 @@ def test_seqio_metric_functions():
     assert set(metrics.seqio_rouge(["a b"], ["a b"])) == {"rouge1", "rouge2", "rougeLsum"}
     gl = metrics.seqio_gleu([{"source": "a b c d", "references": ["a b x d"]}], ["a b x d"])
     assert gl == {"gleu": pytest.approx(100.0)}
-    assert np.isfinite(metrics.seqio_ter(targets, preds)["ter"])
+    # TER in percent of reference words: no edit against a matching reference, then one
+    # substitution over 4 words, then 2 deletions over 4.
+    assert metrics.seqio_ter(targets, preds)["ter"] == pytest.approx(0.0)
+    assert metrics.seqio_ter([["a b c d"]], ["a b x d"])["ter"] == pytest.approx(25.0)
+    assert metrics.seqio_ter([["a b c d"]], ["a b"])["ter"] == pytest.approx(50.0)
 
 
 def test_bootstrap_uses_the_tokenizer_of_the_score(wmt22):

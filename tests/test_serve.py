@@ -136,11 +136,18 @@ def test_chat_completions_shape(corrector):
     with FakeLLM() as llm, serving(corrector, llm.base_url) as server:
         status, reply = post(server, "/v1/chat/completions",
                              {"model": "m", "messages": messages, "max_tokens": 8})
+        _, full = post(server, "/v1/chat/completions",
+                       {"model": "m", "messages": messages, "max_tokens": 8,
+                        "lmcor": {"return_candidates": True}})
         sent = [body for _, body, _ in llm.requests]
     assert status == 200, reply
     assert reply["object"] == "chat.completion" and "lmcor" not in reply
     msg = reply["choices"][0]["message"]
-    assert msg["role"] == "assistant" and isinstance(msg["content"], str)
+    # The reply is the corrector's output for the last user turn and the pool the upstream
+    # wrote for the same (seeded) request.
+    want = corrector.correct([pool_record(messages[-1]["content"], full["lmcor"]["candidates"])])
+    assert msg["role"] == "assistant"
+    assert msg["content"] == want[0] == full["choices"][0]["message"]["content"]
     assert all(b["messages"] == messages for b in sent)
 
 
