@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from lmcor import decoding
+from lmcor import decode
 from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
 from lmcor.models.t5 import T5, T5Config, T5LM
 
@@ -116,9 +116,9 @@ def bench_train(size, steps: int, peak: float | None) -> dict:
             "mfu": flops / (step_s * peak) if peak else None}
 
 
-def _timed_decode(lm, params, batch, config) -> decoding.Decoded:
-    decoding.decode_batch(lm, params, batch, config)  # compiles; later calls reuse it
-    return decoding.decode_batch(lm, params, batch, config, seed=1)
+def _timed_decode(lm, params, batch, config) -> decode.Decoded:
+    decode.decode_batch(lm, params, batch, config)  # compiles; later calls reuse it
+    return decode.decode_batch(lm, params, batch, config, seed=1)
 
 
 def bench_sample(size) -> dict:
@@ -126,8 +126,8 @@ def bench_sample(size) -> dict:
     module = Gemma3(cfg)
     tokens = _tokens(np.random.default_rng(1), (size["sample_batch"], size["prompt_len"]), cfg.vocab_size)
     params = {"params": _init(module, jnp.asarray(tokens[:1]))}
-    config = decoding.DecodeConfig(max_new_tokens=size["new_tokens"], temperature=0.6,
-                                   num_samples=size["num_samples"])
+    config = decode.DecodeConfig(max_new_tokens=size["new_tokens"], temperature=0.6,
+                                 num_samples=size["num_samples"])
     out = _timed_decode(GemmaLM(module), params, {"tokens": tokens, "mask": np.ones_like(tokens, bool)}, config)
     generated = int(out.lengths.sum())
     return {"model": f"gemma3-{size['gemma']}", "params": _count(params), "prompts": len(tokens),
@@ -141,7 +141,7 @@ def bench_beam(size) -> dict:
     model = T5(cfg)
     src = _tokens(np.random.default_rng(2), (size["beam_batch"], size["src_len"]), cfg.vocab_size)
     params = _init(model, jnp.asarray(src[:1]), jnp.asarray(src[:1, :1]))
-    config = decoding.DecodeConfig(max_new_tokens=size["beam_tokens"], beam_size=size["beam"])
+    config = decode.DecodeConfig(max_new_tokens=size["beam_tokens"], beam_size=size["beam"])
     out = _timed_decode(T5LM(model), params, {"encoder_tokens": src}, config)
     return {"model": f"t5-{size['t5']}", "examples": len(src), "src_len": size["src_len"],
             "beam": size["beam"], "max_new_tokens": size["beam_tokens"],

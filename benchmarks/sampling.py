@@ -43,16 +43,16 @@ def _timed(fn):
 
 
 def run_ours(path, max_new_tokens, dtype, quantize=None):
-    from lmcor import decoding
+    from lmcor import decode
     from lmcor.generate import load_model
 
     (lm, params, tokenizer), load_s = _timed(
         lambda: load_model(f"gguf:{path}", dtype, quantize))
     results = {}
     for mode, extra in (("greedy", {}), ("sample", SAMPLING)):
-        config = decoding.DecodeConfig(max_new_tokens=max_new_tokens, **extra)
-        run = lambda: decoding.generate(lm, params, tokenizer, PROMPTS, config, seed=0,
-                                        batch_size=len(PROMPTS))
+        config = decode.DecodeConfig(max_new_tokens=max_new_tokens, **extra)
+        run = lambda: decode.generate(lm, params, tokenizer, PROMPTS, config, seed=0,
+                                      batch_size=len(PROMPTS))
         warm = run()  # compiles; its timing says how long compilation took
         out = run()
         results[mode] = (int(out.lengths.sum()), out.timing["decode_s"], out.texts)

@@ -55,16 +55,16 @@ def _timed(fn):
 def run_ours(ckpt_dir: str, src: np.ndarray, args):
     import jax.numpy as jnp
 
-    from lmcor import decoding
+    from lmcor import decode
     from lmcor.checkpoints.hf_t5 import load_t5_safetensors, t5_config_from_hf
     from lmcor.models.t5 import T5LM
 
     config = t5_config_from_hf(ckpt_dir, dropout_rate=0.0)
     params = load_t5_safetensors(ckpt_dir, config)
     lm, batch = T5LM(config), {"encoder_tokens": jnp.asarray(src, jnp.int32)}
-    dc = decoding.DecodeConfig(max_new_tokens=args.max_new_tokens, beam_size=args.beam)
-    warm = decoding.decode_batch(lm, params, batch, dc)
-    out, seconds = _timed(lambda: decoding.decode_batch(lm, params, batch, dc))
+    dc = decode.DecodeConfig(max_new_tokens=args.max_new_tokens, beam_size=args.beam)
+    warm = decode.decode_batch(lm, params, batch, dc)
+    out, seconds = _timed(lambda: decode.decode_batch(lm, params, batch, dc))
     print(f"ours: compile {warm.timing['compile_s']:.1f}s", file=sys.stderr)
     rows = [list(t[:n]) for t, n in zip(out.tokens, out.lengths)]
     return rows, seconds

@@ -3,7 +3,7 @@
 There is one code path: the input text comes from `preprocessors.build_corrector_input` (what
 the SeqIO task runs during training), it is tokenized with the run's vocabulary the way the
 feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decoded with
-`lmcor.decoding`'s beam search. Every batch is padded to one of a fixed set of decode shapes
+`lmcor.decode`'s beam search. Every batch is padded to one of a fixed set of decode shapes
 (`Corrector.decode_shapes`: power-of-two row counts x geometrically spaced widths), which
 `Corrector.warmup` compiles up front, so a server never compiles while it is serving.
 
@@ -24,7 +24,7 @@ import jax
 from absl import logging
 from flax import linen as nn
 
-from lmcor import decoding
+from lmcor import decode
 from lmcor.data import preprocessors as pp
 
 
@@ -134,8 +134,8 @@ class Corrector:
         self.vocab = vocab
         self.options = options or pp.CorrectorOptions()
         self.settings = settings or CorrectorSettings()
-        self.encoder_decoder = decoding.is_encoder_decoder(self.lm)
-        self.decode_config = decoding.DecodeConfig(
+        self.encoder_decoder = decode.is_encoder_decoder(self.lm)
+        self.decode_config = decode.DecodeConfig(
             max_new_tokens=self.settings.max_decode_tokens, beam_size=self.settings.beam_size,
             alpha=self.settings.alpha)
         self._lock = threading.Lock()
@@ -191,9 +191,7 @@ class Corrector:
     def compiled_executables(self) -> int:
         """Decode executables compiled so far for this corrector's model (any shape, any
         mode); a server whose count grows after warm-up is compiling while it serves."""
-        # decoding keeps its compiled loops per adapter object; it has no public counter.
-        loops = decoding._COMPILED.get(id(self.lm), (None, {}))[1]
-        return sum(len(loop.executables) for loop in list(loops.values()))
+        return decode.compiled_count(self.lm)
 
     def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None,
                    compile_only: bool = False):
@@ -202,14 +200,14 @@ class Corrector:
         rows = max(rows or len(token_lists), len(token_lists))
         width = self.width_bucket(max(len(t) for t in token_lists))
         # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
-        batch = decoding.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
-                                     pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
-        dec = decoding.decode_batch(self.lm, self.params, batch, self.decode_config,
-                                    compile_only=compile_only)
+        batch = decode.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
+                                   pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
+        dec = decode.decode_batch(self.lm, self.params, batch, self.decode_config,
+                                  compile_only=compile_only)
         if compile_only:
             return [], float(dec.timing["compile_s"])
         n = len(token_lists)
-        texts = decoding.texts_of(self.vocab, decoding.Decoded(
+        texts = decode.texts_of(self.vocab, decode.Decoded(
             tokens=dec.tokens[:n], lengths=dec.lengths[:n], logprobs=dec.logprobs[:n],
             model_logprobs=dec.model_logprobs[:n]), [int(self.lm.eos_id)], ())
         return texts, float((dec.timing or {}).get("compile_s", 0.0))

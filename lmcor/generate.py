@@ -93,10 +93,10 @@ def escape(text: str) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from lmcor import decoding  # imports JAX: after the flags, so --help and typos answer at once
+    from lmcor import decode  # imports JAX: after the flags, so --help and typos answer at once
 
     try:
-        config = decoding.DecodeConfig(
+        config = decode.DecodeConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, num_samples=args.num_samples, beam_size=args.beam_size,
             alpha=args.alpha, stop=tuple(args.stop))
@@ -106,8 +106,8 @@ def main(argv=None) -> int:
         print(f"lmcor generate: error: {err}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - start
-    out = decoding.generate(lm, params, tokenizer, args.prompt, config, seed=args.seed,
-                            batch_size=min(args.batch_size, len(args.prompt)))
+    out = decode.generate(lm, params, tokenizer, args.prompt, config, seed=args.seed,
+                          batch_size=min(args.batch_size, len(args.prompt)))
     for text in out.texts:
         print(escape(text))
     sys.stdout.flush()

@@ -89,14 +89,14 @@ class Decoder:
 
     def _run(self, token_lists: Sequence[Sequence[int]], length: int, rows: int,
              width: Optional[int] = None, compile_only: bool = False):
-        from lmcor import decoding
+        from lmcor import decode
 
         c = self.corrector
         width = width or c.width_bucket(max(len(t) for t in token_lists))
-        batch = decoding.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
-                                     pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
+        batch = decode.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
+                                   pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
         config = dataclasses.replace(c.decode_config, max_new_tokens=length)
-        return decoding.decode_batch(c.lm, c.params, batch, config, compile_only=compile_only)
+        return decode.decode_batch(c.lm, c.params, batch, config, compile_only=compile_only)
 
     def decode(self, token_lists: Sequence[Sequence[int]], length: int,
                rows: int) -> List[Tuple[List[int], bool]]:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmcor import decoding
+from lmcor import decode
 from lmcor.data.task_vocab import TaskVocab
 
 torch = pytest.importorskip("torch")
@@ -59,9 +59,9 @@ def e2e_vocab(data_dir, tokenizer, base):
 
 def _greedy(lm, params, prompts, tokenizer):
     ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
-    batch = decoding.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
-    return decoding.decode_batch(lm, params, batch,
-                                 decoding.DecodeConfig(max_new_tokens=NEW_TOKENS))
+    batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
+    return decode.decode_batch(lm, params, batch,
+                               decode.DecodeConfig(max_new_tokens=NEW_TOKENS))
 
 
 def test_task_vocab_logits_and_greedy_equal_the_full_model(base, e2e_vocab, e2e_inputs,
@@ -70,7 +70,7 @@ def test_task_vocab_logits_and_greedy_equal_the_full_model(base, e2e_vocab, e2e_
     small = base.with_task_vocab(e2e_vocab)
     assert small.config.vocab_size == e2e_vocab.size < base.config.vocab_size // 10
     ids = [tokenizer.encode(p, add_bos=True) for p in e2e_inputs[:3]]
-    batch = decoding.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
+    batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
     tokens = jnp.asarray(batch["tokens"])
     segments = jnp.asarray(batch["mask"], jnp.int32)
     full = base.module.apply({"params": base.pretrained_params}, tokens, segment_ids=segments)
@@ -155,7 +155,7 @@ def test_export_decodes_in_transformers_as_lmcor_does(tmp_path, gemma_gguf_path,
     assert ours == theirs
     # The adapters changed the model: the base alone decodes at least one input differently.
     plain = _greedy(base.decode_adapter(), base.pretrained_params, e2e_inputs, tokenizer)
-    assert decoding.texts_of(tokenizer, plain, [1], ()) != ours
+    assert decode.texts_of(tokenizer, plain, [1], ()) != ours
 
 
 def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_inputs,

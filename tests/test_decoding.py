@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lmcor import decoding
-from lmcor.beam_search import length_penalty
-from lmcor.decoding import DecodeConfig
+from lmcor import decode
+from lmcor.decode import DecodeConfig, length_penalty
 
 STEPS = 8
 PROMPTS = ["\u0105\u0110\u0120\u0130\u0140\u0150\u0160", "\u0170\u0108", "\u0109\u0119\u0129\u0139"]
@@ -84,25 +83,25 @@ FAMILIES = {"t5": _t5, "gemma": _gemma}
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
     lm, params, full_logits = FAMILIES[request.param]()
-    ids = [CharTokenizer().encode(p, add_bos=not decoding.is_encoder_decoder(lm)) for p in PROMPTS]
-    if decoding.is_encoder_decoder(lm):
+    ids = [CharTokenizer().encode(p, add_bos=not decode.is_encoder_decoder(lm)) for p in PROMPTS]
+    if decode.is_encoder_decoder(lm):
         ids = [t + [lm.eos_id] for t in ids]
     # Same shapes as `generate(..., batch_size=4, bucket=8)` below, so compiles are shared.
-    batch = decoding.pad_prompts(ids, encoder_decoder=decoding.is_encoder_decoder(lm),
-                                 pad_id=lm.pad_id, bucket=8, rows=4)
-    greedy = decoding.decode_batch(lm, params, batch, DecodeConfig(max_new_tokens=STEPS))
+    batch = decode.pad_prompts(ids, encoder_decoder=decode.is_encoder_decoder(lm),
+                               pad_id=lm.pad_id, bucket=8, rows=4)
+    greedy = decode.decode_batch(lm, params, batch, DecodeConfig(max_new_tokens=STEPS))
     return dict(name=request.param, lm=lm, params=params, full_logits=full_logits, batch=batch,
                 greedy=greedy)
 
 
 def _decode(fam, seed=0, **kw):
     config = DecodeConfig(max_new_tokens=STEPS, **kw)
-    return decoding.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
+    return decode.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
 
 
 def _decode_len(fam, n, seed=0, **kw):
     config = DecodeConfig(max_new_tokens=n, **kw)
-    return decoding.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
+    return decode.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
 
 
 def _reference_greedy(fam):
@@ -200,12 +199,6 @@ def test_greedy_first_row_is_greedy_and_the_rest_are_samples(family):
 # --------------------------------------------------------------------------- length buckets
 
 
-def _executables(lm) -> set:
-    """(loop, argument signature) of every executable compiled for `lm` so far."""
-    holder = decoding._COMPILED.get(id(lm), (None, {}))[1]
-    return {(key, sig) for key, run in holder.items() for sig in run.executables}
-
-
 def test_bucketed_greedy_equals_exact_length_greedy(family):
     exact = _decode_len(family, 5)
     out = _decode_len(family, 5, max_new_tokens_bucket=16)
@@ -221,9 +214,9 @@ def test_lengths_under_one_bucket_share_one_executable(family):
     lm = family["lm"]
 
     def compiled_by(**kw):
-        before = _executables(lm)
+        before = decode.compiled_count(lm)
         out = _decode_len(family, **kw)
-        return out, len(_executables(lm) - before)
+        return out, decode.compiled_count(lm) - before
 
     # A bucket no other test uses, so its first length compiles here.
     (a, first), (b, second) = [compiled_by(n=n, max_new_tokens_bucket=32) for n in (3, 6)]
@@ -270,12 +263,12 @@ def test_beam_search_logprob_at_least_greedy(family):
 
 def test_stop_sequences_cut_text_and_end_rows(family):
     lm, tok = family["lm"], CharTokenizer()
-    full = decoding.generate(lm, family["params"], tok, PROMPTS, DecodeConfig(max_new_tokens=STEPS),
-                             batch_size=4, bucket=8)
+    full = decode.generate(lm, family["params"], tok, PROMPTS, DecodeConfig(max_new_tokens=STEPS),
+                           batch_size=4, bucket=8)
     stop = full.texts[0][2:4]
-    out = decoding.generate(lm, family["params"], tok, PROMPTS,
-                            DecodeConfig(max_new_tokens=STEPS, stop=(stop, "\u01ff")),
-                            batch_size=4, bucket=8)
+    out = decode.generate(lm, family["params"], tok, PROMPTS,
+                          DecodeConfig(max_new_tokens=STEPS, stop=(stop, "\u01ff")),
+                          batch_size=4, bucket=8)
     for r, text in enumerate(full.texts):
         cut = text.find(stop)
         assert out.texts[r] == (text if cut < 0 else text[:cut])
@@ -287,9 +280,9 @@ def test_stop_sequences_cut_text_and_end_rows(family):
 def test_padding_does_not_change_results(family):
     lm, tok = family["lm"], CharTokenizer()
     config = DecodeConfig(max_new_tokens=STEPS)
-    together = decoding.generate(lm, family["params"], tok, PROMPTS, config, batch_size=4,
-                                 bucket=8)
-    alone = decoding.generate(lm, family["params"], tok, PROMPTS, config, batch_size=1, bucket=16)
+    together = decode.generate(lm, family["params"], tok, PROMPTS, config, batch_size=4,
+                               bucket=8)
+    alone = decode.generate(lm, family["params"], tok, PROMPTS, config, batch_size=1, bucket=16)
     np.testing.assert_array_equal(together.tokens, alone.tokens)
     np.testing.assert_allclose(together.logprobs, alone.logprobs, rtol=1e-4)
 
@@ -300,9 +293,9 @@ def test_wide_beam_equals_exhaustive_search(alpha):
     vocab, steps = 6, 3
     lm, params, full_logits = _t5(vocab)
     batch = {"encoder_tokens": jnp.array([[2, 3, 4, 1], [5, 1, 0, 0]], jnp.int32)}
-    out = decoding.decode_batch(lm, params, batch,
-                                DecodeConfig(max_new_tokens=steps, beam_size=vocab ** 2,
-                                             alpha=alpha))
+    out = decode.decode_batch(lm, params, batch,
+                              DecodeConfig(max_new_tokens=steps, beam_size=vocab ** 2,
+                                           alpha=alpha))
     seqs = np.array(list(itertools.product(range(vocab), repeat=steps)), np.int32)
     for r in range(2):
         rows = {k: jnp.repeat(v[r: r + 1], len(seqs), axis=0) for k, v in batch.items()}
@@ -327,7 +320,7 @@ def _numpy_nucleus(probs, top_p):
 
 
 def test_inverse_cdf_draws_follow_the_softmax():
-    from lmcor.samplers import choose
+    from lmcor.decode.samplers import choose
 
     rows, vocab = 8192, 1000  # 1000 is not a square: the last block is padded
     logits = np.random.default_rng(0).normal(size=vocab).astype(np.float32) * 2
@@ -343,7 +336,7 @@ def test_inverse_cdf_draws_follow_the_softmax():
 
 @pytest.mark.parametrize("vocab", [600, 3000])  # nucleus inside / beyond the top-k shortcut
 def test_top_p_samples_only_from_the_nucleus(vocab):
-    from lmcor.samplers import NUCLEUS_CAP, choose
+    from lmcor.decode.samplers import NUCLEUS_CAP, choose
 
     rows, top_p = 512, 0.6
     logits = np.random.default_rng(1).normal(size=vocab).astype(np.float32) * 0.3
@@ -361,7 +354,7 @@ def test_top_p_samples_only_from_the_nucleus(vocab):
 
 @pytest.mark.parametrize("vocab", [5000, 262144])  # a padded last block / Gemma's vocabulary
 def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
-    from lmcor.samplers import argmax, argmax_logprob, largest
+    from lmcor.decode.samplers import argmax, argmax_logprob, largest
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, vocab)).astype(np.float32)
@@ -384,15 +377,15 @@ def test_blocked_argmax_and_top_k_equal_the_plain_searches(vocab):
 def test_compile_only_compiles_the_shape_and_decodes_nothing(family, mode):
     # A length no other test decodes, so the warm-up below is what compiles it.
     kw = dict(beam_size=2) if mode == "beam" else {}
-    lm, before = family["lm"], _executables(family["lm"])
+    lm, before = family["lm"], decode.compiled_count(family["lm"])
     config = DecodeConfig(max_new_tokens=7, **kw)
-    warm = decoding.decode_batch(lm, family["params"], family["batch"], config,
-                                 compile_only=True)
-    assert len(_executables(lm) - before) == 1
+    warm = decode.decode_batch(lm, family["params"], family["batch"], config,
+                               compile_only=True)
+    assert decode.compiled_count(lm) - before == 1
     assert warm.tokens.size == 0 and warm.timing["decode_s"] == 0.0
     assert warm.timing["compile_s"] > 0
     # The real decode then runs the executable the warm-up compiled, and decodes as usual.
-    dec = decoding.decode_batch(lm, family["params"], family["batch"], config)
-    assert dec.timing["compile_s"] == 0.0 and len(_executables(lm) - before) == 1
+    dec = decode.decode_batch(lm, family["params"], family["batch"], config)
+    assert dec.timing["compile_s"] == 0.0 and decode.compiled_count(lm) - before == 1
     if mode == "greedy":
         np.testing.assert_array_equal(dec.tokens, family["greedy"].tokens[:, :7])

@@ -455,7 +455,7 @@ def test_jax_upstream_max_tokens_share_compiled_decodes():
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from lmcor import decoding
+    from lmcor import decode
     from lmcor.backends.base import Request, SamplingParams
     from lmcor.models.gemma import GemmaConfig, GemmaLM
 
@@ -473,7 +473,7 @@ def test_jax_upstream_max_tokens_share_compiled_decodes():
                  for n in (3, 5, 11)}
     finally:
         upstream.close()
-    executables = sum(len(run.executables) for run in decoding._COMPILED[id(lm)][1].values())
+    executables = decode.compiled_count(lm)
     print("executables", executables, {n: [g.num_tokens for g in p] for n, p in pools.items()})
     assert executables == 1
     assert all([g.decoding for g in p] == ["greedy", "sample", "sample"] for p in pools.values())

@@ -47,10 +47,10 @@ def import_model_modules():
     config is locked; registering is harmless then, so the lock is lifted for the import.
     """
     with gin.unlock_config():
-        from lmcor import decoding, generate  # noqa: PLC0415
+        from lmcor import decode, generate  # noqa: PLC0415
         from lmcor.checkpoints import gguf, hf_gemma  # noqa: F401, PLC0415 — loaded by generate
         from lmcor.models import gemma  # noqa: F401, PLC0415
-    return decoding, generate
+    return decode, generate
 
 
 def load_model(path: str, dtype: str, quantize: Optional[str] = None):
@@ -149,19 +149,19 @@ class JaxBackend(Backend):
         return max(16, 1 << (max_new_tokens - 1).bit_length())
 
     def _decode(self, ids: List[List[int]], config, seed: int, rows: int):
-        from lmcor import decoding  # noqa: PLC0415
+        from lmcor import decode  # noqa: PLC0415
 
-        batch = decoding.pad_prompts(ids, encoder_decoder=False, pad_id=int(self._lm.pad_id),
-                                     bucket=self.bucket, rows=rows)
+        batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=int(self._lm.pad_id),
+                                   bucket=self.bucket, rows=rows)
         width = batch["tokens"].shape[1]
         self._stats["prompt_tokens"] += sum(map(len, ids))
         self._stats["prompt_positions"] += width * rows
         self._stats["padded_positions"] += width * rows - sum(map(len, ids))
-        dec = decoding.decode_batch(self._lm, self._params, batch, config, seed=seed % 2 ** 31,
-                                    stop_ids=decoding.stop_table(self._tokenizer, config.stop))
+        dec = decode.decode_batch(self._lm, self._params, batch, config, seed=seed % 2 ** 31,
+                                  stop_ids=decode.stop_table(self._tokenizer, config.stop))
         n = len(ids) * config.num_samples
         eos = sorted({int(self._lm.eos_id), *config.extra_eos_ids})
-        texts = decoding.texts_of(self._tokenizer, dec, eos, config.stop)[:n]
+        texts = decode.texts_of(self._tokenizer, dec, eos, config.stop)[:n]
         for k in ("compile_s", "decode_s"):
             self._stats[k] += float((dec.timing or {}).get(k, 0.0))
         lengths = [int(x) for x in dec.lengths[:n]]
@@ -169,7 +169,7 @@ class JaxBackend(Backend):
         return texts, lengths, [float(x) for x in dec.model_logprobs[:n]]
 
     def _greedy(self, ids, reqs, params) -> List[Generation]:
-        from lmcor.decoding import DecodeConfig  # noqa: PLC0415
+        from lmcor.decode import DecodeConfig  # noqa: PLC0415
 
         cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, stop=params.stop,
                            max_new_tokens_bucket=self._new_tokens_bucket(params.max_new_tokens))
@@ -183,7 +183,7 @@ class JaxBackend(Backend):
     def _samples(self, ids, reqs, params, with_greedy: bool = False) -> List[List[Generation]]:
         """Each input's samples; `with_greedy` puts its greedy output first, from the same call
         (one prefill for both)."""
-        from lmcor.decoding import DecodeConfig  # noqa: PLC0415
+        from lmcor.decode import DecodeConfig  # noqa: PLC0415
         from lmcor.prompts import keyed_seed  # noqa: PLC0415
 
         n = params.num_samples + with_greedy

@@ -324,7 +324,7 @@ class GemmaLM:
     """Decode adapter (contract A): prefill a left-padded batch, then one token per `step`.
 
     With a `vocab_map` (lmcor.data.task_vocab.TaskVocab) the module has the task's compact
-    vocabulary; `decoding.decode_batch` maps prompts into it and the output back, outside the
+    vocabulary; `lmcor.decode.decode_batch` maps prompts into it and the output back, outside the
     jitted loop. Special ids are the same in both spaces.
     """
 

@@ -2,7 +2,7 @@
 
 Token id 0 is padding. Packed batches pass segment ids (0 = padding) and per-segment positions;
 attention never crosses a segment boundary and relative positions come from `positions`.
-`T5LM` is the decode adapter used by `lmcor.decoding` (encode once, then a KV-cached decoder step).
+`T5LM` is the decode adapter used by `lmcor.decode` (encode once, then a KV-cached decoder step).
 """
 import dataclasses
 from typing import Any
@@ -328,7 +328,7 @@ class T5(nn.Module):
 
 
 class T5LM:
-    """Decode adapter (see lmcor.decoding): prefill = encode + the decoder_start step;
+    """Decode adapter (see lmcor.decode): prefill = encode + the decoder_start step;
     step = one cached decoder step."""
     is_encoder_decoder = True
 

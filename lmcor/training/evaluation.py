@@ -1,5 +1,5 @@
 """Periodic inference evaluation: beam-search the validation split of a SeqIO task with
-`lmcor.decoding`, post-process like SeqIO does, and score with the task's metric functions
+`lmcor.decode`, post-process like SeqIO does, and score with the task's metric functions
 (BLEU/chrF/ROUGE/GLEU from lmcor.metrics). Returns {metric: float} for logging and keep-best.
 """
 from typing import Dict, List, Mapping, Optional
@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-from lmcor import decoding, metrics
+from lmcor import decode, metrics
 
 
 def _text(x) -> str:
@@ -42,8 +42,8 @@ class Evaluator:
         # A metric to also give a bootstrap 95% interval for (e.g. "bleu"): validation sets
         # are small, and a selection between checkpoints should show how far apart they are.
         self.interval_metric = interval_metric
-        self.config = decoding.DecodeConfig(max_new_tokens=max_decode_tokens, beam_size=beam_size,
-                                            alpha=alpha)
+        self.config = decode.DecodeConfig(max_new_tokens=max_decode_tokens, beam_size=beam_size,
+                                          alpha=alpha)
         self._examples: Optional[List[dict]] = None
 
     def examples(self) -> List[dict]:
@@ -62,7 +62,7 @@ class Evaluator:
         return self._examples
 
     def _prompts(self, lm) -> List[List[int]]:
-        encdec = decoding.is_encoder_decoder(lm)
+        encdec = decode.is_encoder_decoder(lm)
         out = []
         for ex in self.examples():
             ids = [int(t) for t in ex["inputs"]]
@@ -77,14 +77,14 @@ class Evaluator:
         prompts = self._prompts(lm)
         vocab = self.task.output_features["targets"].vocabulary
         texts: List[str] = []
-        encdec = decoding.is_encoder_decoder(lm)
+        encdec = decode.is_encoder_decoder(lm)
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="eval", unit="batch",
                           disable=jax.process_index() != 0, leave=False):
             chunk = prompts[start:start + self.batch_size]
-            batch = decoding.pad_prompts(chunk, encoder_decoder=encdec, pad_id=int(lm.pad_id),
-                                         bucket=self.length_bucket, rows=self.batch_size)
-            dec = decoding.decode_batch(lm, params, batch, self.config)
-            texts += decoding.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
+            batch = decode.pad_prompts(chunk, encoder_decoder=encdec, pad_id=int(lm.pad_id),
+                                       bucket=self.length_bucket, rows=self.batch_size)
+            dec = decode.decode_batch(lm, params, batch, self.config)
+            texts += decode.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
         if getattr(lm, "vocab_map", None) is not None:
             log.info("%s:%s input ids outside the task vocabulary: %s", self.task_name,
                      self.split, lm.vocab_map.oov_report())

@@ -1,4 +1,8 @@
-"""Jit-compiled decoding over the decode-adapter contract (`GemmaLM`, `T5LM`).
+"""Decoding entry points: `decode_batch` (one padded batch) and `generate` (text prompts).
+
+They pick the loop for the configured mode (`sampling.sample_loop` or `beam.beam_loop`) and
+run it through its cached executable (`executables`), over the decode-adapter contract
+(`GemmaLM`, `T5LM`).
 
 Every mode runs its whole token loop inside one `jax.jit` (`lax.while_loop` over a static
 maximum length, leaving early once every row is finished), so a batch costs one host round trip.
@@ -13,17 +17,16 @@ Beam search also returns `scores`: the log-prob divided by the GNMT length penal
 """
 import dataclasses
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmcor import beam_search, samplers
-
-
-def _bucket(n: int, bucket: int) -> int:
-    return max(bucket, -(-n // bucket) * bucket)
+from lmcor.decode import beam, executables
+from lmcor.decode.common import round_up
+from lmcor.decode.sampling import sample_loop
+from lmcor.decode.text import is_encoder_decoder, pad_prompts, stop_table, texts_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,147 +99,7 @@ class Decoded:
     timing: dict | None = None  # {"compile_s", "decode_s"}, summed over batches
 
 
-# --------------------------------------------------------------------------- stop handling
-
-
-def stop_table(tokenizer, stop: Sequence[str]) -> np.ndarray:
-    """Token ids of each stop string, left-padded with -1 (wildcard) to one width.
-
-    The in-loop check only ends rows early; the exact cut happens on the decoded text, so a stop
-    string the model spells with different tokens is still cut, just not stopped early. The table
-    is rounded up to 4 rows x 8 columns (unused rows hold -3, which no token equals) so that
-    changing the stop strings rarely changes the compiled shape.
-    """
-    seqs = [s for s in (tokenizer.encode(x) for x in stop if x) if s]
-    width = _bucket(max([len(s) for s in seqs], default=1), 8)
-    table = np.full((_bucket(len(seqs), 4), width), -3, np.int32)
-    for r, s in enumerate(seqs):
-        table[r] = [-1] * (width - len(s)) + list(s)
-    return table
-
-
-def _stop_hit(recent, table):
-    """recent [N, W] last W tokens; table [S, W] -> [N] bool, any stop sequence just completed."""
-    match = (table[None] == -1) | (recent[:, None, :] == table[None])
-    return jnp.any(jnp.all(match, axis=-1), axis=-1)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """The text up to (not including) the earliest occurrence of any stop string."""
-    cuts = [text.find(s) for s in stop if s]
-    cuts = [c for c in cuts if c >= 0]
-    return text[: min(cuts)] if cuts else text
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def repeat_rows(tree, n: int):
-    """Repeats every row of every leaf n times (row b -> rows b*n ... b*n+n-1)."""
-    if n == 1:
-        return tree
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
-
-
-def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
-    """Chooses token i for every row and folds it into the loop state."""
-    tok, lp, mlp = samplers.choose(logits, jax.random.fold_in(key, i), greedy=opts["greedy"],
-                                   top_k=opts["top_k"], use_top_p=opts["use_top_p"],
-                                   temperature=temperature, top_p=top_p)
-    if opts["greedy_first"]:
-        first = jnp.arange(tok.shape[0]) % opts["num_samples"] == 0
-        best, best_lp, _ = samplers.choose(logits, key, greedy=True, top_k=0, use_top_p=False,
-                                           temperature=temperature, top_p=top_p)
-        tok, lp, mlp = (jnp.where(first, best, tok), jnp.where(first, best_lp, lp),
-                        jnp.where(first, best_lp, mlp))
-    done = state["done"]
-    tok = jnp.where(done, opts["pad_id"], tok)
-    recent = jnp.concatenate([state["recent"][:, 1:], tok[:, None]], axis=1)
-    finished = jnp.isin(tok, eos_ids) | _stop_hit(recent, table)
-    return dict(
-        state,
-        tokens=jax.lax.dynamic_update_slice(state["tokens"], tok[:, None], (0, i)),
-        lengths=state["lengths"] + (~done).astype(jnp.int32),
-        lp=state["lp"] + jnp.where(done, 0.0, lp),
-        mlp=state["mlp"] + jnp.where(done, 0.0, mlp),
-        recent=recent,
-        done=done | finished,
-        last=tok,
-    )
-
-
-def _sample_loop(lm, opts, params, batch, key, eos_ids, table, temperature, top_p, limit=None):
-    """`limit` (traced): stop after this many of the compiled `max_new_tokens` steps, so one
-    executable serves every shorter length; None leaves the loop exactly as compiled."""
-    steps = opts["max_new_tokens"]
-    logits, cache = lm.prefill(params, batch, steps)
-    logits, cache = repeat_rows((logits, cache), opts["num_samples"])
-    n = logits.shape[0]
-    state = dict(
-        tokens=jnp.full((n, steps), opts["pad_id"], jnp.int32),
-        lengths=jnp.zeros((n,), jnp.int32),
-        lp=jnp.zeros((n,), jnp.float32),
-        mlp=jnp.zeros((n,), jnp.float32),
-        recent=jnp.full((n, table.shape[1]), -2, jnp.int32),
-        done=jnp.zeros((n,), bool),
-        last=jnp.zeros((n,), jnp.int32),
-    )
-    record = lambda s, i, lg: _record(s, i, lg, key, eos_ids, table, opts, temperature, top_p)
-    state = record(state, 0, logits)
-
-    def cond(carry):
-        i, s, _ = carry
-        end = steps if limit is None else jnp.minimum(limit, steps)
-        return (i < end) & ~jnp.all(s["done"])
-
-    def body(carry):
-        i, s, c = carry
-        lg, c = lm.step(params, s["last"], c)
-        return i + 1, record(s, i, lg), c
-
-    _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, cache))
-    return {k: state[k] for k in ("tokens", "lengths", "lp", "mlp")}
-
-
-class _Compiled:
-    """A jitted loop with its executables keyed on argument shapes, dtypes and shardings.
-
-    Compiling ahead of time (rather than on first call) lets callers see compile time apart
-    from decode time, which is what tokens/s should measure.
-    """
-
-    def __init__(self, fn):
-        self.jitted, self.executables, self.last_compile_s = jax.jit(fn), {}, 0.0
-
-    def compile(self, *args):
-        """The executable for these arguments' shapes, compiled now unless it already is."""
-        leaves, tree = jax.tree.flatten(args)
-        sig = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
-                            getattr(x, "sharding", None)) for x in leaves))
-        self.last_compile_s = 0.0
-        if sig not in self.executables:
-            start = time.perf_counter()
-            self.executables[sig] = self.jitted.lower(*args).compile()
-            self.last_compile_s = time.perf_counter() - start
-        return self.executables[sig]
-
-    def __call__(self, *args):
-        return self.compile(*args)(*args)
-
-
-# Compiled loops per adapter object (held strongly, so ids are never reused while cached).
-_COMPILED: dict[int, tuple[Any, dict]] = {}
-
-
-def _compiled(lm, name, fn, opts) -> _Compiled:
-    holder = _COMPILED.setdefault(id(lm), (lm, {}))[1]
-    key = (name, tuple(sorted(opts.items())))
-    if key not in holder:
-        holder[key] = _Compiled(lambda *args: fn(lm, opts, *args))
-    return holder[key]
-
-
-def _timing(run: _Compiled, start: float) -> dict:
+def _timing(run: executables.Compiled, start: float) -> dict:
     total = time.perf_counter() - start
     return {"compile_s": run.last_compile_s, "decode_s": total - run.last_compile_s}
 
@@ -244,7 +107,7 @@ def _timing(run: _Compiled, start: float) -> dict:
 def _eos_ids(lm, config) -> tuple[jax.Array, int]:
     """EOS ids padded with -1 to a multiple of 4 (fewer shapes to compile), and their count."""
     ids = sorted({int(lm.eos_id), *map(int, config.extra_eos_ids)})
-    return jnp.asarray(ids + [-1] * (_bucket(len(ids), 4) - len(ids)), jnp.int32), len(ids)
+    return jnp.asarray(ids + [-1] * (round_up(len(ids), 4) - len(ids)), jnp.int32), len(ids)
 
 
 def decode_batch(lm, params, batch, config: DecodeConfig, *, seed: int = 0,
@@ -291,7 +154,7 @@ def _to_task_ids(vmap, batch, config, stop_ids):
     return batch, config, stop_ids
 
 
-def _compile_only(run: _Compiled, args) -> Decoded:
+def _compile_only(run: executables.Compiled, args) -> Decoded:
     run.compile(*args)
     none = np.zeros((0,), np.float32)
     return Decoded(tokens=np.zeros((0, 0), np.int32), lengths=np.zeros((0,), np.int32),
@@ -311,7 +174,7 @@ def _decode_sample(lm, params, batch, config, eos, table, seed, compile_only=Fal
         # The length is then an argument, not part of the compiled loop's key.
         opts["limited"] = True
         args.append(jnp.int32(config.max_new_tokens))
-    run = _compiled(lm, "sample", _sample_loop, opts)
+    run = executables.loop_for(lm, "sample", sample_loop, opts)
     if compile_only:
         return _compile_only(run, args)
     start = time.perf_counter()
@@ -325,7 +188,7 @@ def _decode_sample(lm, params, batch, config, eos, table, seed, compile_only=Fal
 def _decode_beam(lm, params, batch, config, eos, num_eos, compile_only=False):
     opts = dict(beam_size=config.beam_size, max_new_tokens=config.max_new_tokens,
                 pad_id=int(lm.pad_id), num_eos=num_eos)
-    run = _compiled(lm, "beam", beam_search.beam_loop, opts)
+    run = executables.loop_for(lm, "beam", beam.beam_loop, opts)
     args = (params, batch, eos, jnp.float32(config.alpha))
     if compile_only:
         return _compile_only(run, args)
@@ -339,49 +202,6 @@ def _decode_beam(lm, params, batch, config, eos, num_eos, compile_only=False):
         dec.beam_tokens, dec.beam_scores, dec.beam_logprobs = (
             out["tokens"], out["scores"], out["lp"])
     return dec
-
-
-# --------------------------------------------------------------------------- prompts and text
-
-
-def is_encoder_decoder(lm) -> bool:
-    """T5LM takes `encoder_tokens`; decoder-only adapters take left-padded `tokens` + `mask`."""
-    flag = getattr(lm, "is_encoder_decoder", None)
-    return bool(flag) if flag is not None else type(lm).__name__ == "T5LM"
-
-
-def pad_prompts(token_lists: Sequence[Sequence[int]], *, encoder_decoder: bool, pad_id: int,
-                bucket: int = 16, rows: int | None = None) -> dict:
-    """Adapter batch from token lists; length rounded up to `bucket`, rows padded to `rows`.
-
-    Rounding both keeps the set of compiled shapes small: a new prompt length only recompiles
-    when it crosses a bucket boundary.
-    """
-    rows = rows or len(token_lists)
-    if any(len(t) == 0 for t in token_lists):
-        raise ValueError("pad_prompts: empty prompt (decoder-only models need at least BOS)")
-    width = _bucket(max(len(t) for t in token_lists), bucket)
-    tokens = np.full((rows, width), 0 if encoder_decoder else pad_id, np.int32)
-    mask = np.zeros((rows, width), bool)
-    for r, ids in enumerate(token_lists):
-        span = slice(0, len(ids)) if encoder_decoder else slice(width - len(ids), width)
-        tokens[r, span], mask[r, span] = ids, True
-    for r in range(len(token_lists), rows):  # filler rows copy row 0 so they stay well-formed
-        tokens[r], mask[r] = tokens[0], mask[0]
-    if encoder_decoder:
-        return {"encoder_tokens": tokens}
-    return {"tokens": tokens, "mask": mask}
-
-
-def texts_of(tokenizer, decoded: Decoded, eos_ids: Sequence[int], stop: Sequence[str]):
-    """Decoded continuations: tokens up to the row's length, EOS dropped, cut at stop strings."""
-    out = []
-    for ids, n in zip(decoded.tokens, decoded.lengths):
-        ids = [int(t) for t in ids[: int(n)]]
-        while ids and ids[-1] in eos_ids:
-            ids.pop()
-        out.append(cut_at_stop(tokenizer.decode(ids), stop))
-    return out
 
 
 def _concat(parts: list[Decoded]) -> Decoded:
@@ -401,7 +221,8 @@ def _concat(parts: list[Decoded]) -> Decoded:
 
 def _trim(dec: Decoded, rows: int) -> Decoded:
     cut = lambda name, v: v if v is None or name == "timing" else v[:rows]
-    return Decoded(**{f.name: cut(f.name, getattr(dec, f.name)) for f in dataclasses.fields(Decoded)})
+    return Decoded(**{f.name: cut(f.name, getattr(dec, f.name))
+                      for f in dataclasses.fields(Decoded)})
 
 
 def generate(lm, params, tokenizer, prompts: Sequence[str], config: DecodeConfig, *,

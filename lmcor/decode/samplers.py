@@ -17,7 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30
+from lmcor.decode.common import NEG_INF
+
 NUCLEUS_CAP = 1024
 
 

@@ -8,7 +8,7 @@ a row always returns K hypotheses even if none produced EOS.
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30
+from lmcor.decode.common import NEG_INF, repeat_rows
 
 
 def length_penalty(length, alpha):
@@ -74,8 +74,6 @@ def _merge_live(state, steps_taken, alpha, k):
 
 def beam_loop(lm, opts, params, batch, eos_ids, alpha):
     """-> dict of [B, K, ...] arrays, best beam first: tokens, lp, lengths, scores."""
-    from lmcor.decoding import repeat_rows  # the helper lives with the other loop
-
     k, steps, pad = opts["beam_size"], opts["max_new_tokens"], opts["pad_id"]
     logits, cache = lm.prefill(params, batch, steps)
     b = logits.shape[0]
