@@ -386,9 +386,11 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
 
     stages = []
 
-    def record(pipe, name, module, args, folder=None, settings=None):
+    def record(pipe, name, module, args, folder=None, settings=None, writes=None):
         if module == "lmcor.report":
             raise _Planned
+        # A training stage is done only once the trainer wrote its summary (not on SIGTERM).
+        assert (writes == quickstart.TRAIN_SUMMARY) == (module == "lmcor.train"), (name, writes)
         stages.append((module.rsplit(".", 1)[-1], list(args)))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)

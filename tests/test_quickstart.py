@@ -268,7 +268,7 @@ def _record_stages(monkeypatch) -> list:
     """Replaces running a stage by recording (name, module, args); stops at the report."""
     stages = []
 
-    def record(pipe, name, module, args, folder=None, settings=None):
+    def record(pipe, name, module, args, folder=None, settings=None, writes=None):
         if module == "lmcor.report":
             raise _Planned
         stages.append((name, module, list(args)))
