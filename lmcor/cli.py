@@ -76,13 +76,16 @@ GIN_COMMANDS = {
                   "--gin.EVAL_DIR=/runs/e2e/eval --gin.LMCOR_DIR=/runs/e2e/lmcor",),
         start_from="runs/evaluate.gin"),
     "quickstart": GinCommand(
-        "quickstart", "Samples, trains, evaluates and reports in one command; a rerun resumes "
-                      "from what is on disk.",
+        "quickstart", "Samples fresh candidates for E2E test inputs, corrects them with the "
+                      "released corrector and prints the table; with runs/quickstart_train.gin "
+                      "it also trains the correctors. A rerun resumes from what is on disk.",
         macros=(*_RUN_MACROS,
-                ("QUICKSTART_EXAMPLES", "dev inputs sampled for training"),
+                ("QUICKSTART_EXAMPLES", "dev inputs sampled for training "
+                                        "(runs/quickstart_train.gin)"),
                 ("QUICKSTART_TEST_EXAMPLES", "test inputs sampled for the table")),
-        examples=("lmcor quickstart", "lmcor quickstart --gin.QUICKSTART_EXAMPLES=64 "
-                                      "--gin.RUN_DIR=runs/qs64"),
+        examples=("lmcor quickstart", "lmcor quickstart --gin.QUICKSTART_TEST_EXAMPLES=200 "
+                                      "--gin.RUN_DIR=runs/qs200",
+                  "lmcor quickstart --gin_file=runs/quickstart_train.gin"),
         default_gin="runs/quickstart.gin"),
     "pipeline": GinCommand(
         "pipeline", "Runs a README table's config: samples (or reads) its pools, trains its "

@@ -14,6 +14,7 @@ by the validation metric if one was tracked, else the latest) and the run's Gin 
 (`corrector_options.*`) and, optionally, inference settings (`corrector_settings.*`).
 """
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -286,8 +287,26 @@ def _manager(checkpoint_dir: str):
     return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state", "data"))
 
 
+def _validated_step(checkpoint_dir: str, kept: Sequence[int]) -> Optional[int]:
+    """The step the trainer selected by validation, from MODEL_DIR/train_summary.json. Only the
+    trainer's Checkpointer knows the metric and whether higher is better; a manager opened
+    without them answers best_step() with the latest step."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), "train_summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        best = json.load(f).get("best_step")
+    if best is not None and best not in kept:
+        logging.warning("%s: best step %s is not among the kept checkpoints %s; using the "
+                        "latest", path, best, sorted(kept))
+        return None
+    return best
+
+
 def _pick_step(manager, checkpoint_dir: str, step: Optional[int]) -> int:
-    step = step if step is not None else manager.best_step()
+    """`step`, else the best validated step of a finished run, else the latest."""
+    if step is None:
+        step = _validated_step(checkpoint_dir, manager.all_steps())
     if step is None:
         step = manager.latest_step()
     if step is None:

@@ -18,7 +18,10 @@ closing comment:
     <!-- /lmcor -->
 
 `table FILE KEY` is the whole table of one evaluation (KEY is its folder under RUN_DIR);
-`headline FILE:KEY ...` is one line per evaluation with each row's main metric and interval.
+`headline FILE:KEY ...` is one line per evaluation with each row's main metric and interval;
+`learning FILE KEY` is the learning curves of that evaluation's trained rows (validation
+metric at each evaluation's examples seen, the checkpoint the table used in bold), the text
+form of the report's learning_<eval>.png.
 Paths are relative to the repository root. `lmcor report --refresh DOC.md` prints DOC.md with
 every block regenerated (`--write` rewrites it in place); a test checks that the committed
 documents equal that output.
@@ -68,9 +71,20 @@ def _short(commit: Optional[str]) -> Optional[str]:
     return commit[:7] if commit else None
 
 
+def learning_summary(metric: str, curves: Mapping[str, Sequence[Tuple[int, float, int]]],
+                     selected: Mapping[str, Optional[int]]) -> dict:
+    """The learning curves of one evaluation (`lmcor.report.learning_curves`) as committed:
+    per row [examples seen, value, step] and the step its table used."""
+    return {"metric": metric,
+            "rows": {row: {"points": [list(p) for p in points], "best_step": selected.get(row)}
+                     for row, points in curves.items()}}
+
+
 def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
-              machine: Optional[str] = None) -> dict:
-    """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder."""
+              machine: Optional[str] = None,
+              learning: Optional[Mapping[str, Mapping]] = None) -> dict:
+    """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder;
+    `learning` maps a folder to its `learning_summary`."""
     report_commit = _short(gin_config.git_revision())
     evaluations = {}
     for rel, res in results:
@@ -81,6 +95,7 @@ def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
             "comparisons": list(res.get("comparisons") or []),
             "breakdown": res.get("breakdown"), "tags": dict(res.get("tags") or {}),
             "notes": list(res.get("notes") or []),
+            "learning": (learning or {}).get(rel),
             # The code that evaluated is what a figure names (the report's checkout if unknown).
             "commit": _short(res.get("commit")) or report_commit}
     return {"format": FORMAT, "run": os.path.basename(os.path.abspath(run_dir)),
@@ -148,6 +163,30 @@ def render_headline(specs: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_learning(path: str, key: str) -> str:
+    ev = _evaluation(load(path), key, path)
+    learning = ev.get("learning")
+    if not learning:
+        raise ValueError(f"{path}: evaluation {key!r} has no learning curves (its rows were "
+                         f"not trained with validation, or the report predates them)")
+    label = METRIC_LABELS.get(learning["metric"], learning["metric"])
+    lines = [f"| row | validation {label} at N training examples seen (used: bold) |",
+             "|---|---|"]
+    for row, curve in learning["rows"].items():
+        cells = []
+        for examples, value, step in curve["points"]:
+            cell = f"{examples:,}: {value:.2f}"
+            cells.append(f"**{cell}**" if step == curve["best_step"] else cell)
+        lines.append(f"| {row} | " + " · ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _learning_block(args: Sequence[str], root: str) -> str:
+    if len(args) != 2:
+        raise ValueError(f"`lmcor:learning` takes FILE.json KEY, got {' '.join(args)!r}")
+    return render_learning(os.path.join(root, args[0]), args[1])
+
+
 def _table_block(args: Sequence[str], root: str) -> str:
     if len(args) != 2:
         raise ValueError(f"`lmcor:table` takes FILE.json KEY, got {' '.join(args)!r}")
@@ -158,7 +197,8 @@ def _headline_block(args: Sequence[str], root: str) -> str:
     return render_headline([os.path.join(root, a) for a in args])
 
 
-_RENDERERS = {"table": _table_block, "headline": _headline_block}
+_RENDERERS = {"table": _table_block, "headline": _headline_block,
+              "learning": _learning_block}
 
 
 def refresh(text: str, root: str) -> str:

@@ -115,8 +115,8 @@ class Pipeline:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
         if proof and _stat(proof) in (None, before):
             raise QuickstartError(f"stage {name!r} exited before finishing (it did not write "
-                                  f"{proof}; a trainer does that when stopped by SIGTERM, "
-                                  "after saving); rerun the same command to resume it")
+                                  f"{proof}, as a trainer stopped by SIGTERM saves and exits "
+                                  "without it); rerun the same command to resume it")
         self.timings[name] = round(time.time() - started, 1)
         if folder:
             _mark_done(folder, settings)
@@ -206,7 +206,8 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                test_examples: Optional[int] = 32, train_steps: int = 300,
                budget: Optional[Mapping[str, int]] = None,
                rows: Sequence[str] = ("finetune", "lmcor"),
-               correctors: Optional[Mapping[str, str]] = None, sample_flags: Sequence[str] = (),
+               correctors: Optional[Mapping[str, str]] = None, evaluate_adapters: bool = False,
+               sample_flags: Sequence[str] = (),
                train_flags: Sequence[str] = (), evaluate_flags: Sequence[str] = (),
                train_overrides: Sequence[str] = (), evaluate_overrides: Sequence[str] = (),
                ablations: Optional[Mapping[str, Sequence[str]]] = None,
@@ -226,6 +227,9 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     `train_steps` stays the cap. `correctors` maps a row to a trained corrector folder (a
     MODEL_DIR or a released adapter, e.g. {"lmcor": "data/correctors/e2e"}) that the table
     evaluates instead of training one; with no row to train, only the test split is sampled.
+    `evaluate_adapters` exports each trained row as what a release holds, a bf16 LoRA adapter
+    of its best checkpoint (RUN_DIR/adapters/<row>, `lmcor export --adapter`), and evaluates
+    that: the table's numbers are then the released correctors' own.
     `train_overrides` / `evaluate_overrides` come after the table's own flags, so one file can
     rescale every table (gin/runs/gpu_scale.gin: batch 128 on one GPU)."""
     train_flags = [*train_flags, *budget_flags(budget), *train_overrides]
@@ -253,7 +257,8 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         raise ValueError(f"quickstart: {clash} named in both ablations and test_variants")
     sample = sample and not pools
     splits = ("dev", "test") if rows else ("test",)
-    pipe = Pipeline(run_dir, stages=(len(splits) if sample else 0) + len(rows) + 2
+    pipe = Pipeline(run_dir, stages=(len(splits) if sample else 0)
+                    + len(rows) * (2 if evaluate_adapters else 1) + 2
                     + 2 * len(ablations) + len(test_variants))
     if not sample:
         with gin.unlock_config():  # the import registers the task configurables
@@ -271,14 +276,20 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                    *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
                    f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
     settings = {"steps": train_steps, "flags": list(train_flags), "pools": pools}
+    trained = {}  # row -> the folder its evaluations read
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)
         pipe.run(f"train {row} ({_limit(train_steps, budget)})", "lmcor.train",
                  _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
                  settings, writes=TRAIN_SUMMARY)
+        trained[row] = model_dir
+        if evaluate_adapters:
+            trained[row] = os.path.join(pipe.run_dir, "adapters", row)
+            pipe.run(f"export {row} (bf16 adapter)", "lmcor.export",
+                     [model_dir, f"--out={trained[row]}", "--adapter"], trained[row],
+                     {"row": settings}, writes="adapter.json")  # the adapter's manifest
     pipe.run("evaluate", "lmcor.evaluate", _eval_args(
-        common_eval, os.path.join(pipe.run_dir, "eval"),
-        {**{row: os.path.join(pipe.run_dir, row) for row in rows}, **released}))
+        common_eval, os.path.join(pipe.run_dir, "eval"), {**trained, **released}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
         folder = os.path.join(pipe.run_dir, "variants", name)
         if name in ablations:
@@ -289,7 +300,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                                  train_flags, extra), model_dirs["lmcor"],
                      dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
         else:
-            model_dirs = {row: os.path.join(pipe.run_dir, row) for row in variant_rows[name]}
+            model_dirs = {row: trained[row] for row in variant_rows[name]}
         pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), model_dirs, flags))
     pipe.run("report", "lmcor.report", [pipe.run_dir])

@@ -253,6 +253,7 @@ def build_report(run_dir: str, out_dir: str) -> str:
         raise FileNotFoundError(f"{run_dir}: no results.json found (run lmcor evaluate first)")
     os.makedirs(out_dir, exist_ok=True)
     parts = [f"# lmcor report: {os.path.abspath(run_dir)}\n"]
+    learning = {}
     for rel, res in results:
         png = _file_name("rows", rel)
         title = f"{res.get('task', res.get('dataset'))} {res.get('split', '')} ({rel})"
@@ -266,6 +267,7 @@ def build_report(run_dir: str, out_dir: str) -> str:
             selected = {r["name"]: (r.get("training") or {}).get("best_step")
                         for r in res["rows"]}
             plot_learning(title, metric, curves, selected, os.path.join(out_dir, png))
+            learning[rel] = published.learning_summary(metric, curves, selected)
             parts.append(f"Learning curves (validation {METRIC_LABELS.get(metric, metric)}):"
                          f"\n\n![learning]({png})\n")
     metric_of = {ablation_key(r): r["metrics"][0] for _, r in results}
@@ -279,9 +281,9 @@ def build_report(run_dir: str, out_dir: str) -> str:
         parts.append(f"## Training: {name}\n\n![curves]({png})\n")
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(parts))
+    summary = published.summarize(results, run_dir, learning=learning)
     atomic_write_text(os.path.join(out_dir, "results.json"),
-                      json.dumps(published.summarize(results, run_dir), indent=1,
-                                 ensure_ascii=False) + "\n")
+                      json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

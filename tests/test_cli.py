@@ -5,6 +5,7 @@ Cheap checks (help, flag form, gin file existence and syntax) run in a fresh int
 they must not import the heavy libraries: a command that imports them first takes 10-20 s to
 say what a flag check can say at once."""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -375,9 +376,9 @@ class _Planned(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/tables/e2e.gin",
-                                      "runs/tables/e2e_ablations.gin", "runs/tables/jfleg.gin",
-                                      "runs/tables/wmt.gin"])
+@pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/quickstart_train.gin",
+                                      "runs/tables/e2e.gin", "runs/tables/e2e_ablations.gin",
+                                      "runs/tables/jfleg.gin", "runs/tables/wmt.gin"])
 def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path, monkeypatch):
     """The stages' flags come from the pipeline configs (their train flags, ablations and test
     variants): each stage's command line must pass that command's checks, a binding nothing
@@ -389,18 +390,33 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
         if module == "lmcor.report":
             raise _Planned
-        # A training stage is done only once the trainer wrote its summary (not on SIGTERM).
-        assert (writes == quickstart.TRAIN_SUMMARY) == (module == "lmcor.train"), (name, writes)
+        # A training stage is done only once the trainer wrote its summary (not on SIGTERM),
+        # an export once the adapter's manifest is there.
+        proof = {"lmcor.train": quickstart.TRAIN_SUMMARY, "lmcor.export": "adapter.json"}
+        assert writes == proof.get(module), (name, writes)
         stages.append((module.rsplit(".", 1)[-1], list(args)))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
-    pools = [] if run_file in ("runs/quickstart.gin", "runs/tables/wmt.gin") else [
+    pools = [] if run_file in ("runs/quickstart.gin", "runs/quickstart_train.gin",
+                               "runs/tables/wmt.gin") else [
         f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     gin_config.parse_gin([run_file], [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
     with pytest.raises(_Planned):
         quickstart.quickstart()
-    assert {"train", "evaluate"} <= {command for command, _ in stages}
+    trains = run_file != "runs/quickstart.gin"  # the quickstart uses the released corrector
+    assert {"evaluate", *(["train"] if trains else [])} <= {command for command, _ in stages}
+    exported = {}
     for command, args in stages:
+        if command == "export":  # of the run the stage before trained, read by the evaluation
+            (train, train_args), out = stages[stages.index((command, args)) - 1], args[1]
+            assert train == "train" and f"--gin.MODEL_DIR={args[0]!r}" in train_args
+            assert out.startswith("--out=") and args[2:] == ["--adapter"]
+            exported[os.path.basename(args[0])] = out[len("--out="):]
+            continue
         flags = cli.GIN_COMMANDS[command].parse(args)
         assert flags.files, (command, args)
+    if run_file.startswith("runs/tables/") and "ablations" not in run_file:
+        assert sorted(exported) == ["finetune", "lmcor", "lmcor_single"]
+        evaluate = next(args for command, args in stages if command == "evaluate")
+        assert f"--gin.LMCOR_DIR={exported['lmcor']!r}" in evaluate

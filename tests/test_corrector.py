@@ -141,6 +141,34 @@ def test_from_model_dir_restores_a_trainer_checkpoint(task_spm_path, wmt_records
     assert loaded.correct(wmt_records[:2]) == direct.correct(wmt_records[:2])
 
 
+def test_a_finished_run_is_read_at_its_best_validated_step(task_spm_path, tmp_path):
+    """A run that kept its best checkpoint (step 5) and a later, worse one (step 9): evaluation,
+    export and serving read step 5, which the trainer's train_summary.json names, not the latest
+    (an Orbax manager opened without the run's metric reports the latest as best)."""
+    import json
+
+    from lmcor.corrector import checkpoint_step, trained_identity
+
+    config = tiny_config(task_spm_path)
+    best = write_model_dir(tmp_path, task_spm_path, tiny_params(config, seed=1), step=5)
+    latest = write_model_dir(tmp_path, task_spm_path, tiny_params(config, seed=2), step=9)
+    checkpoints = str(tmp_path / "checkpoints")
+    assert checkpoint_step(checkpoints) == 9  # a run still training: its latest step
+    (tmp_path / "train_summary.json").write_text(json.dumps({"step": 9, "best_step": 5}))
+    assert checkpoint_step(checkpoints) == 5 and checkpoint_step(checkpoints, 9) == 9
+    assert trained_identity(str(tmp_path)) == {"step": 5}
+    try:
+        loaded = Corrector.from_model_dir(str(tmp_path))
+    finally:
+        gin.clear_config()
+    restored = jax.tree.leaves(jax.device_get(loaded.params))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(best), restored))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(latest), restored))
+    # A summary naming a step that was not kept falls back to the latest.
+    (tmp_path / "train_summary.json").write_text(json.dumps({"step": 9, "best_step": 7}))
+    assert checkpoint_step(checkpoints) == 9
+
+
 def test_from_model_dir_without_config_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.gin"):
         Corrector.from_model_dir(str(tmp_path))

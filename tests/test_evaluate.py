@@ -221,3 +221,10 @@ def test_trained_rows_report_their_training_and_the_paired_test_between_them(
                                 for r in history]}
     text = open(report.build_report(str(out), str(tmp_path / "report"))).read()
     assert "![learning](learning_" in text
+    # The published summary carries the curves; its Markdown block marks the checkpoint used.
+    from lmcor import published
+
+    doc = f"<!-- lmcor:learning {tmp_path / 'report' / 'results.json'} . -->\n<!-- /lmcor -->"
+    lines = published.refresh(doc, "/").splitlines()
+    assert lines[1] == "| row | validation chrF at N training examples seen (used: bold) |"
+    assert lines[3] == "| LMCor | 300: 11.00 · 600: 12.00 · **900: 13.00** · 1,200: 14.00 |"

@@ -95,6 +95,49 @@ def test_a_training_stage_stopped_by_sigterm_resumes_on_the_next_run(data_dir, t
     assert summary["step"] == stopped_at + 2 and (model_dir / quickstart.DONE).exists()
 
 
+def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_corrector(tmp_path,
+                                                                                     monkeypatch):
+    """README command (a) trains nothing: it samples fresh pools for the test slice only and
+    the table's LMCor row is the released E2E adapter, found from the repository root whatever
+    the current directory."""
+    import gin
+
+    from lmcor import config as gin_config
+    from lmcor.checkpoints import adapter
+
+    stages = []
+
+    def record(pipe, name, module, args, folder=None, settings=None, writes=None):
+        stages.append((module, list(args)))
+        if module == "lmcor.evaluate":
+            raise _Planned
+
+    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    monkeypatch.chdir(tmp_path)
+    try:
+        gin_config.parse_gin(["runs/quickstart.gin"], [f"RUN_DIR = {str(tmp_path)!r}",
+                                                       "QUICKSTART_TEST_EXAMPLES = 5"],
+                             finalize=False)
+        with pytest.raises(_Planned):
+            quickstart.quickstart()
+    finally:
+        gin.clear_config()
+    assert [module for module, _ in stages] == ["lmcor.sample", "lmcor.evaluate"]
+    sample, evaluate = (args for _, args in stages)
+    assert "--gin.sample_pool.split='test'" in sample
+    assert "--gin.sample_pool.max_examples=5" in sample
+    released = os.path.join(gin_config.REPO_ROOT, "data", "correctors", "e2e")
+    assert f"--gin.LMCOR_DIR={released!r}" in evaluate
+    assert not any(a.startswith(("--gin.FINETUNE_DIR", "--gin.LMCOR_SINGLE_DIR"))
+                   for a in evaluate)
+    for name in (adapter.WEIGHTS, adapter.MANIFEST):
+        assert os.path.isfile(os.path.join(released, name)), name
+
+
+class _Planned(Exception):
+    """Raised at the stage after the ones a test inspects."""
+
+
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     import gin
 
@@ -117,7 +160,7 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
         gin.clear_config()
 
 
-@pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/tables/e2e.gin",
+@pytest.mark.parametrize("run_file", ["runs/quickstart_train.gin", "runs/tables/e2e.gin",
                                       "runs/tables/jfleg.gin", "runs/tables/wmt.gin"])
 def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     """Every row of the quickstart and of the README tables trains the Gemma recipe on its own
