@@ -22,6 +22,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
+import numpy as np
 from absl import logging
 from flax import linen as nn
 
@@ -47,6 +48,9 @@ class CorrectorSettings:
     max_input_tokens: int = 1024
     length_bucket: int = 32
     length_growth: float = 1.25
+    # A task-vocabulary corrector reads and writes every piece of the inputs it corrects, not
+    # only its training data's (Corrector.correct; `widened_vocabulary`).
+    widen_vocab: bool = True
 
     def __post_init__(self):
         if self.variant not in pp.VARIANTS:
@@ -78,10 +82,11 @@ class CorrectorSettings:
 @gin.configurable
 def corrector_settings(variant: str = "lmcor", beam_size: int = 4, alpha: float = 0.6,
                        max_decode_tokens: int = 128, max_input_tokens: int = 1024,
-                       length_bucket: int = 32, length_growth: float = 1.25) -> CorrectorSettings:
+                       length_bucket: int = 32, length_growth: float = 1.25,
+                       widen_vocab: bool = True) -> CorrectorSettings:
     """Gin entry point for inference settings (beam size, limits, decode widths)."""
     return CorrectorSettings(variant, beam_size, alpha, max_decode_tokens, max_input_tokens,
-                             length_bucket, length_growth)
+                             length_bucket, length_growth, widen_vocab)
 
 
 def row_bucket(n: int, max_rows: int) -> int:
@@ -129,8 +134,11 @@ class Corrector:
     thread at a time (the server's batcher)."""
 
     def __init__(self, model, params, vocab, options: Optional[pp.CorrectorOptions] = None,
-                 settings: Optional[CorrectorSettings] = None):
+                 settings: Optional[CorrectorSettings] = None, base_embedding=None):
+        """`base_embedding`: the base model's whole embedding table, from which a
+        task-vocabulary corrector takes the rows of input pieces its vocabulary lacks."""
         self.lm = decode_adapter(model)
+        self.base_embedding = base_embedding
         self.params = jax.device_put(nn.unbox(params))
         self.vocab = vocab
         self.options = options or pp.CorrectorOptions()
@@ -148,9 +156,13 @@ class Corrector:
         """Loads the run in MODEL_DIR (see module doc); `gin_files`/`gin_bindings` add to or
         replace its config.gin, e.g. for a run that did not save one."""
         model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
+        base = getattr(model, "pretrained_params", None)
         model = model.attach(model_dir)
         params = trained_params(model_dir, model, step)
-        return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings)
+        base_embedding = (base["embedder"]["embedding"]
+                          if base is not None and getattr(model, "task_vocab", None) else None)
+        return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings,
+                   base_embedding)
 
     # ------------------------------------------------------------------ inputs
 
@@ -219,20 +231,54 @@ class Corrector:
         from tqdm import tqdm
 
         ids = [self.prepare(r) for r in records]
+        task_map = getattr(self.lm, "vocab_map", None)
+        narrow = self.lm, self.params
+        if task_map is not None and ids:
+            self.last_oov = task_map.oov_report()  # drop counts from earlier calls
+            task_map.to_task(np.concatenate([np.asarray(t) for t in ids]))
+            self.last_oov = task_map.oov_report()
+            if self.settings.widen_vocab:
+                self.lm, self.params = self.widened_vocabulary(ids)
+                self.last_oov["widened_by"] = self.lm.vocab_map.size - task_map.size
+            logging.info("corrector inputs: pieces outside the task vocabulary: %s (read "
+                         "%s)", self.last_oov, "from the base embedding"
+                         if self.settings.widen_vocab else "as unknown")
         out: List[str] = []
-        for start in tqdm(range(0, len(ids), batch_size), desc="correct", unit="batch",
-                          disable=not progress):
-            chunk = ids[start:start + batch_size]
-            out.extend(self.decode_ids(chunk, row_bucket(len(chunk), batch_size))[0])
+        try:
+            for start in tqdm(range(0, len(ids), batch_size), desc="correct", unit="batch",
+                              disable=not progress):
+                chunk = ids[start:start + batch_size]
+                out.extend(self.decode_ids(chunk, row_bucket(len(chunk), batch_size))[0])
+        finally:
+            self.lm, self.params = narrow
         if self.truncated_tokens:
             logging.info("corrector inputs: %d tokens removed by the token budget so far",
                          self.truncated_tokens)
-        vocab_map = getattr(self.lm, "vocab_map", None)
-        if vocab_map is not None:
-            self.last_oov = vocab_map.oov_report()
-            logging.info("corrector inputs: ids outside the task vocabulary (read as unknown): "
-                         "%s", self.last_oov)
         return out
+
+    def widened_vocabulary(self, token_lists: Sequence[Sequence[int]]):
+        """(decode adapter, params) whose task vocabulary also holds every piece of these
+        inputs, with the base model's embedding rows for the added ones.
+
+        The corrector's embedding is frozen and its head tied, so an added row is exactly what
+        the base model reads and scores for that piece. Each call compiles its own decode loop
+        (the vocabulary size is part of its shape), and an input's output can depend on which
+        pieces the other inputs of the call hold, so `correct` widens once per call."""
+        from lmcor.models.gemma import GemmaLM
+
+        task_map = self.lm.vocab_map
+        extra = task_map.outside(np.concatenate([np.asarray(t) for t in token_lists]))
+        cfg = self.lm.module.config
+        if not len(extra) or self.base_embedding is None or getattr(cfg, "quantize", None):
+            return self.lm, self.params
+        wide = task_map.widened(extra)
+        holder = self.params["params"] if "params" in self.params else self.params
+        trained = np.asarray(holder["embedder"]["embedding"])
+        table = np.array(np.asarray(self.base_embedding)[wide.ids], trained.dtype)
+        table[wide.table[task_map.ids]] = trained
+        holder = dict(holder, embedder=dict(holder["embedder"], embedding=jax.device_put(table)))
+        params = {"params": holder} if "params" in self.params else holder
+        return GemmaLM(dataclasses.replace(cfg, vocab_size=wide.size), vocab_map=wide), params
 
     def warmup(self, max_rows: int) -> dict:
         """Compiles the decode at every shape of `decode_shapes(max_rows)`, so that batches of

@@ -223,6 +223,11 @@ def _pred_path(pred_dir: str, row: str) -> str:
     return os.path.join(pred_dir, f"{slug}.txt")
 
 
+# Raised when the same weights and settings decode to other outputs (2: a task-vocabulary
+# corrector reads its inputs' pieces from the base embedding), so saved rows are decoded again.
+DECODING_REVISION = 2
+
+
 def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig) -> dict:
     """What a saved corrector row was decoded from: the inputs (ids, sources, candidates), the
     MODEL_DIR, the weights it restores, and the settings that change decoding. Another pool,
@@ -236,7 +241,7 @@ def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig)
     return {"inputs_sha256": digest.hexdigest(), "model_dir": os.path.abspath(model_dir),
             "weights": trained_identity(model_dir),
             "corrector_bindings": list(cfg.corrector_bindings),
-            "num_candidates": cfg.num_candidates}
+            "num_candidates": cfg.num_candidates, "decoding": DECODING_REVISION}
 
 
 def _key_path(path: str) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
+from flax import linen as nn
 
 from lmcor.corrector import (Corrector, CorrectorSettings, InputTooLongError, pool_record,
                              row_bucket, row_buckets)
@@ -172,3 +173,53 @@ def test_a_finished_run_is_read_at_its_best_validated_step(task_spm_path, tmp_pa
 def test_from_model_dir_without_config_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.gin"):
         Corrector.from_model_dir(str(tmp_path))
+
+
+def _tiny_gemma_corrector(task_spm_path, task_ids=None):
+    """A random tiny Gemma corrector over the task SentencePiece vocabulary; with `task_ids`, a
+    task-vocabulary one cut to them, as `gemma_model.vocab = "task"` trains."""
+    from lmcor.data.task_vocab import TaskVocab
+    from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
+
+    vocab = seqio.SentencePieceVocabulary(task_spm_path)
+    config = GemmaConfig.preset("tiny", vocab_size=vocab.vocab_size)
+    params = nn.unbox(Gemma3(config).init(jax.random.key(0), np.ones((1, 8), np.int32)))
+    params = params["params"]
+    settings = CorrectorSettings(beam_size=2, max_decode_tokens=6, length_bucket=64)
+    if task_ids is None:
+        return Corrector(config, params, vocab, settings=settings)
+    task = TaskVocab(task_ids, config.vocab_size)
+    table = np.asarray(params["embedder"]["embedding"])
+    cut = dict(params, embedder={"embedding": table[task.ids]})
+    lm = GemmaLM(dataclasses.replace(config, vocab_size=task.size), vocab_map=task)
+    return Corrector(lm, cut, vocab, settings=settings, base_embedding=table)
+
+
+def test_a_task_vocabulary_corrector_reads_and_scores_pieces_it_lacks_as_the_base_does(
+        task_spm_path, wmt_records):
+    from lmcor.decode import pad_prompts
+
+    full = _tiny_gemma_corrector(task_spm_path)
+    ids = [full.prepare(r) for r in wmt_records]
+    narrow = _tiny_gemma_corrector(task_spm_path, task_ids=ids[0])  # the others hold pieces
+    task = narrow.lm.vocab_map                                       # it lacks
+    lm, params = narrow.widened_vocabulary(ids)
+    wide = lm.vocab_map
+    assert set(wide.ids.tolist()) == set(task.ids.tolist()) | set(itertools.chain(*ids))
+    assert wide.size > task.size
+
+    batch = pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=64)
+    want, _ = full.lm.prefill(full.params, batch, 4)
+    got, _ = lm.prefill(params, dict(batch, tokens=wide.to_task(batch["tokens"])), 4)
+    # Same logits as the whole-vocabulary model at every kept id: the added rows are the
+    # base's, placed at their compact ids, for reading the input and for scoring the output.
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want)[:, wide.ids], atol=2e-5)
+    unwidened, _ = narrow.lm.prefill(narrow.params,
+                                     dict(batch, tokens=task.to_task(batch["tokens"])), 4)
+    assert not np.allclose(np.asarray(unwidened)[1:], np.asarray(want)[1:, task.ids], atol=1e-3)
+
+    out = narrow.correct(wmt_records)
+    assert narrow.last_oov["widened_by"] == wide.size - task.size
+    assert narrow.lm.vocab_map is task  # the widening lasts one call
+    assert out == Corrector(lm, params, narrow.vocab, settings=narrow.settings).correct(
+        wmt_records)

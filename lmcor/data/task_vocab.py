@@ -11,6 +11,10 @@ see the compact space. A corrector decodes only kept ids.
 The kept ids are sorted, and the special ids (pad 0, EOS 1, BOS 2, unknown 3) are always kept,
 so they keep their values in the compact space. An input id outside the set becomes the unknown
 id; those are counted per split (`oov_report`), never dropped silently.
+
+At inference a corrector widens the set with the pieces of the inputs it is given (`widened`),
+taking their rows from the frozen base embedding: a name that the training data never held
+("Blue Spice" among E2E's test MRs) can then be read and copied instead of becoming unknown.
 """
 import hashlib
 import json
@@ -49,6 +53,17 @@ class TaskVocab:
         for a in arrays:
             used[np.asarray(a).ravel()] = True
         return cls(np.flatnonzero(used), full_size)
+
+    def outside(self, ids) -> np.ndarray:
+        """The distinct ids of `ids` that this vocabulary lacks (sorted)."""
+        ids = np.unique(np.asarray(ids, np.int64).ravel())
+        ids = ids[(ids >= 0) & (ids < self.full_size)]
+        return ids[(self.table[ids] == UNK_ID) & (ids != UNK_ID)]
+
+    def widened(self, extra_ids) -> "TaskVocab":
+        """This vocabulary plus `extra_ids`; the kept ids stay sorted, so compact ids move."""
+        return TaskVocab(np.concatenate([self.ids, np.asarray(extra_ids, np.int64).ravel()]),
+                         self.full_size)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.ids.tobytes() + str(self.full_size).encode()).hexdigest()
