@@ -99,7 +99,7 @@ class Pipeline:
         on SIGTERM it saves, exits 0 and writes no train_summary.json, so a preempted row is
         resumed by the next run instead of being taken as trained."""
         self.stage += 1
-        head = f"[quickstart {self.stage}/{self.stages} | {time.time() - self.start:6.0f}s] {name}"
+        head = f"[pipeline {self.stage}/{self.stages} | {time.time() - self.start:6.0f}s] {name}"
         if folder and _done(folder, settings):
             print(f"{head}: done already ({folder}), skipped", flush=True)
             return
