@@ -139,7 +139,7 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"adapter_{dtype}"
         export.export_adapter(str(run), str(out), dtype=dtype, gin_bindings=vocab)
-        assert {"adapter.safetensors", "adapter.json", "config.gin", "task_vocab.json",
+        assert {adapter.WEIGHTS, "adapter.json", "config.gin", "task_vocab.json",
                 "train_summary.json"} <= set(os.listdir(out))
         info = adapter.manifest(str(out))
         assert (info["step"], info["dtype"]) == (3, dtype)
@@ -154,7 +154,7 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     with pytest.raises(ValueError, match="step 3 only"):
         trained_params(str(out), model, step=2)
     # A changed file is refused, and so is an adapter over the size limit.
-    path = out / "adapter.safetensors"
+    path = out / adapter.WEIGHTS
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
