@@ -234,15 +234,15 @@ class Corrector:
         task_map = getattr(self.lm, "vocab_map", None)
         narrow = self.lm, self.params
         if task_map is not None and ids:
-            self.last_oov = task_map.oov_report()  # drop counts from earlier calls
+            task_map.oov_report()  # drops the counts of earlier calls
             task_map.to_task(np.concatenate([np.asarray(t) for t in ids]))
             self.last_oov = task_map.oov_report()
             if self.settings.widen_vocab:
                 self.lm, self.params = self.widened_vocabulary(ids)
-                self.last_oov["widened_by"] = self.lm.vocab_map.size - task_map.size
-            logging.info("corrector inputs: pieces outside the task vocabulary: %s (read "
-                         "%s)", self.last_oov, "from the base embedding"
-                         if self.settings.widen_vocab else "as unknown")
+            self.last_oov["widened_by"] = self.lm.vocab_map.size - task_map.size
+            logging.info("corrector inputs: pieces outside the task vocabulary: %s (%s)",
+                         self.last_oov, "read from the base embedding"
+                         if self.last_oov["widened_by"] else "read as unknown")
         out: List[str] = []
         try:
             for start in tqdm(range(0, len(ids), batch_size), desc="correct", unit="batch",
