@@ -156,13 +156,10 @@ class Corrector:
         """Loads the run in MODEL_DIR (see module doc); `gin_files`/`gin_bindings` add to or
         replace its config.gin, e.g. for a run that did not save one."""
         model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
-        base = getattr(model, "pretrained_params", None)
         model = model.attach(model_dir)
         params = trained_params(model_dir, model, step)
-        base_embedding = (base["embedder"]["embedding"]
-                          if base is not None and getattr(model, "task_vocab", None) else None)
         return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings,
-                   base_embedding)
+                   getattr(model, "base_embedding", None))
 
     # ------------------------------------------------------------------ inputs
 
@@ -258,27 +255,11 @@ class Corrector:
 
     def widened_vocabulary(self, token_lists: Sequence[Sequence[int]]):
         """(decode adapter, params) whose task vocabulary also holds every piece of these
-        inputs, with the base model's embedding rows for the added ones.
-
-        The corrector's embedding is frozen and its head tied, so an added row is exactly what
-        the base model reads and scores for that piece. Each call compiles its own decode loop
-        (the vocabulary size is part of its shape), and an input's output can depend on which
+        inputs (lmcor.models.gemma.widen_task_vocab). An input's output can depend on which
         pieces the other inputs of the call hold, so `correct` widens once per call."""
-        from lmcor.models.gemma import GemmaLM
+        from lmcor.models.gemma import widen_task_vocab
 
-        task_map = self.lm.vocab_map
-        extra = task_map.outside(np.concatenate([np.asarray(t) for t in token_lists]))
-        cfg = self.lm.module.config
-        if not len(extra) or self.base_embedding is None or getattr(cfg, "quantize", None):
-            return self.lm, self.params
-        wide = task_map.widened(extra)
-        holder = self.params["params"] if "params" in self.params else self.params
-        trained = np.asarray(holder["embedder"]["embedding"])
-        table = np.array(np.asarray(self.base_embedding)[wide.ids], trained.dtype)
-        table[wide.table[task_map.ids]] = trained
-        holder = dict(holder, embedder=dict(holder["embedder"], embedding=jax.device_put(table)))
-        params = {"params": holder} if "params" in self.params else holder
-        return GemmaLM(dataclasses.replace(cfg, vocab_size=wide.size), vocab_map=wide), params
+        return widen_task_vocab(self.lm, self.params, self.base_embedding, token_lists)
 
     def warmup(self, max_rows: int) -> dict:
         """Compiles the decode at every shape of `decode_shapes(max_rows)`, so that batches of

@@ -47,8 +47,8 @@ SHARD_PREFIX = "pool"
 MANIFEST = "manifest.json"
 # A pool written with other settings must not be silently extended by a rerun.
 # The backend's address may change between runs (a restarted server); the model may not.
-_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "shard_size", "seed", "fingerprint",
-                "prompt", "sampling")
+_RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "subset_seed", "shard_size", "seed",
+                "fingerprint", "prompt", "sampling")
 
 
 class SampleError(ValueError):
@@ -196,12 +196,31 @@ def _host_shards(n_shards: int, process_index: int, process_count: int) -> range
     return host_shard(n_shards, process_index, process_count)
 
 
-def _prepare(task, split, demo_split, data_dir, prompt, max_examples):
+def choose_inputs(examples: List[dict], max_examples: Optional[int],
+                  subset_seed: Optional[int]) -> List[dict]:
+    """The inputs a pool is sampled for: the first max_examples, or with subset_seed a uniform
+    random subset of that size, kept in the split's order. A split's order is rarely random (E2E
+    test lists its MRs restaurant by restaurant: the first 48 name two), so a slice meant to
+    stand for the whole test set should be drawn."""
+    if max_examples is None or max_examples >= len(examples):
+        return list(examples)
+    if max_examples < 0:
+        raise SampleError(f"sample_pool.max_examples must be >= 0, got {max_examples}")
+    if subset_seed is None:
+        return examples[:max_examples]
+    import numpy as np
+
+    keep = np.random.default_rng(subset_seed).choice(len(examples), max_examples, replace=False)
+    return [examples[i] for i in sorted(keep)]
+
+
+def _prepare(task, split, demo_split, data_dir, prompt, max_examples, subset_seed):
     template = prompts.get_template(prompt.variant)
     if template.task != task:
         raise SampleError(f"prompt variant {prompt.variant!r} is for task {template.task!r}, "
                           f"not {task!r}")
-    examples = load_split(task, data_dir, split, "evaluation")[:max_examples]
+    examples = choose_inputs(load_split(task, data_dir, split, "evaluation"), max_examples,
+                             subset_seed)
     builder = prompts.PromptBuilder(prompt, load_split(task, data_dir, demo_split, "training"))
     return examples, builder
 
@@ -223,18 +242,22 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
                 backend: Backend = gin.REQUIRED, prompt: Optional[prompts.PromptConfig] = None,
                 sampling: Optional[SamplingParams] = None, data_dir: Optional[str] = None,
                 shard_size: int = 100, batch_size: int = 8, max_examples: Optional[int] = None,
-                seed: int = 0, process_index: int = 0, process_count: int = 1,
+                subset_seed: Optional[int] = None, seed: int = 0, process_index: int = 0, process_count: int = 1,
                 tensorboard: bool = False) -> dict:
-    """Samples the pool into `output_dir`; returns the manifest."""
+    """Samples the pool into `output_dir`; returns the manifest. `max_examples` limits the
+    inputs to the split's first ones, or with `subset_seed` to a seeded random subset
+    (`choose_inputs`)."""
     if not output_dir:
         raise SampleError("no output directory: pass --gin.OUTPUT_DIR=DIR")
     if shard_size < 1 or batch_size < 1:
         raise SampleError("sample_pool: shard_size and batch_size must be >= 1")
     prompt, sampling = prompt or prompts.PromptConfig(), sampling or SamplingParams()
     data_dir = data_dir or DEFAULT_DATA_DIR
-    examples, builder = _prepare(task, split, demo_split, data_dir, prompt, max_examples)
+    examples, builder = _prepare(task, split, demo_split, data_dir, prompt, max_examples,
+                                 subset_seed)
     run_config = json.loads(json.dumps({  # compared with the manifest as JSON sees it
         "task": task, "split": split, "demo_split": demo_split, "max_examples": max_examples,
+        "subset_seed": subset_seed,
         "shard_size": shard_size, "seed": seed, "fingerprint": backend.fingerprint(),
         "backend": backend.describe(), "sampling": dataclasses.asdict(sampling),
         "prompt": prompts.prompt_summary(prompt, builder.stop_sequences()), "data_dir": data_dir}))

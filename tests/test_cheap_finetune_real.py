@@ -69,6 +69,9 @@ def test_task_vocab_logits_and_greedy_equal_the_full_model(base, e2e_vocab, e2e_
     """Logits at the kept ids equal the full model's; decoding stays on the full model's path."""
     small = base.with_task_vocab(e2e_vocab)
     assert small.config.vocab_size == e2e_vocab.size < base.config.vocab_size // 10
+    # The whole table stays at hand: validation and test decodes widen the vocabulary with it.
+    np.testing.assert_array_equal(small.base_embedding,
+                                  np.asarray(base.pretrained_params["embedder"]["embedding"]))
     ids = [tokenizer.encode(p, add_bos=True) for p in e2e_inputs[:3]]
     batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
     tokens = jnp.asarray(batch["tokens"])

@@ -223,3 +223,26 @@ def test_a_task_vocabulary_corrector_reads_and_scores_pieces_it_lacks_as_the_bas
     assert narrow.lm.vocab_map is task  # the widening lasts one call
     assert out == Corrector(lm, params, narrow.vocab, settings=narrow.settings).correct(
         wmt_records)
+
+
+def test_validation_during_training_widens_the_task_vocabulary_once_and_keeps_its_adapter(
+        task_spm_path, wmt_records):
+    """Periodic validation decodes with the pieces of its inputs added, as the table's test
+    decode does, and reuses one widened adapter (its compiled loops) across evaluations."""
+    from lmcor.training.evaluation import Evaluator
+
+    full = _tiny_gemma_corrector(task_spm_path)
+    ids = [full.prepare(r) for r in wmt_records]
+    narrow = _tiny_gemma_corrector(task_spm_path, task_ids=ids[0])
+    ev = Evaluator(task="unused", feature_lengths={"inputs": 8, "targets": 8})
+    lm, params = ev._widen(narrow.lm, narrow.params, narrow.base_embedding, ids)
+    want_lm, want_params = narrow.widened_vocabulary(ids)
+    assert lm is not narrow.lm and np.array_equal(lm.vocab_map.ids, want_lm.vocab_map.ids)
+    np.testing.assert_array_equal(np.asarray(params["embedder"]["embedding"]),
+                                  np.asarray(want_params["embedder"]["embedding"]))
+    again, params2 = ev._widen(narrow.lm, narrow.params, narrow.base_embedding, ids)
+    assert again is lm  # the next evaluation runs the loops the first one compiled
+    np.testing.assert_array_equal(np.asarray(params2["embedder"]["embedding"]),
+                                  np.asarray(params["embedder"]["embedding"]))
+    off = Evaluator(task="unused", feature_lengths={"inputs": 8, "targets": 8}, widen_vocab=False)
+    assert off._widen(narrow.lm, narrow.params, narrow.base_embedding, ids)[0] is narrow.lm

@@ -277,3 +277,32 @@ def test_model_modules_import_after_the_job_locked_its_gin_config():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "GemmaLM", out.stderr[-2000:]
+
+
+def test_a_seeded_subset_is_a_random_slice_in_split_order_and_sampled_as_in_the_whole(
+        tmp_path, data_dir):
+    def run(out, n, subset_seed):
+        backend = HttpBackend(base_url=server.base_url, model="fake-llm", concurrency=2)
+        return sample.sample_pool(
+            output_dir=str(out), task="e2e", split="test", demo_split="dev",
+            data_dir=str(data_dir), backend=backend, max_examples=n, subset_seed=subset_seed,
+            shard_size=4, prompt=PromptConfig("e2e_io", num_shots=2),
+            sampling=SamplingParams(num_samples=1))
+
+    with FakeLLM() as server:
+        run(tmp_path / "a", 6, 0)
+        run(tmp_path / "b", 6, 1)
+        with pytest.raises(sample.SampleError, match="subset_seed"):
+            run(tmp_path / "a", 6, 1)  # another subset is not mixed into this pool
+    a, b = list(read_pool(str(tmp_path / "a"))), list(read_pool(str(tmp_path / "b")))
+    ids = [r["id"] for r in a]
+    positions = [int(i.rsplit("-", 1)[1]) for i in ids]
+    assert len(set(ids)) == 6 and positions == sorted(positions)
+    assert positions != list(range(6)) and max(positions) > 100  # drawn from the whole split
+    assert ids != [r["id"] for r in b]
+    # Each record is the split's input of that id.
+    whole = {r["id"]: r for r in sample.choose_inputs(
+        sample.load_split("e2e", str(data_dir), "test", "evaluation"), None, None)}
+    assert all(r["source"] == whole[r["id"]]["source"] for r in a)
+    assert sample.choose_inputs(list(range(10)), 3, None) == [0, 1, 2]
+    assert sample.choose_inputs(list(range(10)), 3, 5) == sample.choose_inputs(list(range(10)), 3, 5)

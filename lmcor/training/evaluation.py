@@ -35,7 +35,7 @@ class Evaluator:
                  split: str = "validation", max_examples: Optional[int] = None,
                  batch_size: int = 16, beam_size: int = 4, alpha: float = 0.6,
                  max_decode_tokens: int = 128, length_bucket: int = 32, bos_id: int = 2,
-                 interval_metric: Optional[str] = None):
+                 interval_metric: Optional[str] = None, widen_vocab: bool = True):
         self.task_name, self.split, self.max_examples = task, split, max_examples
         self.feature_lengths = dict(feature_lengths)
         self.batch_size, self.length_bucket, self.bos_id = batch_size, length_bucket, bos_id
@@ -44,6 +44,11 @@ class Evaluator:
         self.interval_metric = interval_metric
         self.config = decode.DecodeConfig(max_new_tokens=max_decode_tokens, beam_size=beam_size,
                                           alpha=alpha)
+        # A task-vocabulary model decodes validation as the table's test decode does, with its
+        # vocabulary widened by the pieces of the inputs (Corrector.correct), so that the
+        # checkpoint kept is the best at what the table measures.
+        self.widen_vocab = widen_vocab
+        self._widened = None  # (task-vocabulary adapter, its widened adapter), kept: no recompile
         self._examples: Optional[List[dict]] = None
 
     def examples(self) -> List[dict]:
@@ -75,6 +80,7 @@ class Evaluator:
         lm = model.decode_adapter()
         params = model.decode_params(_local_params(nn.unbox(params)))
         prompts = self._prompts(lm)
+        lm, params = self._widen(lm, params, getattr(model, "base_embedding", None), prompts)
         vocab = self.task.output_features["targets"].vocabulary
         texts: List[str] = []
         encdec = decode.is_encoder_decoder(lm)
@@ -85,10 +91,29 @@ class Evaluator:
                                        bucket=self.length_bucket, rows=self.batch_size)
             dec = decode.decode_batch(lm, params, batch, self.config)
             texts += decode.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
-        if getattr(lm, "vocab_map", None) is not None:
-            log.info("%s:%s input ids outside the task vocabulary: %s", self.task_name,
-                     self.split, lm.vocab_map.oov_report())
         return texts
+
+    def _widen(self, lm, params, base_embedding, prompts):
+        task_map = getattr(lm, "vocab_map", None)
+        if task_map is None:
+            return lm, params
+        task_map.oov_report()  # drops earlier counts
+        task_map.to_task(np.concatenate([np.asarray(p) for p in prompts]))
+        report = task_map.oov_report()
+        if self.widen_vocab and base_embedding is not None:
+            if self._widened is None or self._widened[0] is not lm:
+                from lmcor.models.gemma import widen_task_vocab
+                wide, params = widen_task_vocab(lm, params, base_embedding, prompts)
+                self._widened = (lm, wide)
+            elif self._widened[1] is not lm:
+                from lmcor.models.gemma import rewiden
+                params = rewiden(lm, self._widened[1], params, base_embedding)
+            lm = self._widened[1]
+        report["widened_by"] = lm.vocab_map.size - task_map.size
+        log.info("%s:%s input ids outside the task vocabulary: %s (%s)", self.task_name,
+                 self.split, report, "read from the base embedding" if report["widened_by"]
+                 else "read as unknown")
+        return lm, params
 
     def __call__(self, model, params, step: int) -> Dict[str, float]:
         predictions = self.predict(model, params)

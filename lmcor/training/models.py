@@ -107,6 +107,9 @@ class DecoderModel:
     base: Optional[dict] = None  # identity of the pretrained file (peft.base_identity)
     seed: int = 0  # LoRA initialisation
     task_vocab: Optional[TaskVocab] = None
+    # The whole-vocabulary embedding of the base, kept when `vocab="task"` cuts it: decodes widen
+    # the task vocabulary with its rows for the pieces of their inputs (widen_task_vocab).
+    base_embedding: Any = None
 
     # ------------------------------------------------------------------ parameters
 
@@ -230,12 +233,14 @@ class DecoderModel:
             raise ValueError(f"task vocabulary of a {vocab.full_size}-id vocabulary for a model "
                              f"with {self.config.vocab_size} ids")
         config = dataclasses.replace(self.config, vocab_size=vocab.size)
-        params = self.pretrained_params
+        params, base_embedding = self.pretrained_params, None
         if params is not None:
-            emb = np.asarray(params["embedder"]["embedding"])[vocab.ids]
-            params = dict(params, embedder=dict(params["embedder"], embedding=emb))
+            base_embedding = np.asarray(params["embedder"]["embedding"])
+            params = dict(params, embedder=dict(params["embedder"],
+                                                embedding=base_embedding[vocab.ids]))
         return dataclasses.replace(self, module=Gemma3(config), config=config,
-                                   pretrained_params=params, task_vocab=vocab)
+                                   pretrained_params=params, task_vocab=vocab,
+                                   base_embedding=base_embedding)
 
     def fit_to_data(self, most_loss_tokens: int) -> "DecoderModel":
         """Resolves `loss_positions="auto"` from the training rows (the same on every host)."""
