@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hyp", required=True, help="hypothesis file")
     p.add_argument("--ref", required=True, action="append", help="reference file (repeatable)")
     p.add_argument("--src", help="source file (required for gleu)")
-    p.add_argument("--baseline", help="second system: run a paired bootstrap test against it")
+    p.add_argument("--baseline", help="second system: its score and the difference, and with "
+                   "--bootstrap a paired bootstrap test against it")
     p.add_argument("--bootstrap", type=int, default=0,
                    help="resamples for a 95%% CI (and the paired test); 0 = off")
     p.add_argument("--seed", type=int, default=12345)
@@ -83,6 +84,11 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             result["baseline"] = round(test["a"], 4)
             result["delta"] = round(test["delta"], 4)
             result["p_value"] = round(test["p_value"], 4)
+    elif args.baseline:  # both scores and their difference; a p value needs --bootstrap
+        name = _bootstrap_metric(args.metric)
+        base = _score(args.metric, columns[-1], refs, srcs, args.tokenize)[name]
+        result["baseline"] = round(base, 4)
+        result["delta"] = round(result[name] - base, 4)
     return result
 
 

@@ -60,6 +60,16 @@ def test_paired_test_flags(data_dir, capsys):
     assert rc == 0 and set(result) == {"bleu", "ci95", "baseline", "delta", "p_value"}
     assert result["ci95"][0] <= result["bleu"] <= result["ci95"][1]
     assert result["delta"] == pytest.approx(result["bleu"] - result["baseline"], abs=1e-3)
+    # Without resamples the baseline is still scored, as on its own, and compared.
+    rc, out, _ = _run(capsys, ["score", "--metric=bleu", f"--hyp={folder / 'systems' / 'GPT4-5shot.de'}",
+                               f"--ref={folder / 'reference.A.de'}",
+                               f"--baseline={folder / 'systems' / 'ONLINE-W.de'}"])
+    plain = json.loads(out)
+    alone = sacrebleu.corpus_bleu(read_lines(folder / "systems" / "ONLINE-W.de"),
+                                  [read_lines(folder / "reference.A.de")]).score
+    assert rc == 0 and set(plain) == {"bleu", "baseline", "delta"}
+    assert plain["bleu"] == result["bleu"] and plain["baseline"] == pytest.approx(alone, abs=1e-3)
+    assert plain["delta"] == pytest.approx(plain["bleu"] - plain["baseline"], abs=1e-3)
 
 
 def test_unaligned_files_and_missing_source_are_clear_errors(data_dir, tmp_path, capsys):
