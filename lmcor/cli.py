@@ -93,7 +93,9 @@ GIN_COMMANDS = {
         macros=_RUN_MACROS,
         examples=("lmcor pipeline --gin_file=runs/tables/e2e.gin",
                   "lmcor pipeline --gin_file=runs/tables/wmt.gin --gin.RUN_DIR=/work/wmt"),
-        default_gin="runs/quickstart.gin"),
+        # No default: a bare `lmcor pipeline` would otherwise run the quickstart and look like
+        # a table that finished in minutes.
+        start_from="runs/tables/e2e.gin"),
 }
 
 

@@ -159,7 +159,7 @@ def test_flag_and_file_mistakes_are_one_line_before_any_heavy_import(tmp_path):
                   r"--gin_file needs a value",
                   r"^--gin\.TRAIN_STEPZ=3: nothing reads the macro TRAIN_STEPZ .*did you mean "
                   r"TRAIN_STEPS\?$"]
-    for name in ("train", "sample", "evaluate"):
+    for name in ("train", "sample", "evaluate", "pipeline"):
         cases.append([name])
         wants.append(r"no --gin_file given")
     cases += [["train", "--gin_file=runs/smoke.gin"],
