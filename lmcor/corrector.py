@@ -22,7 +22,6 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
-import numpy as np
 from absl import logging
 from flax import linen as nn
 
@@ -231,9 +230,7 @@ class Corrector:
         task_map = getattr(self.lm, "vocab_map", None)
         narrow = self.lm, self.params
         if task_map is not None and ids:
-            task_map.oov_report()  # drops the counts of earlier calls
-            task_map.to_task(np.concatenate([np.asarray(t) for t in ids]))
-            self.last_oov = task_map.oov_report()
+            self.last_oov = task_map.oov_of(ids)
             if self.settings.widen_vocab:
                 self.lm, self.params = self.widened_vocabulary(ids)
             self.last_oov["widened_by"] = self.lm.vocab_map.size - task_map.size

@@ -242,8 +242,8 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
                 backend: Backend = gin.REQUIRED, prompt: Optional[prompts.PromptConfig] = None,
                 sampling: Optional[SamplingParams] = None, data_dir: Optional[str] = None,
                 shard_size: int = 100, batch_size: int = 8, max_examples: Optional[int] = None,
-                subset_seed: Optional[int] = None, seed: int = 0, process_index: int = 0, process_count: int = 1,
-                tensorboard: bool = False) -> dict:
+                subset_seed: Optional[int] = None, seed: int = 0, process_index: int = 0,
+                process_count: int = 1, tensorboard: bool = False) -> dict:
     """Samples the pool into `output_dir`; returns the manifest. `max_examples` limits the
     inputs to the split's first ones, or with `subset_seed` to a seeded random subset
     (`choose_inputs`)."""

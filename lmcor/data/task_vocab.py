@@ -83,6 +83,12 @@ class TaskVocab:
         ids = np.asarray(ids)
         return self.ids[np.clip(ids, 0, self.size - 1)]
 
+    def oov_of(self, token_lists) -> Dict[str, float]:
+        """The `oov_report` of these inputs alone (full ids), earlier counts dropped."""
+        self.oov_report()
+        self.to_task(np.concatenate([np.asarray(t).ravel() for t in token_lists]))
+        return self.oov_report()
+
     def oov_report(self, reset: bool = True) -> Dict[str, float]:
         """{"tokens", "oov", "oov_rate"} since the last report."""
         out = {"tokens": self.seen, "oov": self.oov,

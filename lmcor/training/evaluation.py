@@ -97,9 +97,7 @@ class Evaluator:
         task_map = getattr(lm, "vocab_map", None)
         if task_map is None:
             return lm, params
-        task_map.oov_report()  # drops earlier counts
-        task_map.to_task(np.concatenate([np.asarray(p) for p in prompts]))
-        report = task_map.oov_report()
+        report = task_map.oov_of(prompts)
         if self.widen_vocab and base_embedding is not None:
             if self._widened is None or self._widened[0] is not lm:
                 from lmcor.models.gemma import widen_task_vocab
