@@ -43,7 +43,10 @@ setup(
     version="0.1.0",
     description="Small language models that correct a large model's candidate pool (LMCor).",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["lmcor", "lmcor.*"]),
+    # The SeqIO tasks sit in a top-level tasks/ folder (one module per dataset) and install as
+    # lmcor.tasks, so a Gin file's `import lmcor.tasks` names them the same from any checkout.
+    packages=find_packages(include=["lmcor", "lmcor.*"]) + ["lmcor.tasks"],
+    package_dir={"lmcor.tasks": "tasks"},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["lmcor=lmcor.cli:main"]},

@@ -21,7 +21,8 @@ from lmcor.data.vocab import TASK_VOCAB
 RecordsFn = Callable[[], Iterable[dict]]
 VARIANTS = pp.VARIANTS
 TRAIN_SPLITS = ("train",)
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# tasks/ sits at the repository root (packaged as lmcor.tasks; setup.py package_dir).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
