@@ -4,27 +4,34 @@ feature converter (packing on by default) and held in memory as fixed-shape nump
 
 Also `task_spm_model`, so a Gin file can bind a task vocabulary trained on the task's own text:
 `task_vocabulary.spm_model = @task_spm_model()`.
+
+Gin files import this module (it is the training data factory), so it imports SeqIO, the tasks
+and the feature converters at its top: their configurables are then registered while the Gin
+files are parsed, before the config is locked.
 """
+import itertools
+import logging
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
-import logging
+import seqio
 from tqdm import tqdm
+
+import lmcor.tasks  # noqa: F401  (registers the tasks and mixtures)
+from lmcor.data import importers, vocab
+from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
+from lmcor.data.pool import read_pool
+from lmcor.tasks.common import data_root
 
 log = logging.getLogger(__name__)
 
 
 def feature_converter(kind: str, pack: bool, bos_id: int = 2):
-    import seqio
     if kind == "encdec":
         return seqio.EncDecFeatureConverter(pack=pack)
     if kind == "decoder":
-        # Imported on first use (TensorFlow-heavy); it registers a configurable, which gin
-        # refuses once the run's config is locked unless the lock is lifted for the import.
-        with gin.unlock_config():
-            from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
         return DecoderOnlyFeatureConverter(pack=pack, bos_id=bos_id)
     raise ValueError(f"model kind {kind!r}: expected 'encdec' or 'decoder'")
 
@@ -48,9 +55,6 @@ def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = g
                      max_examples: Optional[int] = None) -> Dict[int, Dict[str, np.ndarray]]:
     """{shard: features} for the owned shards of `task`'s split (one pass, in source order; the
     BatchSource reshuffles every epoch). `max_examples` caps each shard's converted rows."""
-    import seqio
-
-    import lmcor.tasks  # noqa: F401  (registers the tasks and mixtures)
     converter = feature_converter(model_kind, pack, bos_id)
     out = {}
     for shard in owned_shards:
@@ -64,9 +68,6 @@ def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = g
 
 
 def _dataset_records(dataset: str):
-    from lmcor.data import importers
-    from lmcor.data.pool import read_pool
-    from lmcor.tasks.common import data_root
     if os.path.exists(dataset):
         return read_pool(dataset)
     if dataset in ("wmt21", "wmt22", "wmt23"):
@@ -85,9 +86,6 @@ def task_spm_model(datasets: Sequence[str] = gin.REQUIRED, vocab_size: int = 800
     """Path of a SentencePiece model trained on the datasets' sources, references and candidates
     (cached: retrained only when the text or settings change). `max_records` caps the records
     read from each dataset (smoke runs)."""
-    import itertools
-
-    from lmcor.data import vocab
     records = itertools.chain.from_iterable(
         itertools.islice(_dataset_records(d), max_records) for d in datasets)
     name = "-".join(os.path.basename(os.path.normpath(d)) for d in datasets)
