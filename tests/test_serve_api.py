@@ -56,6 +56,15 @@ def test_chat_completions_shape(corrector):
     assert msg["role"] == "assistant"
     assert msg["content"] == want[0] == full["choices"][0]["message"]["content"]
     assert all(b["messages"] == messages for b in sent)
+    # The same answer built without the server: the pool the scripted upstream writes for these
+    # messages (seed 0, as the request sent none; greedy first, then the 4 samples at T=0.6),
+    # the last turn as source, and the corrector run on it directly. The random corrector's
+    # text barely depends on the source; the input's length in tokens does.
+    pool = [reply_text(messages, 0, 0.0, 0)] + [reply_text(messages, 0, 0.6, i) for i in range(4)]
+    assert [c["text"] for c in full["lmcor"]["candidates"]] == pool
+    record = pool_record(messages[-1]["content"], pool)
+    assert msg["content"] == corrector.correct([record])[0]
+    assert reply["usage"]["prompt_tokens"] == len(corrector.prepare(record))
 
 
 def test_client_errors(corrector):
