@@ -35,7 +35,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import numpy as np  # noqa: E402
 
 from lmcor.corrector import Corrector, CorrectorSettings  # noqa: E402
-from lmcor.serve import Server, ServeApp  # noqa: E402
+from lmcor.serve.app import ServeApp  # noqa: E402
+from lmcor.serve.server import Server  # noqa: E402
 from lmcor.upstream import HttpUpstream  # noqa: E402
 
 

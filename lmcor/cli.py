@@ -22,7 +22,7 @@ COMMANDS = {
     "quickstart": "lmcor.quickstart",
     # The same runner as quickstart, named for the README tables' configs.
     "pipeline": "lmcor.quickstart:pipeline_main",
-    "serve": "lmcor.serve",
+    "serve": "lmcor.serve.command",
     "export": "lmcor.export",
 }
 
