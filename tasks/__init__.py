@@ -1,6 +1,12 @@
-"""SeqIO tasks and mixtures for lmcor, one module per dataset; importing registers them.
+"""Tasks: the SeqIO tasks and mixtures that turn a dataset and its candidate pools into
+corrector examples (source + candidates -> target), one module per dataset; importing the
+package registers them. It is installed as `lmcor.tasks` (setup.py package_dir).
 
     import lmcor.tasks  # noqa: F401  (registers e2e_*, jfleg_*, wmt*_*, xsum_*, conll14_*)
+
+Modules:
+  * `common`  - the data root, pool overrides, hold-out split and task/mixture registration;
+  * `e2e`, `jfleg`, `wmt`, `xsum`, `conll14` - one dataset each: its records and tasks.
 
 See docs/tasks.md for the task names, splits, sizes and Gin knobs.
 """
