@@ -215,7 +215,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     import gin
 
     from lmcor import config as gin_config
-    from lmcor.data.preprocessors import corrector_options
+    from lmcor.data.corrector_input import corrector_options
 
     try:
         gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
