@@ -21,7 +21,7 @@ def examples(n_records: int, max_in: int, max_out: int):
     import seqio
 
     from lmcor.data.importers import import_wmt
-    from lmcor.data.preprocessors import CorrectorOptions, build_corrector_input
+    from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
     from lmcor.tasks.common import data_root
     from lmcor.training.seqio_data import task_spm_model
 

@@ -55,7 +55,7 @@ def e2e_rows(pool_dir: str, n_examples: int, max_in: int = 320, max_out: int = 9
     """
     from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
     from lmcor.data.pool import read_pool
-    from lmcor.data.preprocessors import CorrectorOptions, build_corrector_input
+    from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
     from lmcor.data.vocab import task_vocabulary
     from lmcor.tasks import common, e2e
 

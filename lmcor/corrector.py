@@ -1,6 +1,6 @@
 """Corrector inference: (source, candidate pool) -> corrected text, for evaluation and serving.
 
-There is one code path: the input text comes from `preprocessors.build_corrector_input` (what
+There is one code path: the input text comes from `corrector_input.build_corrector_input` (what
 the SeqIO task runs during training), it is tokenized with the run's vocabulary the way the
 feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decoded with
 `lmcor.decode`'s beam search. Every batch is padded to one of a fixed set of decode shapes
@@ -26,7 +26,8 @@ from absl import logging
 from flax import linen as nn
 
 from lmcor import decode
-from lmcor.data import preprocessors as pp
+from lmcor.data.corrector_input import (VARIANTS, CorrectorOptions, build_corrector_input,
+                                        corrector_options)
 
 
 class InputTooLongError(ValueError):
@@ -52,9 +53,9 @@ class CorrectorSettings:
     widen_vocab: bool = True
 
     def __post_init__(self):
-        if self.variant not in pp.VARIANTS:
+        if self.variant not in VARIANTS:
             raise ValueError(f"corrector_settings.variant={self.variant!r}; expected one of "
-                             f"{pp.VARIANTS}")
+                             f"{VARIANTS}")
         for name in ("beam_size", "max_decode_tokens", "max_input_tokens", "length_bucket",
                      "length_growth"):
             if getattr(self, name) < 1:
@@ -132,7 +133,7 @@ class Corrector:
     """A trained corrector ready to decode. Thread-safe to prepare inputs; decode from one
     thread at a time (the server's batcher)."""
 
-    def __init__(self, model, params, vocab, options: Optional[pp.CorrectorOptions] = None,
+    def __init__(self, model, params, vocab, options: Optional[CorrectorOptions] = None,
                  settings: Optional[CorrectorSettings] = None, base_embedding=None):
         """`base_embedding`: the base model's whole embedding table, from which a
         task-vocabulary corrector takes the rows of input pieces its vocabulary lacks."""
@@ -140,7 +141,7 @@ class Corrector:
         self.base_embedding = base_embedding
         self.params = jax.device_put(nn.unbox(params))
         self.vocab = vocab
-        self.options = options or pp.CorrectorOptions()
+        self.options = options or CorrectorOptions()
         self.settings = settings or CorrectorSettings()
         self.encoder_decoder = decode.is_encoder_decoder(self.lm)
         self.decode_config = decode.DecodeConfig(
@@ -163,8 +164,8 @@ class Corrector:
     # ------------------------------------------------------------------ inputs
 
     def build_input(self, record: Mapping[str, Any]) -> str:
-        text, report = pp.build_corrector_input(record, self.settings.variant, self.options,
-                                                self.vocab)
+        text, report = build_corrector_input(record, self.settings.variant, self.options,
+                                             self.vocab)
         if report.truncated_tokens:
             with self._lock:
                 self.truncated_tokens += report.truncated_tokens
@@ -299,7 +300,7 @@ def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Seq
     except ValueError:
         ref = None
     model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
-    return model, task_vocabulary(), pp.corrector_options(), corrector_settings()
+    return model, task_vocabulary(), corrector_options(), corrector_settings()
 
 
 def _manager(checkpoint_dir: str):

@@ -9,9 +9,10 @@ oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missi
 with a logged note (kept in results.json's "notes"). Every metric carries a percentile
 bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.metrics).
 
-EVAL_DIR receives `results.json`, `results.md` and `predictions/` (one text file per row, plus
-the sources and any complete reference streams) so `lmcor score` can re-score every number.
-Predictions already on disk are reused: a rerun decodes only the rows that are missing.
+EVAL_DIR receives `results.json`, `results.md` (lmcor.results_table) and `predictions/` (one text
+file per row, plus the sources and any complete reference streams; lmcor.predictions) so
+`lmcor score` can re-score every number. Predictions already on disk are reused: a rerun decodes
+only the rows that are missing or were decoded from other inputs, weights or settings.
 """
 import sys
 
@@ -23,7 +24,6 @@ if __name__ == "__main__":
     sys.exit(_main(["evaluate", *sys.argv[1:]]))
 
 import dataclasses  # noqa: E402
-import hashlib
 import json
 import os
 import time
@@ -36,16 +36,17 @@ from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
 from lmcor import breakdowns, metrics, rerank
-from lmcor.io_utils import atomic_write_text, read_lines
+from lmcor.io_utils import atomic_write_text
+from lmcor.predictions import (cached_predictions, prediction_key, prediction_path,
+                               save_predictions, write_inputs, write_lines)
+from lmcor.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
 
 # Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
 # equals rougeL on one-line outputs).
 METRICS_BY_DATASET = {"e2e": ("bleu", "rougeL", "chrf"), "jfleg": ("gleu",),
                       "wmt": ("chrf", "bleu"), "xsum": ("rougeL", "bleu")}
-METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "gleu": "GLEU", "ter": "TER"}
 _BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
 CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
-GREEDY_ROW = "LLM greedy"
 NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
 
 
@@ -214,113 +215,6 @@ def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
     return corrector.correct(records, batch_size=cfg.batch_size, progress=True)
 
 
-# ---------------------------------------------------------------------- outputs
-
-
-def _pred_path(pred_dir: str, row: str) -> str:
-    """predictions/<row>.txt; 'best single system (X)' is stored as best_single_system.txt."""
-    slug = "".join(ch if ch.isalnum() else "_" for ch in row.split(" (")[0].lower()).strip("_")
-    return os.path.join(pred_dir, f"{slug}.txt")
-
-
-# Raised when the same weights and settings decode to other outputs (2: a task-vocabulary
-# corrector reads its inputs' pieces from the base embedding), so saved rows are decoded again.
-DECODING_REVISION = 2
-
-
-def _prediction_key(records: Sequence[Mapping], model_dir: str, cfg: EvalConfig) -> dict:
-    """What a saved corrector row was decoded from: the inputs (ids, sources, candidates), the
-    MODEL_DIR, the weights it restores, and the settings that change decoding. Another pool,
-    test slice, corrector or checkpoint (a run trained further, a better validated step) in the
-    same EVAL_DIR must not reuse it."""
-    from lmcor.corrector import trained_identity  # noqa: PLC0415 — loads orbax
-    digest = hashlib.sha256()
-    for rec in records:
-        digest.update(json.dumps([rec["id"], rec["source"], rec.get("candidates")],
-                                 sort_keys=True, ensure_ascii=False).encode())
-    return {"inputs_sha256": digest.hexdigest(), "model_dir": os.path.abspath(model_dir),
-            "weights": trained_identity(model_dir),
-            "corrector_bindings": list(cfg.corrector_bindings),
-            "num_candidates": cfg.num_candidates, "decoding": DECODING_REVISION}
-
-
-def _key_path(path: str) -> str:
-    return path[:-len(".txt")] + ".key.json"
-
-
-def _cached(path: str, key: dict, n: int) -> Optional[List[str]]:
-    if not os.path.isfile(path):
-        return None
-    lines = read_lines(path)
-    if len(lines) != n:
-        logging.warning("%s: %d lines, expected %d; decoding again", path, len(lines), n)
-        return None
-    if not os.path.isfile(_key_path(path)):
-        # Written before keys existed: trusted by its length alone, as then.
-        logging.warning("%s: no %s; reused by its line count", path, _key_path(path))
-        return lines
-    with open(_key_path(path), encoding="utf-8") as f:
-        saved = json.load(f)
-    if saved != key:
-        changed = sorted(k for k in key if saved.get(k) != key[k])
-        logging.warning("%s: decoded with other %s; decoding again", path, changed)
-        return None
-    return lines
-
-
-def _write_lines(path: str, lines: Sequence[str]) -> None:
-    # One segment per line: newlines inside an output would shift every later segment.
-    atomic_write_text(path, "".join(x.replace("\n", " ") + "\n" for x in lines))
-
-
-def write_inputs(pred_dir: str, records: Sequence[Mapping], refs: List[List]) -> None:
-    _write_lines(os.path.join(pred_dir, "source.txt"), [r["source"] for r in records])
-    for k, stream in enumerate(refs):
-        if all(x is not None for x in stream):  # `lmcor score` needs complete streams
-            _write_lines(os.path.join(pred_dir, f"ref.{k}.txt"), stream)
-    atomic_write_text(os.path.join(pred_dir, "references.jsonl"),
-                      "".join(json.dumps(r["references"], ensure_ascii=False) + "\n"
-                              for r in records))
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def markdown_table(results: Mapping) -> str:
-    """Row name, the main metric, then the others; each with its 95% interval; the paired test
-    of the main metric against LLM greedy; for trained rows, the training examples seen and
-    the training wall time. Paired tests between trained rows follow the table."""
-    names = results["metrics"]
-    trained = any(row.get("training") for row in results["rows"])
-    head = ["row"]
-    for name in names:
-        head += [METRIC_LABELS[name], "95% CI"]
-    head += [f"Δ {METRIC_LABELS[names[0]]} vs greedy", "p"]
-    head += ["examples seen", "training time"] if trained else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in results["rows"]:
-        cells = [row["name"]]
-        for name in names:
-            m = row["metrics"][name]
-            cells += [f"{m['score']:.2f}", f"[{m['low']:.2f}, {m['high']:.2f}]"]
-        main = row["metrics"][names[0]]
-        same = row["name"] == GREEDY_ROW
-        cells += ["—" if same else f"{main['delta']:+.2f}", "—" if same else f"{main['p_value']:.3f}"]
-        if trained:
-            t = row.get("training")
-            cells += ([f"{t['examples_seen']:,}", _duration(t["train_seconds"])] if t
-                      else ["", ""])
-        lines.append("| " + " | ".join(cells) + " |")
-    for c in results.get("comparisons", []):
-        label = METRIC_LABELS[c["metric"]]
-        lines.append(f"\n{c['row']} against {c['against']}: Δ {label} {c['delta']:+.2f}, "
-                     f"paired bootstrap p = {c['p_value']:.3f}")
-    by_group = breakdowns.markdown(results.get("breakdown"), METRIC_LABELS[names[0]])
-    return "\n".join(lines) + "\n" + (f"\n{by_group}" if by_group else "")
-
-
 def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict]:
     if cfg.breakdown is None:
         return None
@@ -379,18 +273,16 @@ def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]
                                                       if model_dir else NO_MODEL_DIR))
             logging.warning(notes[-1])
             continue
-        path, key = _pred_path(pred_dir, name), _prediction_key(records, model_dir, cfg)
-        outs = _cached(path, key, len(records))
+        path = prediction_path(pred_dir, name)
+        key = prediction_key(records, model_dir, cfg.corrector_bindings, cfg.num_candidates)
+        outs = cached_predictions(path, key, len(records))
         if outs is not None:
             yield name, outs, None
             continue
         start = time.time()
         outs = corrector_outputs(records, variant, model_dir, cfg)
         seconds = round(time.time() - start, 2)
-        # Predictions before their key: a kill in between leaves a key-less or old-key file,
-        # never a new key vouching for old lines. (evaluate() writes every row again; harmless.)
-        _write_lines(path, outs)
-        atomic_write_text(_key_path(path), json.dumps(key, indent=1) + "\n")
+        save_predictions(path, outs, key)  # evaluate() writes every row again; harmless
         yield name, outs, seconds
 
 
@@ -405,8 +297,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     notes: List[str] = []
     rows, greedy, outputs = [], None, {}
     for name, outs, seconds in _row_outputs(records, cfg, refs, pred_dir, notes):
-        path = _pred_path(pred_dir, name)
-        _write_lines(path, outs)
+        path = prediction_path(pred_dir, name)
+        write_lines(path, outs)
         greedy = outs if greedy is None else greedy
         outputs[name] = outs
         scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,

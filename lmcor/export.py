@@ -12,7 +12,7 @@ Writes the merged, full-vocabulary model in transformers' `Gemma3ForCausalLM` la
 (`model.safetensors` + `config.json`): LoRA adapters are folded into their kernels, frozen
 parameters come from the run's base weights, and a task-vocabulary embedding is put back into
 the base's full table at its ids. Any stack that reads HF Gemma 3 checkpoints then runs the
-corrector; its input text is what `lmcor.data.preprocessors.build_corrector_input` builds,
+corrector; its input text is what `lmcor.data.corrector_input.build_corrector_input` builds,
 after BOS, with Gemma 3's own tokenizer.
 """
 import argparse

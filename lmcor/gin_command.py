@@ -7,8 +7,10 @@ import sys
 import textwrap
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from lmcor.config import (GinError, check_gin_binding, check_statements, closest, command_line,
-                          read_gin_file, resolve_gin_file, split_gin_flags)
+from lmcor.config import (check_gin_binding, command_line, read_gin_file, resolve_gin_file,
+                          split_gin_flags)
+from lmcor.gin_checks import check_statements
+from lmcor.gin_errors import GinError, closest
 
 
 @dataclasses.dataclass(frozen=True)

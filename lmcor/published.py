@@ -33,8 +33,9 @@ import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from lmcor import config as gin_config
-from lmcor.evaluate import METRIC_LABELS, NO_MODEL_DIR, markdown_table
+from lmcor.evaluate import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
+from lmcor.results_table import METRIC_LABELS, markdown_table
 
 FORMAT = "lmcor-results/1"
 # The row columns of the headline table, in the order a reader compares them.

@@ -35,8 +35,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 from lmcor import config as gin_config
 from lmcor import published
-from lmcor.evaluate import METRIC_LABELS, markdown_table
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
+from lmcor.results_table import METRIC_LABELS, markdown_table
 
 Curves = Dict[str, List[Tuple[int, float]]]
 

@@ -37,8 +37,8 @@ from lmcor.gin_command import GinFlags
 from lmcor import prompts
 from lmcor.backends.base import Backend, BackendError, Request, SamplingParams
 from lmcor.data import importers
-from lmcor.data.pool import (PoolError, PoolStats, is_shard, pool_stats, read_pool,
-                              validate_record)
+from lmcor.data.pool import PoolStats, is_shard, pool_stats, read_pool
+from lmcor.data.pool_schema import PoolError, validate_record
 from lmcor.io_utils import atomic_write_text
 
 log = logging.getLogger("lmcor.sample")

@@ -12,7 +12,7 @@ import sys
 from typing import Dict, List, Optional
 
 from lmcor import metrics
-from lmcor.data.pool import read_aligned_text
+from lmcor.data.text_files import read_aligned_text
 
 METRICS = ("bleu", "chrf", "ter", "rouge", "gleu")
 

@@ -15,11 +15,11 @@ import seqio
 import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
+from lmcor.data.corrector_input import VARIANTS
 from lmcor.data.pool import read_pool, resolve_pool_path
 from lmcor.data.vocab import TASK_VOCAB
 
 RecordsFn = Callable[[], Iterable[dict]]
-VARIANTS = pp.VARIANTS
 TRAIN_SPLITS = ("train",)
 # tasks/ sits at the repository root (packaged as lmcor.tasks; setup.py package_dir).
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import sentencepiece as spm
 
 from lmcor.corrector import Corrector, CorrectorSettings
-from lmcor.data.preprocessors import CorrectorOptions
+from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.models.t5 import T5, T5Config
 
 SETTINGS = CorrectorSettings(beam_size=2, max_decode_tokens=6, max_input_tokens=384,

@@ -20,7 +20,7 @@ NEW_TOKENS = 16
 
 
 def _inputs(records):
-    from lmcor.data.preprocessors import CorrectorOptions, build_corrector_input
+    from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
 
     opts = CorrectorOptions(output_marker="<sep> output:")
     return [build_corrector_input(r, "finetune", opts)[0] for r in records]

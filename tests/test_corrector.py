@@ -15,6 +15,7 @@ from flax import linen as nn
 from lmcor.corrector import (Corrector, CorrectorSettings, InputTooLongError, pool_record,
                              row_bucket, row_buckets)
 from lmcor.data import preprocessors as pp
+from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.data.importers import import_wmt
 
 from _tiny_corrector import (shared_corrector, tiny_config, tiny_corrector, tiny_params,
@@ -45,7 +46,7 @@ def _task_inputs(records, opts, vocab):
 
 
 def test_input_ids_equal_the_training_task(task_spm_path, wmt_records):
-    opts = pp.CorrectorOptions(k=3, max_input_tokens=120)
+    opts = CorrectorOptions(k=3, max_input_tokens=120)
     corrector = tiny_corrector(task_spm_path, options=opts)
     want = _task_inputs(wmt_records, opts, corrector.vocab)
     got = [corrector.prepare(r) for r in wmt_records]
@@ -138,7 +139,7 @@ def test_from_model_dir_restores_a_trainer_checkpoint(task_spm_path, wmt_records
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved), restored))
     assert loaded.options.k == 3 and loaded.settings.beam_size == 2
     shared = shared_corrector(task_spm_path)  # its compiled decode loop is reused here
-    direct = Corrector(shared.lm, saved, shared.vocab, pp.CorrectorOptions(k=3), shared.settings)
+    direct = Corrector(shared.lm, saved, shared.vocab, CorrectorOptions(k=3), shared.settings)
     assert loaded.correct(wmt_records[:2]) == direct.correct(wmt_records[:2])
 
 

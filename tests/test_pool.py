@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from lmcor.data.pool import PoolError, PoolStats, pool_stats, read_pool, validate_record, write_pool
+from lmcor.data.pool import PoolStats, pool_stats, read_pool, write_pool
+from lmcor.data.pool_schema import PoolError, validate_record
 from lmcor.io_utils import atomic_open, atomic_write_bytes, atomic_write_text
 
 

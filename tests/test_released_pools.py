@@ -15,7 +15,8 @@ from lmcor import sample
 from lmcor.backends.base import SamplingParams
 from lmcor.backends.precomputed import PrecomputedBackend
 from lmcor.data import pool_cli, pool_release
-from lmcor.data.pool import PoolError, read_pool, resolve_pool_path, write_pool
+from lmcor.data.pool import read_pool, resolve_pool_path, write_pool
+from lmcor.data.pool_schema import PoolError
 from lmcor.prompts import PromptConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import seqio
 import tensorflow_datasets as tfds
 
 from lmcor.data.importers import import_wmt
-from lmcor.data.pool import PoolError, read_pool, write_pool
+from lmcor.data.pool import read_pool, write_pool
+from lmcor.data.pool_schema import PoolError
 from lmcor.data.tfds_pool import LmcorPool, prepare_pool
 from lmcor.tasks import common
 

@@ -1,6 +1,6 @@
 """Turn the public evaluation sets in ../shared/data into pool records, reading them in place.
 
-Each importer yields records in the pool schema (lmcor/data/pool.py) in the data's own order.
+Each importer yields records in the pool schema (lmcor/data/pool_schema.py) in the data's own order.
 `data_dir` may be the shared data root or the dataset's own folder.
 """
 import csv
@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List
 
-from lmcor.data.pool import PoolError, TextError, read_aligned_text, text_lines
+from lmcor.data.pool_schema import PoolError
+from lmcor.data.text_files import TextError, read_aligned_text, text_lines
 from lmcor.io_utils import read_lines  # noqa: F401  (used via this module by backends)
 
 E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}

@@ -1,111 +1,28 @@
 """Candidate pools: sharded, schema-checked JSONL (optionally gzip), streamed line by line.
 
 One record per input: its source, its references and the candidates one or more generators
-produced for it. The schema is documented in docs/pool_format.md; `validate_record` is its
-executable form. Readers never hold a whole file in memory (pools can have millions of lines);
-only the ids seen so far are kept, to refuse duplicates across shards.
+produced for it. Every record read or written passes `pool_schema.validate_record` (the schema of
+docs/pool_format.md). Readers never hold a whole file in memory (pools can have millions of
+lines); only the ids seen so far are kept, to refuse duplicates across shards.
 """
 import collections
 import dataclasses
 import glob
 import gzip
 import json
-import math
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256, read_aligned
+from lmcor.data.pool_schema import PoolError, fail, validate_record
+from lmcor.data.text_files import TextError, text_lines
+from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256
 
-DECODINGS = ("greedy", "sample")
-_RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
-_CANDIDATE_KEYS = {"text", "generator", "prompt_id", "decoding", "temperature", "logprob"}
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
 # A folder of released pools (data/pools/, lmcor.data.pool_release) is told apart from a
 # sampling job's folder, which has a manifest.json too, by this marker in its manifest.
 RELEASE_MANIFEST = "manifest.json"
 RELEASE_FORMAT = "lmcor-pool-release"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class PoolError(ValueError):
-    """A pool file or record breaks the schema; the message names file, line and field."""
-
-
-def _fail(where: str, field: str, problem: str) -> None:
-    raise PoolError(f"{where}: field {field!r}: {problem}")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_str(value: Any, where: str, field: str, allow_empty: bool = True) -> None:
-    if not isinstance(value, str):
-        _fail(where, field, f"expected a string, got {type(value).__name__}")
-    if not allow_empty and not value:
-        _fail(where, field, "must not be empty")
-
-
-def _validate_candidate(cand: Any, where: str, field: str) -> None:
-    if not isinstance(cand, dict):
-        _fail(where, field, f"expected an object, got {type(cand).__name__}")
-    unknown = sorted(set(cand) - _CANDIDATE_KEYS)
-    if unknown:
-        _fail(where, f"{field}.{unknown[0]}", "unknown field (candidate fields: "
-              + ", ".join(sorted(_CANDIDATE_KEYS)) + ")")
-    for key in ("text", "generator", "decoding", "temperature"):
-        if key not in cand:
-            _fail(where, f"{field}.{key}", "missing required field")
-    _check_str(cand["text"], where, f"{field}.text")  # empty text is legal: counted, not dropped
-    _check_str(cand["generator"], where, f"{field}.generator", allow_empty=False)
-    if cand["decoding"] not in DECODINGS:
-        _fail(where, f"{field}.decoding", f"must be one of {list(DECODINGS)}, got {cand['decoding']!r}")
-    if not _is_number(cand["temperature"]) or cand["temperature"] < 0:
-        _fail(where, f"{field}.temperature",
-              f"expected a finite number >= 0, got {cand['temperature']!r}")
-    if cand.get("prompt_id") is not None:
-        _check_str(cand["prompt_id"], where, f"{field}.prompt_id")
-    if cand.get("logprob") is not None and not _is_number(cand["logprob"]):
-        _fail(where, f"{field}.logprob", f"expected a finite number or null, got {cand['logprob']!r}")
-
-
-def validate_record(rec: Any, where: str) -> Dict[str, Any]:
-    """Check `rec` against the pool schema; return it with optional fields filled in.
-
-    `where` (e.g. "pool-00000.jsonl:17") prefixes every error. Raises PoolError on the first
-    problem, naming the offending field (dotted path, e.g. "candidates[2].decoding").
-    """
-    if not isinstance(rec, dict):
-        _fail(where, "<record>", f"expected a JSON object, got {type(rec).__name__}")
-    unknown = sorted(set(rec) - _RECORD_KEYS)
-    if unknown:
-        _fail(where, unknown[0], "unknown field (put extra information under 'meta')")
-    for key in ("id", "source", "references", "candidates"):
-        if key not in rec:
-            _fail(where, key, "missing required field")
-    _check_str(rec["id"], where, "id", allow_empty=False)
-    _check_str(rec["source"], where, "source")
-    refs = rec["references"]
-    if not isinstance(refs, list) or not refs:
-        _fail(where, "references", "expected a non-empty list of strings")
-    for i, ref in enumerate(refs):
-        _check_str(ref, where, f"references[{i}]")
-    if not isinstance(rec["candidates"], list):
-        _fail(where, "candidates", f"expected a list, got {type(rec['candidates']).__name__}")
-    for i, cand in enumerate(rec["candidates"]):
-        _validate_candidate(cand, where, f"candidates[{i}]")
-    if not isinstance(rec.get("meta", {}), dict):
-        _fail(where, "meta", f"expected an object, got {type(rec['meta']).__name__}")
-    return _normalized(rec)
-
-
-def _normalized(rec: Dict[str, Any]) -> Dict[str, Any]:
-    cands = [{"text": c["text"], "generator": c["generator"], "prompt_id": c.get("prompt_id"),
-              "decoding": c["decoding"], "temperature": float(c["temperature"]),
-              "logprob": None if c.get("logprob") is None else float(c["logprob"])}
-             for c in rec["candidates"]]
-    return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
-            "candidates": cands, "meta": dict(rec.get("meta") or {})}
 
 
 def _words(text: str) -> int:
@@ -175,52 +92,6 @@ def pool_files(path_or_dir: str) -> List[str]:
     return [path]
 
 
-class TextError(ValueError):
-    """A text file holds a byte sequence that is not UTF-8; names file, line and column."""
-
-    def __init__(self, path: str, lineno: int, problem: str):
-        super().__init__(f"{path}:{lineno}: {problem}")
-        self.path, self.lineno, self.problem = path, lineno, problem
-
-
-def _decode_line(raw: bytes, path: str, lineno: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # Everything before e.start decoded, so it can be decoded again to count characters.
-        column = len(raw[:e.start].decode("utf-8")) + 1
-        raise TextError(path, lineno, f"not valid UTF-8 at column {column} "
-                                      f"(byte 0x{raw[e.start]:02x}: {e.reason})") from None
-
-
-def text_lines(path: str, gz: Optional[bool] = None) -> Iterator[Tuple[int, str]]:
-    """(line number, line with its "\\n") for each physical line of a UTF-8 file, gunzipped if
-    `gz` (default: if the name ends in .gz).
-
-    Lines are split on b"\\n" alone and decoded one by one: a text-mode reader decodes blocks
-    ahead of the line it hands out, so it blames a bad byte on an earlier line. No UTF-8
-    sequence contains the byte 0x0a, so the split never cuts a character. Raises TextError.
-    """
-    gz = path.endswith(".gz") if gz is None else gz
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-        for lineno, raw in enumerate(f, start=1):
-            yield lineno, _decode_line(raw, path, lineno)
-
-
-def read_aligned_text(paths: Sequence[str]) -> List[List[str]]:
-    """io_utils.read_aligned, with a byte that is not UTF-8 reported as TextError (file, line,
-    column) instead of a UnicodeDecodeError that names neither file nor line."""
-    try:
-        return read_aligned(paths)
-    except UnicodeDecodeError:
-        # Rare, so find the culprit by reading again, as read_aligned does: split on "\n"
-        # alone, never gunzipped.
-        for path in paths:
-            for _ in text_lines(os.fspath(path), gz=False):
-                pass
-        raise
-
-
 def _file_lines(path: str) -> Iterator[Tuple[int, str]]:
     # JSON escapes every control character, so only "\n" can end a record.
     lineno = 0
@@ -272,7 +143,7 @@ def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> I
     for lineno, line in _file_lines(path):
         where = f"{path}:{lineno}"
         if not line.strip():
-            _fail(where, "<line>", "blank line (one JSON record per line expected)")
+            fail(where, "<line>", "blank line (one JSON record per line expected)")
         # Without its "\n": an error at the end of a truncated line would otherwise be placed
         # at column 1 of a line 2 that does not exist.
         text = line[:-1] if line.endswith("\n") else line
@@ -280,15 +151,15 @@ def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> I
         try:
             raw = decoder.decode(text)
         except json.JSONDecodeError as e:
-            _fail(where, "<json>", f"invalid JSON at column {e.colno}: {e.msg} (truncated line?)")
+            fail(where, "<json>", f"invalid JSON at column {e.colno}: {e.msg} (truncated line?)")
         if duplicates.found:
             obj, key = duplicates.found[0]
             parent = _path_to(obj, raw)
-            _fail(where, f"{parent}.{key}" if parent else key,
-                  f"duplicate key {key!r} (a JSON reader keeps only the last value)")
+            fail(where, f"{parent}.{key}" if parent else key,
+                 f"duplicate key {key!r} (a JSON reader keeps only the last value)")
         rec = validate_record(raw, where)
         if rec["id"] in seen:
-            _fail(where, "id", f"duplicate id {rec['id']!r} (first seen at {seen[rec['id']]})")
+            fail(where, "id", f"duplicate id {rec['id']!r} (first seen at {seen[rec['id']]})")
         seen[rec["id"]] = where
         if stats is not None:
             stats.add(rec)
@@ -437,7 +308,7 @@ def write_pool(records: Iterable[Dict[str, Any]], out_dir: str, shard_size: int 
         for n, rec in enumerate(records):
             rec = validate_record(rec, f"record {n}")
             if rec["id"] in seen:
-                _fail(f"record {n}", "id", f"duplicate id {rec['id']!r}")
+                fail(f"record {n}", "id", f"duplicate id {rec['id']!r}")
             seen.add(rec["id"])
             buffer.append(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
             if len(buffer) == shard_size:

@@ -20,7 +20,8 @@ from typing import Dict, List
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmcor.data.pool import PoolError, is_shard, read_pool
+from lmcor.data.pool import is_shard, read_pool
+from lmcor.data.pool_schema import PoolError
 from lmcor.data.preprocessors import record_features
 
 BUILDER_NAME = "lmcor_pool"
