@@ -124,9 +124,8 @@ def load_records(cfg: EvalConfig) -> List[dict]:
     """The test records: a pool directory if given, else the task's registered data source
     (which honours pool_overrides)."""
     if cfg.pool:
-        from lmcor.data.pool import read_pool
-        from lmcor.tasks.common import resolve_pool_dir
-        records = read_pool(resolve_pool_dir(cfg.pool))
+        from lmcor.data.pool import read_pool, resolve_pool_path
+        records = read_pool(resolve_pool_path(cfg.pool))
     else:
         import seqio
 

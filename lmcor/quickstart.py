@@ -42,6 +42,7 @@ import gin
 from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
+from lmcor.data.pool import resolve_pool_path
 from lmcor.io_utils import atomic_write_text
 
 DONE = "DONE.json"
@@ -261,9 +262,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                     + len(rows) * (2 if evaluate_adapters else 1) + 2
                     + 2 * len(ablations) + len(test_variants))
     if not sample:
-        with gin.unlock_config():  # the import registers the task configurables
-            from lmcor.tasks.common import resolve_pool_dir
-        pools = {split: os.path.abspath(resolve_pool_dir(path))
+        pools = {split: os.path.abspath(resolve_pool_path(path))
                  for split, path in (pools or {}).items()}
     else:
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")

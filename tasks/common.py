@@ -16,13 +16,12 @@ import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
 from lmcor.data.corrector_input import VARIANTS
+from lmcor.config import REPO_ROOT
 from lmcor.data.pool import read_pool, resolve_pool_path
 from lmcor.data.vocab import TASK_VOCAB
 
 RecordsFn = Callable[[], Iterable[dict]]
 TRAIN_SPLITS = ("train",)
-# tasks/ sits at the repository root (packaged as lmcor.tasks; setup.py package_dir).
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
@@ -32,7 +31,7 @@ OUTPUT_FEATURES = {
 @gin.configurable
 def data_root(path: Optional[str] = None) -> str:
     """Where the raw datasets live: Gin, else $LMCOR_DATA_DIR, else ../shared/data."""
-    return path or os.environ.get("LMCOR_DATA_DIR") or os.path.join(os.path.dirname(_REPO),
+    return path or os.environ.get("LMCOR_DATA_DIR") or os.path.join(os.path.dirname(REPO_ROOT),
                                                                     "shared", "data")
 
 
@@ -43,16 +42,10 @@ def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None)
     return by_dataset or {}
 
 
-def resolve_pool_dir(path: str) -> str:
-    """A pool (folder, file or released `data/pools/<name>.jsonl.gz`) as given, else relative to
-    the repository root, so gin files name the checkout's pools from any working directory."""
-    return resolve_pool_path(path, _REPO)
-
-
 def records_or_pool(dataset: str, raw_split: str, importer: RecordsFn) -> Iterator[dict]:
     """The pool configured for (dataset, raw split) if any, else the raw data's records."""
     pool_dir = pool_overrides().get(dataset, {}).get(raw_split)
-    return read_pool(resolve_pool_dir(pool_dir)) if pool_dir else iter(importer())
+    return read_pool(resolve_pool_path(pool_dir)) if pool_dir else iter(importer())
 
 
 def in_holdout(key: str, percent: int) -> bool:

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from lmcor.config import REPO_ROOT
 from lmcor.data.pool_schema import PoolError, fail, validate_record
 from lmcor.data.text_files import TextError, text_lines
 from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256
@@ -22,7 +23,6 @@ SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
 # sampling job's folder, which has a manifest.json too, by this marker in its manifest.
 RELEASE_MANIFEST = "manifest.json"
 RELEASE_FORMAT = "lmcor-pool-release"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _words(text: str) -> int:

@@ -20,7 +20,8 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Sequence
 
-from lmcor.data.pool import RELEASE_FORMAT, RELEASE_MANIFEST, REPO_ROOT, read_pool, release_manifest
+from lmcor.config import REPO_ROOT
+from lmcor.data.pool import RELEASE_FORMAT, RELEASE_MANIFEST, read_pool, release_manifest
 from lmcor.data.pool_schema import PoolError
 from lmcor.io_utils import atomic_write_bytes
 
