@@ -170,18 +170,3 @@ def test_gin_files_bind_presets(name):
         config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
         gin.clear_config()
     assert config == GemmaConfig.preset(name)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_cache_write_puts_each_row_at_the_shared_slot(dtype):
-    # float32 and bfloat16 caches are written by different code (see gemma._write).
-    from lmcor.models.gemma import _write
-
-    rng = np.random.default_rng(4)
-    buf = rng.standard_normal((3, 10, 1, 4)).astype(np.float32)
-    new = rng.standard_normal((3, 2, 1, 4)).astype(np.float32)
-    got = _write(jnp.asarray(buf, dtype), jnp.asarray(new, dtype), jnp.full((3,), 5, jnp.int32))
-    want = np.array(jnp.asarray(buf, dtype), np.float32)
-    want[:, 5:7] = np.asarray(jnp.asarray(new, dtype), np.float32)
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(got, np.float32), want)

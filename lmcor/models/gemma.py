@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from lmcor.models import layers
 from lmcor.models.layers import Dense, Embed, GatedMLP, RMSNorm, as_dtype, constrain
+from lmcor.models.xla_tuning import cache_write
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"  # HF's layer_types spelling
 LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
@@ -134,24 +135,6 @@ def _rope(x: jax.Array, positions: jax.Array, base: float, scaling: float) -> ja
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _write(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """Writes new [B, L, ...] into buf [B, S, ...] at slot index[b] of each row b.
-
-    Every row's index is the same (prompts are left-padded to one width, so every row has
-    written as many slots); `index` stays per row so that every cache leaf is batch-major for
-    `repeat_rows` and beam gathers. How the write is expressed is chosen by speed on XLA CPU,
-    as measured on Gemma 3 270M decoding: a per-row update (a scatter) stays in place in
-    float32, while in bfloat16 XLA runs it through float32 and copies each layer's cache every
-    step (a third of the step at batch 16), where one slice update at the shared slot does not.
-    """
-    new = new.astype(buf.dtype)
-    if buf.dtype == jnp.float32:
-        return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
-            buf, new, index)
-    start = (0, index[0]) + (0,) * (buf.ndim - 2)
-    return jax.lax.dynamic_update_slice(buf, new, start)
-
-
 def _gemma_norm(cfg: GemmaConfig, **kwargs):
     # Gemma's RMSNorm scales by (1 + w); HF and GGUF checkpoints store w (after our -1 for GGUF).
     return functools.partial(RMSNorm, epsilon=cfg.rms_norm_eps, dtype=as_dtype(cfg.dtype),
@@ -185,8 +168,8 @@ class GemmaAttention(nn.Module):
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         new_cache = None
         if kv_cache is not None:
-            k = _write(kv_cache["k"], k, write_index)
-            v = _write(kv_cache["v"], v, write_index)
+            k = cache_write(kv_cache["k"], k, write_index)
+            v = cache_write(kv_cache["v"], v, write_index)
             new_cache = {"k": k, "v": v}
         k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "kv_length", "kv_heads", "head_dim"))
@@ -272,8 +255,8 @@ class Gemma3(nn.Module):
             masks = _attention_masks(cfg, positions, segment_ids, positions, segment_ids)
         else:
             # Every valid token of a row is one sequence; padding gets slot_pos -1 and is never seen.
-            slot_pos = _write(cache["slot_pos"], jnp.where(segment_ids != 0, positions, -1),
-                              cache["index"])
+            slot_pos = cache_write(cache["slot_pos"], jnp.where(segment_ids != 0, positions, -1),
+                                   cache["index"])
             ones = jnp.ones_like(slot_pos)
             masks = _attention_masks(cfg, positions, jnp.ones_like(positions), slot_pos,
                                      jnp.where(slot_pos >= 0, ones, 0))
