@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from lmcor.models import layers
-from lmcor.models.layers import Dense, Embed, GatedMLP, RMSNorm, as_dtype, constrain
+from lmcor.models.layers import (Dense, Embed, GatedMLP, RMSNorm, as_dtype, as_variables,
+                                 constrain)
 from lmcor.models.xla_tuning import cache_write
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"  # HF's layer_types spelling
@@ -140,11 +141,14 @@ def _gemma_norm(cfg: GemmaConfig, **kwargs):
                              param_dtype=as_dtype(cfg.param_dtype), scale_offset=1.0, **kwargs)
 
 
-class GemmaAttention(nn.Module):
+class _LayerPart(nn.Module):
+    """A decoder layer or its attention: global or sliding, with the layer's LoRA adapters."""
     config: GemmaConfig
     is_global: bool
     lora: tuple = ()
 
+
+class GemmaAttention(_LayerPart):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
@@ -177,11 +181,7 @@ class GemmaAttention(nn.Module):
         return out, new_cache
 
 
-class GemmaBlock(nn.Module):
-    config: GemmaConfig
-    is_global: bool
-    lora: tuple = ()
-
+class GemmaBlock(_LayerPart):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
@@ -317,18 +317,13 @@ class GemmaLM:
         self.eos_id, self.pad_id, self.vocab_size = cfg.eos_id, cfg.pad_id, cfg.vocab_size
         self.vocab_map = vocab_map
 
-    @staticmethod
-    def _variables(params):
-        # Loaders return the bare `params` collection; trainers hold {"params": ...}.
-        return params if "params" in params else {"params": params}
-
     def prefill(self, params, batch, max_new_tokens: int):
         tokens = jnp.asarray(batch["tokens"], jnp.int32)
         mask = jnp.asarray(batch["mask"], bool)
-        return _prefill(self.module, self._variables(params), tokens, mask, int(max_new_tokens))
+        return _prefill(self.module, as_variables(params), tokens, mask, int(max_new_tokens))
 
     def step(self, params, tokens, cache):
-        return _step(self.module, self._variables(params), jnp.asarray(tokens, jnp.int32), cache)
+        return _step(self.module, as_variables(params), jnp.asarray(tokens, jnp.int32), cache)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
