@@ -1,18 +1,18 @@
 """Gemma 3 in Flax against transformers' Gemma3ForCausalLM on the same (tiny, random) weights,
 plus the mechanics that have no reference: sharding, the KV cache, checkpoint errors."""
-import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from safetensors.numpy import load_file, save_file
 
-from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.hf_gemma import load_gemma_safetensors
 from lmcor.models import partitioning
 from lmcor.models.gemma import GLOBAL, LOCAL, Gemma3, GemmaConfig, GemmaLM
+
+from _broken_checkpoints import assert_lists_every_problem, save_tampered, write_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -127,25 +127,19 @@ def test_cached_decode_equals_uncached_forward():
 
 def test_checkpoint_mismatch_lists_every_tensor(hf_dir, tmp_path):
     path, _ = hf_dir
-    tensors = load_file(str(path / "model.safetensors"))
-    del tensors["model.layers.3.mlp.up_proj.weight"]
-    tensors["model.layers.9.self_attn.q_proj.weight"] = np.zeros((4, 4), np.float32)
-    tensors["model.norm.weight"] = np.zeros((63,), np.float32)
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text((path / "config.json").read_text())
-    with pytest.raises(CheckpointMismatchError) as err:
-        load_gemma_safetensors(str(tmp_path))
-    text = str(err.value)
-    assert "missing tensor: model.layers.3.mlp.up_proj.weight" in text
-    assert "unexpected tensor: model.layers.9.self_attn.q_proj.weight" in text
-    assert "mis-shaped tensor: model.norm.weight: expected (64,), found (63,)" in text
+    save_tampered(path, tmp_path, drop="model.layers.3.mlp.up_proj.weight",
+                  add={"model.layers.9.self_attn.q_proj.weight": np.zeros((4, 4), np.float32),
+                       "model.norm.weight": np.zeros((63,), np.float32)})
+    shutil.copy(path / "config.json", tmp_path / "config.json")
+    assert_lists_every_problem(lambda: load_gemma_safetensors(str(tmp_path)),
+                               missing="model.layers.3.mlp.up_proj.weight",
+                               unexpected="model.layers.9.self_attn.q_proj.weight",
+                               misshaped=("model.norm.weight", (64,), (63,)))
 
 
 def test_bad_config_names_file_and_field(hf_dir, tmp_path):
     path, _ = hf_dir
-    cfg = json.loads((path / "config.json").read_text())
-    del cfg["num_key_value_heads"]
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    write_config(path, tmp_path, drop=("num_key_value_heads",))
     with pytest.raises(ValueError, match=r"config.json: missing field num_key_value_heads"):
         load_gemma_safetensors(str(tmp_path))
 
