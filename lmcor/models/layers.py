@@ -167,8 +167,8 @@ class Dense(nn.Module):
             (r,) + feats, self.param_dtype)
         n_rows, n_out = math.prod(x.shape[:x.ndim - n_in]), math.prod(feats)
         out = xla_tuning.lora_product(x.astype(self.dtype).reshape(n_rows, -1),
-                           a.astype(self.dtype).reshape(-1, r),
-                           b.astype(self.dtype).reshape(r, n_out))
+                                      a.astype(self.dtype).reshape(-1, r),
+                                      b.astype(self.dtype).reshape(r, n_out))
         return self.lora_scale * out.reshape(x.shape[:x.ndim - n_in] + feats)
 
 
