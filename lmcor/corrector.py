@@ -253,9 +253,9 @@ class Corrector:
 
     def widened_vocabulary(self, token_lists: Sequence[Sequence[int]]):
         """(decode adapter, params) whose task vocabulary also holds every piece of these
-        inputs (lmcor.models.gemma.widen_task_vocab). An input's output can depend on which
-        pieces the other inputs of the call hold, so `correct` widens once per call."""
-        from lmcor.models.gemma import widen_task_vocab
+        inputs (lmcor.models.vocab_widening.widen_task_vocab). An input's output can depend on
+        which pieces the other inputs of the call hold, so `correct` widens once per call."""
+        from lmcor.models.vocab_widening import widen_task_vocab
 
         return widen_task_vocab(self.lm, self.params, self.base_embedding, token_lists)
 

@@ -1,18 +1,18 @@
 """Gemma 3 in Flax against transformers' Gemma3ForCausalLM on the same (tiny, random) weights,
 plus the mechanics that have no reference: sharding, the KV cache, checkpoint errors."""
-import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from safetensors.numpy import load_file, save_file
 
-from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.hf_gemma import load_gemma_safetensors
 from lmcor.models import partitioning
 from lmcor.models.gemma import GLOBAL, LOCAL, Gemma3, GemmaConfig, GemmaLM
+
+from _broken_checkpoints import assert_lists_every_problem, save_tampered, write_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -127,25 +127,19 @@ def test_cached_decode_equals_uncached_forward():
 
 def test_checkpoint_mismatch_lists_every_tensor(hf_dir, tmp_path):
     path, _ = hf_dir
-    tensors = load_file(str(path / "model.safetensors"))
-    del tensors["model.layers.3.mlp.up_proj.weight"]
-    tensors["model.layers.9.self_attn.q_proj.weight"] = np.zeros((4, 4), np.float32)
-    tensors["model.norm.weight"] = np.zeros((63,), np.float32)
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text((path / "config.json").read_text())
-    with pytest.raises(CheckpointMismatchError) as err:
-        load_gemma_safetensors(str(tmp_path))
-    text = str(err.value)
-    assert "missing tensor: model.layers.3.mlp.up_proj.weight" in text
-    assert "unexpected tensor: model.layers.9.self_attn.q_proj.weight" in text
-    assert "mis-shaped tensor: model.norm.weight: expected (64,), found (63,)" in text
+    save_tampered(path, tmp_path, drop="model.layers.3.mlp.up_proj.weight",
+                  add={"model.layers.9.self_attn.q_proj.weight": np.zeros((4, 4), np.float32),
+                       "model.norm.weight": np.zeros((63,), np.float32)})
+    shutil.copy(path / "config.json", tmp_path / "config.json")
+    assert_lists_every_problem(lambda: load_gemma_safetensors(str(tmp_path)),
+                               missing="model.layers.3.mlp.up_proj.weight",
+                               unexpected="model.layers.9.self_attn.q_proj.weight",
+                               misshaped=("model.norm.weight", (64,), (63,)))
 
 
 def test_bad_config_names_file_and_field(hf_dir, tmp_path):
     path, _ = hf_dir
-    cfg = json.loads((path / "config.json").read_text())
-    del cfg["num_key_value_heads"]
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    write_config(path, tmp_path, drop=("num_key_value_heads",))
     with pytest.raises(ValueError, match=r"config.json: missing field num_key_value_heads"):
         load_gemma_safetensors(str(tmp_path))
 
@@ -170,18 +164,3 @@ def test_gin_files_bind_presets(name):
         config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
         gin.clear_config()
     assert config == GemmaConfig.preset(name)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_cache_write_puts_each_row_at_the_shared_slot(dtype):
-    # float32 and bfloat16 caches are written by different code (see gemma._write).
-    from lmcor.models.gemma import _write
-
-    rng = np.random.default_rng(4)
-    buf = rng.standard_normal((3, 10, 1, 4)).astype(np.float32)
-    new = rng.standard_normal((3, 2, 1, 4)).astype(np.float32)
-    got = _write(jnp.asarray(buf, dtype), jnp.asarray(new, dtype), jnp.full((3,), 5, jnp.int32))
-    want = np.array(jnp.asarray(buf, dtype), np.float32)
-    want[:, 5:7] = np.asarray(jnp.asarray(new, dtype), np.float32)
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(got, np.float32), want)

@@ -40,9 +40,9 @@ def _mesh():
 
 
 def test_lora_product_gradients_equal_autodiff_of_the_plain_formula():
-    # lmcor.models.layers.lora_product writes its backward pass by hand (for speed on XLA CPU);
-    # it must give what autodiff of (x a) b gives, for every operand.
-    from lmcor.models.layers import lora_product
+    # lmcor.models.xla_tuning.lora_product writes its backward pass by hand (for speed on XLA
+    # CPU); it must give what autodiff of (x a) b gives, for every operand.
+    from lmcor.models.xla_tuning import lora_product
     rng = np.random.default_rng(3)
     x, a, b, w = (jnp.asarray(rng.normal(size=s), jnp.float32)
                   for s in [(10, 6), (6, 3), (3, 5), (10, 5)])

@@ -1,6 +1,4 @@
 """T5 v1.1 in Flax: parity with transformers on the same weights, packing, sharding, cached decoding."""
-import json
-
 import gin
 import jax
 import jax.numpy as jnp
@@ -9,12 +7,12 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.hf_t5 import load_t5_safetensors, t5_config_from_hf
 from lmcor.config import parse_gin
 from lmcor.models.partitioning import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from lmcor.models.t5 import T5, T5Config, T5LM, relative_position_bucket
 
+from _broken_checkpoints import assert_lists_every_problem, save_tampered, write_config
 from _t5_params import random_t5_variables
 
 # Few buckets and a short max distance so sequences of ~20 hit the exact, log and clamped ranges.
@@ -92,41 +90,30 @@ def test_logits_match_transformers(hf_checkpoint):
 
 
 def test_mismatched_checkpoint_lists_every_problem(hf_checkpoint, tmp_path):
-    from safetensors.numpy import load_file, save_file
-
     path, _ = hf_checkpoint
-    tensors = load_file(str(path / "model.safetensors"))
-    del tensors["decoder.block.1.layer.2.DenseReluDense.wo.weight"]
-    tensors["encoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((7, 32), np.float32)
-    tensors["encoder.block.9.layer.0.SelfAttention.q.weight"] = np.zeros((32, 32), np.float32)
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointMismatchError) as err:
-        load_t5_safetensors(tmp_path, T5Config(**TINY))
-    msg = str(err.value)
-    assert "missing tensor: decoder.block.1.layer.2.DenseReluDense.wo.weight" in msg
-    assert "unexpected tensor: encoder.block.9.layer.0.SelfAttention.q.weight" in msg
-    assert "encoder.block.0.layer.0.SelfAttention.q.weight: expected (32, 32), found (7, 32)" in msg
+    save_tampered(path, tmp_path, drop="decoder.block.1.layer.2.DenseReluDense.wo.weight", add={
+        "encoder.block.0.layer.0.SelfAttention.q.weight": np.zeros((7, 32), np.float32),
+        "encoder.block.9.layer.0.SelfAttention.q.weight": np.zeros((32, 32), np.float32)})
+    assert_lists_every_problem(lambda: load_t5_safetensors(tmp_path, T5Config(**TINY)),
+                               missing="decoder.block.1.layer.2.DenseReluDense.wo.weight",
+                               unexpected="encoder.block.9.layer.0.SelfAttention.q.weight",
+                               misshaped=("encoder.block.0.layer.0.SelfAttention.q.weight",
+                                          (32, 32), (7, 32)))
 
 
 def test_bad_hf_config_names_file_and_field(hf_checkpoint, tmp_path):
     path, _ = hf_checkpoint
-    cfg = json.loads((path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, feed_forward_proj="relu")))
+    write_config(path, tmp_path, feed_forward_proj="relu")
     with pytest.raises(ValueError, match=r"config.json: field 'feed_forward_proj' is 'relu'"):
         t5_config_from_hf(tmp_path)
-    del cfg["d_model"]
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    write_config(path, tmp_path, drop=("d_model",))
     with pytest.raises(ValueError, match=r"config.json: field 'd_model' is missing"):
         load_t5_safetensors(tmp_path / "model.safetensors")
 
 
 def test_checkpoint_without_lm_head_uses_the_tied_embedding(hf_checkpoint, tmp_path):
-    from safetensors.numpy import load_file, save_file
-
     path, _ = hf_checkpoint
-    tensors = load_file(str(path / "model.safetensors"))
-    del tensors["lm_head.weight"]
-    save_file(tensors, str(tmp_path / "model.safetensors"))
+    tensors = save_tampered(path, tmp_path, drop="lm_head.weight", add={})
     params = load_t5_safetensors(tmp_path / "model.safetensors", T5Config(**TINY))
     head = params["decoder"]["logits_dense"]["kernel"]
     np.testing.assert_array_equal(head, tensors["shared.weight"].T)

@@ -15,11 +15,12 @@ from typing import Any
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from lmcor.models import layers
-from lmcor.models.layers import Dense, Embed, GatedMLP, RMSNorm, as_dtype, constrain
+from lmcor.models.layers import (Dense, Embed, GatedMLP, RMSNorm, as_dtype, as_variables,
+                                 constrain)
+from lmcor.models.xla_tuning import cache_write
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"  # HF's layer_types spelling
 LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
@@ -134,35 +135,20 @@ def _rope(x: jax.Array, positions: jax.Array, base: float, scaling: float) -> ja
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _write(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """Writes new [B, L, ...] into buf [B, S, ...] at slot index[b] of each row b.
-
-    Every row's index is the same (prompts are left-padded to one width, so every row has
-    written as many slots); `index` stays per row so that every cache leaf is batch-major for
-    `repeat_rows` and beam gathers. How the write is expressed is chosen by speed on XLA CPU,
-    as measured on Gemma 3 270M decoding: a per-row update (a scatter) stays in place in
-    float32, while in bfloat16 XLA runs it through float32 and copies each layer's cache every
-    step (a third of the step at batch 16), where one slice update at the shared slot does not.
-    """
-    new = new.astype(buf.dtype)
-    if buf.dtype == jnp.float32:
-        return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
-            buf, new, index)
-    start = (0, index[0]) + (0,) * (buf.ndim - 2)
-    return jax.lax.dynamic_update_slice(buf, new, start)
-
-
 def _gemma_norm(cfg: GemmaConfig, **kwargs):
     # Gemma's RMSNorm scales by (1 + w); HF and GGUF checkpoints store w (after our -1 for GGUF).
     return functools.partial(RMSNorm, epsilon=cfg.rms_norm_eps, dtype=as_dtype(cfg.dtype),
                              param_dtype=as_dtype(cfg.param_dtype), scale_offset=1.0, **kwargs)
 
 
-class GemmaAttention(nn.Module):
+class _LayerPart(nn.Module):
+    """A decoder layer or its attention: global or sliding, with the layer's LoRA adapters."""
     config: GemmaConfig
     is_global: bool
     lora: tuple = ()
 
+
+class GemmaAttention(_LayerPart):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
@@ -185,8 +171,8 @@ class GemmaAttention(nn.Module):
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         new_cache = None
         if kv_cache is not None:
-            k = _write(kv_cache["k"], k, write_index)
-            v = _write(kv_cache["v"], v, write_index)
+            k = cache_write(kv_cache["k"], k, write_index)
+            v = cache_write(kv_cache["v"], v, write_index)
             new_cache = {"k": k, "v": v}
         k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "kv_length", "kv_heads", "head_dim"))
@@ -195,11 +181,7 @@ class GemmaAttention(nn.Module):
         return out, new_cache
 
 
-class GemmaBlock(nn.Module):
-    config: GemmaConfig
-    is_global: bool
-    lora: tuple = ()
-
+class GemmaBlock(_LayerPart):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, write_index=None):
         cfg = self.config
@@ -272,8 +254,8 @@ class Gemma3(nn.Module):
             masks = _attention_masks(cfg, positions, segment_ids, positions, segment_ids)
         else:
             # Every valid token of a row is one sequence; padding gets slot_pos -1 and is never seen.
-            slot_pos = _write(cache["slot_pos"], jnp.where(segment_ids != 0, positions, -1),
-                              cache["index"])
+            slot_pos = cache_write(cache["slot_pos"], jnp.where(segment_ids != 0, positions, -1),
+                                   cache["index"])
             ones = jnp.ones_like(slot_pos)
             masks = _attention_masks(cfg, positions, jnp.ones_like(positions), slot_pos,
                                      jnp.where(slot_pos >= 0, ones, 0))
@@ -335,18 +317,13 @@ class GemmaLM:
         self.eos_id, self.pad_id, self.vocab_size = cfg.eos_id, cfg.pad_id, cfg.vocab_size
         self.vocab_map = vocab_map
 
-    @staticmethod
-    def _variables(params):
-        # Loaders return the bare `params` collection; trainers hold {"params": ...}.
-        return params if "params" in params else {"params": params}
-
     def prefill(self, params, batch, max_new_tokens: int):
         tokens = jnp.asarray(batch["tokens"], jnp.int32)
         mask = jnp.asarray(batch["mask"], bool)
-        return _prefill(self.module, self._variables(params), tokens, mask, int(max_new_tokens))
+        return _prefill(self.module, as_variables(params), tokens, mask, int(max_new_tokens))
 
     def step(self, params, tokens, cache):
-        return _step(self.module, self._variables(params), jnp.asarray(tokens, jnp.int32), cache)
+        return _step(self.module, as_variables(params), jnp.asarray(tokens, jnp.int32), cache)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -367,36 +344,3 @@ def _step(module, params, tokens, cache):
     hidden, cache = module.apply(params, tokens[:, None], positions=cache["next_pos"][:, None],
                                  cache=cache, method=Gemma3.hidden_states)
     return module.apply(params, hidden[:, 0], method=Gemma3.logits), cache
-
-
-def widen_task_vocab(lm: GemmaLM, params, base_embedding, token_lists):
-    """(decode adapter, params) whose task vocabulary also holds every piece of `token_lists`
-    (full-vocabulary ids), with `base_embedding`'s rows (the whole-vocabulary table) for the
-    added ones; (lm, params) unchanged when nothing is missing or no base table is at hand.
-
-    A task-vocabulary corrector trains with its embedding frozen and its head tied, so an added
-    row is exactly what the base model reads and scores for that piece: names and words outside
-    the training data are copied instead of read as unknown. The vocabulary size is part of the
-    decode loop's shape, so a new adapter compiles its own loops; callers that widen for the
-    same inputs again (periodic validation) should keep the adapter (`rewiden`)."""
-    task_map = lm.vocab_map
-    cfg = lm.module.config
-    if task_map is None or base_embedding is None or getattr(cfg, "quantize", None):
-        return lm, params
-    extra = task_map.outside(np.concatenate([np.asarray(t).ravel() for t in token_lists]))
-    if not len(extra):
-        return lm, params
-    wide_map = task_map.widened(extra)
-    wide = GemmaLM(dataclasses.replace(cfg, vocab_size=wide_map.size), vocab_map=wide_map)
-    return wide, rewiden(lm, wide, params, base_embedding)
-
-
-def rewiden(narrow: GemmaLM, wide: GemmaLM, params, base_embedding):
-    """`params` (of `narrow`) with the embedding of `wide`'s vocabulary: the trained rows where
-    `narrow` has them, `base_embedding`'s rows for the rest."""
-    holder = params["params"] if "params" in params else params
-    trained = np.asarray(holder["embedder"]["embedding"])
-    table = np.array(np.asarray(base_embedding)[wide.vocab_map.ids], trained.dtype)
-    table[wide.vocab_map.table[narrow.vocab_map.ids]] = trained
-    holder = dict(holder, embedder=dict(holder["embedder"], embedding=jax.device_put(table)))
-    return {"params": holder} if "params" in params else holder

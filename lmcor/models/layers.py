@@ -6,9 +6,8 @@ for compute. Norms and softmax always run in float32 because bf16 loses too much
 
 `quantized=True` (decoding only) stores dense kernels and the embedding as int8 with one float32
 scale per output channel, and quantizes each input position to int8 on the fly (one scale per
-position), so the matmul runs int8 x int8 -> int32. On XLA CPU that is about twice as fast as
-bf16 x bf16 -> f32 at decode batch sizes, where the matmuls are compute-bound, not memory-bound.
-`quantize_int8` turns float params into that layout.
+position), so the matmul runs int8 x int8 -> int32. `quantize_int8` turns float params into
+that layout. The matmuls, the int8 layout and the LoRA product are `xla_tuning`'s primitives.
 """
 import math
 from typing import Any, Callable, Sequence
@@ -17,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
+
+from lmcor.models import xla_tuning
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -73,29 +74,6 @@ def _fan_in_init(n_in: int, n_out: int, scale: float = 1.0) -> Initializer:
                                             out_axis=tuple(range(n_in, n_in + n_out)))
 
 
-def _int8_matmul(x: jax.Array, q: jax.Array, q_scale: jax.Array) -> jax.Array:
-    """x [..., in] . dequant(q [out, in]) in float32.
-
-    x is quantized on the fly with one symmetric scale per position; the int8 x int8 product
-    accumulates in int32, and both scales are applied to the result.
-    """
-    x32 = x.astype(jnp.float32)
-    x_scale = jnp.max(jnp.abs(x32), axis=-1, keepdims=True) / 127.0
-    x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
-    xq = jnp.round(x32 / x_scale).astype(jnp.int8)
-    acc = lax.dot_general(xq, q, (((x.ndim - 1,), (1,)), ((), ())),
-                          preferred_element_type=jnp.int32).astype(jnp.float32)
-    q_scale = q_scale.astype(jnp.float32)
-    width = acc.shape[-1]
-    if width >= 1 << 16 and width % 512 == 0:
-        # An LM head's [N, 262144] rescale runs about 1.6x faster on XLA CPU as [N, 512, 512]
-        # (the pass is then split across cores).
-        blocks = acc.shape[:-1] + (width // 512, 512)
-        out = acc.reshape(blocks) * x_scale[..., None] * q_scale.reshape(-1, 512)
-        return out.reshape(acc.shape)
-    return acc * x_scale * q_scale
-
-
 def quantize_int8(params, template):
     """Float params -> the `quantized=True` layout given by `template` (its shapes, e.g. from
     `jax.eval_shape` of the quantized module's init).
@@ -116,8 +94,7 @@ def quantize_int8(params, template):
             return p
         out = {k: walk(p[k], t[k]) for k in p if k not in ("kernel", "embedding")}
         if "kernel_scale" in t:  # stored as one [out, in] matrix
-            kernel = jnp.asarray(p["kernel"])
-            matrix = kernel.reshape(t["kernel"].shape[::-1]).T
+            matrix = xla_tuning.int8_kernel_matrix(jnp.asarray(p["kernel"]), t["kernel"].shape)
             out["kernel"], out["kernel_scale"] = channel(matrix, (1,))
         elif "embedding_scale" in t:
             out["embedding"], out["embedding_scale"] = channel(p["embedding"], (1,))
@@ -165,26 +142,17 @@ class Dense(nn.Module):
             raise ValueError(f"{self.name}: kernel shape {shape} vs logical axes {self.kernel_axes}")
         lead = x.shape[:x.ndim - self.in_axes]
         if self.quantized:
-            # Stored as a 2-D [out, in] matrix: XLA CPU's int8 matmul is ~1.4x faster with the
-            # contraction on the kernel's minor dim, and a kernel with several output or input
-            # dims (attention q/k/v/o) would be re-laid-out (copied) on every call. Each
-            # flattened dim keeps the logical name of its outermost dim, so a `heads` split
-            # still falls between heads.
-            n_out, n_in = math.prod(feats), math.prod(shape[:self.in_axes])
-            out_axis = self.kernel_axes[self.in_axes]
-            q, scale = _int8_param(self, "kernel", (n_out, n_in),
-                                   (out_axis, self.kernel_axes[0]), (n_out,), (out_axis,))
-            out = _int8_matmul(x.reshape(lead + (n_in,)), q, scale)
+            layout = xla_tuning.int8_kernel_layout(shape, self.in_axes, self.kernel_axes)
+            q, scale = _int8_param(self, "kernel", *layout)
+            out = xla_tuning.int8_matmul(x.reshape(lead + (q.shape[1],)), q, scale)
             return out.reshape(lead + feats).astype(self.dtype)
         init = self.kernel_init or _fan_in_init(self.in_axes, len(feats))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.kernel_axes)),
                             shape, self.param_dtype)
-        # f32 accumulation, then the compute dtype: on XLA CPU a bf16-output dot is several
-        # times slower than a bf16 x bf16 -> f32 one, and less precise.
+        # Accumulated in float32, then cast to the compute dtype.
         contract = (tuple(range(len(lead), x.ndim)), tuple(range(self.in_axes)))
-        out = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                              (contract, ((), ())), precision=self.precision,
-                              preferred_element_type=jnp.float32)
+        out = xla_tuning.dot_f32(x.astype(self.dtype), kernel.astype(self.dtype), contract,
+                                 self.precision)
         if self.lora_rank:
             out = out + self._lora(x, shape, feats, contract)
         return out.astype(self.dtype)
@@ -198,45 +166,10 @@ class Dense(nn.Module):
             nn.initializers.zeros, ("lora",) + tuple(self.kernel_axes[n_in:])),
             (r,) + feats, self.param_dtype)
         n_rows, n_out = math.prod(x.shape[:x.ndim - n_in]), math.prod(feats)
-        out = lora_product(x.astype(self.dtype).reshape(n_rows, -1),
-                           a.astype(self.dtype).reshape(-1, r),
-                           b.astype(self.dtype).reshape(r, n_out))
+        out = xla_tuning.lora_product(x.astype(self.dtype).reshape(n_rows, -1),
+                                      a.astype(self.dtype).reshape(-1, r),
+                                      b.astype(self.dtype).reshape(r, n_out))
         return self.lora_scale * out.reshape(x.shape[:x.ndim - n_in] + feats)
-
-
-@jax.custom_vjp
-def lora_product(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-    """(x a) b for 2-D x [T, in], a [in, r], b [r, out], accumulated in float32.
-
-    The backward pass is written out because autodiff's version is slow on XLA CPU: for
-    dB = (x a)^T g it puts the large gradient g [T, out] first, and XLA then copies g into a
-    transposed layout (in Gemma 3 270M's MLP, 1,664 x 2,048 floats per projection and layer,
-    a third of a LoRA step). Here the rank-sized operand goes first in every weight gradient,
-    so only r x T matrices are transposed.
-    """
-    return _lora_forward(x, a, b)[0]
-
-
-def _dot(x, y, contract=((1,), (0,))):
-    return lax.dot_general(x, y, (contract, ((), ())), preferred_element_type=jnp.float32)
-
-
-def _lora_forward(x, a, b):
-    xa = _dot(x, a)
-    return _dot(xa.astype(b.dtype), b), (x, a, b, xa)
-
-
-def _lora_backward(res, g):
-    x, a, b, xa = res
-    g = g.astype(b.dtype)
-    d_xa = _dot(g, b, ((1,), (1,)))                                    # [T, r]
-    grad_b = _dot(xa.astype(b.dtype), g, ((0,), (0,)))                  # [r, out]
-    grad_a = _dot(d_xa.astype(x.dtype), x, ((0,), (0,))).T             # [in, r]
-    grad_x = _dot(d_xa.astype(a.dtype), a, ((1,), (1,)))               # [T, in]
-    return grad_x.astype(x.dtype), grad_a.astype(a.dtype), grad_b.astype(b.dtype)
-
-
-lora_product.defvjp(_lora_forward, _lora_backward)
 
 
 class Embed(nn.Module):
@@ -265,12 +198,10 @@ class Embed(nn.Module):
         return rows.astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Logits in float32 whatever `dtype`: accumulating a bf16 product in f32 is both more
-        precise and, on XLA CPU, several times faster than a bf16-output dot."""
+        """Logits in float32 whatever `dtype`."""
         if self.quantized:
-            return _int8_matmul(x, self.embedding, self.embedding_scale)
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+            return xla_tuning.int8_matmul(x, self.embedding, self.embedding_scale)
+        return xla_tuning.dot_rows_f32(x.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
 def lora_settings(lora: tuple, name: str) -> tuple:

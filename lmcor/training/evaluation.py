@@ -100,11 +100,11 @@ class Evaluator:
         report = task_map.oov_of(prompts)
         if self.widen_vocab and base_embedding is not None:
             if self._widened is None or self._widened[0] is not lm:
-                from lmcor.models.gemma import widen_task_vocab
+                from lmcor.models.vocab_widening import widen_task_vocab
                 wide, params = widen_task_vocab(lm, params, base_embedding, prompts)
                 self._widened = (lm, wide)
             elif self._widened[1] is not lm:
-                from lmcor.models.gemma import rewiden
+                from lmcor.models.vocab_widening import rewiden
                 params = rewiden(lm, self._widened[1], params, base_embedding)
             lm = self._widened[1]
         report["widened_by"] = lm.vocab_map.size - task_map.size
