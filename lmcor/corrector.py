@@ -26,8 +26,7 @@ from absl import logging
 from flax import linen as nn
 
 from lmcor import decode
-from lmcor.data.corrector_input import (VARIANTS, CorrectorOptions, build_corrector_input,
-                                        corrector_options)
+from lmcor.data.corrector_input import VARIANTS, CorrectorOptions, build_corrector_input
 
 
 class InputTooLongError(ValueError):
@@ -300,7 +299,7 @@ def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Seq
     except ValueError:
         ref = None
     model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
-    return model, task_vocabulary(), corrector_options(), corrector_settings()
+    return model, task_vocabulary(), CorrectorOptions(), corrector_settings()
 
 
 def _manager(checkpoint_dir: str):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 import seqio
 
@@ -53,6 +54,21 @@ def test_random_selection_and_shuffled_order_are_seeded_per_id():
     other_seed = ci.CorrectorOptions(k=8, order="shuffled", seed=4)
     assert orders != [ci.select_candidates(record(f"id{i}", cands=cands), "lmcor", other_seed)
                       for i in range(10)]
+
+
+def test_gin_binds_the_options_class_and_explicit_arguments_win():
+    with gin.unlock_config():
+        gin.parse_config(["corrector_options.k = 3", "corrector_options.generators = ['m1', 'm2']"])
+    try:
+        bound = ci.CorrectorOptions()
+        assert (bound.k, bound.generators, bound.order) == (3, ("m1", "m2"), "fixed")
+        hash(bound)  # the Gin list became a tuple: options stay usable as a cache key
+        assert ci.CorrectorOptions(k=2).k == 2
+    finally:
+        gin.clear_config()
+    assert ci.CorrectorOptions().k == 5
+    with pytest.raises(ValueError, match="corrector_options.k=0"):
+        ci.CorrectorOptions(k=0)
 
 
 def test_generator_filter_and_missing_candidates_are_errors():

@@ -9,7 +9,7 @@ import pytest
 
 from lmcor import evaluate, metrics, rerank
 from lmcor.corrector import Corrector
-from lmcor.data.corrector_input import corrector_options
+from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.io_utils import read_lines
 
 from _tiny_corrector import tiny_config, tiny_params, write_model_dir
@@ -169,7 +169,7 @@ def test_ablation_gin_files(name, task, tags):
         gin_config.parse_gin(["runs/evaluate.gin", f"tasks/{task}.gin", f"ablations/{name}.gin"],
                              bindings, finalize=False)
         cfg = evaluate.evaluation()
-        opts = corrector_options()
+        opts = CorrectorOptions()
     finally:
         gin.clear_config()
     assert cfg.tags == tags

@@ -101,7 +101,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     import gin
 
     from lmcor import config as gin_config
-    from lmcor.data.corrector_input import corrector_options
+    from lmcor.data.corrector_input import CorrectorOptions
 
     try:
         gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
@@ -122,7 +122,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
             gin_config.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_lmcor"
             assert gin.query_parameter("Checkpointer.keep") == 1
-            opts = corrector_options()
+            opts = CorrectorOptions()
             assert (opts.k, opts.order) == ((int(name[1]), "fixed") if name[0] == "k"
                                             else (5, "shuffled"))
         finally:

@@ -26,8 +26,15 @@ SELECTIONS = ("greedy_first", "random", "all")
 ORDERS = ("fixed", "shuffled")
 
 
+@gin.configurable("corrector_options")
 @dataclasses.dataclass(frozen=True)
 class CorrectorOptions:
+    """How a pool record becomes corrector input; Gin binds it as `corrector_options.k = 3`
+    etc., read when a dataset is built.
+
+    `output_marker` ends every input (e.g. "<sep> output:"). A decoder-only corrector needs it:
+    there the output continues the input text, and an input ending in a candidate's final "."
+    leaves a pretrained LM predicting end-of-text, i.e. an empty correction."""
     k: int = 5
     selection: str = "greedy_first"
     order: str = "fixed"
@@ -40,6 +47,8 @@ class CorrectorOptions:
     output_marker: str = ""
 
     def __post_init__(self):
+        if self.generators is not None:  # a Gin list, kept hashable like the other fields
+            object.__setattr__(self, "generators", tuple(self.generators))
         if self.selection not in SELECTIONS:
             raise ValueError(f"corrector_options.selection={self.selection!r}; expected one of {SELECTIONS}")
         if self.order not in ORDERS:
@@ -50,26 +59,6 @@ class CorrectorOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"corrector_options.{name}={value}; expected >= 1 or None")
-
-
-@gin.configurable
-def corrector_options(k: int = 5, selection: str = "greedy_first", order: str = "fixed",
-                      seed: int = 0, dedupe: bool = True, separator: str = "<sep>",
-                      generators: Optional[Sequence[str]] = None,
-                      max_input_tokens: Optional[int] = None,
-                      max_candidate_tokens: Optional[int] = None,
-                      output_marker: str = "") -> CorrectorOptions:
-    """The Gin entry point: bind `corrector_options.k = 3` etc. Read when a dataset is built.
-
-    `output_marker` ends every input (e.g. "<sep> output:"). A decoder-only corrector needs it:
-    there the output continues the input text, and an input ending in a candidate's final "."
-    leaves a pretrained LM predicting end-of-text, i.e. an empty correction."""
-    return CorrectorOptions(k=k, selection=selection, order=order, seed=seed, dedupe=dedupe,
-                            separator=separator,
-                            generators=None if generators is None else tuple(generators),
-                            max_input_tokens=max_input_tokens,
-                            max_candidate_tokens=max_candidate_tokens,
-                            output_marker=output_marker)
 
 
 @dataclasses.dataclass
@@ -263,7 +252,7 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown task variant {variant!r}; expected one of {VARIANTS}")
-    opts = opts or corrector_options()
+    opts = opts or CorrectorOptions()
     cands = select_candidates(record, variant, opts)
     finetune = variant == "finetune"
     if opts.max_input_tokens is None:

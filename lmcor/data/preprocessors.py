@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from lmcor.data.corrector_input import build_corrector_input, corrector_options
+from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
 
 _STR = tf.TensorSpec([], tf.string)
 _STRS = tf.TensorSpec([None], tf.string)
@@ -59,7 +59,7 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
     The `inputs` sequence length (less its EOS) caps the budget, so SeqIO's own trimming, which
     would cut whole trailing candidates and count nothing, never has anything to cut.
     """
-    opts = corrector_options()
+    opts = CorrectorOptions()
     if generators is not None:
         opts = dataclasses.replace(opts, generators=tuple(generators))
     vocab = output_features["inputs"].vocabulary if output_features else None
