@@ -25,6 +25,7 @@ import jax
 from absl import logging
 from flax import linen as nn
 
+from lmcor.checkpoints.loader import decode_adapter
 from lmcor import decode
 from lmcor.data import preprocessors as pp
 
@@ -99,20 +100,6 @@ def row_bucket(n: int, max_rows: int) -> int:
 def row_buckets(max_rows: int) -> Tuple[int, ...]:
     """Every row count `row_bucket` gives for batches of 1..max_rows."""
     return tuple(sorted({row_bucket(n, max_rows) for n in range(1, max_rows + 1)}))
-
-
-def decode_adapter(model):
-    """A decode adapter (anything with prefill/step) from a module or config."""
-    if hasattr(model, "prefill") and hasattr(model, "step"):
-        return model
-    from lmcor.models.t5 import T5, T5Config, T5LM
-    if isinstance(model, (T5, T5Config)):
-        return T5LM(model)
-    from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
-    if isinstance(model, (Gemma3, GemmaConfig)):
-        return GemmaLM(model)
-    raise TypeError(f"Corrector: cannot decode with a {type(model).__name__}; pass a T5/Gemma3 "
-                    "module or config, or a decode adapter")
 
 
 def pool_record(source: str, candidates: Sequence[Any], example_id: str = "request") -> dict:
