@@ -145,7 +145,7 @@ class Corrector:
         model = model.attach(model_dir)
         params = trained_params(model_dir, model, step)
         return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings,
-                   getattr(model, "base_embedding", None))
+                   model.base_embedding)
 
     # ------------------------------------------------------------------ inputs
 
