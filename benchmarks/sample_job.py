@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmcor import prompts, sample  # noqa: E402
 from lmcor.backends.base import SamplingParams  # noqa: E402
-from lmcor.backends.jax_lm import JaxBackend, resolve_checkpoint  # noqa: E402
+from lmcor.backends.jax_lm import JaxBackend  # noqa: E402
+from lmcor.checkpoints.bundled import bundled_gemma_gguf_path  # noqa: E402
 
 
 def run_job(args, out_dir):
@@ -56,7 +57,7 @@ def run_transformers(args, ids, pad_id, eos_id):
     import transformers
 
     torch.set_num_threads(args.threads)
-    path = resolve_checkpoint("gemma3-270m")
+    path = bundled_gemma_gguf_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
     tokens = elapsed = 0.0

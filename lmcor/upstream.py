@@ -150,7 +150,7 @@ def check_upstream(spec: str) -> None:
     """Raises ValueError for an --upstream that cannot work, without loading or calling it, so
     the server refuses it before its start-up (loading and compiling the corrector) begins."""
     if spec.startswith("jax:gguf:"):
-        from lmcor.backends.jax_lm import BUNDLED
+        from lmcor.checkpoints.bundled import BUNDLED
 
         path = spec[len("jax:gguf:"):]
         if path != BUNDLED and not os.path.isfile(path):

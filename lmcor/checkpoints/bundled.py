@@ -3,6 +3,8 @@ import fcntl
 import functools
 import os
 
+BUNDLED = "gemma3-270m"  # the name a checkpoint spec gives it (lmcor.checkpoints.loader)
+
 
 @functools.lru_cache(maxsize=1)
 def bundled_gemma_gguf_path() -> str:

@@ -2,6 +2,7 @@
 search, each one `lax.while_loop` inside one `jax.jit`.
 
 Modules, each importing only those above it:
+  * `adapter`     - `DecodeAdapter`, the protocol of what the loops call on a model;
   * `common`      - helpers every part shares (`NEG_INF`, `repeat_rows`, `round_up`);
   * `samplers`    - the next token from logits: greedy, temperature, top-k, top-p;
   * `beam`        - the beam-search loop and its length penalty;

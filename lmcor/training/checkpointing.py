@@ -21,6 +21,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lmcor.checkpoints import orbax_io
+from lmcor.checkpoints.errors import CheckpointMismatchError
+
 
 class DataPositionMismatch(ValueError):
     pass
@@ -37,6 +40,8 @@ def _failure_reason(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
+    if isinstance(exc, CheckpointMismatchError):  # its problems are on the lines after the first
+        text = ["".join(text[:1]) + " " + "; ".join(line.strip() for line in text[1:])]
     text = text[0].split(" [tensorstore_spec")[0] if text else ""
     # Driver layers and the store's path repeat what the warning already names.
     text = re.sub(r'Error opening "\w+" driver: ', "", text)
@@ -76,7 +81,7 @@ class Checkpointer:
         # Orbax refuses relative paths, and only in its background save thread, where the error
         # is logged rather than raised: a relative MODEL_DIR would train without checkpoints.
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                             item_names=("state", "data"))
+                                             item_names=orbax_io.ITEMS)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -88,13 +93,6 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_position))
         return self.manager.save(step, args=args, metrics=metrics, force=force)
-
-    def restore(self, step: int, abstract_state, expected_position: Optional[dict] = None):
-        """Restores `step` into the layout of `abstract_state` (a tree of arrays or
-        ShapeDtypeStructs carrying shardings). Refuses a data position that another data
-        configuration produced, since silently changing the order breaks exact resume."""
-        return self._check_position(step, self._restore_items(step, abstract_state),
-                                    lambda _: expected_position)
 
     def restore_latest(self, abstract_state,
                        expected_position: Optional[Callable[[int], dict]] = None):
@@ -131,10 +129,11 @@ class Checkpointer:
             f"if the files are damaged, delete them to start over: rm -r {paths}")
 
     def _restore_items(self, step: int, abstract_state) -> dict:
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
-        return self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        """{"state": `step`'s state in the layout of `abstract_state` (arrays or
+        ShapeDtypeStructs carrying shardings), "data": its data position}."""
+        state = orbax_io.restore(orbax_io.item_dir(self.manager.directory, step), abstract_state)
+        data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+        return {"state": state, "data": data["data"]}
 
     def _check_position(self, step: int, out: dict, expected_position):
         pos = dict(out["data"])

