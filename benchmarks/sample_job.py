@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sample_job.py --n 8 --batch_size 8 --max_new_tokens 32
 
-Runs `lmcor.sample.sample_pool` with the real Gemma 3 270M on the first N E2E test inputs (5-shot,
+Runs `lmcor.sampling.job.sample_pool` with the real Gemma 3 270M on the first N E2E test inputs (5-shot,
 greedy + 4 samples at T=0.6), then feeds the very same token ids (left-padded, same batch size)
 to transformers' Gemma3ForCausalLM loaded from the same GGUF. Reports generated tokens/s for
 both (compilation excluded for JAX; reported apart), their ratio, and the fraction of padded
@@ -17,9 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lmcor import prompts, sample  # noqa: E402
-from lmcor.backends.base import SamplingParams  # noqa: E402
-from lmcor.backends.jax_lm import JaxBackend  # noqa: E402
+from lmcor.sampling import job as sample, prompts  # noqa: E402
+from lmcor.sampling.backends.base import SamplingParams  # noqa: E402
+from lmcor.sampling.backends.jax_lm import JaxBackend  # noqa: E402
 from lmcor.checkpoints.bundled import bundled_gemma_gguf_path  # noqa: E402
 
 

@@ -16,7 +16,7 @@ COMMANDS = {
     "score": "lmcor.score",
     "pool": "lmcor.data.pool_cli",
     "train": "lmcor.train",
-    "sample": "lmcor.sample",
+    "sample": "lmcor.sampling.job",
     "evaluate": "lmcor.evaluate",
     "report": "lmcor.report",
     "quickstart": "lmcor.quickstart",

@@ -268,7 +268,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
                  for split in ("dev", "test")}
         for split, n in [(s, train_examples if s == "dev" else test_examples) for s in splits]:
-            pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sample",
+            pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sampling",
                      _sample_args(task, pools[split], split, n, sample_flags), pools[split],
                      {"examples": n, "flags": list(sample_flags)})
     common_eval = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from typing import Optional
 
-from lmcor.backends.base import BackendError, Request, SamplingParams
+from lmcor.sampling.backends.base import BackendError, Request, SamplingParams
 from lmcor.batching import BatchWorker
 
 
@@ -43,7 +43,7 @@ class HttpUpstream:
         """Nothing to stop: calls run in the requests' own threads."""
 
     def _backend(self, mode: str, model: str):
-        from lmcor.backends.http import HttpBackend
+        from lmcor.sampling.backends.http import HttpBackend
         with self.lock:
             key = (mode, self.model or model)
             if key not in self.backends:
@@ -54,7 +54,7 @@ class HttpUpstream:
             return self.backends[key]
 
     def generate(self, mode: str, model: str, request: Request, params: SamplingParams):
-        from lmcor.backends.http import HttpBackendError
+        from lmcor.sampling.backends.http import HttpBackendError
         backend = self._backend(mode, model)
         attempt = 0
         while True:
@@ -96,7 +96,7 @@ class JaxUpstream(BatchWorker):
     shares a batch."""
 
     def __init__(self, gguf_path: str, max_batch: int = 8, max_wait_ms: float = 10.0):
-        from lmcor.backends.jax_lm import JaxBackend
+        from lmcor.sampling.backends.jax_lm import JaxBackend
         self.backend = JaxBackend(checkpoint=gguf_path, batch_size=1, per_example_seed=False,
                                   shared_prefill=True, bucket_new_tokens=True)
         self.batch_max = 0  # most requests decoded in one call so far (the server's /metrics)

@@ -45,10 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--max_examples", type=int, default=None)
     args = p.parse_args(argv)
 
-    from lmcor.backends.base import SamplingParams  # noqa: PLC0415 — `--help` stays instant
-    from lmcor.backends.jax_lm import JaxBackend  # noqa: PLC0415
-    from lmcor.prompts import PromptConfig  # noqa: PLC0415
-    from lmcor.sample import sample_pool  # noqa: PLC0415
+    from lmcor.sampling.backends.base import SamplingParams  # noqa: PLC0415 — `--help` stays instant
+    from lmcor.sampling.backends.jax_lm import JaxBackend  # noqa: PLC0415
+    from lmcor.sampling.prompts import PromptConfig  # noqa: PLC0415
+    from lmcor.sampling.job import sample_pool  # noqa: PLC0415
 
     known = {pool_name(t, s, v) for t, s, _, v in POOLS}
     unknown = sorted(set(args.only or ()) - known)

@@ -83,12 +83,14 @@ def test_every_command_has_a_help_that_imports_no_heavy_library():
             assert "--gin_file" in got["out"] and "--gin.NAME=VALUE" in got["out"], got["out"]
 
 
-@pytest.mark.parametrize("module", ["train", "sample", "evaluate", "quickstart", "generate"])
-def test_python_m_help_is_the_command_help_without_heavy_imports(module):
+@pytest.mark.parametrize("module,command", [("train", "train"), ("sampling", "sample"),
+                                            ("evaluate", "evaluate"), ("quickstart", "quickstart"),
+                                            ("generate", "generate")])
+def test_python_m_help_is_the_command_help_without_heavy_imports(module, command):
     code, out, err, heavy = _python_m(f"lmcor.{module}", "--help")
     print(f"python -m lmcor.{module} --help imported:", heavy)
     assert (code, err, heavy) == (0, "", [])
-    assert out.startswith(f"usage: lmcor {module}")
+    assert out.startswith(f"usage: lmcor {command}")
 
 
 @pytest.mark.parametrize("command, macros", [

@@ -62,7 +62,7 @@ def test_a_macro_only_an_included_file_or_another_binding_reads_is_used(tmp_path
     inner = tmp_path / "inner.gin"
     inner.write_text("sample_pool.seed = %SEED\n")
     outer = _gin(tmp_path, f"include '{inner}'\n")
-    import lmcor.sample  # noqa: F401  (registers sample_pool)
+    import lmcor.sampling.job  # noqa: F401  (registers sample_pool)
 
     with gin_config.command_line():
         gin_config.parse_gin([outer], ["SEED = 3", "N = 5", "sample_pool.shard_size = %N"],

@@ -4,11 +4,11 @@ import logging
 
 import pytest
 
-from lmcor import sample
-from lmcor.backends.base import Request, SamplingParams
-from lmcor.backends.http import HttpBackend, HttpBackendError
+from lmcor.sampling import job as sample
+from lmcor.sampling.backends.base import Request, SamplingParams
+from lmcor.sampling.backends.http import HttpBackend, HttpBackendError
 from lmcor.data.pool import read_pool
-from lmcor.prompts import PromptConfig
+from lmcor.sampling.prompts import PromptConfig
 
 from _llm_server import RAMBLE, FakeLLM, reply_text
 

@@ -1,7 +1,7 @@
 """Few-shot prompt construction: layout, demonstration selection, clean-up of generations."""
 import pytest
 
-from lmcor import prompts
+from lmcor.sampling import prompts
 
 
 def _rec(i, source, ref=None):

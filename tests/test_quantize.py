@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lmcor.backends.jax_lm import JaxBackend
+from lmcor.sampling.backends.jax_lm import JaxBackend
 from lmcor.models import partitioning
 from lmcor.models.gemma import GLOBAL, LOCAL, Gemma3, GemmaConfig, GemmaLM, quantize_params
 

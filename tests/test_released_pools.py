@@ -11,13 +11,13 @@ import shutil
 
 import pytest
 
-from lmcor import sample
-from lmcor.backends.base import SamplingParams
-from lmcor.backends.precomputed import PrecomputedBackend
+from lmcor.sampling import job as sample
+from lmcor.sampling.backends.base import SamplingParams
+from lmcor.sampling.backends.precomputed import PrecomputedBackend
 from lmcor.data import pool_cli, pool_release
 from lmcor.data.pool import read_pool, resolve_pool_path, write_pool
 from lmcor.data.pool_schema import PoolError
-from lmcor.prompts import PromptConfig
+from lmcor.sampling.prompts import PromptConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RELEASE = REPO / "data" / "pools"

@@ -11,12 +11,12 @@ import time
 import gin
 import pytest
 
-from lmcor import sample
-from lmcor.backends.base import SamplingParams
-from lmcor.backends.http import HttpBackend
-from lmcor.backends.precomputed import PrecomputedBackend, PrecomputedError
+from lmcor.sampling import job as sample
+from lmcor.sampling.backends.base import SamplingParams
+from lmcor.sampling.backends.http import HttpBackend
+from lmcor.sampling.backends.precomputed import PrecomputedBackend, PrecomputedError
 from lmcor.data.pool import read_pool
-from lmcor.prompts import PromptConfig
+from lmcor.sampling.prompts import PromptConfig
 
 from _llm_server import FakeLLM
 
@@ -43,7 +43,7 @@ def _argv(out_dir, server, data_dir, *extra):
 
 def _run_cli(argv):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "lmcor.sample", *argv], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "lmcor.sampling", *argv], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -161,7 +161,7 @@ def test_precomputed_backend_replays_line_files_and_pools(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_jax_backend_samples_a_real_pool_with_gemma_270m(tmp_path, data_dir, gemma_gguf_path):
-    from lmcor.backends.jax_lm import JaxBackend
+    from lmcor.sampling.backends.jax_lm import JaxBackend
 
     backend = JaxBackend(checkpoint="gemma3-270m", batch_size=2, per_example_seed=False)
     manifest = sample.sample_pool(
@@ -214,7 +214,7 @@ def test_jax_backend_shards_params_over_the_model_axis_without_changing_logits()
     import numpy as np
     from flax import linen as nn
 
-    from lmcor.backends.jax_lm import JaxBackend
+    from lmcor.sampling.backends.jax_lm import JaxBackend
     from lmcor.models.gemma import GemmaConfig, GemmaLM
 
     lm = GemmaLM(GemmaConfig.preset("tiny"))
@@ -270,7 +270,7 @@ def test_model_modules_import_after_the_job_locked_its_gin_config():
     code = ("from lmcor import config\n"
             "config.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
             "import sys\nassert 'lmcor.models.gemma' not in sys.modules\n"
-            "from lmcor.backends import jax_lm\n"
+            "from lmcor.sampling.backends import jax_lm\n"
             "jax_lm.import_loader()\n"
             "print(sys.modules['lmcor.models.gemma'].GemmaLM.__name__)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -117,7 +117,7 @@ def test_jax_upstream_max_tokens_share_compiled_decodes():
     from flax import linen as nn
 
     from lmcor import decode
-    from lmcor.backends.base import Request, SamplingParams
+    from lmcor.sampling.backends.base import Request, SamplingParams
     from lmcor.models.gemma import GemmaConfig, GemmaLM
 
     lm = GemmaLM(GemmaConfig.preset("tiny"))

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 
-from lmcor.backends.base import Request, SamplingParams
+from lmcor.sampling.backends.base import Request, SamplingParams
 from lmcor.serve.api import parse_body, response
 from lmcor.serve.batcher import MicroBatcher
 from lmcor.serve.decoder import Decoder

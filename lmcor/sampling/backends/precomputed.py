@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import gin
 
-from lmcor.backends.base import Backend, BackendError, Generation, Request, SamplingParams
+from lmcor.sampling.backends.base import Backend, BackendError, Generation, Request, SamplingParams
 from lmcor.data import importers
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines

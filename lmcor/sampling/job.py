@@ -10,21 +10,12 @@ id), which makes the pool identical whether it was written in one go, resumed, o
 hosts. `manifest.json` records the model, prompt, decoding parameters, code version and counts;
 with `tensorboard=True`, tokens/s, progress and retries also go to `tensorboard/host<i>/`.
 """
-import sys
-
-if __name__ == "__main__":
-    # `python -m lmcor.sample` is `lmcor sample`, which runs the module under its real name, so
-    # its gin configurables are registered once (not also as `__main__.sample_pool`, which makes
-    # every binding ambiguous).
-    from lmcor.cli import main as _main
-
-    sys.exit(_main(["sample", *sys.argv[1:]]))
-
-import dataclasses  # noqa: E402
+import dataclasses
 import glob
 import json
 import logging
 import os
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -34,14 +25,14 @@ from tqdm import tqdm
 from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
-from lmcor import prompts
-from lmcor.backends.base import Backend, BackendError, Request, SamplingParams
+from lmcor.sampling import prompts
+from lmcor.sampling.backends.base import Backend, BackendError, Request, SamplingParams
 from lmcor.data import importers
 from lmcor.data.pool import PoolStats, is_shard, pool_stats, read_pool
 from lmcor.data.pool_schema import PoolError, validate_record
 from lmcor.io_utils import atomic_write_text
 
-log = logging.getLogger("lmcor.sample")
+log = logging.getLogger("lmcor.sampling")
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(gin_config.REPO_ROOT), "shared", "data")
 SHARD_PREFIX = "pool"
 MANIFEST = "manifest.json"
@@ -191,7 +182,7 @@ def _write_shard(path: str, records: Sequence[dict]) -> None:
 
 
 def _host_shards(n_shards: int, process_index: int, process_count: int) -> range:
-    from lmcor.distributed import host_shard  # noqa: PLC0415 — keeps `import lmcor.sample` light
+    from lmcor.distributed import host_shard  # noqa: PLC0415 — keeps `import lmcor.sampling.job` light
 
     return host_shard(n_shards, process_index, process_count)
 

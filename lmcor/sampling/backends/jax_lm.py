@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import gin
 
-from lmcor.backends.base import Backend, Generation, Request, SamplingParams
+from lmcor.sampling.backends.base import Backend, Generation, Request, SamplingParams
 from lmcor.checkpoints.bundled import BUNDLED
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class JaxBackend(Backend):
         """Each input's samples; `with_greedy` puts its greedy output first, from the same call
         (one prefill for both)."""
         from lmcor.decode import DecodeConfig  # noqa: PLC0415
-        from lmcor.prompts import keyed_seed  # noqa: PLC0415
+        from lmcor.sampling.prompts import keyed_seed  # noqa: PLC0415
 
         n = params.num_samples + with_greedy
         cfg = DecodeConfig(max_new_tokens=params.max_new_tokens, temperature=params.temperature,

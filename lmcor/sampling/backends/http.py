@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import gin
 
-from lmcor.backends.base import Backend, BackendError, Generation, Request, SamplingParams
+from lmcor.sampling.backends.base import Backend, BackendError, Generation, Request, SamplingParams
 
 log = logging.getLogger(__name__)
 MODES = ("completions", "chat")

@@ -1,1 +1,0 @@
-"""LLM backends for the sampling job: JAX model, OpenAI-compatible HTTP, precomputed files."""
