@@ -129,7 +129,7 @@ class Corrector:
         self.vocab = vocab
         self.options = options or CorrectorOptions()
         self.settings = settings or CorrectorSettings()
-        self.encoder_decoder = decode.is_encoder_decoder(self.lm)
+        self.encdec = decode.is_encdec(self.lm)
         self.decode_config = decode.DecodeConfig(
             max_new_tokens=self.settings.max_decode_tokens, beam_size=self.settings.beam_size,
             alpha=self.settings.alpha)
@@ -159,7 +159,7 @@ class Corrector:
 
     def tokenize(self, text: str) -> List[int]:
         ids = [int(i) for i in self.vocab.encode(text)]
-        if self.encoder_decoder:
+        if self.encdec:
             ids.append(int(self.lm.eos_id))  # seqio's add_eos on `inputs`
         else:  # the prefix-LM converter feeds BOS + inputs (no EOS)
             ids.insert(0, int(getattr(self.lm.module.config, "bos_id", 2)))
@@ -196,7 +196,7 @@ class Corrector:
         rows = max(rows or len(token_lists), len(token_lists))
         width = self.width_bucket(max(len(t) for t in token_lists))
         # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
-        batch = decode.pad_prompts(token_lists, encoder_decoder=self.encoder_decoder,
+        batch = decode.pad_prompts(token_lists, encdec=self.encdec,
                                    pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
         dec = decode.decode_batch(self.lm, self.params, batch, self.decode_config,
                                   compile_only=compile_only)

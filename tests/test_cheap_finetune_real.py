@@ -59,7 +59,7 @@ def e2e_vocab(data_dir, tokenizer, base):
 
 def _greedy(lm, params, prompts, tokenizer):
     ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
-    batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
+    batch = decode.pad_prompts(ids, encdec=False, pad_id=0, bucket=32)
     return decode.decode_batch(lm, params, batch,
                                decode.DecodeConfig(max_new_tokens=NEW_TOKENS))
 
@@ -73,7 +73,7 @@ def test_task_vocab_logits_and_greedy_equal_the_full_model(base, e2e_vocab, e2e_
     np.testing.assert_array_equal(small.base_embedding,
                                   np.asarray(base.pretrained_params["embedder"]["embedding"]))
     ids = [tokenizer.encode(p, add_bos=True) for p in e2e_inputs[:3]]
-    batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=32)
+    batch = decode.pad_prompts(ids, encdec=False, pad_id=0, bucket=32)
     tokens = jnp.asarray(batch["tokens"])
     segments = jnp.asarray(batch["mask"], jnp.int32)
     full = base.module.apply({"params": base.pretrained_params}, tokens, segment_ids=segments)

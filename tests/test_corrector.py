@@ -209,7 +209,7 @@ def test_a_task_vocabulary_corrector_reads_and_scores_pieces_it_lacks_as_the_bas
     assert set(wide.ids.tolist()) == set(task.ids.tolist()) | set(itertools.chain(*ids))
     assert wide.size > task.size
 
-    batch = pad_prompts(ids, encoder_decoder=False, pad_id=0, bucket=64)
+    batch = pad_prompts(ids, encdec=False, pad_id=0, bucket=64)
     want, _ = full.lm.prefill(full.params, batch, 4)
     got, _ = lm.prefill(params, dict(batch, tokens=wide.to_task(batch["tokens"])), 4)
     # Same logits as the whole-vocabulary model at every kept id: the added rows are the

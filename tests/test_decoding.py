@@ -41,13 +41,13 @@ def _t5(vocab=128):
                    num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
     lm = T5LM(cfg)
     ids = jnp.ones((1, 4), jnp.int32)
-    params = nn.unbox(jax.jit(lm.model.init)(jax.random.key(1), ids, ids)["params"])
+    params = nn.unbox(jax.jit(lm.module.init)(jax.random.key(1), ids, ids)["params"])
 
     @jax.jit
     def full_logits(batch, generated):
         start = jnp.full((generated.shape[0], 1), cfg.decoder_start_id, jnp.int32)
         dec = jnp.concatenate([start, generated[:, :-1]], axis=1)
-        return lm.model.apply({"params": params}, batch["encoder_tokens"], dec)
+        return lm.module.apply({"params": params}, batch["encoder_tokens"], dec)
 
     return lm, params, full_logits
 
@@ -83,11 +83,11 @@ FAMILIES = {"t5": _t5, "gemma": _gemma}
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
     lm, params, full_logits = FAMILIES[request.param]()
-    ids = [CharTokenizer().encode(p, add_bos=not decode.is_encoder_decoder(lm)) for p in PROMPTS]
-    if decode.is_encoder_decoder(lm):
+    ids = [CharTokenizer().encode(p, add_bos=not decode.is_encdec(lm)) for p in PROMPTS]
+    if decode.is_encdec(lm):
         ids = [t + [lm.eos_id] for t in ids]
     # Same shapes as `generate(..., batch_size=4, bucket=8)` below, so compiles are shared.
-    batch = decode.pad_prompts(ids, encoder_decoder=decode.is_encoder_decoder(lm),
+    batch = decode.pad_prompts(ids, encdec=decode.is_encdec(lm),
                                pad_id=lm.pad_id, bucket=8, rows=4)
     greedy = decode.decode_batch(lm, params, batch, DecodeConfig(max_new_tokens=STEPS))
     return dict(name=request.param, lm=lm, params=params, full_logits=full_logits, batch=batch,

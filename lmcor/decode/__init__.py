@@ -14,8 +14,8 @@ Modules, each importing only those above it:
 from lmcor.decode.beam import length_penalty
 from lmcor.decode.executables import compiled_count
 from lmcor.decode.runner import DecodeConfig, Decoded, decode_batch, generate
-from lmcor.decode.text import cut_at_stop, is_encoder_decoder, pad_prompts, stop_table, texts_of
+from lmcor.decode.text import cut_at_stop, is_encdec, pad_prompts, stop_table, texts_of
 
 __all__ = ["DecodeConfig", "Decoded", "compiled_count", "cut_at_stop", "decode_batch",
-           "generate", "is_encoder_decoder", "length_penalty", "pad_prompts", "stop_table",
+           "generate", "is_encdec", "length_penalty", "pad_prompts", "stop_table",
            "texts_of"]

@@ -3,7 +3,7 @@
 `lmcor.models.gemma.GemmaLM` (decoder-only, left-padded `tokens` + `mask`) and
 `lmcor.models.t5.T5LM` (encoder-decoder, `encoder_tokens`) satisfy it;
 `lmcor.checkpoints.loader.decode_adapter` makes one for a module or config.
-Two members are optional, read with `getattr`: `is_encoder_decoder` (`text.is_encoder_decoder`
+Two members are optional, read with `getattr`: `is_encdec` (`text.is_encdec`
 falls back on the class name) and `vocab_map`, a `TaskVocab` for a model with a task vocabulary,
 whose ids `runner.decode_batch` maps in and out around the jitted loop.
 """

@@ -26,7 +26,7 @@ import numpy as np
 from lmcor.decode import beam, executables
 from lmcor.decode.common import round_up
 from lmcor.decode.sampling import sample_loop
-from lmcor.decode.text import is_encoder_decoder, pad_prompts, stop_table, texts_of
+from lmcor.decode.text import is_encdec, pad_prompts, stop_table, texts_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,8 +237,8 @@ def generate(lm, params, tokenizer, prompts: Sequence[str], config: DecodeConfig
 
     if not prompts:
         raise ValueError("generate: no prompts given")
-    enc_dec = is_encoder_decoder(lm)
-    if enc_dec:  # T5 encoders are trained on EOS-ended inputs
+    encdec = is_encdec(lm)
+    if encdec:  # T5 encoders are trained on EOS-ended inputs
         ids = [list(tokenizer.encode(p)) + [int(lm.eos_id)] for p in prompts]
     else:
         ids = [list(tokenizer.encode(p, add_bos=add_bos)) for p in prompts]
@@ -249,7 +249,7 @@ def generate(lm, params, tokenizer, prompts: Sequence[str], config: DecodeConfig
     starts = range(0, len(ids), batch_size)
     for n, start in enumerate(tqdm(starts, desc="decode", unit="batch", disable=not progress)):
         chunk = ids[start: start + batch_size]
-        batch = pad_prompts(chunk, encoder_decoder=enc_dec, pad_id=int(lm.pad_id),
+        batch = pad_prompts(chunk, encdec=encdec, pad_id=int(lm.pad_id),
                             bucket=bucket, rows=batch_size)
         dec = _trim(decode_batch(lm, params, batch, config, seed=seed + n, stop_ids=table),
                     len(chunk) * per_row)

@@ -29,13 +29,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def is_encoder_decoder(lm) -> bool:
+def is_encdec(lm) -> bool:
     """T5LM takes `encoder_tokens`; decoder-only adapters take left-padded `tokens` + `mask`."""
-    flag = getattr(lm, "is_encoder_decoder", None)
+    flag = getattr(lm, "is_encdec", None)
     return bool(flag) if flag is not None else type(lm).__name__ == "T5LM"
 
 
-def pad_prompts(token_lists: Sequence[Sequence[int]], *, encoder_decoder: bool, pad_id: int,
+def pad_prompts(token_lists: Sequence[Sequence[int]], *, encdec: bool, pad_id: int,
                 bucket: int = 16, rows: int | None = None) -> dict:
     """Adapter batch from token lists; length rounded up to `bucket`, rows padded to `rows`.
 
@@ -46,14 +46,14 @@ def pad_prompts(token_lists: Sequence[Sequence[int]], *, encoder_decoder: bool, 
     if any(len(t) == 0 for t in token_lists):
         raise ValueError("pad_prompts: empty prompt (decoder-only models need at least BOS)")
     width = round_up(max(len(t) for t in token_lists), bucket)
-    tokens = np.full((rows, width), 0 if encoder_decoder else pad_id, np.int32)
+    tokens = np.full((rows, width), 0 if encdec else pad_id, np.int32)
     mask = np.zeros((rows, width), bool)
     for r, ids in enumerate(token_lists):
-        span = slice(0, len(ids)) if encoder_decoder else slice(width - len(ids), width)
+        span = slice(0, len(ids)) if encdec else slice(width - len(ids), width)
         tokens[r, span], mask[r, span] = ids, True
     for r in range(len(token_lists), rows):  # filler rows copy row 0 so they stay well-formed
         tokens[r], mask[r] = tokens[0], mask[0]
-    if encoder_decoder:
+    if encdec:
         return {"encoder_tokens": tokens}
     return {"tokens": tokens, "mask": mask}
 

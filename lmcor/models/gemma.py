@@ -87,6 +87,8 @@ class GemmaConfig:
             raise ValueError(f"GemmaConfig: lora_rank={self.lora_rank} (>= 0), lora_targets "
                              f"unknown {bad} (choose from {LORA_TARGETS}), lora_from_layer="
                              f"{self.lora_from_layer} (0..{self.num_layers})")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"GemmaConfig: quantize={self.quantize!r}; expected 'int8' or None")
         if self.lora_rank and self.quantize:
             raise ValueError("GemmaConfig: LoRA trains float weights; merge adapters "
                              "(lmcor.training.peft) before quantizing")
@@ -156,7 +158,7 @@ class GemmaAttention(_LayerPart):
         def dense(features, axes, name, **kwargs):
             rank, scale = layers.lora_settings(self.lora, name)
             return Dense(features, axes, dtype=dt, param_dtype=pdt,
-                         quantized=cfg.quantize == "int8", lora_rank=rank, lora_scale=scale,
+                         quantize=cfg.quantize, lora_rank=rank, lora_scale=scale,
                          name=name, **kwargs)
 
         norm = _gemma_norm(cfg, axis_name="head_dim")
@@ -190,7 +192,7 @@ class GemmaBlock(_LayerPart):
             norm(name="pre_attention_norm")(x), positions, mask, kv_cache, write_index)
         x = x + norm(name="post_attention_norm")(h)
         h = GatedMLP(cfg.d_ff, "gelu_tanh", dtype=as_dtype(cfg.dtype),
-                     param_dtype=as_dtype(cfg.param_dtype), quantized=cfg.quantize == "int8",
+                     param_dtype=as_dtype(cfg.param_dtype), quantize=cfg.quantize,
                      lora=self.lora, name="mlp")(
             norm(name="pre_ffw_norm")(x))
         x = x + norm(name="post_ffw_norm")(h)
@@ -224,7 +226,7 @@ class Gemma3(nn.Module):
         self.embedder = Embed(cfg.vocab_size, cfg.d_model, dtype=as_dtype(cfg.dtype),
                               param_dtype=as_dtype(cfg.param_dtype),
                               embedding_init=nn.initializers.normal(stddev=0.02),
-                              quantized=cfg.quantize == "int8")
+                              quantize=cfg.quantize)
         self.blocks = [GemmaBlock(cfg, cfg.layer_type(i) == GLOBAL, cfg.lora(i),
                                   name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = _gemma_norm(cfg)()

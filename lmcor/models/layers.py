@@ -4,13 +4,13 @@ Every parameter is created with `nn.with_logical_partitioning` so the one rule t
 `partitioning.py` decides its placement; parameters live in `param_dtype` and are cast to `dtype`
 for compute. Norms and softmax always run in float32 because bf16 loses too much there.
 
-`quantized=True` (decoding only) stores dense kernels and the embedding as int8 with one float32
+`quantize="int8"` (decoding only) stores dense kernels and the embedding as int8 with one float32
 scale per output channel, and quantizes each input position to int8 on the fly (one scale per
 position), so the matmul runs int8 x int8 -> int32. `quantize_int8` turns float params into
 that layout. The matmuls, the int8 layout and the LoRA product are `xla_tuning`'s primitives.
 """
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ def _fan_in_init(n_in: int, n_out: int, scale: float = 1.0) -> Initializer:
 
 
 def quantize_int8(params, template):
-    """Float params -> the `quantized=True` layout given by `template` (its shapes, e.g. from
+    """Float params -> the `quantize="int8"` layout given by `template` (its shapes, e.g. from
     `jax.eval_shape` of the quantized module's init).
 
     Each `kernel` with a `kernel_scale` sibling becomes one int8 [out, in] matrix (input dims and
@@ -128,7 +128,7 @@ class Dense(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer | None = None
     precision: Any = None
-    quantized: bool = False
+    quantize: Optional[str] = None  # "int8", or None for float weights
     # LoRA: y = x W + scale * (x A) B with A [in..., r] and B [r, out...]; B starts at zero, so
     # a fresh adapter leaves the layer exactly as it was.
     lora_rank: int = 0
@@ -141,7 +141,7 @@ class Dense(nn.Module):
         if len(shape) != len(self.kernel_axes):
             raise ValueError(f"{self.name}: kernel shape {shape} vs logical axes {self.kernel_axes}")
         lead = x.shape[:x.ndim - self.in_axes]
-        if self.quantized:
+        if self.quantize == "int8":
             layout = xla_tuning.int8_kernel_layout(shape, self.in_axes, self.kernel_axes)
             q, scale = _int8_param(self, "kernel", *layout)
             out = xla_tuning.int8_matmul(x.reshape(lead + (q.shape[1],)), q, scale)
@@ -179,11 +179,11 @@ class Embed(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
-    quantized: bool = False
+    quantize: Optional[str] = None  # "int8", or None for float weights
 
     def setup(self):
         shape = (self.num_embeddings, self.features)
-        if self.quantized:
+        if self.quantize == "int8":
             self.embedding, self.embedding_scale = _int8_param(
                 self, "embedding", shape, ("vocab", "embed"), shape[:1], ("vocab",))
             return
@@ -193,13 +193,13 @@ class Embed(nn.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         rows = jnp.take(self.embedding, ids, axis=0)
-        if self.quantized:
+        if self.quantize == "int8":
             rows = rows.astype(jnp.float32) * jnp.take(self.embedding_scale, ids, axis=0)[..., None]
         return rows.astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits in float32 whatever `dtype`."""
-        if self.quantized:
+        if self.quantize == "int8":
             return xla_tuning.int8_matmul(x, self.embedding, self.embedding_scale)
         return xla_tuning.dot_rows_f32(x.astype(self.dtype), self.embedding.astype(self.dtype))
 
@@ -219,7 +219,7 @@ class GatedMLP(nn.Module):
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    quantized: bool = False
+    quantize: Optional[str] = None  # "int8", or None for float weights
     lora: tuple = ()  # ((param name, rank, scale), ...) for the projections that carry adapters
 
     @nn.compact
@@ -227,7 +227,7 @@ class GatedMLP(nn.Module):
         def dense(feats, axes, name):
             rank, scale = lora_settings(self.lora, name)
             return Dense(feats, axes, dtype=self.dtype, param_dtype=self.param_dtype,
-                         quantized=self.quantized, lora_rank=rank, lora_scale=scale, name=name)
+                         quantize=self.quantize, lora_rank=rank, lora_scale=scale, name=name)
 
         gate = ACTIVATIONS[self.activation](dense(self.hidden, ("embed", "mlp"), "wi_0")(x))
         h = gate * dense(self.hidden, ("embed", "mlp"), "wi_1")(x)

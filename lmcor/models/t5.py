@@ -330,11 +330,11 @@ class T5(nn.Module):
 class T5LM:
     """Decode adapter (see lmcor.decode): prefill = encode + the decoder_start step;
     step = one cached decoder step."""
-    is_encoder_decoder = True
+    is_encdec = True
 
     def __init__(self, model_or_config: "T5 | T5Config"):
-        self.model = model_or_config if isinstance(model_or_config, T5) else T5(model_or_config)
-        c = self.model.config
+        self.module = model_or_config if isinstance(model_or_config, T5) else T5(model_or_config)
+        c = self.module.config
         self.eos_id, self.pad_id, self.vocab_size = c.eos_id, c.pad_id, c.vocab_size
 
     def prefill(self, params, batch: dict, max_new_tokens: int):
@@ -343,11 +343,11 @@ class T5LM:
                              f"got keys {sorted(batch)}")
         tokens = jnp.asarray(batch["encoder_tokens"], jnp.int32)
         # +1 so a caller may still feed the last generated token without overrunning the cache.
-        cache = self.model.apply(as_variables(params), tokens, max_new_tokens + 1,
+        cache = self.module.apply(as_variables(params), tokens, max_new_tokens + 1,
                                  method=T5.init_cache)
-        start = jnp.full((tokens.shape[0],), self.model.config.decoder_start_id, jnp.int32)
+        start = jnp.full((tokens.shape[0],), self.module.config.decoder_start_id, jnp.int32)
         return self.step(params, start, cache)
 
     def step(self, params, tokens, cache):
-        return self.model.apply(as_variables(params), jnp.asarray(tokens, jnp.int32), cache,
+        return self.module.apply(as_variables(params), jnp.asarray(tokens, jnp.int32), cache,
                                 method=T5.decode_step)

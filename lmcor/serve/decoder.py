@@ -56,7 +56,7 @@ class Decoder:
 
         c = self.corrector
         width = width or c.width_bucket(max(len(t) for t in token_lists))
-        batch = decode.pad_prompts(token_lists, encoder_decoder=c.encoder_decoder,
+        batch = decode.pad_prompts(token_lists, encdec=c.encdec,
                                    pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
         config = dataclasses.replace(c.decode_config, max_new_tokens=length)
         return decode.decode_batch(c.lm, c.params, batch, config, compile_only=compile_only)

@@ -1,3 +1,16 @@
-"""The T5X-style trainer's parts: the model families and the protocol they follow, train state +
-optimizers, the sharded step, Orbax checkpoints, deterministic batches, evaluation and logging.
-`lmcor.train` wires them with Gin."""
+"""Training: the T5X-style trainer behind `lmcor train`, which `lmcor.train` wires with Gin.
+
+  * `protocol`     - `TrainModel`: what the trainer, validation and MODEL_DIR loading call;
+  * `models`       - the T5.1.1 and Gemma 3 model families that follow it;
+  * `peft`         - LoRA adapters, frozen layers and what trains;
+  * `frozen_cache` - a frozen bottom stack's output, computed once per row;
+  * `seqio_data`   - training rows from SeqIO tasks, through the feature converters;
+  * `data`         - deterministic, resumable batches keyed by step;
+  * `state`        - train state, optimizers and schedules;
+  * `step`         - the loss and the jitted, sharded train step;
+  * `evaluation`   - validation during training: decode the hold-out and score it;
+  * `budget`       - budgets in examples, and the record of evaluations;
+  * `checkpointing` - Orbax saves (latest and best) and preemption;
+  * `logging`      - TensorBoard scalars and the progress bar;
+  * `loop`         - the loop that runs them, resumable from any checkpoint.
+"""

@@ -68,7 +68,7 @@ class Evaluator:
         return self._examples
 
     def _prompts(self, lm) -> List[List[int]]:
-        encdec = decode.is_encoder_decoder(lm)
+        encdec = decode.is_encdec(lm)
         out = []
         for ex in self.examples():
             ids = [int(t) for t in ex["inputs"]]
@@ -84,11 +84,11 @@ class Evaluator:
         lm, params = self._widen(lm, params, model.base_embedding, prompts)
         vocab = self.task.output_features["targets"].vocabulary
         texts: List[str] = []
-        encdec = decode.is_encoder_decoder(lm)
+        encdec = decode.is_encdec(lm)
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="eval", unit="batch",
                           disable=jax.process_index() != 0, leave=False):
             chunk = prompts[start:start + self.batch_size]
-            batch = decode.pad_prompts(chunk, encoder_decoder=encdec, pad_id=int(lm.pad_id),
+            batch = decode.pad_prompts(chunk, encdec=encdec, pad_id=int(lm.pad_id),
                                        bucket=self.length_bucket, rows=self.batch_size)
             dec = decode.decode_batch(lm, params, batch, self.config)
             texts += decode.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]

@@ -51,11 +51,11 @@ def _to_arrays(ds, limit: Optional[int], desc: str) -> Dict[str, np.ndarray]:
 @gin.configurable(denylist=["num_shards", "owned_shards"])
 def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = gin.REQUIRED,
                      feature_lengths: Mapping[str, int] = gin.REQUIRED, split: str = "train",
-                     model_kind: str = "encdec", pack: bool = True, bos_id: int = 2,
+                     kind: str = "encdec", pack: bool = True, bos_id: int = 2,
                      max_examples: Optional[int] = None) -> Dict[int, Dict[str, np.ndarray]]:
     """{shard: features} for the owned shards of `task`'s split (one pass, in source order; the
     BatchSource reshuffles every epoch). `max_examples` caps each shard's converted rows."""
-    converter = feature_converter(model_kind, pack, bos_id)
+    converter = feature_converter(kind, pack, bos_id)
     out = {}
     for shard in owned_shards:
         ds = seqio.get_dataset(task, dict(feature_lengths), converter, dataset_split=split,

@@ -135,7 +135,7 @@ class JaxBackend(Backend):
     def _decode(self, ids: List[List[int]], config, seed: int, rows: int):
         from lmcor import decode  # noqa: PLC0415
 
-        batch = decode.pad_prompts(ids, encoder_decoder=False, pad_id=int(self._lm.pad_id),
+        batch = decode.pad_prompts(ids, encdec=False, pad_id=int(self._lm.pad_id),
                                    bucket=self.bucket, rows=rows)
         width = batch["tokens"].shape[1]
         self._stats["prompt_tokens"] += sum(map(len, ids))
