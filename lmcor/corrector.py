@@ -39,8 +39,11 @@ class InputTooLongError(ValueError):
         self.num_tokens, self.limit = num_tokens, limit
 
 
+@gin.configurable("corrector_settings")
 @dataclasses.dataclass(frozen=True)
 class CorrectorSettings:
+    """Inference settings (beam size, limits, decode widths); Gin binds them as
+    `corrector_settings.beam_size = 2` etc."""
     variant: str = "lmcor"
     beam_size: int = 4
     alpha: float = 0.6
@@ -77,16 +80,6 @@ class CorrectorSettings:
             grown = -(-int(widths[-1] * self.length_growth) // step) * step
             widths.append(min(top, max(widths[-1] + step, grown)))
         return tuple(widths)
-
-
-@gin.configurable
-def corrector_settings(variant: str = "lmcor", beam_size: int = 4, alpha: float = 0.6,
-                       max_decode_tokens: int = 128, max_input_tokens: int = 1024,
-                       length_bucket: int = 32, length_growth: float = 1.25,
-                       widen_vocab: bool = True) -> CorrectorSettings:
-    """Gin entry point for inference settings (beam size, limits, decode widths)."""
-    return CorrectorSettings(variant, beam_size, alpha, max_decode_tokens, max_input_tokens,
-                             length_bucket, length_growth, widen_vocab)
 
 
 def row_bucket(n: int, max_rows: int) -> int:
@@ -286,7 +279,7 @@ def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Seq
     except ValueError:
         ref = None
     model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
-    return model, task_vocabulary(), CorrectorOptions(), corrector_settings()
+    return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
 
 
 def _manager(checkpoint_dir: str):

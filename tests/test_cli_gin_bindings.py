@@ -210,7 +210,9 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
         # an export once the adapter's manifest is there.
         proof = {"lmcor.train": quickstart.TRAIN_SUMMARY, "lmcor.export": "adapter.json"}
         assert writes == proof.get(module), (name, writes)
-        stages.append((module.rsplit(".", 1)[-1], list(args)))
+        # `python -m lmcor.sampling` is `lmcor sample`; the other stages run their command's module.
+        command = "sample" if module == "lmcor.sampling" else module.rsplit(".", 1)[-1]
+        stages.append((command, list(args)))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
