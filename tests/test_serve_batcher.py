@@ -32,6 +32,6 @@ def test_concurrent_requests_are_decoded_together(corrector):
 
 
 def test_metrics_batch_edges_are_the_corrector_row_buckets():
-    from lmcor.serve_metrics import batch_edges
+    from lmcor.serve.metrics import batch_edges
 
     assert all(batch_edges(n) == row_buckets(n) for n in range(1, 40))
