@@ -13,12 +13,12 @@ from lmcor.gin_command import GinCommand
 
 COMMANDS = {
     "generate": "lmcor.generate",
-    "score": "lmcor.score",
+    "score": "lmcor.evaluation.score",
     "pool": "lmcor.data.pool_cli",
     "train": "lmcor.train",
     "sample": "lmcor.sampling.job",
-    "evaluate": "lmcor.evaluate",
-    "report": "lmcor.report",
+    "evaluate": "lmcor.evaluation.evaluate",
+    "report": "lmcor.evaluation.report",
     "quickstart": "lmcor.quickstart",
     # The same runner as quickstart, named for the README tables' configs.
     "pipeline": "lmcor.quickstart:pipeline_main",

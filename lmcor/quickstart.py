@@ -3,8 +3,8 @@
     lmcor quickstart [--gin.QUICKSTART_EXAMPLES=4 ...]        # gin/runs/quickstart.gin
     lmcor pipeline --gin_file=gin/runs/tables/e2e.gin          # a README table
 
-Stages, each a separate `python -m lmcor.<command>` process (so each starts from a clean Gin
-config and shows its own progress bars):
+Stages, each a separate `python -m` process of its command's module (so each starts from a
+clean Gin config and shows its own progress bars):
   1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy +
              4 samples for a slice of the task's dev and test sets     -> RUN_DIR/pools/
   2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
@@ -287,7 +287,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
             pipe.run(f"export {row} (bf16 adapter)", "lmcor.export",
                      [model_dir, f"--out={trained[row]}", "--adapter"], trained[row],
                      {"row": settings}, writes="adapter.json")  # the adapter's manifest
-    pipe.run("evaluate", "lmcor.evaluate", _eval_args(
+    pipe.run("evaluate", "lmcor.evaluation.evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"), {**trained, **released}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
         folder = os.path.join(pipe.run_dir, "variants", name)
@@ -300,9 +300,9 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                      dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
         else:
             model_dirs = {row: trained[row] for row in variant_rows[name]}
-        pipe.run(f"variant {name}: evaluate", "lmcor.evaluate", _eval_args(
+        pipe.run(f"variant {name}: evaluate", "lmcor.evaluation.evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), model_dirs, flags))
-    pipe.run("report", "lmcor.report", [pipe.run_dir])
+    pipe.run("report", "lmcor.evaluation.report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:
         inputs = "all" if test_examples is None else test_examples

@@ -21,7 +21,7 @@ from typing import List
 
 import gin
 
-from lmcor import metrics
+from lmcor.evaluation import metrics
 from lmcor.data import paragraphs
 from lmcor.data.importers import import_wmt
 from lmcor.tasks import common

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import gin
 
-from lmcor import metrics
+from lmcor.evaluation import metrics
 from lmcor.data.importers import DatasetError
 from lmcor.tasks import common
 

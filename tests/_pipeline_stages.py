@@ -12,7 +12,7 @@ def record_stages(monkeypatch) -> list:
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
-        if module == "lmcor.report":
+        if module == "lmcor.evaluation.report":
             raise Planned
         stages.append((name, module, list(args)))
 

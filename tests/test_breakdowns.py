@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lmcor import breakdowns, evaluate, metrics
+from lmcor.evaluation import breakdowns, evaluate, metrics
 from lmcor.data.importers import import_e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -83,9 +83,9 @@ def test_every_command_has_a_help_that_imports_no_heavy_library():
             assert "--gin_file" in got["out"] and "--gin.NAME=VALUE" in got["out"], got["out"]
 
 
-@pytest.mark.parametrize("module,command", [("train", "train"), ("sampling", "sample"),
-                                            ("evaluate", "evaluate"), ("quickstart", "quickstart"),
-                                            ("generate", "generate")])
+@pytest.mark.parametrize("module,command", [
+    ("train", "train"), ("sampling", "sample"), ("evaluation.evaluate", "evaluate"),
+    ("quickstart", "quickstart"), ("generate", "generate")])
 def test_python_m_help_is_the_command_help_without_heavy_imports(module, command):
     code, out, err, heavy = _python_m(f"lmcor.{module}", "--help")
     print(f"python -m lmcor.{module} --help imported:", heavy)

@@ -119,7 +119,7 @@ def test_an_unbound_required_macro_is_one_line_naming_the_flag(tmp_path, capsys)
 def test_required_bindings_are_one_line_once_parsed_and_when_called(tmp_path):
     """What the flag checks cannot see (an include they do not find, a REQUIRED parameter with
     no binding at all) is reported by parse_gin or at the call, as the same one line."""
-    from lmcor import evaluate
+    from lmcor.evaluation import evaluate
 
     gin_file = _gin(tmp_path, "EVAL_DIR = %gin.REQUIRED\n" + EVALUATE_GIN)
     with gin_config.command_line(), pytest.raises(GinError) as err:
@@ -204,7 +204,7 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
-        if module == "lmcor.report":
+        if module == "lmcor.evaluation.report":
             raise _Planned
         # A training stage is done only once the trainer wrote its summary (not on SIGTERM),
         # an export once the adapter's manifest is there.

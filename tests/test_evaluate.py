@@ -7,7 +7,7 @@ import os
 import gin
 import pytest
 
-from lmcor import evaluate, metrics, rerank
+from lmcor.evaluation import evaluate, metrics, rerank
 from lmcor.corrector import Corrector
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.io_utils import read_lines
@@ -188,7 +188,7 @@ def test_trained_rows_report_their_training_and_the_paired_test_between_them(
         pool_dir, lmcor_dir, tmp_path):
     import shutil
 
-    from lmcor import report
+    from lmcor.evaluation import report
 
     trained = tmp_path / "trained"
     shutil.copytree(lmcor_dir, trained)
@@ -222,7 +222,7 @@ def test_trained_rows_report_their_training_and_the_paired_test_between_them(
     text = open(report.build_report(str(out), str(tmp_path / "report"))).read()
     assert "![learning](learning_" in text
     # The published summary carries the curves; its Markdown block marks the checkpoint used.
-    from lmcor import published
+    from lmcor.evaluation import published
 
     doc = f"<!-- lmcor:learning {tmp_path / 'report' / 'results.json'} . -->\n<!-- /lmcor -->"
     lines = published.refresh(doc, "/").splitlines()

@@ -8,8 +8,8 @@ import json
 import gin
 import pytest
 
-from lmcor import evaluate, rerank
-from lmcor.data import pool_release
+from lmcor.evaluation import evaluate, rerank
+from lmcor.data import pool, pool_release
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines
 from lmcor.tasks import common
@@ -39,7 +39,7 @@ def test_pools_gin_file_from_another_directory(gin_file, pool_name, value, pool_
     repo = tmp_path / "checkout"
     release = pool_release.encode_release(pool_name, read_pool(pool_dir), {})
     pool_release.write_releases([release], str(repo / "data" / "pools"))
-    monkeypatch.setattr(common, "_REPO", str(repo))
+    monkeypatch.setattr(pool, "REPO_ROOT", str(repo))
     monkeypatch.chdir(tmp_path)  # no data/pools/ here: only the repository root has them
     out = tmp_path / "eval"
     argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/e2e.gin",

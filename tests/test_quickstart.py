@@ -110,7 +110,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
         stages.append((module, list(args)))
-        if module == "lmcor.evaluate":
+        if module == "lmcor.evaluation.evaluate":
             raise Planned
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
@@ -123,7 +123,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
             quickstart.quickstart()
     finally:
         gin.clear_config()
-    assert [module for module, _ in stages] == ["lmcor.sampling", "lmcor.evaluate"]
+    assert [module for module, _ in stages] == ["lmcor.sampling", "lmcor.evaluation.evaluate"]
     sample, evaluate = (args for _, args in stages)
     assert "--gin.sample_pool.split='test'" in sample
     assert "--gin.sample_pool.max_examples=5" in sample
@@ -186,7 +186,7 @@ def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_
     with pytest.raises(Planned):
         quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
                               correctors={"lmcor": str(released)}, test_examples=5)
-    assert [module for _, module, _ in stages] == ["lmcor.sampling", "lmcor.evaluate"]
+    assert [module for _, module, _ in stages] == ["lmcor.sampling", "lmcor.evaluation.evaluate"]
     assert "--gin.sample_pool.split='test'" in stages[0][2]
     assert f"--gin.LMCOR_DIR={str(released)!r}" in stages[1][2]
     with pytest.raises(ValueError, match="not a folder"):

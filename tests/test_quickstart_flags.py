@@ -135,7 +135,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     # `lmcor evaluate` registers fewer configurables than this test process has imported by
     # now (the trainer's, above): parse its flags where only its own imports exist.
     (tmp_path / "args.json").write_text(json.dumps(list(eval_args.values())))
-    check = ("import json, sys, gin, lmcor.evaluate\n"
+    check = ("import json, sys, gin, lmcor.evaluation.evaluate\n"
              "from lmcor import config\n"
              "for args in json.load(open(sys.argv[1])):\n"
              "    files, bindings, _ = config.split_gin_flags(args)\n"
@@ -194,5 +194,5 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
     for args in trains:
         assert _query(args, ["%BATCH_SIZE", "train.train_examples", "%TRAIN_STEPS"]) == {
             "%BATCH_SIZE": 128, "train.train_examples": 256000, "%TRAIN_STEPS": 2000}
-    evaluations = [args for _, module, args in stages if module == "lmcor.evaluate"]
+    evaluations = [args for _, module, args in stages if module == "lmcor.evaluation.evaluate"]
     assert evaluations and all("--gin.evaluation.batch_size=128" in e for e in evaluations)

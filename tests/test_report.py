@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from lmcor import config, evaluate, published, report
+from lmcor import config
+from lmcor.evaluation import evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
 from lmcor.training.logging import TrainLogger

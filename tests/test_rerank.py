@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from lmcor import metrics, rerank
+from lmcor.evaluation import metrics, rerank
 from lmcor.data.importers import import_e2e, import_wmt
 
 

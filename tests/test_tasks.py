@@ -301,7 +301,7 @@ def test_gemma_vocabulary_tokenizes_tasks(gemma_gguf_path, task_spm_path, tmp_pa
 
 def test_seqio_evaluator_scores_against_every_reference(data_dir):
     """The JFLEG SOURCE baseline through seqio.Evaluator equals GLEU computed from the raw files."""
-    from lmcor import metrics
+    from lmcor.evaluation import metrics
 
     ev = seqio.Evaluator(mixture_or_task_name="jfleg_finetune", eval_split="test",
                          feature_converter=seqio.EncDecFeatureConverter(pack=False),

@@ -169,12 +169,13 @@ def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> I
         raise PoolError(f"{path}:0: field '<file>': empty pool file (no records)")
 
 
-def resolve_pool_path(path: str, root: str = REPO_ROOT) -> str:
-    """A pool (folder or file) as given, else relative to the repository root (as Gin files are
-    found), so configs can name `data/pools/<name>.jsonl.gz` and work from any directory."""
+def resolve_pool_path(path: str, root: Optional[str] = None) -> str:
+    """A pool (folder or file) as given, else relative to `root` (default: the repository root,
+    where Gin files are found too), so configs can name `data/pools/<name>.jsonl.gz` and work
+    from any directory."""
     if os.path.isabs(path) or os.path.exists(path):
         return path
-    in_repo = os.path.join(root, path)
+    in_repo = os.path.join(root or REPO_ROOT, path)
     return in_repo if os.path.exists(in_repo) else path  # missing: read_pool names it as given
 
 

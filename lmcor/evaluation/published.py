@@ -33,9 +33,9 @@ import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from lmcor import config as gin_config
-from lmcor.evaluate import NO_MODEL_DIR
+from lmcor.evaluation.evaluate import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
-from lmcor.results_table import METRIC_LABELS, markdown_table
+from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 
 FORMAT = "lmcor-results/1"
 # The row columns of the headline table, in the order a reader compares them.
@@ -74,7 +74,7 @@ def _short(commit: Optional[str]) -> Optional[str]:
 
 def learning_summary(metric: str, curves: Mapping[str, Sequence[Tuple[int, float, int]]],
                      selected: Mapping[str, Optional[int]]) -> dict:
-    """The learning curves of one evaluation (`lmcor.report.learning_curves`) as committed:
+    """The learning curves of one evaluation (`lmcor.evaluation.report.learning_curves`) as committed:
     per row [examples seen, value, step] and the step its table used."""
     return {"metric": metric,
             "rows": {row: {"points": [list(p) for p in points], "best_step": selected.get(row)}

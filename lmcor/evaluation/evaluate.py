@@ -7,17 +7,17 @@
 Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
 oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
 with a logged note (kept in results.json's "notes"). Every metric carries a percentile
-bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.metrics).
+bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.evaluation.metrics).
 
-EVAL_DIR receives `results.json`, `results.md` (lmcor.results_table) and `predictions/` (one text
-file per row, plus the sources and any complete reference streams; lmcor.predictions) so
+EVAL_DIR receives `results.json`, `results.md` (lmcor.evaluation.results_table) and `predictions/` (one text
+file per row, plus the sources and any complete reference streams; lmcor.evaluation.predictions) so
 `lmcor score` can re-score every number. Predictions already on disk are reused: a rerun decodes
 only the rows that are missing or were decoded from other inputs, weights or settings.
 """
 import sys
 
 if __name__ == "__main__":
-    # `python -m lmcor.evaluate` is `lmcor evaluate`, which runs the module under its real name
+    # `python -m lmcor.evaluation.evaluate` is `lmcor evaluate`, which runs the module under its real name
     # so its gin configurables are registered once.
     from lmcor.cli import main as _main
 
@@ -35,11 +35,11 @@ from absl import logging
 from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
-from lmcor import breakdowns, metrics, rerank
+from lmcor.evaluation import breakdowns, metrics, rerank
 from lmcor.io_utils import atomic_write_text
-from lmcor.predictions import (cached_predictions, prediction_key, prediction_path,
+from lmcor.evaluation.predictions import (cached_predictions, prediction_key, prediction_path,
                                save_predictions, write_inputs, write_lines)
-from lmcor.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
+from lmcor.evaluation.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
 
 # Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
 # equals rougeL on one-line outputs).
@@ -88,7 +88,7 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
     `num_candidates` keeps each pool's first k candidates (for every row; the correctors get
     corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
     copied into results.json for `lmcor report`'s ablation plots. `breakdown` names a grouping
-    of the test inputs (lmcor.breakdowns) to score the main metric on per group; "auto" takes
+    of the test inputs (lmcor.evaluation.breakdowns) to score the main metric on per group; "auto" takes
     the dataset's (E2E: by number of attributes), None none."""
     dataset = task_dataset(task)
     family = "wmt" if dataset.startswith("wmt") else dataset

@@ -8,7 +8,7 @@ files of the training runs (found under RUN_DIR and in the MODEL_DIRs the result
 into one folder (RUN_DIR/report by default):
   report.md                 the tables, the ablations and links to the plots;
   results.json              every evaluation's scores, intervals, paired p and training
-                            summary in compact form (lmcor/published.py); docs/results/
+                            summary in compact form (lmcor/evaluation/published.py); docs/results/
                             holds a copy per table;
   rows_<eval>.png           each row's main metric with its bootstrap 95% interval;
   ablation_<dataset>_<name>.png  main metric per row against the ablated value (e.g. the number of
@@ -21,7 +21,7 @@ into one folder (RUN_DIR/report by default):
 import sys
 
 if __name__ == "__main__":
-    from lmcor.report import main as _main
+    from lmcor.evaluation.report import main as _main
 
     sys.exit(_main())
 
@@ -34,9 +34,9 @@ from collections import defaultdict
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from lmcor import config as gin_config
-from lmcor import published
+from lmcor.evaluation import published
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
-from lmcor.results_table import METRIC_LABELS, markdown_table
+from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 
 Curves = Dict[str, List[Tuple[int, float]]]
 
@@ -294,7 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output folder (default RUN_DIR/report)")
     p.add_argument("--refresh", metavar="DOC.md", nargs="+",
                    help="print each DOC.md with its generated tables rendered again from the "
-                        "results files they name (lmcor/published.py), instead of a report")
+                        "results files they name (lmcor/evaluation/published.py), instead of a report")
     p.add_argument("--write", action="store_true", help="with --refresh: rewrite the files")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if bool(args.run_dir) == bool(args.refresh):

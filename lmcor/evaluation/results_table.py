@@ -2,7 +2,7 @@
 prints it and `lmcor report` and the README embed it."""
 from typing import Mapping
 
-from lmcor import breakdowns
+from lmcor.evaluation import breakdowns
 
 METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "gleu": "GLEU", "ter": "TER"}
 # Every other row is tested against this one; its own Δ and p are left blank.

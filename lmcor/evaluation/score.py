@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Dict, List, Optional
 
-from lmcor import metrics
+from lmcor.evaluation import metrics
 from lmcor.data.text_files import read_aligned_text
 
 METRICS = ("bleu", "chrf", "ter", "rouge", "gleu")
