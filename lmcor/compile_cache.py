@@ -3,7 +3,7 @@
 Compiling the corrector's decode shapes takes minutes on a small CPU (`lmcor serve` warms up
 dozens of them), and without a cache every run pays that again. JAX can keep compiled
 executables on disk; `configure()` (called when the `lmcor` package is imported, so every entry
-point and `python -m lmcor.<module>` gets it) points it at
+point and `python -m lmcor.cli` gets it) points it at
 
     $LMCOR_CACHE_DIR/xla          when LMCOR_CACHE_DIR is set,
     ~/.cache/lmcor/xla            otherwise,

@@ -3,8 +3,8 @@
     lmcor quickstart [--gin.QUICKSTART_EXAMPLES=4 ...]        # gin/runs/quickstart.gin
     lmcor pipeline --gin_file=gin/runs/tables/e2e.gin          # a README table
 
-Stages, each a separate `python -m` process of its command's module (so each starts from a
-clean Gin config and shows its own progress bars):
+Stages, each a separate `python -m lmcor.cli <command>` process (so each starts from a clean
+Gin config and shows its own progress bars):
   1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy +
              4 samples for a slice of the task's dev and test sets     -> RUN_DIR/pools/
   2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
@@ -23,17 +23,10 @@ marker records its settings; changed settings run the stage again and the tools 
 evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json
 (kept for stages a rerun skips).
 """
-import sys
-
-if __name__ == "__main__":
-    # `python -m lmcor.quickstart` is `lmcor quickstart`.
-    from lmcor.cli import main as _main
-
-    sys.exit(_main(["quickstart", *sys.argv[1:]]))
-
-import json  # noqa: E402
+import json
 import os
 import subprocess
+import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -121,6 +114,13 @@ class Pipeline:
         self.timings[name] = round(time.time() - started, 1)
         if folder:
             _mark_done(folder, settings)
+
+    def command(self, name: str, command: str, args: Sequence[str], folder: str = None,
+                settings: Dict = None, writes: str = None) -> None:
+        """`run` for the stage `lmcor <command> args`, through the CLI as a user would type it:
+        its flag checks come first, then its module is imported under its own name (so a
+        command's Gin configurables are registered once)."""
+        self.run(name, "lmcor.cli", [command, *args], folder, settings, writes)
 
     def finish(self) -> None:
         """Writes timings.json: each stage's latest wall time (a stage skipped on a rerun keeps
@@ -268,9 +268,9 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
                  for split in ("dev", "test")}
         for split, n in [(s, train_examples if s == "dev" else test_examples) for s in splits]:
-            pipe.run(f"sample {task} {split} ({n} inputs)", "lmcor.sampling",
-                     _sample_args(task, pools[split], split, n, sample_flags), pools[split],
-                     {"examples": n, "flags": list(sample_flags)})
+            pipe.command(f"sample {task} {split} ({n} inputs)", "sample",
+                         _sample_args(task, pools[split], split, n, sample_flags), pools[split],
+                         {"examples": n, "flags": list(sample_flags)})
     common_eval = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
                    *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
                    f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
@@ -278,31 +278,31 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     trained = {}  # row -> the folder its evaluations read
     for row in rows:
         model_dir = os.path.join(pipe.run_dir, row)
-        pipe.run(f"train {row} ({_limit(train_steps, budget)})", "lmcor.train",
-                 _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
-                 settings, writes=TRAIN_SUMMARY)
+        pipe.command(f"train {row} ({_limit(train_steps, budget)})", "train",
+                     _train_args(task, row, model_dir, pools, train_steps, train_flags), model_dir,
+                     settings, writes=TRAIN_SUMMARY)
         trained[row] = model_dir
         if evaluate_adapters:
             trained[row] = os.path.join(pipe.run_dir, "adapters", row)
-            pipe.run(f"export {row} (bf16 adapter)", "lmcor.export",
-                     [model_dir, f"--out={trained[row]}", "--adapter"], trained[row],
-                     {"row": settings}, writes="adapter.json")  # the adapter's manifest
-    pipe.run("evaluate", "lmcor.evaluation.evaluate", _eval_args(
+            pipe.command(f"export {row} (bf16 adapter)", "export",
+                         [model_dir, f"--out={trained[row]}", "--adapter"], trained[row],
+                         {"row": settings}, writes="adapter.json")  # the adapter's manifest
+    pipe.command("evaluate", "evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"), {**trained, **released}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
         folder = os.path.join(pipe.run_dir, "variants", name)
         if name in ablations:
             model_dirs = {"lmcor": os.path.join(folder, "lmcor")}
             extra = [*flags, *ablation_train_flags]
-            pipe.run(f"variant {name}: train lmcor ({_limit(train_steps, budget)})", "lmcor.train",
-                     _train_args(task, "lmcor", model_dirs["lmcor"], pools, train_steps,
-                                 train_flags, extra), model_dirs["lmcor"],
-                     dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
+            pipe.command(f"variant {name}: train lmcor ({_limit(train_steps, budget)})", "train",
+                         _train_args(task, "lmcor", model_dirs["lmcor"], pools, train_steps,
+                                     train_flags, extra), model_dirs["lmcor"],
+                         dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
         else:
             model_dirs = {row: trained[row] for row in variant_rows[name]}
-        pipe.run(f"variant {name}: evaluate", "lmcor.evaluation.evaluate", _eval_args(
+        pipe.command(f"variant {name}: evaluate", "evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), model_dirs, flags))
-    pipe.run("report", "lmcor.evaluation.report", [pipe.run_dir])
+    pipe.command("report", "report", [pipe.run_dir])
     pipe.finish()
     with open(os.path.join(pipe.run_dir, "eval", "results.md"), encoding="utf-8") as f:
         inputs = "all" if test_examples is None else test_examples
@@ -329,3 +329,9 @@ def main(argv=None, command: str = "quickstart") -> int:
 def pipeline_main(argv=None) -> int:
     """`lmcor pipeline`: the same runner, under its own name in its help and messages."""
     return main(argv, command="pipeline")
+
+
+if __name__ == "__main__":
+    # A Gin command runs through the CLI, which checks its flags and then imports this module
+    # under its own name; run as __main__, its configurables would be registered twice.
+    sys.exit("usage: lmcor quickstart ... (or python -m lmcor.cli quickstart ...)")

@@ -8,18 +8,9 @@ Gin is the only wiring (`train.*` in lmcor/training/loop.py, `make_optimizer.*`,
 `make_schedule.*`, `Checkpointer.*`, the model and data factories). Checkpoints live in
 MODEL_DIR/checkpoints, TensorBoard in MODEL_DIR/train, the run's Gin config in MODEL_DIR/config.gin.
 Re-running with the same MODEL_DIR resumes from the latest checkpoint exactly.
-(The loop lives in lmcor.training.loop so `python -m lmcor.train` registers it only once.)
 """
+import json
 import sys
-
-if __name__ == "__main__":
-    # `python -m lmcor.train` is `lmcor train`: the help and the flag checks come before the
-    # trainer's imports below (JAX, TensorFlow, SeqIO), which take 10-20 s.
-    from lmcor.cli import main as _main
-
-    sys.exit(_main(["train", *sys.argv[1:]]))
-
-import json  # noqa: E402
 
 from lmcor import cli
 from lmcor import config as gin_config
@@ -53,3 +44,8 @@ def _main(flags: GinFlags) -> int:
 
 def main(argv=None) -> int:
     return cli.run_gin_command("train", sys.argv[1:] if argv is None else argv, _main)
+
+
+if __name__ == "__main__":
+    # The trainer's configurables live in lmcor.training, so this module may run as __main__.
+    sys.exit(main())

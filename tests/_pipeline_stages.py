@@ -8,13 +8,16 @@ class Planned(Exception):
 
 
 def record_stages(monkeypatch) -> list:
-    """Replaces running a stage by recording (name, module, args); stops at the report."""
+    """Replaces running a stage by recording (name, command, the command's args); stops at the
+    report. Every stage must be an `lmcor <command>` run through the CLI."""
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
-        if module == "lmcor.evaluation.report":
+        assert module == "lmcor.cli", (name, module)
+        command, *rest = args
+        if command == "report":
             raise Planned
-        stages.append((name, module, list(args)))
+        stages.append((name, command, rest))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     return stages

@@ -83,14 +83,25 @@ def test_every_command_has_a_help_that_imports_no_heavy_library():
             assert "--gin_file" in got["out"] and "--gin.NAME=VALUE" in got["out"], got["out"]
 
 
-@pytest.mark.parametrize("module,command", [
-    ("train", "train"), ("sampling", "sample"), ("evaluation.evaluate", "evaluate"),
-    ("quickstart", "quickstart"), ("generate", "generate")])
-def test_python_m_help_is_the_command_help_without_heavy_imports(module, command):
-    code, out, err, heavy = _python_m(f"lmcor.{module}", "--help")
-    print(f"python -m lmcor.{module} --help imported:", heavy)
+@pytest.mark.parametrize("argv,command", [
+    (["lmcor.cli", "train"], "train"), (["lmcor.cli", "evaluate"], "evaluate"),
+    (["lmcor.cli", "quickstart"], "quickstart"), (["lmcor.sampling"], "sample"),
+    (["lmcor.generate"], "generate")])
+def test_python_m_help_is_the_command_help_without_heavy_imports(argv, command):
+    code, out, err, heavy = _python_m(*argv, "--help")
+    print(f"python -m {' '.join(argv)} --help imported:", heavy)
     assert (code, err, heavy) == (0, "", [])
     assert out.startswith(f"usage: lmcor {command}")
+
+
+@pytest.mark.parametrize("module,command", [("lmcor.evaluation.evaluate", "evaluate"),
+                                            ("lmcor.quickstart", "quickstart")])
+def test_a_gin_command_module_run_as_a_script_names_the_command_instead(module, command):
+    """Run as __main__, the module's configurables would be registered a second time when a
+    Gin file imports it by name: it exits 1 with the command line to use."""
+    code, out, err, _ = _python_m(module, "--help")
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[-1] == f"usage: lmcor {command} ... (or python -m lmcor.cli {command} ...)"
 
 
 @pytest.mark.parametrize("command, macros", [
@@ -170,7 +181,7 @@ def test_flag_and_file_mistakes_are_one_line_before_any_heavy_import(tmp_path):
     for argv, want, got in zip(cases, wants, results):
         assert got["rc"] == 2 and got["out"] == "", (argv, got)
         assert re.search(want, one_line_error(got["err"], argv[0])), (argv, got["err"])
-    code, out, err, heavy = _python_m("lmcor.train", "--gin_file=nope.gin")
+    code, out, err, heavy = _python_m("lmcor.cli", "train", "--gin_file=nope.gin")
     assert (code, out, heavy) == (2, "", [])
     assert "gin file not found: 'nope.gin'" in one_line_error(err, "train")
 

@@ -204,15 +204,15 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
-        if module == "lmcor.evaluation.report":
+        assert module == "lmcor.cli", (name, module)  # every stage is `lmcor <command> ...`
+        command, *args = args
+        if command == "report":
             raise _Planned
         # A training stage is done only once the trainer wrote its summary (not on SIGTERM),
         # an export once the adapter's manifest is there.
-        proof = {"lmcor.train": quickstart.TRAIN_SUMMARY, "lmcor.export": "adapter.json"}
-        assert writes == proof.get(module), (name, writes)
-        # `python -m lmcor.sampling` is `lmcor sample`; the other stages run their command's module.
-        command = "sample" if module == "lmcor.sampling" else module.rsplit(".", 1)[-1]
-        stages.append((command, list(args)))
+        proof = {"train": quickstart.TRAIN_SUMMARY, "export": "adapter.json"}
+        assert writes == proof.get(command), (name, writes)
+        stages.append((command, args))
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here

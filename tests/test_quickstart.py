@@ -83,15 +83,15 @@ def test_a_training_stage_stopped_by_sigterm_resumes_on_the_next_run(data_dir, t
     stopper.start()
     pipe = quickstart.Pipeline(str(tmp_path), stages=2)
     with pytest.raises(quickstart.QuickstartError, match="exited before finishing"):
-        pipe.run("train lmcor", "lmcor.train", args, str(model_dir), {"n": 1},
-                 writes=quickstart.TRAIN_SUMMARY)
+        pipe.command("train lmcor", "train", args, str(model_dir), {"n": 1},
+                     writes=quickstart.TRAIN_SUMMARY)
     stopper.join()
     assert not (model_dir / quickstart.DONE).exists()
     stopped_at = max(int(n) for n in os.listdir(model_dir / "checkpoints") if n.isdigit())
     assert stopped_at < 400
     args[2] = f"--gin.TRAIN_STEPS={stopped_at + 2}"  # the resumed run only has to finish
-    pipe.run("train lmcor", "lmcor.train", args, str(model_dir), {"n": 1},
-             writes=quickstart.TRAIN_SUMMARY)
+    pipe.command("train lmcor", "train", args, str(model_dir), {"n": 1},
+                 writes=quickstart.TRAIN_SUMMARY)
     summary = json.loads((model_dir / quickstart.TRAIN_SUMMARY).read_text())
     assert summary["step"] == stopped_at + 2 and (model_dir / quickstart.DONE).exists()
 
@@ -109,8 +109,9 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     stages = []
 
     def record(pipe, name, module, args, folder=None, settings=None, writes=None):
-        stages.append((module, list(args)))
-        if module == "lmcor.evaluation.evaluate":
+        assert module == "lmcor.cli", (name, module)
+        stages.append((args[0], list(args[1:])))
+        if args[0] == "evaluate":
             raise Planned
 
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
@@ -123,7 +124,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
             quickstart.quickstart()
     finally:
         gin.clear_config()
-    assert [module for module, _ in stages] == ["lmcor.sampling", "lmcor.evaluation.evaluate"]
+    assert [command for command, _ in stages] == ["sample", "evaluate"]
     sample, evaluate = (args for _, args in stages)
     assert "--gin.sample_pool.split='test'" in sample
     assert "--gin.sample_pool.max_examples=5" in sample
@@ -186,7 +187,7 @@ def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_
     with pytest.raises(Planned):
         quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
                               correctors={"lmcor": str(released)}, test_examples=5)
-    assert [module for _, module, _ in stages] == ["lmcor.sampling", "lmcor.evaluation.evaluate"]
+    assert [command for _, command, _ in stages] == ["sample", "evaluate"]
     assert "--gin.sample_pool.split='test'" in stages[0][2]
     assert f"--gin.LMCOR_DIR={str(released)!r}" in stages[1][2]
     with pytest.raises(ValueError, match="not a folder"):

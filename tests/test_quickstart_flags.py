@@ -189,10 +189,10 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
             quickstart.quickstart()
     finally:
         gin.clear_config()
-    trains = [args for _, module, args in stages if module == "lmcor.train"]
+    trains = [args for _, command, args in stages if command == "train"]
     assert len(trains) == 2  # the fine-tuned and LMCor rows
     for args in trains:
         assert _query(args, ["%BATCH_SIZE", "train.train_examples", "%TRAIN_STEPS"]) == {
             "%BATCH_SIZE": 128, "train.train_examples": 256000, "%TRAIN_STEPS": 2000}
-    evaluations = [args for _, module, args in stages if module == "lmcor.evaluation.evaluate"]
+    evaluations = [args for _, command, args in stages if command == "evaluate"]
     assert evaluations and all("--gin.evaluation.batch_size=128" in e for e in evaluations)

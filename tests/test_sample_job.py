@@ -271,7 +271,8 @@ def test_model_modules_import_after_the_job_locked_its_gin_config():
             "config.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
             "import sys\nassert 'lmcor.models.gemma' not in sys.modules\n"
             "from lmcor.sampling.backends import jax_lm\n"
-            "jax_lm.import_loader()\n"
+            "backend = jax_lm.JaxBackend(checkpoint='gemma3-270m')\n"
+            "backend.tokenizer\n"  # loads the model: the loader and the model modules
             "print(sys.modules['lmcor.models.gemma'].GemmaLM.__name__)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

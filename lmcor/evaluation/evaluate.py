@@ -14,18 +14,10 @@ file per row, plus the sources and any complete reference streams; lmcor.evaluat
 `lmcor score` can re-score every number. Predictions already on disk are reused: a rerun decodes
 only the rows that are missing or were decoded from other inputs, weights or settings.
 """
-import sys
-
-if __name__ == "__main__":
-    # `python -m lmcor.evaluation.evaluate` is `lmcor evaluate`, which runs the module under its real name
-    # so its gin configurables are registered once.
-    from lmcor.cli import main as _main
-
-    sys.exit(_main(["evaluate", *sys.argv[1:]]))
-
-import dataclasses  # noqa: E402
+import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -330,3 +322,9 @@ def _main(flags: GinFlags) -> int:
 
 def main(argv=None) -> int:
     return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main)
+
+
+if __name__ == "__main__":
+    # A Gin command runs through the CLI, which checks its flags and then imports this module
+    # under its own name; run as __main__, its configurables would be registered twice.
+    sys.exit("usage: lmcor evaluate ... (or python -m lmcor.cli evaluate ...)")

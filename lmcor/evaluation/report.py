@@ -18,18 +18,12 @@ into one folder (RUN_DIR/report by default):
                             examples it has seen (MODEL_DIR/eval/history.jsonl), one line per
                             row, the selected checkpoint circled.
 """
-import sys
-
-if __name__ == "__main__":
-    from lmcor.evaluation.report import main as _main
-
-    sys.exit(_main())
-
-import argparse  # noqa: E402
+import argparse
 import glob
 import io
 import json
 import os
+import sys
 from collections import defaultdict
 from typing import Dict, List, Mapping, Sequence, Tuple
 
@@ -311,3 +305,7 @@ def main(argv=None) -> int:
         return 2
     print(path)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,5 +8,7 @@ Modules:
   * `layers`         - RMSNorm, dense (float, int8 and LoRA), embedding, gated MLP, attention;
   * `t5`             - T5 v1.1 encoder-decoder and its decode adapter `T5LM`;
   * `gemma`          - Gemma 3 text decoder, its KV cache, int8 params and decode adapter `GemmaLM`;
-  * `vocab_widening` - a task-vocabulary `GemmaLM` widened with base-embedding rows for its inputs.
+  * `vocab_widening` - a task-vocabulary `GemmaLM` widened with base-embedding rows for its inputs;
+  * `gin_presets`    - the presets' Gin names (`gemma_config`, `t5_config`), the one Gin-aware
+                       module here, so that importing a model registers nothing.
 """

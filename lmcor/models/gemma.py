@@ -12,7 +12,6 @@ import functools
 import math
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -119,11 +118,6 @@ class GemmaConfig:
         if self.layer_types is not None:
             return self.layer_types[i]
         return GLOBAL if (i + 1) % self.sliding_window_pattern == 0 else LOCAL
-
-
-# Gin: `gemma_config.name = "270m"` then `MODEL_CONFIG = @gemma_config()` (gin/models/gemma3_*.gin).
-gemma_config = gin.external_configurable(GemmaConfig.preset, name="gemma_config",
-                                         module="lmcor.models.gemma")
 
 
 def _rope(x: jax.Array, positions: jax.Array, base: float, scaling: float) -> jax.Array:

@@ -7,7 +7,6 @@ attention never crosses a segment boundary and relative positions come from `pos
 import dataclasses
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,10 +63,6 @@ class T5Config:
         if name not in _PRESETS:
             raise ValueError(f"unknown T5 preset {name!r}; choose from {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
-
-
-# Gin: `t5_config.name = "base"` then `MODEL_CONFIG = @t5_config()` (see gin/models/t5_1_1_*.gin).
-t5_config = gin.external_configurable(T5Config.preset, name="t5_config", module="lmcor.models.t5")
 
 
 def relative_position_bucket(rel: jax.Array, bidirectional: bool, num_buckets: int,

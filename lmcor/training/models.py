@@ -24,7 +24,7 @@ from lmcor.data.task_vocab import TaskVocab
 from lmcor.models import partitioning
 from lmcor.training import peft
 from lmcor.training.data import most_loss_tokens
-# Imported up front: the model modules register gin configurables, which gin refuses once locked.
+from lmcor.models import gin_presets  # noqa: F401  (a run's config.gin binds t5_config)
 from lmcor.models.gemma import LORA_TARGETS, Gemma3, GemmaConfig
 from lmcor.models.t5 import T5, T5Config
 from lmcor.training.protocol import TrainModel

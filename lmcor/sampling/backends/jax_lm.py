@@ -31,19 +31,6 @@ from lmcor.checkpoints.bundled import BUNDLED
 log = logging.getLogger(__name__)
 
 
-def import_loader():
-    """lmcor.checkpoints.loader, imported on first use: with it come JAX and the model modules,
-    seconds of importing that runs/sample.gin, which imports every backend, should not cost a
-    job that samples over HTTP.
-
-    The model modules register gin configurables on import, and by the time the model loads the
-    job's gin config is locked; registering is harmless then, so the lock is lifted for the import.
-    """
-    with gin.unlock_config():
-        from lmcor.checkpoints import loader  # noqa: PLC0415
-    return loader
-
-
 @gin.configurable
 class JaxBackend(Backend):
     def __init__(self, checkpoint: str = BUNDLED, dtype: str = "float32", batch_size: int = 8,
@@ -99,7 +86,10 @@ class JaxBackend(Backend):
     def _load(self):
         if self._lm is not None:
             return
-        loader = import_loader()
+        # Imported on first use: with the loader come JAX and the model modules, seconds that
+        # runs/sample.gin, which imports every backend, should not cost a job sampling over HTTP.
+        # They register no Gin configurable, so the job's locked config does not refuse them.
+        from lmcor.checkpoints import loader  # noqa: PLC0415
         ckpt = loader.gemma_checkpoint(self.checkpoint, where="JaxBackend.checkpoint")
         log.info("loading %s", ckpt.path)
         self._lm, params, self._tokenizer = loader.load_gemma_lm(ckpt, self.dtype, self.quantize)
