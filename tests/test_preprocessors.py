@@ -83,3 +83,35 @@ def test_task_sentencepiece_is_deterministic_cached_and_keeps_the_separator(data
     assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
     assert "<sep>" in vocab.tokenizer.encode_as_pieces("a <sep> b")  # never split into < sep >
     assert vocab.decode(list(vocab.encode("a <sep> b"))) == "a <sep> b"
+
+
+def test_task_spm_model_reads_its_datasets_once_until_its_model_file_changes(data_dir, tmp_path,
+                                                                             monkeypatch):
+    """Gin resolves the task vocabulary on every encode; the datasets are read only when the
+    model file is new to this process or was rewritten since (here by a pool of the same name)."""
+    import json
+
+    from lmcor.data.importers import import_jfleg
+    from lmcor.training import seqio_data
+
+    recs = list(itertools.islice(import_jfleg(data_dir, "test"), 120))
+    pools = []
+    for folder, part in (("a", recs[:60]), ("b", recs[60:])):
+        (tmp_path / folder).mkdir()
+        pools.append(tmp_path / folder / "pool.jsonl")  # both models: out/pool.jsonl-500.model
+        pools[-1].write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    reads = []
+    real = seqio_data._dataset_records
+    monkeypatch.setattr(seqio_data, "_dataset_records", lambda d: reads.append(d) or real(d))
+    out = str(tmp_path / "out")
+
+    def model(pool):
+        path = seqio_data.task_spm_model([str(pool)], vocab_size=500, out_dir=out)
+        return path, open(path, "rb").read()
+
+    a = model(pools[0])
+    assert model(pools[0]) == a and len(reads) == 1
+    b = model(pools[1])  # the same path, retrained on the other pool's text
+    assert b[0] == a[0] and b[1] != a[1] and len(reads) == 2
+    assert model(pools[0]) == a and len(reads) == 3  # the file changed since a was checked
+    assert model(pools[0]) == a and len(reads) == 3

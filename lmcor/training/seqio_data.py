@@ -85,12 +85,34 @@ def task_spm_model(datasets: Sequence[str] = gin.REQUIRED, vocab_size: int = 800
                    out_dir: Optional[str] = None, max_records: Optional[int] = None) -> str:
     """Path of a SentencePiece model trained on the datasets' sources, references and candidates
     (cached: retrained only when the text or settings change). `max_records` caps the records
-    read from each dataset (smoke runs)."""
-    records = itertools.chain.from_iterable(
-        itertools.islice(_dataset_records(d), max_records) for d in datasets)
+    read from each dataset (smoke runs).
+
+    Checked once per process while the model file stays as it was: Gin calls this on every use
+    of the task vocabulary (each encode and decode), and checking means reading and hashing every
+    text of the datasets. A dataset changed on disk is seen by the next process."""
     name = "-".join(os.path.basename(os.path.normpath(d)) for d in datasets)
     cap = f"-first{max_records}" if max_records else ""
     path = os.path.join(out_dir or os.path.join(vocab.cache_dir(), "spm"),
                         f"{name}-{vocab_size}{cap}.model")
+    key = (tuple(datasets), path)
+    if key in _CHECKED and _CHECKED[key] == _file_state(path):
+        return path
+    records = itertools.chain.from_iterable(
+        itertools.islice(_dataset_records(d), max_records) for d in datasets)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return vocab.train_task_sentencepiece(vocab.pool_texts(records), vocab_size, path)
+    vocab.train_task_sentencepiece(vocab.pool_texts(records), vocab_size, path)
+    _CHECKED[key] = _file_state(path)
+    return path
+
+
+# (datasets, model path) -> the model file's (inode, mtime, size) when it was last checked. Two
+# dataset lists can share a path (same folder names); then the file changes and is checked again.
+_CHECKED: Dict[tuple, tuple] = {}
+
+
+def _file_state(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
