@@ -3,10 +3,9 @@
 Each command lives in its own module; the table below only maps names so that importing the CLI
 stays cheap. `python -m lmcor.cli <command>` is the module form of every command (the pipeline
 runs its stages so): the command module is then imported under its own name, so the Gin
-configurables it defines are registered once. The commands
-configured by Gin are described here too (`GIN_COMMANDS`): their --help and the checks of their
-flags that need no configurable run before their module is imported, which for the trainer
-means JAX, TensorFlow and SeqIO (10-20 s).
+configurables it defines are registered once. The commands configured by Gin are described here
+too (`GIN_COMMANDS`): their --help and the checks of their flags that need no configurable run
+before their module is imported, which for the trainer means JAX, TensorFlow and SeqIO (10-20 s).
 """
 import importlib
 import sys

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from typing import IO, Iterator, List, Sequence, Union
+from typing import IO, Iterator, List, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -96,3 +96,13 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_state(path: PathLike) -> Optional[Tuple[int, int, int]]:
+    """(inode, mtime, size): what tells a file rewritten from one left as it was (an atomic
+    write renames a new inode into place); None when absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

@@ -36,7 +36,7 @@ from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
 from lmcor.data.pool import resolve_pool_path
-from lmcor.io_utils import atomic_write_text
+from lmcor.io_utils import atomic_write_text, file_state
 
 DONE = "DONE.json"
 TRAIN_SUMMARY = "train_summary.json"  # lmcor.train writes it when a run ends, except on SIGTERM
@@ -61,16 +61,6 @@ def _done(folder: str, settings: Dict) -> bool:
         return False
     with open(path, encoding="utf-8") as f:
         return json.load(f) == json.loads(json.dumps(settings))
-
-
-def _stat(path: str):
-    """What tells a file rewritten (atomic_write_text renames a new inode into place) from one
-    left as it was; None when absent."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _mark_done(folder: str, settings: Dict) -> None:
@@ -103,11 +93,11 @@ class Pipeline:
         print(f"{head}\n  $ {' '.join(cmd[2:])}", flush=True)
         started = time.time()
         proof = os.path.join(folder, writes) if folder and writes else None
-        before = _stat(proof) if proof else None
+        before = file_state(proof) if proof else None
         code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT)
         if code != 0:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
-        if proof and _stat(proof) in (None, before):
+        if proof and file_state(proof) in (None, before):
             raise QuickstartError(f"stage {name!r} exited before finishing (it did not write "
                                   f"{proof}, as a trainer stopped by SIGTERM saves and exits "
                                   "without it); rerun the same command to resume it")

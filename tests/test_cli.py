@@ -101,7 +101,8 @@ def test_a_gin_command_module_run_as_a_script_names_the_command_instead(module, 
     Gin file imports it by name: it exits 1 with the command line to use."""
     code, out, err, _ = _python_m(module, "--help")
     assert (code, out) == (1, "")
-    assert err.strip().splitlines()[-1] == f"usage: lmcor {command} ... (or python -m lmcor.cli {command} ...)"
+    want = f"usage: lmcor {command} ... (or python -m lmcor.cli {command} ...)"
+    assert err.strip().splitlines()[-1] == want
 
 
 @pytest.mark.parametrize("command, macros", [

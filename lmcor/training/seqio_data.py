@@ -23,6 +23,7 @@ import lmcor.tasks  # noqa: F401  (registers the tasks and mixtures)
 from lmcor.data import importers, vocab
 from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
 from lmcor.data.pool import read_pool
+from lmcor.io_utils import file_state
 from lmcor.tasks.common import data_root
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,13 @@ def task_spm_model(datasets: Sequence[str] = gin.REQUIRED, vocab_size: int = 800
     path = os.path.join(out_dir or os.path.join(vocab.cache_dir(), "spm"),
                         f"{name}-{vocab_size}{cap}.model")
     key = (tuple(datasets), path)
-    if key in _CHECKED and _CHECKED[key] == _file_state(path):
+    if key in _CHECKED and _CHECKED[key] == file_state(path):
         return path
     records = itertools.chain.from_iterable(
         itertools.islice(_dataset_records(d), max_records) for d in datasets)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     vocab.train_task_sentencepiece(vocab.pool_texts(records), vocab_size, path)
-    _CHECKED[key] = _file_state(path)
+    _CHECKED[key] = file_state(path)
     return path
 
 
@@ -109,10 +110,3 @@ def task_spm_model(datasets: Sequence[str] = gin.REQUIRED, vocab_size: int = 800
 # dataset lists can share a path (same folder names); then the file changes and is checked again.
 _CHECKED: Dict[tuple, tuple] = {}
 
-
-def _file_state(path: str) -> Optional[tuple]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
