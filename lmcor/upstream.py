@@ -3,15 +3,15 @@ HTTP client) or Gemma 3 from a GGUF file run in-process. Failures become `ApiErr
 HTTP status the proxy answers with: connection refused / 5xx -> 502, timeout -> 504, 4xx kept.
 
 A connection the upstream refused, reset or closed without a reply is tried again (up to
-`connect_retries` times, with jittered backoff) before it becomes a 502: nothing was generated,
-so repeating is safe, and a burst of new connections (every request of a finished micro-batch
-asks upstream for its next pool at once) overflows a small listen backlog, which drops some.
-Timeouts are not repeated: the client is already waiting."""
+`connect_retries` times, with jittered backoff, by the HTTP client itself) before it becomes a
+502: nothing was generated, so repeating is safe, and a burst of new connections (every request
+of a finished micro-batch asks upstream for its next pool at once) overflows a small listen
+backlog, which drops some. Timeouts are not repeated unless `retries` says so: the client is
+already waiting."""
 import concurrent.futures
 import dataclasses
 import os
 import threading
-import time
 import urllib.parse
 from typing import Optional
 
@@ -33,8 +33,14 @@ class HttpUpstream:
         self.base_url, self.model, self.timeout_s = base_url, model, timeout_s
         self.retries, self.api_key_env = retries, api_key_env
         self.connect_retries = connect_retries
-        self.connection_retries = 0  # done so far (the server's /metrics shows it)
         self.backends, self.lock = {}, threading.Lock()
+
+    @property
+    def connection_retries(self) -> int:
+        """Calls repeated so far after a dropped connection (the server's /metrics)."""
+        with self.lock:
+            backends = list(self.backends.values())
+        return sum(b.stats()["retries_by_reason"].get("connection", 0) for b in backends)
 
     def load(self):
         """Nothing to load: the endpoint is called per request."""
@@ -50,23 +56,16 @@ class HttpUpstream:
                 self.backends[key] = HttpBackend(
                     base_url=self.base_url, model=key[1], mode=mode, concurrency=2,
                     api_key_env=self.api_key_env, timeout_s=self.timeout_s,
-                    max_retries=self.retries)
+                    max_retries=self.retries, connect_retries=self.connect_retries)
             return self.backends[key]
 
     def generate(self, mode: str, model: str, request: Request, params: SamplingParams):
         from lmcor.sampling.backends.http import HttpBackendError
         backend = self._backend(mode, model)
-        attempt = 0
-        while True:
-            try:
-                return backend.generator, backend.generate([request], params)[0]
-            except HttpBackendError as e:
-                if e.reason != "connection" or attempt >= self.connect_retries:
-                    raise _upstream_api_error(e.reason or "error", e.status, str(e)) from None
-            with self.lock:
-                self.connection_retries += 1
-            time.sleep(backend._backoff(attempt, None))  # the backend's jittered backoff
-            attempt += 1
+        try:
+            return backend.generator, backend.generate([request], params)[0]
+        except HttpBackendError as e:
+            raise _upstream_api_error(e.reason or "error", e.status, str(e)) from None
 
 
 def _upstream_api_error(reason: str, status: Optional[int], message: str) -> ApiError:

@@ -1,16 +1,18 @@
 """`lmcor serve` in front of a failing, slow or in-process upstream: the client's status for
 each failure, retried connections, and the in-process Gemma batching concurrent requests."""
 import concurrent.futures
+import os
 import time
 
 import pytest
 
+from lmcor.serve import command
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
 from lmcor.upstream import JaxUpstream
 
 from _llm_server import FakeLLM
-from _serve_client import PROMPT, closed_port, metric, metrics, post, serving
+from _serve_client import PROMPT, REPO, closed_port, metric, metrics, post, serving
 from _tiny_corrector import shared_corrector
 
 
@@ -19,13 +21,27 @@ def corrector(task_spm_path):
     return shared_corrector(task_spm_path)
 
 
-def test_upstream_down_is_502(corrector):
-    with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1", connect_retries=1) as server:
+def _documented_connect_retries() -> int:
+    """--upstream_connect_retries's default as docs/serving.md's flag table states it."""
+    with open(os.path.join(REPO, "docs", "serving.md"), encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith("| `--upstream_connect_retries`"))
+    return int(row.split("|")[2])
+
+
+def test_upstream_down_is_502_after_the_documented_attempts(corrector):
+    retries = _documented_connect_retries()
+    assert command._flags().parse_args(["--corrector=x", "--upstream=http://h/v1"]) \
+        .upstream_connect_retries == retries
+    with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1",
+                 connect_retries=retries) as server:
         status, reply = post(server, "/v1/completions", {"prompt": PROMPT})
         text = metrics(server)
     assert status == 502 and "connection" in reply["error"]["message"]
+    # The first call and each retry: what the client is told is what was done.
+    assert f"failed after {retries + 1} attempts (last: connection)" in reply["error"]["message"]
     assert 'lmcor_upstream_errors_total{reason="bad_gateway"} 1' in text
-    assert metric(text, "lmcor_upstream_retries_total") == 1  # tried again once, then gave up
+    # Both of the request's calls (greedy, samples) were tried again, then gave up.
+    assert metric(text, "lmcor_upstream_retries_total") == 2 * retries
 
 
 def _drop_first_connections(llm: FakeLLM, n: int):

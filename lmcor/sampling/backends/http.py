@@ -49,11 +49,17 @@ class HttpBackend(Backend):
                  mode: str = "completions", api_key_env: Optional[str] = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 8,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
-                 extra_body: Optional[dict] = None, jitter_seed: Optional[int] = None):
+                 extra_body: Optional[dict] = None, jitter_seed: Optional[int] = None,
+                 connect_retries: int = 0):
+        """`max_retries`: retries of a call after any retryable failure; `connect_retries`: at
+        least this many after a connection refused, reset or closed before any reply (nothing
+        was generated, so repeating it is always safe)."""
         if mode not in MODES:
             raise ValueError(f"HttpBackend.mode={mode!r}; choose one of {', '.join(MODES)}")
-        if concurrency < 1 or max_retries < 0:
-            raise ValueError("HttpBackend: concurrency must be >= 1 and max_retries >= 0")
+        if concurrency < 1 or max_retries < 0 or connect_retries < 0:
+            raise ValueError("HttpBackend: concurrency must be >= 1, max_retries and "
+                             "connect_retries >= 0")
+        self.connect_retries = connect_retries
         self.base_url = base_url.rstrip("/")
         self.model, self.mode = model, mode
         self.api_key_env = api_key_env
@@ -151,15 +157,19 @@ class HttpBackend(Backend):
                                    logprob=_choice_logprob(c), num_tokens=tokens))
         return gens
 
+    def _retries_after(self, reason: str) -> int:
+        return max(self.max_retries, self.connect_retries if reason == "connection" else 0)
+
     def _call(self, req: Request, params: SamplingParams, greedy: bool) -> List[Generation]:
         body = self._body(req, params, greedy)
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             with self._lock:
                 self._calls += 1
             try:
                 return self._parse(self._post_once(body), body["n"], greedy, params)
             except RetryableError as e:
-                if attempt == self.max_retries:
+                if attempt >= self._retries_after(e.reason):
                     raise HttpBackendError(
                         f"{self.url}: example {req.id!r} failed after {attempt + 1} attempts "
                         f"(last: {e.reason})", reason=e.reason,
@@ -170,7 +180,7 @@ class HttpBackend(Backend):
                 log.warning("retrying example %s after %s (attempt %d, sleeping %.2fs)",
                             req.id, e.reason, attempt + 1, delay)
                 time.sleep(delay)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _backoff(self, attempt: int, retry_after: Optional[float]) -> float:
         cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt))
