@@ -100,9 +100,9 @@ GIN_COMMANDS = {
 }
 
 
-def run_gin_command(name: str, argv, body) -> int:
+def run_gin_command(name: str, argv, body, input_errors=()) -> int:
     """`lmcor <name> argv` for a command in GIN_COMMANDS: see GinCommand.run."""
-    return GIN_COMMANDS[name].run(argv, body)
+    return GIN_COMMANDS[name].run(argv, body, tuple(input_errors))
 
 
 def _usage() -> str:

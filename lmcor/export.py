@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from lmcor import config as gin_config
+from lmcor.command_errors import report_error
 from lmcor.gin_command import one_line_parser
 
 
@@ -119,8 +120,7 @@ def main(argv=None) -> int:
                 out = export(args.model_dir, args.out, args.step, args.dtype or "float32",
                              args.gin_file, bindings)
     except (ValueError, FileNotFoundError) as err:
-        print(f"lmcor export: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("lmcor export", err)
     print(f"lmcor export: wrote {out}")
     return 0
 

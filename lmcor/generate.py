@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 
+from lmcor.command_errors import report_error
 from lmcor.gin_command import one_line_parser
 
 
@@ -65,8 +66,7 @@ def main(argv=None) -> int:
         lm, params, tokenizer = loader.load_gemma_lm(args.model, args.dtype, args.quantize,
                                                      where="--model")
     except (ValueError, FileNotFoundError) as err:
-        print(f"lmcor generate: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("lmcor generate", err)
     load_s = time.perf_counter() - start
     out = decode.generate(lm, params, tokenizer, args.prompt, config, seed=args.seed,
                           batch_size=min(args.batch_size, len(args.prompt)))

@@ -3,10 +3,11 @@ and the checks of their flags that need no configurable, made before the command
 modules (10-20 s for the trainer), so that a typo is one line in a fraction of a second.
 """
 import dataclasses
-import sys
+import os
 import textwrap
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from lmcor.command_errors import DEBUG_ENV, report_error
 from lmcor.config import (check_gin_binding, command_line, read_gin_file, resolve_gin_file,
                           split_gin_flags)
 from lmcor.gin_checks import check_statements
@@ -22,6 +23,7 @@ class GinFlags:
 
 _BINDING_HELP = ("--gin.NAME=VALUE", "a binding, read after the files (repeatable): NAME is a "
                  "macro (below) or configurable.parameter; a string needs no quotes")
+_DEBUG_HELP = ("--debug", f"print an error's traceback too (or set {DEBUG_ENV}=1)")
 _DISTRIBUTED_HELP = (
     ("--coordinator_address=HOST:PORT", "a multi-host job's coordinator (or "
                                         "JAX_COORDINATOR_ADDRESS)"),
@@ -63,7 +65,7 @@ class GinCommand:
         default = f"; default {self.default_gin}" if self.default_gin else ""
         flags = [("--gin_file=FILE", f"a Gin file, as given or under gin/ (repeatable, read in "
                                      f"order{default})"), _BINDING_HELP,
-                 *(_DISTRIBUTED_HELP if self.distributed else ()),
+                 *(_DISTRIBUTED_HELP if self.distributed else ()), _DEBUG_HELP,
                  ("-h, --help", "show this help and exit")]
         lines = [usage, "", *textwrap.wrap(self.summary, _HELP_WIDTH), "", "flags:",
                  *_table(flags), "", "main Gin macros (--gin.NAME=VALUE):", *_table(self.macros)]
@@ -102,7 +104,7 @@ class GinCommand:
         return GinFlags(files, bindings, dist)
 
     def _unrecognized(self, rest: Sequence[str]) -> str:
-        known = ["--gin_file", "--help"]
+        known = ["--gin_file", "--help", "--debug"]
         if self.distributed:
             from lmcor import distributed
 
@@ -112,8 +114,7 @@ class GinCommand:
         return f"unrecognized arguments: {' '.join(rest)}{hint}"
 
     def fail(self, err) -> int:
-        print(f"lmcor {self.name}: error: {err}", file=sys.stderr)
-        return 2
+        return report_error(f"lmcor {self.name}", err)
 
     def front(self, argv: Sequence[str]) -> Union[int, GinFlags]:
         """The exit status when `argv` asks for help (printed) or has a mistake (reported in one
@@ -122,6 +123,9 @@ class GinCommand:
         if "-h" in argv or "--help" in argv:
             print(self.help(), end="")
             return 0
+        if "--debug" in argv:
+            argv = [a for a in argv if a != "--debug"]
+            os.environ[DEBUG_ENV] = "1"  # the stages a command runs as processes inherit it
         try:
             flags = self.parse(argv)
         except GinError as e:
@@ -131,17 +135,19 @@ class GinCommand:
                              f"see lmcor {self.name} --help)")
         return flags
 
-    def run(self, argv: Sequence[str], body: Callable[[GinFlags], int]) -> int:
+    def run(self, argv: Sequence[str], body: Callable[[GinFlags], int],
+            input_errors: Tuple[type, ...] = ()) -> int:
         """`lmcor <name> argv`: the help or the flag checks, then body(flags) as the command line
-        (`command_line`), with its Gin mistakes reported in one line and exit status 2; any other
-        error propagates with its traceback."""
+        (`command_line`), with its Gin mistakes and the `input_errors` it raises (a command that
+        checks its input before its work names them: e.g. a bad pool line) reported in one line
+        and exit status 2; any other error propagates with its traceback."""
         flags = self.front(argv)
         if isinstance(flags, int):
             return flags
         try:
             with command_line():
                 return body(flags)
-        except GinError as e:
+        except (GinError, *input_errors) as e:
             return self.fail(e)
 
 

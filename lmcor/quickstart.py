@@ -34,6 +34,7 @@ import gin
 
 from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.command_errors import report_error
 from lmcor.gin_command import GinFlags
 from lmcor.data.pool import resolve_pool_path
 from lmcor.io_utils import atomic_write_text, file_state
@@ -307,9 +308,7 @@ def main(argv=None, command: str = "quickstart") -> int:
         try:
             path = quickstart()
         except QuickstartError as e:
-            print(f"lmcor {command}: error: {e} (rerun the same command to resume)",
-                  file=sys.stderr)
-            return 1
+            return report_error(f"lmcor {command}", f"{e} (rerun the same command to resume)", 1)
         print(f"report: {path}")
         return 0
 

@@ -211,3 +211,30 @@ def test_generate_flag_mistakes_are_one_line(capsys):
         generate.main(["--max_new_tokens=8"])
     assert exit_.value.code == 2
     assert "--prompt" in one_line_error(capsys.readouterr().err, "generate")
+
+
+def test_an_error_ends_an_open_progress_bar_and_shows_its_traceback_only_when_debugging(
+        capsys, monkeypatch):
+    from tqdm import tqdm
+
+    from lmcor.command_errors import DEBUG_ENV, report_error
+
+    try:  # what gin raises from inside a configurable: the reason, then where, on its own line
+        raise ValueError("x.jsonl:3: field 'id': must not be empty\n"
+                         "  In call to configurable 'evaluation' (<function evaluation>)")
+    except ValueError as e:
+        err = e
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    bar = tqdm(total=10, desc="reading", file=sys.stderr)
+    bar.update(3)  # an interrupted loop leaves its bar open, the cursor after it
+    assert report_error("lmcor export", err) == 2
+    lines = capsys.readouterr().err.split("\n")
+    assert len(lines) == 3 and "reading" in lines[0] and "Traceback" not in lines[0]
+    assert lines[-2:] == ["lmcor export: error: x.jsonl:3: field 'id': must not be empty", ""]
+
+    # A Gin command's --debug sets LMCOR_DEBUG (for the stages it runs as processes too).
+    assert cli.main(["evaluate", "--debug", "--gin_file=no_such.gin"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("Traceback") and err_text.endswith(
+        "\nlmcor evaluate: error: gin file not found: 'no_such.gin' (also looked under "
+        f"{gin_config.GIN_DIR})\n")

@@ -13,6 +13,7 @@ import sys
 
 from tqdm import tqdm
 
+from lmcor.command_errors import report_error
 from lmcor.data import pool_release
 from lmcor.data.importers import IMPORTERS
 from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path, write_pool
@@ -80,8 +81,7 @@ def main(argv=None) -> int:
     try:
         result = COMMANDS[args.command](args)
     except (OSError, ValueError) as e:
-        print(f"lmcor pool {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(f"lmcor pool {args.command}", e)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 

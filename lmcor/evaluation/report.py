@@ -28,6 +28,7 @@ from collections import defaultdict
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from lmcor import config as gin_config
+from lmcor.command_errors import report_error
 from lmcor.evaluation import published
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
@@ -301,8 +302,7 @@ def main(argv=None) -> int:
             return 0
         path = build_report(args.run_dir, args.out or os.path.join(args.run_dir, "report"))
     except (OSError, ValueError) as e:
-        print(f"lmcor report: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("lmcor report", e)
     print(path)
     return 0
 

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Dict, List, Optional
 
+from lmcor.command_errors import report_error
 from lmcor.evaluation import metrics
 from lmcor.data.text_files import read_aligned_text
 
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
     try:
         result = run(args)
     except (OSError, ValueError) as e:
-        print(f"lmcor score: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("lmcor score", e)
     print(json.dumps(result))
     return 0
 

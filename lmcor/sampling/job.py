@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from lmcor import cli
 from lmcor import config as gin_config
+from lmcor.command_errors import report_error
 from lmcor.gin_command import GinFlags
 from lmcor.sampling import prompts
 from lmcor.sampling.backends.base import Backend, BackendError, Request, SamplingParams
@@ -318,8 +319,7 @@ def _main(flags: GinFlags) -> int:
         gin_config.parse_gin(flags.files, flags.bindings)  # bare strings allowed: lmcor.config
         summary = sample_pool(**hosts)
     except (SampleError, PoolError, BackendError, ValueError, FileNotFoundError) as e:
-        print(f"lmcor sample: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("lmcor sample", e)
     print(json.dumps({k: summary[k] for k in ("status", "counts", "backend_stats",
                                               "wall_s_this_run", "tokens_per_s_this_run")}))
     return 0 if summary["status"] == "complete" or hosts.get("process_count", 1) > 1 else 1

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 
+from lmcor.command_errors import one_line
 from lmcor.sampling.backends.base import Request, SamplingParams
 from lmcor.serve.api import parse_body, response
 from lmcor.serve.batcher import MicroBatcher
@@ -130,10 +131,8 @@ class ServeApp:
                          corrector.compiled_executables(), self.warmup["all_seconds"])
         except Exception as e:  # the server cannot become ready: say why, main() exits
             logging.exception("start-up failed")
-            # One line (gin appends "In call to configurable ..." on a line of its own).
-            why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
             self._set_state({"status": "failed",
-                             "message": f"start-up failed: {type(e).__name__}: {why}"})
+                             "message": f"start-up failed: {type(e).__name__}: {one_line(e)}"})
 
     def health(self) -> Tuple[int, dict]:
         """(HTTP status, body) of /healthz: 200 only when ready to answer completions."""

@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 
 from absl import logging
 
+from lmcor.command_errors import report_error
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
 from lmcor.upstream import check_upstream, make_upstream
@@ -120,8 +121,7 @@ def _bind(host: str, port: int, app: ServeApp) -> Server:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"lmcor serve: error: {message}", file=sys.stderr, flush=True)
-    return code
+    return report_error("lmcor serve", message, code)
 
 
 def main(argv=None) -> int:
