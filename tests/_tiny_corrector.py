@@ -15,9 +15,9 @@ SETTINGS = CorrectorSettings(beam_size=2, max_decode_tokens=6, max_input_tokens=
                              length_bucket=64)
 
 
-def tiny_config(spm_path: str) -> T5Config:
+def tiny_config(spm_path: str, **overrides) -> T5Config:
     vocab = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
-    return T5Config.preset("tiny", vocab_size=vocab)
+    return T5Config.preset("tiny", vocab_size=vocab, **overrides)
 
 
 def tiny_params(config: T5Config, seed: int = 0):
@@ -40,15 +40,17 @@ def shared_corrector(spm_path: str) -> Corrector:
     return tiny_corrector(spm_path)
 
 
-def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "", step: int = 5) -> dict:
+def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "", step: int = 5,
+                    **overrides) -> dict:
     """A MODEL_DIR as the trainer leaves it: a checkpoint saved by its own Checkpointer (params +
     optimizer state + data position) and the run's config.gin. Returns the saved params. Into
-    an existing MODEL_DIR it adds the checkpoint `step`, as a run that trained on would."""
+    an existing MODEL_DIR it adds the checkpoint `step`, as a run that trained on would.
+    `overrides`: T5Config fields of the tiny preset to change (params of that shape)."""
     from lmcor.models import partitioning
     from lmcor.training import checkpointing, models, state as state_lib
 
     config = tiny_config(spm_path)
-    model = models.t5_model(preset="tiny", vocab_size=config.vocab_size)
+    model = models.t5_model(preset="tiny", vocab_size=config.vocab_size, **overrides)
     optimizer = state_lib.make_optimizer(state_lib.make_schedule())
     state, _ = state_lib.create_state(model.init_fn, optimizer, partitioning.make_mesh(1, 1),
                                       seed=3, init_params=params)
@@ -59,6 +61,7 @@ def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "", step:
         f.write("train.model = @t5_model()\n"
                 "t5_model.preset = 'tiny'\n"
                 f"t5_model.vocab_size = {config.vocab_size}\n"
+                + "".join(f"t5_model.{k} = {v!r}\n" for k, v in overrides.items()) +
                 f"task_vocabulary.spm_model = '{spm_path}'\n"
                 "corrector_settings.beam_size = 2\n"
                 "corrector_settings.max_decode_tokens = 6\n"

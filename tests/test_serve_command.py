@@ -80,6 +80,47 @@ def test_cli_serves_a_model_dir_and_stops_on_sigterm(model_dir):
                 proc.kill()
 
 
+@pytest.fixture(scope="module")
+def slow_compiling_model_dir(task_spm_path, tmp_path_factory) -> str:
+    """A tiny corrector with 16 layers a side: each decode shape compiles for several seconds
+    (layers are unrolled), longer than a shutdown may take."""
+    from _tiny_corrector import tiny_config, tiny_params, write_model_dir
+
+    layers = {"num_encoder_layers": 16, "num_decoder_layers": 16}
+    path = tmp_path_factory.mktemp("deep_model_dir")
+    write_model_dir(path, task_spm_path, tiny_params(tiny_config(task_spm_path, **layers)),
+                    **layers)
+    return str(path)
+
+
+def test_sigterm_during_warm_up_exits_within_3_s(slow_compiling_model_dir):
+    """A server stopped while it compiles its decode shapes does not wait for the compile: it
+    exits, cleanly, within 3 s."""
+    import signal
+
+    env = dict(os.environ, LMCOR_COMPILE_CACHE="0")  # a cached shape would compile at once
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmcor.serve", f"--corrector={slow_compiling_model_dir}",
+         "--upstream=http://127.0.0.1:9/v1", "--port=0", "--max_batch_size=4"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
+    try:
+        server = type("S", (), {"url": proc.stdout.readline().split()[-1]})
+        deadline = time.monotonic() + 120
+        while healthz(server)[1].get("phase") != "compiling":
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)  # well inside the first shape's compile
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = proc.wait(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0 and seconds <= 3.0, (code, seconds)
+    assert "stopped (start-up abandoned)" in proc.stdout.read()
+
+
 def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path, capsys):
     """`--gin.NAME=path` without inner quotes reaches the corrector's configurables: here the
     vocabulary, whose missing file is the first thing loading the corrector trips on."""

@@ -193,16 +193,20 @@ class ServeApp:
                            "decode_timeout") from None
         return response(req, chat, text, len(ids), completion_tokens, finish_reason, candidates)
 
-    def close(self):
+    def close(self, loader_wait_s: float = 300.0) -> bool:
+        """Stops taking requests and stops the batcher and the upstream; the loader stops after
+        the step it is in (a load, a shape's compile), waited for up to `loader_wait_s`.
+        -> whether the loader is done: if not, the process must end without tearing the
+        interpreter down (os._exit), as XLA aborts one that exits in the middle of a compile."""
         self.accepting = False
         loader = self.loader
         if loader is not None and loader is not threading.current_thread():
-            # XLA aborts the process if it exits in the middle of a compile: the loader stops
-            # after the shape it is compiling.
             if loader.is_alive():
-                logging.info("shutting down: waiting for the decode compile in progress")
-            loader.join(300)
+                logging.info("shutting down: waiting up to %.0f s for the start-up step in "
+                             "progress", loader_wait_s)
+            loader.join(loader_wait_s)
         if self.batcher is not None:
             self.batcher.stop()
         if self.upstream is not None:
             self.upstream.close()
+        return loader is None or not loader.is_alive()

@@ -5,7 +5,8 @@
 
 The command's flags, their checks before anything is loaded, and the process around the
 server: it listens at once, loads and compiles in the background (`ServeApp.start`), and on
-SIGTERM/SIGINT finishes the requests in flight and exits.
+SIGTERM/SIGINT finishes the requests in flight and exits, abandoning any start-up still under
+way (within about 2 s).
 
 Nothing heavy is imported at module level (the corrector pulls in JAX and TensorFlow), so that
 `--help` and the checks of the flags answer in well under a second.
@@ -37,6 +38,11 @@ The server listens at once; /healthz answers 503 {"status": "warming_up", ...} w
 progress while the corrector loads and compiles the decode shapes that can serve any request,
 then 200 {"status": "ok", ...} while the smaller shapes compile in the background. See
 docs/serving.md."""
+
+
+# How long a shutdown waits for the start-up step in progress (a shape's compile takes from
+# seconds to minutes) before it abandons it.
+STARTUP_WAIT_S = 1.0
 
 
 def _option(parser: argparse.ArgumentParser, flag: str, default, metavar: Optional[str],
@@ -186,8 +192,14 @@ def _serve(server: Server, app: ServeApp, stop: threading.Event, load_corrector,
             break
     failed = app.failed
     logging.info("shutting down: finishing in-flight requests")
-    server.stop()
+    done = server.stop(loader_wait_s=STARTUP_WAIT_S)
     if failed:
         return _fail(failed, 1)
+    if not done:
+        # Still loading or compiling: ended here without the interpreter's teardown, which XLA
+        # would abort in the middle of a compile; nothing of it is kept anyway.
+        print("lmcor serve: stopped (start-up abandoned)", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     print("lmcor serve: stopped", flush=True)
     return 0

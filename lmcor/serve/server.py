@@ -125,9 +125,10 @@ class Server(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, name="lmcor-http", daemon=True).start()
         return self
 
-    def stop(self):
-        """Stops accepting, lets every in-flight request finish, then stops the batcher."""
+    def stop(self, loader_wait_s: float = 300.0) -> bool:
+        """Stops accepting, lets every in-flight request finish, then closes the app
+        (`ServeApp.close`: -> whether its start-up thread is done)."""
         self.app.accepting = False
         self.shutdown()
         self.server_close()
-        self.app.close()
+        return self.app.close(loader_wait_s)
