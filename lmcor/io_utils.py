@@ -12,6 +12,28 @@ from typing import IO, Iterator, List, Optional, Sequence, Tuple, Union
 PathLike = Union[str, os.PathLike]
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel says it (Linux): setting
+    it to read it back would race with other threads creating files meanwhile."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give a new file or folder: what the temporary files and
+    folders of an atomic write get before their rename, since mkstemp and mkdtemp make them
+    private (0600, 0700) whatever the umask."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
 def _fsync_dir(directory: str) -> None:
     # The rename itself lives in the directory entry; without this a crash can lose it.
     try:
@@ -44,6 +66,7 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     binary = "b" in mode
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+            os.fchmod(f.fileno(), default_mode())
             yield f
             f.flush()
             os.fsync(f.fileno())

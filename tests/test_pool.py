@@ -225,6 +225,30 @@ def test_atomic_open_failure_keeps_old_content(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755),
+                                                       (0o027, 0o640, 0o750)])
+def test_atomic_writes_get_the_modes_the_umask_gives(tmp_path, umask, file_mode, dir_mode):
+    """What open() and mkdir() would give, not mkstemp's and mkdtemp's private 0600 and 0700:
+    results, pools and released adapters are read by other users."""
+    import numpy as np
+
+    from lmcor.checkpoints.adapter import save_adapter
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.gin").write_text("# a run's config\n")
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}")
+        [shard] = write_pool([_record(0)], str(tmp_path / "pool"), compress=True)
+        save_adapter({"w": np.zeros(2)}, str(tmp_path / "run"), str(tmp_path / "adapter"), 1)
+    finally:
+        os.umask(old)
+    modes = {p: os.stat(p).st_mode & 0o777 for p in (tmp_path / "results.json", shard,
+                                                   tmp_path / "adapter" / "adapter.json")}
+    assert modes == dict.fromkeys(modes, file_mode)
+    assert os.stat(tmp_path / "adapter").st_mode & 0o777 == dir_mode
+
+
 # --- byte-level problems: bad UTF-8, JSON error columns, repeated keys ---
 
 
@@ -256,12 +280,21 @@ def test_invalid_json_reports_the_real_column(tmp_path):
     truncated = '{"id": "ex-0", "source": "abc"'  # 30 characters: the record stops after them
     missing_comma = '{"id": "ex-1" "source": "abc"}'
     path = _bad_pool(tmp_path, [json.dumps(_record(0)), truncated])
-    with pytest.raises(PoolError, match=rf"^{path}:2: field '<json>': invalid JSON at column 31: "
-                                        r"Expecting ',' delimiter"):
+    with pytest.raises(PoolError, match=rf"^{path}:2: field '<json>': invalid JSON: Expecting "
+                                        r"',' delimiter at column 31 \(truncated line\?\)$"):
         list(read_pool(path))
     path = _bad_pool(tmp_path, [missing_comma])
     column = missing_comma.index('"source"') + 1
-    with pytest.raises(PoolError, match=rf"^{path}:1: field '<json>': invalid JSON at column {column}: "):
+    with pytest.raises(PoolError, match=rf"^{path}:1: field '<json>': invalid JSON: Expecting "
+                                        rf"',' delimiter at column {column} "):
+        list(read_pool(path))
+    # Cut inside a string: json's message ends in "starting at" and needs the column after it.
+    cut = '{"id": "ex-2", "source": "ab'
+    path = _bad_pool(tmp_path, [cut])
+    column = cut.rindex('"') + 1
+    with pytest.raises(PoolError, match=rf"^{path}:1: field '<json>': invalid JSON: Unterminated "
+                                        rf"string starting at column {column} "
+                                        r"\(truncated line\?\)$"):
         list(read_pool(path))
 
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
-from lmcor.io_utils import file_sha256
+from lmcor.io_utils import default_mode, file_sha256
 from lmcor.models.layers import as_dtype
 
 WEIGHTS, MANIFEST = "adapter.safetensors.xz", "adapter.json"
@@ -57,6 +57,7 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".adapter-")
     try:
+        os.chmod(tmp, default_mode(directory=True))  # a released folder is read by others
         with open(os.path.join(tmp, WEIGHTS), "wb") as f:
             f.write(lzma.compress(save(tensors), preset=9))
         for name in RUN_FILES:

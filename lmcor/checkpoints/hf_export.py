@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.checkpoints.hf_gemma import gemma_name_map
+from lmcor.io_utils import default_mode
 from lmcor.models.gemma import GLOBAL, LOCAL, GemmaConfig
 from lmcor.models.layers import as_dtype
 
@@ -166,7 +167,7 @@ def save_gemma_safetensors(params: Any, config: GemmaConfig, out_dir: str | os.P
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.")
     try:
         _write_folder(tmp, tensors, hf_config, tokenizer_files)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkpoint folder is normally shared
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it 0700
         _swap_in(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -104,6 +104,12 @@ def _file_lines(path: str) -> Iterator[Tuple[int, str]]:
         raise PoolError(f"{path}:{lineno + 1}: field '<file>': unreadable ({e})") from e
 
 
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """json's message with its column: some messages end in "at" and expect a position after
+    them ("Unterminated string starting at"), the others take one as "... at column N"."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
 class _DuplicateKeys:
     """object_pairs_hook that builds dicts as json does and remembers any with a repeated key
     (json itself keeps the last value silently)."""
@@ -151,7 +157,7 @@ def _read_file(path: str, seen: Dict[str, str], stats: Optional[PoolStats]) -> I
         try:
             raw = decoder.decode(text)
         except json.JSONDecodeError as e:
-            fail(where, "<json>", f"invalid JSON at column {e.colno}: {e.msg} (truncated line?)")
+            fail(where, "<json>", f"invalid JSON: {_json_problem(e)} (truncated line?)")
         if duplicates.found:
             obj, key = duplicates.found[0]
             parent = _path_to(obj, raw)
@@ -222,14 +228,16 @@ def verify_released_file(path: str, manifest: Dict[str, Any]) -> None:
                         "release the pool again")
 
 
-def read_pool(path_or_dir: str, stats: Optional[PoolStats] = None) -> Iterator[Dict[str, Any]]:
+def read_pool(path_or_dir: str, stats: Optional[PoolStats] = None,
+              locations: Optional[Dict[str, str]] = None) -> Iterator[Dict[str, Any]]:
     """Stream validated records from a pool file or a directory of shards (sorted order).
 
     Raises PoolError naming file, line and field on the first malformed record, on an empty
     file and on an id already seen in this pool. A file in a release folder (data/pools/) is
-    checked against its manifest's sha256 first. Pass a PoolStats to collect counts.
+    checked against its manifest's sha256 first. Pass a PoolStats to collect counts, and a
+    dict as `locations` to receive each record's "FILE:LINE" by id (for later errors).
     """
-    seen: Dict[str, str] = {}
+    seen: Dict[str, str] = {} if locations is None else locations
     manifests: Dict[str, Optional[Dict[str, Any]]] = {}
     for path in pool_files(path_or_dir):
         folder = os.path.dirname(os.path.abspath(path))

@@ -189,9 +189,7 @@ def write_releases(releases: Sequence[Release], out_dir: str = DEFAULT_OUT) -> D
                            "or smaller pools")
     os.makedirs(out_dir, exist_ok=True)
     for name, data in [*((r.entry["file"], r.data) for r in releases), (RELEASE_MANIFEST, body)]:
-        path = os.path.join(out_dir, name)
-        atomic_write_bytes(path, data)
-        os.chmod(path, 0o644)  # the temporary file was private (mkstemp); released data is not
+        atomic_write_bytes(os.path.join(out_dir, name), data)
     return {"out": out_dir, "total_bytes": total,
             "released": {r.name: {k: r.entry[k] for k in ("file", "sha256", "bytes", "records",
                                                            "candidates_per_record")}
