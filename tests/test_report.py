@@ -46,6 +46,32 @@ def test_read_scalars_returns_what_was_written(run_dir):
     assert curves["eval/chrf"] == [(3, 12.5)]
 
 
+def test_read_scalars_reads_tensor_summaries_without_tensorflow(run_dir, tmp_path):
+    """The trainer writes its event files without TensorFlow; the report reads them (and the
+    tensor summaries clu and tf.summary write) without it too."""
+    import subprocess
+    import sys
+
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from tensorboard.util import tensor_util
+
+    with open(tmp_path / "events.out.tfevents.1.host", "wb") as f:
+        writer = RecordWriter(f)
+        for step, value in ((7, 0.25), (3, 0.5)):
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+                tag="eval/bleu", tensor=tensor_util.make_tensor_proto(value))])
+            writer.write(event_pb2.Event(step=step, summary=summary).SerializeToString())
+        f.write(b"\x05\x00")  # a record cut short, as a killed writer leaves one
+    probe = ("import sys; from lmcor.evaluation import report; "
+             f"print(report.read_scalars({str(tmp_path)!r}), "
+             f"report.read_scalars({str(run_dir / 'lmcor' / 'train')!r})['eval/chrf'], "
+             "'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "{'eval/bleu': [(3, 0.5), (7, 0.25)]} [(3, 12.5)] False", out
+
+
 def test_ablation_series_follow_the_evaluations(run_dir):
     found = report.find_results(str(run_dir))
     series = report.ablation_series(found)["wmt22 num_candidates"]

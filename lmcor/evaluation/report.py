@@ -23,9 +23,10 @@ import glob
 import io
 import json
 import os
+import struct
 import sys
 from collections import defaultdict
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from lmcor import config as gin_config
 from lmcor.command_errors import report_error
@@ -57,19 +58,44 @@ def find_results(run_dir: str) -> List[Tuple[str, dict]]:
 # ---------------------------------------------------------------------- TensorBoard
 
 
+def _event_records(path: str) -> Iterator[bytes]:
+    """The records of an event file (TFRecord framing: length, its masked CRC-32C, the bytes,
+    theirs). A record cut short, as a writer killed mid-write leaves it, ends the file, as it
+    does for TensorBoard."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if len(header) < 12:
+                return
+            if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+                raise ValueError(f"{path}: byte {f.tell() - 12}: not an event record (bad "
+                                 "length checksum)")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                return
+            yield data
+
+
 def read_scalars(log_dir: str) -> Curves:
     """tag -> [(step, value)] from every event file directly in log_dir, in step order.
-    Handles both classic simple_value summaries and the tensor summaries clu/tf.summary write."""
-    import tensorflow as tf
+    Handles both classic simple_value summaries and the tensor summaries clu/tf.summary write.
+    Reads them with tensorboard's protos, without TensorFlow (which the trainer's writer does
+    not import either)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.util import tensor_util
 
     curves: Curves = defaultdict(list)
     for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
+        for record in _event_records(path):
+            event = event_pb2.Event.FromString(record)
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     number = float(value.simple_value)
                 elif value.HasField("tensor") and not value.tensor.string_val:
-                    number = float(tf.make_ndarray(value.tensor))
+                    number = float(tensor_util.make_ndarray(value.tensor))
                 else:
                     continue
                 curves[value.tag].append((int(event.step), number))
