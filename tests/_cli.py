@@ -6,3 +6,14 @@ def one_line_error(err: str, command: str) -> str:
     prefix = f"lmcor {command}: error: "
     assert err.startswith(prefix) and err.count("\n") == 1, err
     return err[len(prefix):].strip()
+
+
+def run_pool(argv, capsys):
+    """`lmcor pool ARGV` in this process: (exit status, its JSON output or None, stderr)."""
+    import json
+
+    from lmcor.data import pool_cli
+
+    code = pool_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err

@@ -11,10 +11,11 @@ import shutil
 
 import pytest
 
+from _cli import run_pool
 from lmcor.sampling import job as sample
 from lmcor.sampling.backends.base import SamplingParams
 from lmcor.sampling.backends.precomputed import PrecomputedBackend
-from lmcor.data import pool_cli, pool_release
+from lmcor.data import pool_release
 from lmcor.data.pool import read_pool, resolve_pool_path, write_pool
 from lmcor.data.pool_schema import PoolError
 from lmcor.sampling.prompts import PromptConfig
@@ -26,12 +27,6 @@ N, SHARD, SAMPLES = 5, 2, 2
 
 def _sha256(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
-
-
-def _cli(argv, capsys):
-    code = pool_cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if code == 0 else None), err
 
 
 def _planned_names():
@@ -68,16 +63,19 @@ def test_every_released_pool_matches_its_manifest(capsys, tmp_path, monkeypatch)
         assert entry["file"] == f"{name}.jsonl.gz" and path.is_file(), name
         assert path.stat().st_size == entry["bytes"], name
         assert _sha256(path) == entry["sha256"], name
-        code, stats, err = _cli(["stats", f"data/pools/{entry['file']}"], capsys)
+        code, stats, err = run_pool(["stats", f"data/pools/{entry['file']}"], capsys)
         assert code == 0, err
         assert stats["examples"] == entry["records"], name
         assert stats["candidates"] == entry["candidates"], name
-        assert entry["commit"] and entry["config"]["task"] == name.split("_")[0], name
+        config = entry["config"]
+        made_from = config.get("task") or config.get("split")  # a sampled | an imported pool
+        assert entry["commit"] and made_from == name.split("_")[0], name
 
 
 def test_configs_name_planned_released_pools():
-    """The gin defaults point at data/pools/<planned name>.jsonl.gz, never at the ignored pools/."""
-    planned = _planned_names()
+    """The gin defaults point at data/pools/<name>.jsonl.gz of a planned or released pool, never
+    at the ignored pools/."""
+    planned = _planned_names() | set(_manifest()["pools"])
     files = [*REPO.glob("gin/runs/evaluate_pools*.gin"), *REPO.glob("gin/runs/tables/*.gin")]
     named = {}
     for path in files:
@@ -121,7 +119,7 @@ def _copy(pool: pathlib.Path, tmp_path, name="jfleg_test_jfleg_io") -> pathlib.P
 
 def test_release_writes_the_pool_and_its_entry_byte_stable(sampled, tmp_path, capsys):
     out = tmp_path / "release"
-    code, result, err = _cli(["release", sampled, "--out", out], capsys)
+    code, result, err = run_pool(["release", sampled, "--out", out], capsys)
     assert code == 0, err
     path = out / "jfleg_test_jfleg_io.jsonl.gz"
     entry = json.loads((out / "manifest.json").read_text())["pools"]["jfleg_test_jfleg_io"]
@@ -134,16 +132,16 @@ def test_release_writes_the_pool_and_its_entry_byte_stable(sampled, tmp_path, ca
     head = path.read_bytes()[:10]
     assert head[3] == 0 and head[4:8] == b"\0\0\0\0"  # no file name, mtime 0
     assert list(read_pool(str(path))) == list(read_pool(str(sampled)))
-    code, stats, err = _cli(["stats", path], capsys)
+    code, stats, err = run_pool(["stats", path], capsys)
     assert code == 0 and stats["examples"] == N, err
 
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert _cli(["release", sampled, "--out", out], capsys)[0] == 0
+    assert run_pool(["release", sampled, "--out", out], capsys)[0] == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
     # A second pool joins the manifest; the first one's entry and file stay as they were.
     other = _copy(sampled, tmp_path, "jfleg_test_copy")
-    assert _cli(["release", other, "--out", out], capsys)[0] == 0
+    assert run_pool(["release", other, "--out", out], capsys)[0] == 0
     pools = json.loads((out / "manifest.json").read_text())["pools"]
     assert sorted(pools) == ["jfleg_test_copy", "jfleg_test_jfleg_io"]
     assert pools["jfleg_test_jfleg_io"] == entry and path.read_bytes() == first[path.name]
@@ -160,7 +158,7 @@ def test_a_released_file_that_changed_is_refused_naming_it(sampled, tmp_path, ca
         f.writelines(json.dumps(r) + "\n" for r in records)
     with pytest.raises(PoolError, match=rf"{re.escape(str(path))}:0: .*sha256 [0-9a-f]+ differs"):
         list(read_pool(str(path)))
-    code, _, err = _cli(["stats", path], capsys)
+    code, _, err = run_pool(["stats", path], capsys)
     assert code == 2 and err.count("error:") == 1 and str(path) in err
     stray = out / "unlisted.jsonl.gz"
     shutil.copy(path, stray)
@@ -206,7 +204,7 @@ def test_an_invalid_pool_is_refused_naming_it(spoil, problem, sampled, tmp_path,
     bad = _copy(sampled, tmp_path, "bad_pool")
     spoil(bad)
     out = tmp_path / "release"
-    code, _, err = _cli(["release", good, bad, "--out", out], capsys)
+    code, _, err = run_pool(["release", good, bad, "--out", out], capsys)
     lines = [ln for ln in err.splitlines() if ln.startswith("lmcor pool release: error:")]
     assert code == 2 and len(lines) == 1, err
     assert str(bad) in lines[0] and re.search(problem, lines[0]), lines[0]
@@ -220,14 +218,14 @@ def test_the_size_cap_is_enforced(sampled, tmp_path, capsys, monkeypatch):
     used = sum(len(b) for b in before.values())
     monkeypatch.setattr(pool_release, "MAX_RELEASE_BYTES", used + 100)
     other = _copy(sampled, tmp_path, "jfleg_test_copy")
-    code, _, err = _cli(["release", other, "--out", out], capsys)
+    code, _, err = run_pool(["release", other, "--out", out], capsys)
     assert code == 2 and re.search(rf"{re.escape(str(out))}: the release would hold \d+ bytes, "
                                    rf"over the cap of {used + 100} bytes", err), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # Re-releasing the pools already there replaces them, so it still fits.
-    assert _cli(["release", sampled, "--out", out], capsys)[0] == 0
+    assert run_pool(["release", sampled, "--out", out], capsys)[0] == 0
     monkeypatch.setattr(pool_release, "MAX_RELEASE_BYTES", 50)
-    code, _, err = _cli(["release", sampled, "--out", tmp_path / "small"], capsys)
+    code, _, err = run_pool(["release", sampled, "--out", tmp_path / "small"], capsys)
     assert code == 2 and "exceeds the release cap of 50 bytes" in err, err
     assert not (tmp_path / "small").exists()
 
@@ -236,9 +234,9 @@ def test_release_folder_refuses_a_foreign_manifest_and_duplicate_names(sampled, 
     out = tmp_path / "release"
     out.mkdir()
     (out / "manifest.json").write_text('{"config": {}}')
-    code, _, err = _cli(["release", sampled, "--out", out], capsys)
+    code, _, err = run_pool(["release", sampled, "--out", out], capsys)
     assert code == 2 and "is no pool release manifest" in err, err
-    code, _, err = _cli(["release", sampled, sampled, "--out", tmp_path / "b"], capsys)
+    code, _, err = run_pool(["release", sampled, sampled, "--out", tmp_path / "b"], capsys)
     assert code == 2 and "given more than once: jfleg_test_jfleg_io" in err, err
 
 

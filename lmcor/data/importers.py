@@ -16,6 +16,8 @@ E2E_FILES = {"dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
 JFLEG_SPLITS = ("dev", "test")
 WMT_YEARS = ("wmt21", "wmt22", "wmt23")
 JFLEG_REFS = 4
+# Each dataset's folder below the shared data root (WMT: the language pair the CLI imports).
+DATASET_FOLDERS = {"e2e": "e2e_cleaned", "jfleg": "jfleg", "wmt": "wmt_en_de"}
 
 
 class DatasetError(PoolError):
@@ -81,15 +83,20 @@ def _e2e_rows(path: str) -> Iterator[tuple]:
         yield row["mr"], row["ref"], row.get("orig_mr")
 
 
+def _e2e_path(data_dir: str, split: str) -> str:
+    _check_choice(split, E2E_FILES, "E2E split")
+    path = os.path.join(_dataset_dir(data_dir, DATASET_FOLDERS["e2e"]), E2E_FILES[split])
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    return path
+
+
 def import_e2e(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
     """E2E NLG (cleaned MRs): one multi-reference record per distinct cleaned `mr`.
 
     Records follow the order of each MR's first appearance in the CSV.
     """
-    _check_choice(split, E2E_FILES, "E2E split")
-    path = os.path.join(_dataset_dir(data_dir, "e2e_cleaned"), E2E_FILES[split])
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found")
+    path = _e2e_path(data_dir, split)
     groups: Dict[str, Dict[str, list]] = {}
     for mr, ref, orig_mr in _e2e_rows(path):
         group = groups.setdefault(mr, {"refs": [], "orig": []})
@@ -102,15 +109,21 @@ def import_e2e(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
                "meta": {"dataset": "e2e_cleaned", "split": split, "orig_mrs": group["orig"]}}
 
 
-def import_jfleg(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
-    """JFLEG: the original sentence as source, its four human corrections as references."""
+def _jfleg_paths(data_dir: str, split: str) -> List[str]:
+    """The source, the references, then the spell-checked source where the split has one."""
     _check_choice(split, JFLEG_SPLITS, "JFLEG split")
-    folder = os.path.join(_dataset_dir(data_dir, "jfleg"), split)
+    folder = os.path.join(_dataset_dir(data_dir, DATASET_FOLDERS["jfleg"]), split)
     paths = [os.path.join(folder, f"{split}.src")]
     paths += [os.path.join(folder, f"{split}.ref{k}") for k in range(JFLEG_REFS)]
     spell = os.path.join(folder, f"{split}.spellchecked.src")
-    has_spell = os.path.isfile(spell)
-    columns = _read_aligned(paths + ([spell] if has_spell else []))
+    return paths + ([spell] if os.path.isfile(spell) else [])
+
+
+def import_jfleg(data_dir: str, split: str) -> Iterator[Dict[str, Any]]:
+    """JFLEG: the original sentence as source, its four human corrections as references."""
+    paths = _jfleg_paths(data_dir, split)
+    has_spell = len(paths) > 1 + JFLEG_REFS
+    columns = _read_aligned(paths)
     for i, row in enumerate(zip(*columns)):
         meta = {"dataset": "jfleg", "split": split}
         if has_spell:
@@ -125,18 +138,27 @@ def _wmt_files(folder: str, prefix: str, suffix: str) -> List[tuple]:
     return [(n[len(prefix):-len(suffix)], os.path.join(folder, n)) for n in names]
 
 
-def import_wmt(data_dir: str, year: str, source_lang: str = "en",
-               target_lang: str = "de") -> Iterator[Dict[str, Any]]:
-    """WMT general/news test set: every system's translation becomes a (greedy) candidate."""
+def _wmt_paths(data_dir: str, year: str, source_lang: str = "en", target_lang: str = "de"):
+    """The source file and the (name, path) of each reference and each system's output."""
     _check_choice(year, WMT_YEARS, "WMT year")
     folder = os.path.join(_dataset_dir(data_dir, f"wmt_{source_lang}_{target_lang}"), year)
-    source = os.path.join(folder, f"source.{source_lang}")
     refs = _wmt_files(folder, "reference.", f".{target_lang}")
     sys_dir = os.path.join(folder, "systems")
     systems = _wmt_files(sys_dir, "", f".{target_lang}") if os.path.isdir(sys_dir) else []
     if not refs:
         raise DatasetError(f"{folder}: no reference.*.{target_lang} files")
-    columns = _read_aligned([source] + [p for _, p in refs] + [p for _, p in systems])
+    return os.path.join(folder, f"source.{source_lang}"), refs, systems
+
+
+def _wmt_read_order(source: str, refs: List[tuple], systems: List[tuple]) -> List[str]:
+    return [source, *(p for _, p in refs), *(p for _, p in systems)]
+
+
+def import_wmt(data_dir: str, year: str, source_lang: str = "en",
+               target_lang: str = "de") -> Iterator[Dict[str, Any]]:
+    """WMT general/news test set: every system's translation becomes a (greedy) candidate."""
+    source, refs, systems = _wmt_paths(data_dir, year, source_lang, target_lang)
+    columns = _read_aligned(_wmt_read_order(source, refs, systems))
     n_refs = len(refs)
     meta = {"dataset": year, "langpair": f"{source_lang}-{target_lang}",
             "reference_names": [name for name, _ in refs]}
@@ -149,3 +171,16 @@ def import_wmt(data_dir: str, year: str, source_lang: str = "en",
 
 
 IMPORTERS = {"e2e": import_e2e, "jfleg": import_jfleg, "wmt": import_wmt}
+
+
+_PATHS = {"e2e": lambda data_dir, split: [_e2e_path(data_dir, split)],
+          "jfleg": _jfleg_paths,
+          "wmt": lambda data_dir, year: _wmt_read_order(*_wmt_paths(data_dir, year))}
+
+
+def source_files(dataset: str, data_dir: str, split: str) -> Dict[str, str]:
+    """The files `IMPORTERS[dataset](data_dir, split)` reads, by their path below the data root
+    (e.g. "wmt_en_de/wmt23/source.en"): the same names whether `data_dir` is the root or the
+    dataset's own folder."""
+    root = os.path.dirname(_dataset_dir(data_dir, DATASET_FOLDERS[dataset]))
+    return {os.path.relpath(p, root): p for p in _PATHS[dataset](data_dir, split)}

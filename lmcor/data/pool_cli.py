@@ -1,6 +1,7 @@
-"""`lmcor pool`: build pools from the shared datasets, summarise pools, release sampled pools.
+"""`lmcor pool`: build pools from the shared datasets, summarise pools, release pools.
 
   lmcor pool import --dataset=wmt --split=wmt22 --out=pools/wmt22 [--data_dir=../shared/data]
+                    [--records=START:END] [--generators=A,B,...]
   lmcor pool stats pools/wmt22                      # or data/pools/<name>.jsonl.gz
   lmcor pool release POOL_DIR [POOL_DIR ...] [--out=data/pools]
 
@@ -14,9 +15,9 @@ import sys
 from tqdm import tqdm
 
 from lmcor.command_errors import report_error
-from lmcor.data import pool_release
+from lmcor.data import pool_import, pool_release
 from lmcor.data.importers import IMPORTERS
-from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path, write_pool
+from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 
@@ -28,37 +29,38 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import a shared dataset as a pool")
     imp.add_argument("--dataset", required=True, choices=sorted(IMPORTERS))
     imp.add_argument("--split", required=True, help="dev/test (e2e, jfleg) or wmt21/wmt22/wmt23")
-    imp.add_argument("--out", required=True, help="output directory for the shards")
+    imp.add_argument("--out", required=True,
+                     help="output directory for the shards and their manifest.json")
     imp.add_argument("--data_dir", default=os.path.normpath(DEFAULT_DATA_DIR))
     imp.add_argument("--shard_size", type=int, default=1000)
     imp.add_argument("--gzip", action="store_true", help="write .jsonl.gz shards")
     imp.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    imp.add_argument("--records", metavar="START:END",
+                     help="keep this Python slice of the imported records (e.g. 279:); each "
+                          "keeps its own id")
+    imp.add_argument("--generators", metavar="A,B,...",
+                     help="keep only these candidates, in this order (every record must have "
+                          "each of them)")
     stats = sub.add_parser("stats", help="count examples, references and candidates of a pool")
     stats.add_argument("pool", help="a pool file (a released data/pools/<name>.jsonl.gz too) or "
                                     "a directory of shards; relative paths also from the repo root")
-    rel = sub.add_parser("release", help="validate finished sampled pools and add them to the "
-                                         "release folder (data/pools) with its manifest")
+    rel = sub.add_parser("release", help="validate finished sampled or imported pools and add "
+                                         "them to the release folder (data/pools) with its "
+                                         "manifest")
     rel.add_argument("pools", nargs="+", metavar="POOL_DIR",
-                     help="sampling-job folders; each is released as <folder name>.jsonl.gz")
+                     help="sampling-job or `lmcor pool import` folders; each is released as "
+                          "<folder name>.jsonl.gz")
     rel.add_argument("--out", default=pool_release.DEFAULT_OUT,
                      help="release folder (default: the checkout's data/pools)")
     return p
 
 
-def _counted(records, stats: PoolStats, desc: str):
-    for rec in tqdm(records, desc=desc, unit="ex", file=sys.stderr, mininterval=1.0):
-        stats.add(rec)
-        yield rec
-
-
 def cmd_import(args: argparse.Namespace) -> dict:
-    records = IMPORTERS[args.dataset](args.data_dir, args.split)
-    stats = PoolStats()
-    paths = write_pool(_counted(records, stats, f"import {args.dataset}/{args.split}"), args.out,
-                       shard_size=args.shard_size, prefix=f"{args.dataset}-{args.split}",
-                       compress=args.gzip, overwrite=args.overwrite)
-    stats.files = len(paths)
-    return {"out": args.out, "shards": [os.path.basename(p) for p in paths], **stats.to_dict()}
+    return pool_import.import_pool(
+        args.dataset, args.split, args.out, args.data_dir,
+        records=pool_import.parse_records(args.records),
+        generators=pool_import.parse_generators(args.generators), shard_size=args.shard_size,
+        compress=args.gzip, overwrite=args.overwrite)
 
 
 def cmd_stats(args: argparse.Namespace) -> dict:

@@ -1,11 +1,14 @@
 """Released pools: the candidate pools behind the README tables, committed under data/pools/.
 
 A release folder holds one `<name>.jsonl.gz` per pool (every record, in pool order) and a
-`manifest.json` giving, per pool, its file, sha256, size, record and candidate counts, and the
-sampling job's config and commit. Only a finished sampling-job folder (`lmcor sample`,
-scripts/real_pools.py) is released: its own manifest is the provenance, and it is checked
-against the records before anything is written. Readers (lmcor.data.pool.read_pool) verify a
-released file's sha256 against the manifest.
+`manifest.json` giving, per pool, its file, sha256, size, record and candidate counts, and how
+the pool was made (config and commit). A pool folder is released only when its own manifest
+vouches for it: a finished sampling-job folder (`lmcor sample`, scripts/real_pools.py) or a
+`lmcor pool import` folder (lmcor.data.pool_import). Both go through the same checks of that
+manifest (complete, a commit) and of the records against it (count, candidates per record and
+the field the manifest fixes for each: the prompt variant of a sample, the generator of an
+import) before anything is written. Readers (lmcor.data.pool.read_pool) verify a released
+file's sha256 against the manifest.
 
 The gzip stream has mtime 0, no file name and a fixed level, and records are serialized the
 same way every time, so releasing the same pool twice gives the same bytes (and no git diff).
@@ -18,9 +21,10 @@ import io
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 from lmcor.config import REPO_ROOT
+from lmcor.data import pool_import
 from lmcor.data.pool import RELEASE_FORMAT, RELEASE_MANIFEST, read_pool, release_manifest
 from lmcor.data.pool_schema import PoolError
 from lmcor.io_utils import atomic_write_bytes
@@ -31,7 +35,6 @@ GZIP_LEVEL = 9
 # The release lives in git: every clone carries it, so its size is capped on purpose.
 MAX_RELEASE_BYTES = 20 * 1000 * 1000
 MANIFEST_VERSION = 1
-SAMPLING_MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -81,28 +84,47 @@ def encode_release(name: str, records: Iterable[Dict[str, Any]],
     return Release(name, data, entry)
 
 
-def _sampling_manifest(pool_dir: str) -> Dict[str, Any]:
-    path = os.path.join(pool_dir, SAMPLING_MANIFEST)
+_REDO = {"sampled": "sample it again (rerun the same command: it resumes)",
+         "imported": "import it again (lmcor pool import ... --overwrite)"}
+
+
+def _kind(manifest: Dict[str, Any]) -> str:
+    return "imported" if manifest.get("format") == pool_import.IMPORT_FORMAT else "sampled"
+
+
+def _pool_manifest(pool_dir: str) -> Dict[str, Any]:
+    """The manifest of a finished sampling-job or import folder: complete, naming its commit."""
+    path = os.path.join(pool_dir, pool_import.MANIFEST)
     if not os.path.isdir(pool_dir):
         raise ReleaseError(f"{pool_dir}: not a pool folder")
-    if not os.path.isfile(path):
-        raise ReleaseError(f"{pool_dir}: no {SAMPLING_MANIFEST}; only a pool written by the "
-                           "sampling job (lmcor sample, scripts/real_pools.py) can be released")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReleaseError(f"{path}: unreadable sampling manifest ({e})") from e
+    manifest = pool_import.read_manifest(pool_dir)
+    if manifest is None:
+        raise ReleaseError(f"{pool_dir}: no {pool_import.MANIFEST}; only a pool written by the "
+                           "sampling job (lmcor sample, scripts/real_pools.py) or by lmcor pool "
+                           "import can be released")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise ReleaseError(f"{path}: not a sampling manifest (no 'config' object)")
+        raise ReleaseError(f"{path}: not a sampling or import manifest (no 'config' object)")
     if manifest.get("status") != "complete":
         raise ReleaseError(f"{pool_dir}: unfinished pool (manifest status "
-                           f"{manifest.get('status')!r}, not 'complete'); finish sampling it "
-                           "(rerun the same command: it resumes) before releasing it")
+                           f"{manifest.get('status')!r}, not 'complete'); "
+                           f"{_REDO[_kind(manifest)]} before releasing it")
     if not manifest.get("code_version"):
         raise ReleaseError(f"{path}: no commit recorded (code_version); a released pool must "
-                           "name the code that sampled it")
+                           "name the code that made it")
     return manifest
+
+
+@dataclasses.dataclass
+class _Expected:
+    """What a pool folder's own manifest says its records are."""
+
+    counts: Set[Any]  # every record count the manifest gives; each must be the count on disk
+    counted: str  # those counts as the error quotes them
+    field: str  # the candidate field that `values` fixes
+    values: Optional[List[Any]]  # that field of each candidate of every record; None: unchecked
+    given_by: str  # what fixes `values`, as the error names it ("... gives")
+    redo: str  # how to make the pool again, should its records not match
+    provenance: Dict[str, Any]  # what the release entry records of the pool's making
 
 
 def _expected_candidates(pool_dir: str, config: Dict[str, Any]) -> int:
@@ -114,38 +136,68 @@ def _expected_candidates(pool_dir: str, config: Dict[str, Any]) -> int:
                            f"({e!r})") from e
 
 
-def _checked_records(pool_dir: str, manifest: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
-    """The pool's records (read_pool validates each), checked against its manifest."""
-    config = manifest["config"]
-    n_cands = _expected_candidates(pool_dir, config)
+def _sampled(pool_dir: str, manifest: Dict[str, Any]) -> _Expected:
+    config, counts = manifest["config"], manifest.get("counts", {})
     variant = config.get("prompt", {}).get("variant")
+    return _Expected(
+        counts={counts.get("expected_examples"), counts.get("examples")},
+        counted=f"{counts.get('examples')} of {counts.get('expected_examples')} expected",
+        field="prompt_id", values=[variant] * _expected_candidates(pool_dir, config),
+        given_by="the manifest's sampling config gives", redo=_REDO["sampled"],
+        provenance={"commit": manifest["code_version"], "model": manifest.get("model"),
+                    "config": config})
+
+
+def _imported(pool_dir: str, manifest: Dict[str, Any]) -> _Expected:
+    pool_import.check_shards(pool_dir, manifest)
+    config, counts = manifest["config"], manifest.get("counts", {})
+    generators = config.get("generators")
+    if generators is not None and not isinstance(generators, list):
+        raise ReleaseError(f"{os.path.join(pool_dir, pool_import.MANIFEST)}: config.generators "
+                           f"is {generators!r}, not a list of names")
+    return _Expected(
+        counts={counts.get("examples")}, counted=f"{counts.get('examples')}",
+        field="generator", values=generators, given_by="the import manifest gives",
+        redo=_REDO["imported"],
+        provenance={"commit": manifest["code_version"], "config": config,
+                    "sources": manifest.get("sources")})
+
+
+def _check_candidates(pool_dir: str, rec: Dict[str, Any], expected: _Expected) -> None:
+    cands, values = rec["candidates"], expected.values
+    if values is None:
+        return
+    if len(cands) != len(values):
+        raise ReleaseError(f"{pool_dir}: record {rec['id']!r} has {len(cands)} candidates; "
+                           f"{expected.given_by} {len(values)}")
+    for i, (cand, value) in enumerate(zip(cands, values)):
+        if cand[expected.field] != value:
+            raise ReleaseError(f"{pool_dir}: record {rec['id']!r} candidate {i} has "
+                               f"{expected.field} {cand[expected.field]!r}; "
+                               f"{expected.given_by} {value!r}")
+
+
+def _checked_records(pool_dir: str, expected: _Expected) -> Iterable[Dict[str, Any]]:
+    """The pool's records (read_pool validates each), checked against its manifest."""
     n = 0
     for rec in read_pool(pool_dir):
         n += 1
-        if len(rec["candidates"]) != n_cands:
-            raise ReleaseError(f"{pool_dir}: record {rec['id']!r} has {len(rec['candidates'])} "
-                               f"candidates; the manifest's sampling config gives {n_cands}")
-        other = [c["prompt_id"] for c in rec["candidates"] if c["prompt_id"] != variant]
-        if other:
-            raise ReleaseError(f"{pool_dir}: record {rec['id']!r} has a candidate of prompt "
-                               f"{other[0]!r}; the manifest's prompt variant is {variant!r}")
+        _check_candidates(pool_dir, rec, expected)
         yield rec
-    counts = manifest.get("counts", {})
-    expected = {counts.get("expected_examples"), counts.get("examples")}
-    if expected != {n}:
+    if expected.counts != {n}:
         raise ReleaseError(f"{pool_dir}: {n} records on disk, but the manifest counts "
-                           f"{counts.get('examples')} of {counts.get('expected_examples')} "
-                           "expected; sample it again (rerun the same command)")
+                           f"{expected.counted}; {expected.redo}")
 
 
-def release_sampled_pool(pool_dir: str) -> Release:
-    """Validate a finished sampling-job folder fully and encode it (nothing is written)."""
+def release_pool(pool_dir: str) -> Release:
+    """Validate a finished sampling-job or import folder fully and encode it (nothing is
+    written)."""
     pool_dir = os.path.normpath(pool_dir)
-    manifest = _sampling_manifest(pool_dir)
-    provenance = {"commit": manifest["code_version"], "model": manifest.get("model"),
-                  "config": manifest["config"]}
-    return encode_release(os.path.basename(pool_dir), _checked_records(pool_dir, manifest),
-                          provenance)
+    manifest = _pool_manifest(pool_dir)
+    expect = {"sampled": _sampled, "imported": _imported}[_kind(manifest)]
+    expected = expect(pool_dir, manifest)
+    return encode_release(os.path.basename(pool_dir),
+                          _checked_records(pool_dir, expected), expected.provenance)
 
 
 def _release_manifest(out_dir: str) -> Dict[str, Any]:
@@ -198,5 +250,5 @@ def write_releases(releases: Sequence[Release], out_dir: str = DEFAULT_OUT) -> D
 
 def release_pools(pool_dirs: Sequence[str], out_dir: str = DEFAULT_OUT) -> Dict[str, Any]:
     """Validate every pool first, then write them all: a bad pool leaves the release as it was."""
-    releases: List[Release] = [release_sampled_pool(d) for d in pool_dirs]
+    releases: List[Release] = [release_pool(d) for d in pool_dirs]
     return write_releases(releases, out_dir)
