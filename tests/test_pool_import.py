@@ -203,3 +203,30 @@ def test_a_tampered_or_incomplete_import_is_refused(spoil, problem, imported, tm
     assert code == 2 and str(bad) in message and re.search(problem, message), message
     assert not out.exists()  # every pool is checked before anything is written
 
+
+# ---- the released wmt23_test pool ----------------------------------------------------------
+
+WMT23_TEST = ["GPT4-5shot", "ONLINE-W", "ONLINE-A", "ONLINE-B", "ZengHuiMT"]
+
+
+def test_the_released_wmt23_test_is_the_held_out_half_of_the_chosen_systems(data_dir):
+    """data/pools/wmt23_test: the second half of wmt23 (the held-out test half of
+    lmcor.tasks.wmt), GPT4-5shot then the 4 systems of highest validation chrF, as in the raw
+    files the manifest names."""
+    folder = _wmt23(data_dir)
+    raw = {"source": _lines(folder / "source.en"), "ref": _lines(folder / "reference.A.de"),
+           **{g: _lines(folder / "systems" / f"{g}.de") for g in WMT23_TEST}}
+    n = len(raw["source"])
+    held_out = range((n + 1) // 2, n)
+    release = REPO / "data" / "pools"
+    entry = json.loads((release / "manifest.json").read_text())["pools"]["wmt23_test"]
+    assert entry["config"] == {"dataset": "wmt", "split": "wmt23",
+                               "records": f"{(n + 1) // 2}:", "generators": WMT23_TEST}
+    for name, sha in entry["sources"].items():
+        assert _sha256(data_dir / name) == sha, name
+    records = list(read_pool(str(release / "wmt23_test.jsonl.gz")))
+    assert [r["id"] for r in records] == [f"wmt23-ende-{i:05d}" for i in held_out]
+    for i, rec in zip(held_out, records):
+        assert (rec["source"], rec["references"]) == (raw["source"][i], [raw["ref"][i]])
+        assert [(c["generator"], c["text"]) for c in rec["candidates"]] == \
+            [(g, raw[g][i]) for g in WMT23_TEST]
