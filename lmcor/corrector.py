@@ -7,18 +7,16 @@ feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decod
 (`Corrector.decode_shapes`: power-of-two row counts x geometrically spaced widths), which
 `Corrector.warmup` compiles up front, so a server never compiles while it is serving.
 
-A MODEL_DIR holds what `lmcor train` writes: Orbax checkpoints in `checkpoints/` (the best step
-by the validation metric if one was tracked, else the latest) and the run's Gin config in
-`config.gin` (T5X's operative-config convention). The Gin config names the model
-(`train.model`), the vocabulary (`task_vocabulary.*`), the preprocessing
-(`corrector_options.*`) and, optionally, inference settings (`corrector_settings.*`).
+A MODEL_DIR holds what `lmcor train` writes, or a released adapter (lmcor.model_dir reads
+both). Its Gin config names the model (`train.model`), the vocabulary (`task_vocabulary.*`),
+the preprocessing (`corrector_options.*`) and, optionally, inference settings
+(`corrector_settings.*`).
 """
 import dataclasses
-import json
 import os
 import threading
 import time
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -28,6 +26,9 @@ from flax import linen as nn
 from lmcor.checkpoints.loader import decode_adapter
 from lmcor import decode
 from lmcor.data.corrector_input import VARIANTS, CorrectorOptions, build_corrector_input
+# restore_params and trained_identity are read from here too (export, tests).
+from lmcor.model_dir import (bound, checkpoint_step, parse_run_config,  # noqa: F401
+                             restore_params, trained_identity, trained_params)
 
 
 class InputTooLongError(ValueError):
@@ -144,7 +145,7 @@ class Corrector:
 
     def build_input(self, record: Mapping[str, Any]) -> str:
         text, report = build_corrector_input(record, self.settings.variant, self.options,
-                                             self.vocab)
+                                             self.vocab, allow_no_candidates=True)
         if report.truncated_tokens:
             with self._lock:
                 self.truncated_tokens += report.truncated_tokens
@@ -202,27 +203,39 @@ class Corrector:
         return texts, float((dec.timing or {}).get("compile_s", 0.0))
 
     def correct(self, records: Sequence[Mapping[str, Any]], batch_size: int = 16,
-                progress: bool = False) -> List[str]:
-        """Corrected text per pool record (evaluation's entry point)."""
+                progress: bool = False, done: Sequence[str] = (),
+                on_batch: Optional[Callable[[List[str]], None]] = None) -> List[str]:
+        """Corrected text per pool record (evaluation's entry point), decoded in batches of
+        `batch_size` records. `done`: the outputs of the first records from an earlier call on
+        the same records and batch size (whole batches), which are not decoded again; the rest
+        come out as that call would have decoded them. `on_batch(outputs so far)` is called
+        after each batch, for a caller that saves them."""
         from tqdm import tqdm
 
+        if len(done) % batch_size and len(done) != len(records):
+            raise ValueError(f"{len(done)} outputs already decoded is not a whole number of "
+                             f"batches of {batch_size}")
         ids = [self.prepare(r) for r in records]
         task_map = getattr(self.lm, "vocab_map", None)
         narrow = self.lm, self.params
         if task_map is not None and ids:
             self.last_oov = task_map.oov_of(ids)
             if self.settings.widen_vocab:
+                # From every input, the decoded ones too: it is what makes a batch decode the
+                # same in a resumed call as in one call over all records.
                 self.lm, self.params = self.widened_vocabulary(ids)
             self.last_oov["widened_by"] = self.lm.vocab_map.size - task_map.size
             logging.info("corrector inputs: pieces outside the task vocabulary: %s (%s)",
                          self.last_oov, "read from the base embedding"
                          if self.last_oov["widened_by"] else "read as unknown")
-        out: List[str] = []
+        out: List[str] = list(done)
         try:
-            for start in tqdm(range(0, len(ids), batch_size), desc="correct", unit="batch",
-                              disable=not progress):
+            for start in tqdm(range(len(out), len(ids), batch_size), desc="correct",
+                              unit="batch", disable=not progress):
                 chunk = ids[start:start + batch_size]
                 out.extend(self.decode_ids(chunk, row_bucket(len(chunk), batch_size))[0])
+                if on_batch is not None:
+                    on_batch(out)
         finally:
             self.lm, self.params = narrow
         if self.truncated_tokens:
@@ -259,116 +272,53 @@ class Corrector:
 
 def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Sequence[str]):
     """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
-    from lmcor import config as gin_config
-    from lmcor import train  # noqa: F401  (registers `train`, whose `model` binding we read)
     from lmcor.data.vocab import task_vocabulary
     from lmcor.training import models
 
-    run_config = os.path.join(model_dir, "config.gin")
-    if not os.path.isfile(run_config) and not gin_files and not gin_bindings:
-        raise FileNotFoundError(f"{run_config}: no such file; pass the run's --gin_file flags")
-    if os.path.isfile(run_config):
-        # The run's data factories may live in modules serving never imports; skip them.
-        try:
-            gin.parse_config_file(run_config, skip_unknown=True)
-        except Exception as e:  # gin raises several types; the file name is what users need
-            raise ValueError(f"bad gin file {run_config}: {e}") from e
-    gin_config.parse_gin(gin_files, gin_bindings, finalize=False)
-    try:
-        ref = gin.query_parameter("train.model")
-    except ValueError:
-        ref = None
+    ref = parse_run_config(model_dir, gin_files, gin_bindings)
     model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
     return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
 
 
-def _manager(checkpoint_dir: str):
-    """A read-only view of the trainer's steps (which exist, which is the latest)."""
-    import orbax.checkpoint as ocp
-
-    from lmcor.checkpoints import orbax_io
-
-    if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
-    # Orbax takes only absolute paths (a relative MODEL_DIR failed deep inside tensorstore).
-    return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=orbax_io.ITEMS)
-
-
-def _validated_step(checkpoint_dir: str, kept: Sequence[int]) -> Optional[int]:
-    """The step the trainer selected by validation, from MODEL_DIR/train_summary.json. Only the
-    trainer's Checkpointer knows the metric and whether higher is better; a manager opened
-    without them answers best_step() with the latest step."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), "train_summary.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        best = json.load(f).get("best_step")
-    if best is not None and best not in kept:
-        logging.warning("%s: best step %s is not among the kept checkpoints %s; using the "
-                        "latest", path, best, sorted(kept))
-        return None
-    return best
-
-
-def _pick_step(manager, checkpoint_dir: str, step: Optional[int]) -> int:
-    """`step`, else the best validated step of a finished run, else the latest."""
-    if step is None:
-        step = _validated_step(checkpoint_dir, manager.all_steps())
-    if step is None:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{checkpoint_dir}: no finished checkpoint")
-    return step
-
-
-def checkpoint_step(checkpoint_dir: str, step: Optional[int] = None) -> int:
-    """The step `restore_params` reads: `step`, else the best by validation, else the latest."""
-    manager = _manager(checkpoint_dir)
-    try:
-        return _pick_step(manager, checkpoint_dir, step)
-    finally:
-        manager.close()
-
-
-def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
-    """Only the params of a trainer checkpoint (the optimizer state is never read)."""
-    from lmcor.checkpoints import orbax_io
-
-    manager = _manager(checkpoint_dir)
-    try:
-        step = _pick_step(manager, checkpoint_dir, step)
-    finally:
-        manager.close()
-    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
-    params = orbax_io.restore(orbax_io.item_dir(checkpoint_dir, step), {"params": abstract},
-                              partial=True)["params"]
-    logging.info("corrector: restored step %d from %s", step, checkpoint_dir)
-    return params
-
-
-def trained_identity(model_dir: str) -> dict:
-    """Which trained weights `trained_params(model_dir)` reads: the checkpoint step for a run
-    folder (it moves when the run trains on or a better step is validated), the step and
-    weights sha256 for a released adapter."""
+def check_model_dir(model_dir: str, gin_files: Sequence[str] = (),
+                    gin_bindings: Sequence[str] = ()) -> None:
+    """Refuses, naming the file, a MODEL_DIR that cannot be decoded, from what a load would
+    find only after minutes of work: no finished checkpoint, released weights that are not the
+    ones released (sha256), a config that does not parse, a task vocabulary that is missing or
+    damaged, base weights other than the run's (base_weights.json). Reads no weights (hashes
+    the base file); leaves the run's config parsed in Gin."""
     from lmcor.checkpoints import adapter
+    from lmcor.data.task_vocab import FILE_NAME, TaskVocab
+    from lmcor.training import peft
 
     if adapter.is_adapter_dir(model_dir):
-        info = adapter.manifest(model_dir)
-        return {"adapter_step": info["step"], "adapter_sha256": info["sha256"]}
-    return {"step": checkpoint_step(os.path.join(model_dir, "checkpoints"))}
+        adapter.verify(model_dir)
+    else:
+        checkpoint_step(os.path.join(model_dir, "checkpoints"))
+    model = parse_run_config(model_dir, gin_files, gin_bindings)
+    factory = model.configurable.name if model is not None else None
+    if factory != "gemma_model":
+        return
+    if bound("gemma_model.vocab") == "task":
+        if not TaskVocab.exists(model_dir):
+            raise FileNotFoundError(f"{os.path.join(model_dir, FILE_NAME)}: no such file "
+                                    "(the run's config.gin sets gemma_model.vocab = 'task')")
+        TaskVocab.load(model_dir)
+    base = _configured_base()
+    if base is not None:
+        peft.check_base(model_dir, peft.base_identity(base))
 
 
-def trained_params(model_dir: str, model, step: Optional[int] = None):
-    """The trained params of a run folder (`restore_params` of its checkpoints) or of a
-    released adapter folder (lmcor.checkpoints.adapter), which holds one step only."""
-    from lmcor.checkpoints import adapter
+def _configured_base() -> Optional[str]:
+    """The file or folder of the base weights gemma_model loads (models.gemma_model's spec)."""
+    from lmcor.checkpoints.bundled import BUNDLED
+    from lmcor.checkpoints.loader import gemma_checkpoint
 
-    if not adapter.is_adapter_dir(model_dir):
-        return restore_params(os.path.join(model_dir, "checkpoints"), model, step)
-    info = adapter.manifest(model_dir)
-    if step is not None and step != info["step"]:
-        raise ValueError(f"{model_dir}: a released adapter holds step {info['step']} only, "
-                         f"not {step}")
-    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
-    logging.info("corrector: adapter of step %d from %s", info["step"], model_dir)
-    return adapter.load_adapter(model_dir, abstract)
+    gguf, safetensors = bound("gemma_model.gguf"), bound("gemma_model.safetensors")
+    if gguf:
+        spec = BUNDLED if gguf == "bundled" else f"gguf:{gguf}"
+    elif safetensors:
+        spec = f"safetensors:{safetensors}"
+    else:
+        return None
+    return gemma_checkpoint(spec, "gemma_model.gguf" if gguf else "gemma_model.safetensors").path

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lmcor.evaluation import breakdowns, evaluate, metrics
+from lmcor.evaluation import breakdowns, evaluate, inputs, metrics
 from lmcor.data.importers import import_e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +26,8 @@ def test_evaluate_scores_every_row_on_each_group(tmp_path):
     results = evaluate.evaluate(cfg)
     bd = results["breakdown"]
     assert bd["by"] == "attributes" and sum(g["examples"] for g in bd["groups"]) == 80
-    records = evaluate.load_records(cfg)
-    refs = evaluate.reference_streams(records, None)
+    records = inputs.load_records(cfg)
+    refs = inputs.reference_streams(records, None)
     for row in results["rows"]:
         hyps = open(tmp_path / row["predictions"], encoding="utf-8").read().splitlines()
         for group in bd["groups"]:

@@ -97,9 +97,9 @@ def test_saved_predictions_of_other_inputs_or_settings_are_not_reused(
     decoded = []
     real = evaluate.corrector_outputs
 
-    def counting(records, variant, model_dir, cfg):
+    def counting(records, variant, model_dir, cfg, *resume):
         decoded.append(model_dir)
-        return real(records, variant, model_dir, cfg)
+        return real(records, variant, model_dir, cfg, *resume)
 
     monkeypatch.setattr(evaluate, "corrector_outputs", counting)
     short = dataclasses.replace(_config(tmp_path / "shared", pool_dir, lmcor_dir),

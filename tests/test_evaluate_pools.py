@@ -8,7 +8,7 @@ import json
 import gin
 import pytest
 
-from lmcor.evaluation import evaluate, rerank
+from lmcor.evaluation import evaluate, inputs, rerank
 from lmcor.data import pool, pool_release
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines
@@ -63,4 +63,4 @@ def test_pools_gin_file_from_another_directory(gin_file, pool_name, value, pool_
 def test_task_without_pool_records_names_the_fix(tmp_path):
     cfg = evaluate.evaluation(task="wmt_lmcor_mix", out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="EVAL_POOL"):
-        evaluate.load_records(cfg)
+        inputs.load_records(cfg)

@@ -44,13 +44,15 @@ def test_round_trip_sharded(tmp_path, compress):
 
 
 def test_stats_count_empty_candidates(tmp_path):
-    write_pool([_record(0), _record(1, texts=("a b c", "  "))], str(tmp_path))
+    write_pool([_record(0), _record(1, texts=("a b c", "  ")), _record(2, texts=())],
+               str(tmp_path))
     stats = pool_stats(str(tmp_path))
-    assert (stats.examples, stats.references, stats.candidates) == (2, 4, 4)
+    assert (stats.examples, stats.references, stats.candidates) == (3, 6, 4)
     assert stats.empty_candidates == 2  # "" and whitespace-only are kept, and counted
     assert dict(stats.candidates_per_generator) == {"gemma": 2, "other": 2}
     d = stats.to_dict()
     assert d["empty_candidates_per_generator"] == {"other": 2}
+    assert d["examples_without_candidates"] == 1  # allowed: evaluate counts them too
     assert d["mean_candidate_words"] == (2 + 0 + 3 + 0) / 4
 
 

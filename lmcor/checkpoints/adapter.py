@@ -85,8 +85,27 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
 
 
 def manifest(adapter_dir: str) -> dict:
-    with open(os.path.join(adapter_dir, MANIFEST), encoding="utf-8") as f:
-        return json.load(f)
+    path = os.path.join(adapter_dir, MANIFEST)
+    with open(path, encoding="utf-8") as f:
+        try:
+            info = json.load(f)
+        except json.JSONDecodeError as e:
+            raise AdapterError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    missing = [k for k in ("step", "sha256") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise AdapterError(f"{path}: field {missing[0]!r} missing (not written by lmcor export "
+                           "--adapter?)")
+    return info
+
+
+def verify(adapter_dir: str) -> dict:
+    """The manifest of an adapter folder whose weights are the ones it lists (sha256)."""
+    path = os.path.join(adapter_dir, WEIGHTS)
+    info = manifest(adapter_dir)
+    if file_sha256(path) != info["sha256"]:
+        raise AdapterError(f"{path}: sha256 differs from the one in {MANIFEST} (the file was "
+                           "changed or is truncated)")
+    return info
 
 
 def load_adapter(adapter_dir: str, template: Mapping) -> dict:
@@ -96,10 +115,7 @@ def load_adapter(adapter_dir: str, template: Mapping) -> dict:
     from safetensors.numpy import load_file
 
     path = os.path.join(adapter_dir, WEIGHTS)
-    info = manifest(adapter_dir)
-    if file_sha256(path) != info["sha256"]:
-        raise AdapterError(f"{path}: sha256 differs from {MANIFEST}'s (the file was changed "
-                           "or is truncated)")
+    verify(adapter_dir)
     # safetensors reads bfloat16 from a file but not from bytes: decompress to a scratch file.
     with open(path, "rb") as f, tempfile.TemporaryDirectory() as scratch:
         plain = os.path.join(scratch, "adapter.safetensors")

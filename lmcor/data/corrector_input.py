@@ -145,7 +145,11 @@ def select_candidates(record: Mapping[str, Any], variant: str,
         if not greedy:
             raise ValueError(f"record {record['id']!r}: no greedy candidate"
                              + (f" from generators {list(opts.generators)}" if opts.generators else ""))
-        return [greedy[0]["text"]]
+        # "random": one generator's output per example, so a corrector trained on many systems
+        # (WMT) does not learn to correct only the first one.
+        pick = _rng(opts, record["id"], "single").choice(greedy) if opts.selection == "random" \
+            else greedy[0]
+        return [pick["text"]]
     if not cands:
         raise ValueError(f"record {record['id']!r}: no candidates for an lmcor task (point the task "
                          "at a pool written by `lmcor sample`, or check corrector_options.generators)")
@@ -243,25 +247,27 @@ def _truncate(vocab, source: str, cands: List[str], opts: CorrectorOptions,
 
 
 def build_corrector_input(record: Mapping[str, Any], variant: str,
-                          opts: Optional[CorrectorOptions] = None,
-                          vocab=None) -> Tuple[str, TruncationReport]:
+                          opts: Optional[CorrectorOptions] = None, vocab=None,
+                          allow_no_candidates: bool = False) -> Tuple[str, TruncationReport]:
     """The corrector's input text for one pool record, and what the token budget removed.
 
     `vocab` (anything with encode/decode, e.g. a seqio vocabulary) is needed only when
-    `opts.max_input_tokens` is set.
+    `opts.max_input_tokens` is set. A record with no candidates at all (the pool format allows
+    it) is refused unless `allow_no_candidates`: then it reads its source alone, as the
+    fine-tuned baseline does (inference has nothing better to give; training data should).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown task variant {variant!r}; expected one of {VARIANTS}")
     opts = opts or CorrectorOptions()
-    cands = select_candidates(record, variant, opts)
-    finetune = variant == "finetune"
+    source_only = variant == "finetune" or (allow_no_candidates and not record["candidates"])
+    cands = [] if source_only else select_candidates(record, variant, opts)
     if opts.max_input_tokens is None:
-        text, report = format_input(record["source"], None if finetune else cands,
+        text, report = format_input(record["source"], None if source_only else cands,
                                     opts.separator, opts.output_marker), TruncationReport()
     elif vocab is None:
         raise ValueError("corrector_options.max_input_tokens needs a vocabulary to count tokens")
     else:
-        text, report = _fit(vocab, record["source"], cands, opts, finetune)
+        text, report = _fit(vocab, record["source"], cands, opts, source_only)
     TOTALS.add(report)
     return text, report
 

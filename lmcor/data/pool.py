@@ -38,6 +38,7 @@ class PoolStats:
     references: int = 0
     candidates: int = 0
     empty_candidates: int = 0
+    without_candidates: int = 0  # examples with an empty candidate list (allowed)
     source_words: int = 0
     reference_words: int = 0
     candidate_words: int = 0
@@ -49,6 +50,7 @@ class PoolStats:
         self.references += len(rec["references"])
         self.source_words += _words(rec["source"])
         self.reference_words += sum(_words(r) for r in rec["references"])
+        self.without_candidates += not rec["candidates"]
         for cand in rec["candidates"]:
             self.candidates += 1
             self.candidates_per_generator[cand["generator"]] += 1
@@ -64,6 +66,7 @@ class PoolStats:
         return {
             "files": self.files, "examples": self.examples, "references": self.references,
             "candidates": self.candidates, "empty_candidates": self.empty_candidates,
+            "examples_without_candidates": self.without_candidates,
             "candidates_per_generator": dict(sorted(self.candidates_per_generator.items())),
             "empty_candidates_per_generator": dict(sorted(self.empty_per_generator.items())),
             "mean_source_words": mean(self.source_words, self.examples),

@@ -6,13 +6,20 @@
 
 Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
 oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
-with a logged note (kept in results.json's "notes"). Every metric carries a percentile
+with a note (printed, and kept in results.json's "notes"). Every metric carries a percentile
 bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.evaluation.metrics).
+A record whose pool holds no candidates gets an empty output in the pool rows and is corrected
+from its source alone; such records are counted in a note.
+
+Everything the evaluation reads is checked before it writes anything (`check_inputs`): EVAL_DIR
+writable, the pool or task readable, each corrector folder complete. A mistake is one line
+naming the file, line and field or the binding, with exit status 2.
 
 EVAL_DIR receives `results.json`, `results.md` (lmcor.evaluation.results_table) and `predictions/` (one text
 file per row, plus the sources and any complete reference streams; lmcor.evaluation.predictions) so
 `lmcor score` can re-score every number. Predictions already on disk are reused: a rerun decodes
-only the rows that are missing or were decoded from other inputs, weights or settings.
+only the rows that are missing or were decoded from other inputs, weights or settings, and a
+row's decode resumes after the last batch an interrupted run saved.
 """
 import dataclasses
 import json
@@ -28,9 +35,12 @@ from lmcor import cli
 from lmcor import config as gin_config
 from lmcor.gin_command import GinFlags
 from lmcor.evaluation import breakdowns, metrics, rerank
+from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
+                                     task_dataset)
 from lmcor.io_utils import atomic_write_text
-from lmcor.evaluation.predictions import (cached_predictions, prediction_key, prediction_path,
-                               save_predictions, write_inputs, write_lines)
+from lmcor.evaluation.predictions import (cached_predictions, drop_batches, prediction_key,
+                                          prediction_path, save_batches, save_predictions,
+                                          saved_batches, write_inputs, write_lines)
 from lmcor.evaluation.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
 
 # Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
@@ -38,8 +48,6 @@ from lmcor.evaluation.results_table import GREEDY_ROW, METRIC_LABELS, markdown_t
 METRICS_BY_DATASET = {"e2e": ("bleu", "rougeL", "chrf"), "jfleg": ("gleu",),
                       "wmt": ("chrf", "bleu"), "xsum": ("rougeL", "bleu")}
 _BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
-CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
-NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,55 +109,6 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                       tuple(corrector_bindings), num_candidates, dict(tags or {}), breakdown)
 
 
-# ---------------------------------------------------------------------- data
-
-
-def task_dataset(task: str) -> str:
-    """'e2e_lmcor_single' -> 'e2e' (the variant suffix names the input, not the data)."""
-    for variant in sorted(("finetune", "lmcor", "lmcor_single"), key=len, reverse=True):
-        if task.endswith("_" + variant):
-            return task[:-len(variant) - 1]
-    return task
-
-
-def load_records(cfg: EvalConfig) -> List[dict]:
-    """The test records: a pool directory if given, else the task's registered data source
-    (which honours pool_overrides)."""
-    if cfg.pool:
-        from lmcor.data.pool import read_pool, resolve_pool_path
-        records = read_pool(resolve_pool_path(cfg.pool))
-    else:
-        import seqio
-
-        import lmcor.tasks  # noqa: F401  (registers the tasks)
-        source = getattr(seqio.get_mixture_or_task(cfg.task), "source", None)
-        if not hasattr(source, "records"):  # a mixture, or a TFDS-prepared pool
-            raise ValueError(f"evaluation.task={cfg.task!r}: not a task over Python pool records; "
-                             "give its test pool folder as evaluation.pool (EVAL_POOL)")
-        records = source.records(cfg.split)
-    out = []
-    for rec in records:
-        if cfg.max_examples is not None and len(out) >= cfg.max_examples:
-            break
-        if cfg.num_candidates is not None:
-            rec = dict(rec, candidates=rec["candidates"][:cfg.num_candidates])
-        out.append(rec)
-    if not out:
-        raise ValueError(f"{cfg.pool or cfg.task}: no records in split {cfg.split!r}")
-    return out
-
-
-def reference_streams(records: Sequence[Mapping], max_references: Optional[int]) -> List[List]:
-    """sacreBLEU's layout: stream k holds every record's k-th reference (None where absent)."""
-    refs = [r["references"][:max_references] for r in records]
-    missing = [r["id"] for r, x in zip(records, refs) if not x]
-    if missing:
-        raise ValueError(f"record {missing[0]!r}: field 'references': empty ({len(missing)} "
-                         "records have no reference)")
-    width = max(len(x) for x in refs)
-    return [[x[k] if k < len(x) else None for x in refs] for k in range(width)]
-
-
 # ---------------------------------------------------------------------- scoring
 
 
@@ -193,17 +152,17 @@ def _corpus(metric: str, hyps, refs, srcs) -> float:
 
 
 def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
-                      cfg: EvalConfig) -> List[str]:
+                      cfg: EvalConfig, done: Sequence[str] = (), on_batch=None) -> List[str]:
     """Decodes with the trained corrector in model_dir (lmcor.corrector: the one inference
-    path). Its run config replaces the current Gin config, which evaluate() has already read."""
+    path), after the `done` outputs of an interrupted decode, calling `on_batch(outputs so far)`
+    after each batch. Its run config replaces the current Gin config, which evaluate() has
+    already read."""
     from lmcor.corrector import Corrector
 
     gin.clear_config()
-    bindings = [f"corrector_settings.variant = '{variant}'", *cfg.corrector_bindings]
-    if cfg.num_candidates is not None:
-        bindings.append(f"corrector_options.k = {cfg.num_candidates}")
-    corrector = Corrector.from_model_dir(model_dir, gin_bindings=bindings)
-    return corrector.correct(records, batch_size=cfg.batch_size, progress=True)
+    corrector = Corrector.from_model_dir(model_dir, gin_bindings=corrector_bindings(variant, cfg))
+    return corrector.correct(records, batch_size=cfg.batch_size, progress=True, done=done,
+                             on_batch=on_batch)
 
 
 def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict]:
@@ -216,18 +175,6 @@ def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict
                        [srcs[i] for i in idx])
 
     return breakdowns.score_groups(cfg.breakdown, records, outputs, score)
-
-
-def training_summary(model_dir: Optional[str]) -> Optional[dict]:
-    """What MODEL_DIR/train_summary.json (written by the trainer) says of a corrector's
-    training: examples seen, training seconds, steps, the selected step; None without one."""
-    path = os.path.join(model_dir, "train_summary.json") if model_dir else ""
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
-    return {k: summary.get(k) for k in ("examples_seen", "train_seconds", "step", "best_step",
-                                        "stopped")}
 
 
 # Paired tests between trained rows: does LMCor's pool beat the same model on the source alone?
@@ -252,42 +199,52 @@ def comparisons(outputs: Mapping[str, Sequence[str]], refs, srcs,
 # ---------------------------------------------------------------------- the job
 
 
-def _row_outputs(records, cfg: EvalConfig, refs, pred_dir: str, notes: List[str]):
-    """(row name, outputs, decoding seconds or None) in table order; a corrector row whose
-    predictions are already saved is not decoded again (seconds None)."""
-    for row, outs in baseline_rows(records, cfg, refs).items():
-        yield row, outs, None
-    for name, variant in CORRECTOR_ROWS:
-        model_dir = cfg.model_dirs.get(name)
-        if not model_dir or not os.path.isdir(model_dir):
-            notes.append(f"row {name!r} omitted: " + (f"MODEL_DIR {model_dir!r} does not exist"
-                                                      if model_dir else NO_MODEL_DIR))
-            logging.warning(notes[-1])
-            continue
+_NOT_DECODED = {"decode_seconds": None, "decoded_batches": None, "resumed_batches": None}
+
+
+def _row_outputs(inputs: Inputs, cfg: EvalConfig, pred_dir: str):
+    """(row name, outputs, decoding) in table order. A corrector row whose predictions are
+    already saved is not decoded again; one whose decode was interrupted resumes after its
+    last saved batch. `decoding`: the seconds and batches decoded by this run, the batches
+    taken from the interrupted one."""
+    for row, outs in baseline_rows(inputs.records, cfg, inputs.refs).items():
+        yield row, outs, _NOT_DECODED
+    for name, variant, model_dir in inputs.correctors:
         path = prediction_path(pred_dir, name)
-        key = prediction_key(records, model_dir, cfg.corrector_bindings, cfg.num_candidates)
-        outs = cached_predictions(path, key, len(records))
+        key = prediction_key(inputs.records, model_dir, cfg.corrector_bindings,
+                             cfg.num_candidates)
+        outs = cached_predictions(path, key, len(inputs.records))
         if outs is not None:
-            yield name, outs, None
+            drop_batches(path)  # left by a kill between the row's last two writes
+            yield name, outs, dict(_NOT_DECODED, decoded_batches=0, resumed_batches=0)
             continue
+        # The batch size changes how inputs are padded together, so it keys the batches too.
+        batch_key = dict(key, batch_size=cfg.batch_size)
+        done, decoded = saved_batches(path, batch_key), []
+
+        def flush(outputs: List[str]) -> None:
+            save_batches(path, batch_key, outputs)
+            decoded.append(len(outputs))
+
         start = time.time()
-        outs = corrector_outputs(records, variant, model_dir, cfg)
+        outs = corrector_outputs(inputs.records, variant, model_dir, cfg, done, flush)
         seconds = round(time.time() - start, 2)
         save_predictions(path, outs, key)  # evaluate() writes every row again; harmless
-        yield name, outs, seconds
+        yield name, outs, {"decode_seconds": seconds, "decoded_batches": len(decoded),
+                           "resumed_batches": -(-len(done) // cfg.batch_size)}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Runs every row, writes results.json / results.md / predictions; returns the results."""
-    records = load_records(cfg)
-    refs = reference_streams(records, cfg.max_references)
+    """Checks what it reads (check_inputs), then runs every row and writes results.json /
+    results.md / predictions; returns the results."""
+    inputs = check_inputs(cfg)
+    records, refs = inputs.records, inputs.refs
     srcs = [r["source"] for r in records]
     pred_dir = os.path.join(cfg.out_dir, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
     write_inputs(pred_dir, records, refs)
-    notes: List[str] = []
     rows, greedy, outputs = [], None, {}
-    for name, outs, seconds in _row_outputs(records, cfg, refs, pred_dir, notes):
+    for name, outs, decoding in _row_outputs(inputs, cfg, pred_dir):
         path = prediction_path(pred_dir, name)
         write_lines(path, outs)
         greedy = outs if greedy is None else greedy
@@ -295,14 +252,15 @@ def evaluate(cfg: EvalConfig) -> dict:
         scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,
                            cfg.seed)
         rows.append({"name": name, "metrics": scores,
-                     "predictions": os.path.relpath(path, cfg.out_dir), "decode_seconds": seconds,
-                     "training": training_summary(cfg.model_dirs.get(name))})
+                     "predictions": os.path.relpath(path, cfg.out_dir), **decoding,
+                     "training": inputs.training.get(name)})
         logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
     results = {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "num_examples": len(records),
+               "records_without_candidates": inputs.without_candidates,
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
                "rows": rows, "comparisons": comparisons(outputs, refs, srcs, cfg),
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
-               "notes": notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
+               "notes": inputs.notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")
@@ -320,8 +278,14 @@ def _main(flags: GinFlags) -> int:
     return 0
 
 
+# What a bad pool, folder or corrector raises (PoolError, AdapterError and BaseWeightsMismatch
+# are ValueErrors; a missing or unwritable file, an OSError): one line, exit status 2.
+INPUT_ERRORS = (OSError, ValueError)
+
+
 def main(argv=None) -> int:
-    return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main)
+    return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main,
+                               INPUT_ERRORS)
 
 
 if __name__ == "__main__":

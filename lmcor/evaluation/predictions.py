@@ -3,6 +3,8 @@
 `lmcor score` re-scores any row from these files (`source.txt`, `ref.K.txt`, `references.jsonl`).
 A corrector row is saved with a key (`<row>.key.json`) naming what it was decoded from, and a
 rerun of `lmcor evaluate` reuses it only when the key still matches (`cached_predictions`).
+While a row decodes, each finished batch is saved (`<row>.partial.json`, its outputs so far
+and their key with the batch size), so a killed evaluation loses at most the batch in flight.
 """
 import hashlib
 import json
@@ -68,11 +70,43 @@ def cached_predictions(path: str, key: dict, n: int) -> Optional[List[str]]:
 
 
 def save_predictions(path: str, lines: Sequence[str], key: dict) -> None:
-    """A corrector row's lines and the key of what they were decoded from."""
+    """A corrector row's lines and the key of what they were decoded from; its saved batches
+    are dropped."""
     # Predictions before their key: a kill in between leaves a key-less or old-key file, never
     # a new key vouching for old lines.
     write_lines(path, lines)
     atomic_write_text(_key_path(path), json.dumps(key, indent=1) + "\n")
+    drop_batches(path)
+
+
+def _partial_path(path: str) -> str:
+    return path[:-len(".txt")] + ".partial.json"
+
+
+def saved_batches(path: str, key: dict) -> List[str]:
+    """The outputs of the batches an interrupted decode of the row at `path` saved under `key`
+    (`save_batches`); [] when there are none, or they were decoded from anything else."""
+    partial = _partial_path(path)
+    if not os.path.isfile(partial):
+        return []
+    with open(partial, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("key") != key:
+        changed = sorted(k for k in key if saved.get("key", {}).get(k) != key[k])
+        logging.warning("%s: decoded with other %s; starting that row over", partial, changed)
+        return []
+    return list(saved["outputs"])
+
+
+def save_batches(path: str, key: dict, outputs: Sequence[str]) -> None:
+    """The outputs decoded so far for the row at `path`, replacing those saved before."""
+    atomic_write_text(_partial_path(path), json.dumps({"key": key, "outputs": list(outputs)},
+                                                      ensure_ascii=False) + "\n")
+
+
+def drop_batches(path: str) -> None:
+    if os.path.exists(_partial_path(path)):
+        os.unlink(_partial_path(path))
 
 
 def write_lines(path: str, lines: Sequence[str]) -> None:

@@ -33,7 +33,7 @@ import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from lmcor import config as gin_config
-from lmcor.evaluation.evaluate import NO_MODEL_DIR
+from lmcor.evaluation.inputs import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 

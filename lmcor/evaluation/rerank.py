@@ -126,7 +126,23 @@ def oracle_index(candidates: Sequence[str], references: Sequence[str], utility: 
 # ---------------------------------------------------------------------- rows over a pool
 
 
+# A record whose pool holds no candidate (docs/pool_format.md allows it) has nothing to pick
+# from: every pool row outputs this for it, and `lmcor evaluate` counts such records in a note.
+NO_CANDIDATE_OUTPUT = ""
+
+
+class NoGreedyCandidate(ValueError):
+    """A record with candidates, none of them greedy (from the generator asked for)."""
+
+    def __init__(self, record_id: str, generator: Optional[str]):
+        super().__init__(f"record {record_id!r}: field 'candidates': no greedy candidate"
+                         + (f" from generator {generator!r}" if generator else ""))
+        self.record_id = record_id
+
+
 def _texts(rec: Mapping, generators: Optional[Sequence[str]] = None) -> List[str]:
+    if not rec["candidates"]:
+        return [NO_CANDIDATE_OUTPUT]
     cands = rec["candidates"]
     if generators is not None:
         cands = [c for c in cands if c["generator"] in generators]
@@ -140,11 +156,13 @@ def greedy_outputs(records: Sequence[Mapping], generator: Optional[str] = None) 
     """Per record, the first greedy candidate (of `generator` if given): the LLM-greedy row."""
     out = []
     for rec in records:
+        if not rec["candidates"]:
+            out.append(NO_CANDIDATE_OUTPUT)
+            continue
         found = [c["text"] for c in rec["candidates"] if c["decoding"] == "greedy"
                  and (generator is None or c["generator"] == generator)]
         if not found:
-            raise ValueError(f"record {rec['id']!r}: field 'candidates': no greedy candidate"
-                             + (f" from generator {generator!r}" if generator else ""))
+            raise NoGreedyCandidate(rec["id"], generator)
         out.append(found[0])
     return out
 
@@ -183,12 +201,13 @@ def oracle_outputs(records: Sequence[Mapping], utility: str = "chrf",
 
 def generator_outputs(records: Sequence[Mapping]) -> Dict[str, List[str]]:
     """Each generator's output per record (its first candidate), for generators that produced
-    a candidate for every record: the single systems of a WMT pool."""
-    names = [c["generator"] for c in records[0]["candidates"]] if records else []
-    names = list(dict.fromkeys(names))
+    a candidate for every record that has any: the single systems of a WMT pool."""
+    pooled = [r for r in records if r["candidates"]]
+    names = list(dict.fromkeys(c["generator"] for c in pooled[0]["candidates"])) if pooled else []
     out: Dict[str, List[str]] = {}
     for name in names:
-        texts = [[c["text"] for c in r["candidates"] if c["generator"] == name] for r in records]
+        texts = [[c["text"] for c in r["candidates"] if c["generator"] == name]
+                 or ([NO_CANDIDATE_OUTPUT] if not r["candidates"] else []) for r in records]
         if all(texts):
             out[name] = [t[0] for t in texts]
     return out
