@@ -136,7 +136,7 @@ def test_bad_settings_name_the_field():
     assert evaluate.evaluation(task="jfleg_lmcor_single", out_dir="/tmp/x").metric_names == ("gleu",)
 
 
-def test_cli_with_task_gin_files(data_dir, tmp_path, capsys):
+def test_cli_with_task_gin_files(data_dir, tmp_path, capsys, caplog):
     argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/wmt.gin",
             f"--gin.EVAL_DIR='{tmp_path}'", "--gin.EVAL_MAX_EXAMPLES=8",
             "--gin.EVAL_GREEDY_GENERATOR='GPT4-5shot'",
@@ -153,6 +153,10 @@ def test_cli_with_task_gin_files(data_dir, tmp_path, capsys):
     gpt4 = read_lines(os.path.join(str(data_dir), "wmt_en_de", "wmt23", "systems", "GPT4-5shot.de"))
     assert read_lines(tmp_path / "predictions" / "llm_greedy.txt") == gpt4[279:287]
     assert len(results["notes"]) == 3  # no MODEL_DIRs given: three rows omitted
+    # Each printed once, after the table, not logged as well while the rows run.
+    assert [line for line in out.splitlines() if "omitted" in line] == \
+        [f"note: {note}" for note in results["notes"]]
+    assert not [r for r in caplog.records if "omitted" in r.getMessage()]
 
 
 @pytest.mark.parametrize("name,task,tags", [
