@@ -231,7 +231,8 @@ class Corrector:
         out: List[str] = list(done)
         try:
             for start in tqdm(range(len(out), len(ids), batch_size), desc="correct",
-                              unit="batch", disable=not progress):
+                              unit="batch", initial=len(out) // batch_size,
+                              total=-(-len(ids) // batch_size), disable=not progress):
                 chunk = ids[start:start + batch_size]
                 out.extend(self.decode_ids(chunk, row_bucket(len(chunk), batch_size))[0])
                 if on_batch is not None:

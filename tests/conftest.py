@@ -62,6 +62,17 @@ def task_spm_path(data_dir, tmp_path_factory) -> str:
     return train_task_sentencepiece(pool_texts(recs), 1000, str(out))
 
 
+@pytest.fixture(scope="session")
+def tiny_lmcor_dir(task_spm_path, tmp_path_factory) -> str:
+    """The MODEL_DIR of a random-weight tiny T5 corrector as the trainer leaves it
+    (tests/_tiny_corrector.py), for the mechanics of evaluating one; tests only read it."""
+    from _tiny_corrector import tiny_config, tiny_params, write_model_dir
+
+    model_dir = tmp_path_factory.mktemp("lmcor")
+    write_model_dir(model_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=1))
+    return str(model_dir)
+
+
 def pytest_collection_modifyitems(config, items):
     # Under `-n 2 --dist loadfile`, files are handed out in collection order: start the files
     # with slow tests first so the long ones overlap instead of finishing the run alone.

@@ -23,10 +23,8 @@ def pool_dir(wmt22_pool):
 
 
 @pytest.fixture(scope="module")
-def lmcor_dir(task_spm_path, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("lmcor")
-    write_model_dir(model_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=1))
-    return str(model_dir)
+def lmcor_dir(tiny_lmcor_dir):
+    return tiny_lmcor_dir
 
 
 def _config(out_dir, pool_dir, lmcor_dir=None, finetune_dir=None):

@@ -19,7 +19,6 @@ from lmcor.io_utils import read_lines
 
 from _cli import one_line_error
 from _evaluate_killed import config as killed_config
-from _tiny_corrector import tiny_config, tiny_params, write_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED = os.path.join(REPO, "data", "correctors", "e2e")
@@ -29,13 +28,6 @@ N = 6
 @pytest.fixture(scope="module")
 def pool_dir(wmt22_pool):
     return wmt22_pool(N)
-
-
-@pytest.fixture(scope="module")
-def lmcor_dir(task_spm_path, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("lmcor")
-    write_model_dir(model_dir, task_spm_path, tiny_params(tiny_config(task_spm_path), seed=1))
-    return str(model_dir)
 
 
 def _write_jsonl(path, records, cut=None):
@@ -137,7 +129,7 @@ def test_bad_inputs_are_one_line_before_anything_is_written(pool_dir, tmp_path, 
         assert not out.exists(), name
 
 
-def test_records_without_candidates(pool_dir, lmcor_dir, tmp_path):
+def test_records_without_candidates(pool_dir, tiny_lmcor_dir, tmp_path):
     """docs/pool_format.md: `candidates` may be empty. The pool rows give such a record an empty
     output, the corrector reads its source alone, and results.json counts them. What the
     evaluation writes gets the modes umask 022 gives."""
@@ -148,7 +140,7 @@ def test_records_without_candidates(pool_dir, lmcor_dir, tmp_path):
     umask = os.umask(0o022)
     try:
         results = evaluate.evaluate(evaluate.evaluation(
-            task="wmt22", out_dir=str(out), pool=pool, lmcor_dir=lmcor_dir,
+            task="wmt22", out_dir=str(out), pool=pool, lmcor_dir=tiny_lmcor_dir,
             greedy_generator="Online-A", max_references=1, bootstrap_samples=20))
     finally:
         os.umask(umask)
@@ -164,7 +156,7 @@ def test_records_without_candidates(pool_dir, lmcor_dir, tmp_path):
     from lmcor.corrector import Corrector
 
     gin.clear_config()
-    corrector = Corrector.from_model_dir(lmcor_dir)
+    corrector = Corrector.from_model_dir(tiny_lmcor_dir)
     assert corrector.build_input(records[2]) == f"source: {records[2]['source']}"
     assert corrector.build_input(records[1]).startswith(f"source: {records[1]['source']} <sep> "
                                                         "candidates: ")
@@ -174,16 +166,16 @@ def test_records_without_candidates(pool_dir, lmcor_dir, tmp_path):
 
 
 def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
-        pool_dir, lmcor_dir, tmp_path, monkeypatch):
+        pool_dir, tiny_lmcor_dir, tmp_path, monkeypatch):
     from lmcor.corrector import Corrector
 
-    whole = evaluate.evaluate(killed_config(str(tmp_path / "whole"), pool_dir, lmcor_dir))
+    whole = evaluate.evaluate(killed_config(str(tmp_path / "whole"), pool_dir, tiny_lmcor_dir))
     assert [r["decoded_batches"] for r in whole["rows"] if r["name"] == "LMCor"] == [4]
 
     out = tmp_path / "killed"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_evaluate_killed.py"),
-                           str(out), pool_dir, lmcor_dir, "3"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                           str(out), pool_dir, tiny_lmcor_dir, "3"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     saved = json.loads((out / "predictions" / "lmcor.partial.json").read_text())
     assert len(saved["outputs"]) == 2 and not (out / "results.json").exists()
@@ -195,7 +187,7 @@ def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
         return decode_ids(self, *args, **kwargs)
 
     monkeypatch.setattr(Corrector, "decode_ids", counted)
-    again = evaluate.evaluate(killed_config(str(out), pool_dir, lmcor_dir))
+    again = evaluate.evaluate(killed_config(str(out), pool_dir, tiny_lmcor_dir))
     [row] = [r for r in again["rows"] if r["name"] == "LMCor"]
     assert len(calls) == 2 and (row["decoded_batches"], row["resumed_batches"]) == (2, 2)
     assert (out / "predictions" / "lmcor.txt").read_bytes() == \

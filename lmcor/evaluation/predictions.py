@@ -90,7 +90,11 @@ def saved_batches(path: str, key: dict) -> List[str]:
     if not os.path.isfile(partial):
         return []
     with open(partial, encoding="utf-8") as f:
-        saved = json.load(f)
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as e:  # written atomically: only a hand could break it
+            logging.warning("%s: not valid JSON (%s); starting that row over", partial, e.msg)
+            return []
     if saved.get("key") != key:
         changed = sorted(k for k in key if saved.get("key", {}).get(k) != key[k])
         logging.warning("%s: decoded with other %s; starting that row over", partial, changed)
