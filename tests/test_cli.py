@@ -224,7 +224,7 @@ def test_an_error_ends_an_open_progress_bar_and_shows_its_traceback_only_when_de
                          "  In call to configurable 'evaluation' (<function evaluation>)")
     except ValueError as e:
         err = e
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setenv(DEBUG_ENV, "0")  # and back to unset after the --debug below sets it
     bar = tqdm(total=10, desc="reading", file=sys.stderr)
     bar.update(3)  # an interrupted loop leaves its bar open, the cursor after it
     assert report_error("lmcor export", err) == 2

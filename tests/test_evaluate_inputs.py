@@ -13,6 +13,7 @@ import sys
 import gin
 import pytest
 
+from lmcor.command_errors import DEBUG_ENV
 from lmcor.data.pool import read_pool, write_pool
 from lmcor.evaluation import evaluate
 from lmcor.io_utils import read_lines
@@ -113,7 +114,9 @@ def _bad_inputs(tmp_path, pool_dir):
     }
 
 
-def test_bad_inputs_are_one_line_before_anything_is_written(pool_dir, tmp_path, capsys):
+def test_bad_inputs_are_one_line_before_anything_is_written(pool_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setenv(DEBUG_ENV, "0")  # no traceback
     cases = _bad_inputs(tmp_path, pool_dir)
     out = tmp_path / "eval"
     for name, (flags, message) in cases.items():
