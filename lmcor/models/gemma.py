@@ -193,10 +193,16 @@ class GemmaBlock(_LayerPart):
         return constrain(x, ("batch", "length", "embed")), new_cache
 
 
-def _attention_masks(cfg, q_pos, q_seg, k_pos, k_seg):
-    """[B,1,Q,K] masks for global and sliding layers: same segment, causal, inside the window."""
-    allowed = ((q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
-               & (k_pos[:, None, :] <= q_pos[:, :, None]))
+def _attention_masks(cfg, q_pos, q_seg, k_pos, k_seg, q_prefix=None):
+    """[B,1,Q,K] masks for global and sliding layers: same segment, causal, inside the window.
+
+    `q_prefix` [B,Q] (0 = none) names, per query, one more segment it reads: a prefix shared by
+    several continuations in one row (lmcor.training.grouped_rows). Their positions start after
+    the prefix's, so each continuation sees exactly what it would see alone after the prefix."""
+    same = q_seg[:, :, None] == k_seg[:, None, :]
+    if q_prefix is not None:
+        same = same | (q_prefix[:, :, None] == k_seg[:, None, :])
+    allowed = same & (k_seg[:, None, :] != 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
     local = allowed & (q_pos[:, :, None] - k_pos[:, None, :] < cfg.sliding_window)
     return {GLOBAL: allowed[:, None], LOCAL: local[:, None]}
 
@@ -233,8 +239,12 @@ class Gemma3(nn.Module):
         return logits if cache is None else (logits, new_cache)
 
     def hidden_states(self, tokens, *, positions=None, segment_ids=None, cache=None,
-                      start_layer: int = 0, stop_layer: int | None = None, start=None):
+                      start_layer: int = 0, stop_layer: int | None = None, start=None,
+                      prefix_ids=None):
         """Final-normed hidden states [B,L,D] (and the updated cache when one is given).
+
+        `prefix_ids` [B,L]: per token, the segment of a shared prefix it also attends to (0:
+        none; see `_attention_masks`).
 
         `stop_layer=N` returns the un-normed stream after the first N layers instead, and
         `start=` that stream with `start_layer=N` continues from it: a frozen bottom stack's
@@ -247,7 +257,8 @@ class Gemma3(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         if cache is None:
-            masks = _attention_masks(cfg, positions, segment_ids, positions, segment_ids)
+            masks = _attention_masks(cfg, positions, segment_ids, positions, segment_ids,
+                                     prefix_ids)
         else:
             # Every valid token of a row is one sequence; padding gets slot_pos -1 and is never seen.
             slot_pos = cache_write(cache["slot_pos"], jnp.where(segment_ids != 0, positions, -1),

@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.io_utils import atomic_write_bytes
 
-_KEY_FEATURES = ("decoder_input_tokens", "decoder_positions", "decoder_segment_ids")
+_KEY_FEATURES = ("decoder_input_tokens", "decoder_positions", "decoder_segment_ids",
+                 "decoder_prefix_ids")
 
 
 def cache_key(model, source) -> str:
@@ -64,17 +65,19 @@ class FrozenCache:
         self.filled = 0
 
     def hidden(self, row_ids: np.ndarray, device_batch: dict) -> jax.Array:
-        """Layer N's input for the batch's rows, as a batch-sharded bfloat16 array."""
+        """Layer N's input for the batch's rows, as a batch-sharded bfloat16 array. A batch cut
+        to fewer columns (length buckets) reads and writes only those: the rest is padding."""
         missing = ~self.done[row_ids]
+        length = device_batch["decoder_input_tokens"].shape[1]
         if missing.any():
             states = np.asarray(jax.device_get(self._prefix(self.frozen, device_batch)))
             fresh = row_ids[missing]
-            self.states[fresh] = states[missing].view(np.uint16)
+            self.states[fresh, :length] = states[missing].view(np.uint16)
             self.states.flush()
             self.done[fresh] = True
             self.filled += len(fresh)
             atomic_write_bytes(self.done_path, _npy_bytes(self.done))
-        out = np.asarray(self.states[row_ids]).view(ml_dtypes.bfloat16)
+        out = np.asarray(self.states[row_ids, :length]).view(ml_dtypes.bfloat16)
         sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         return jax.make_array_from_process_local_data(sharding, out)
 

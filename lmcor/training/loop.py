@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import gin
 import jax
@@ -49,12 +49,23 @@ def _any_host(flag: bool) -> bool:
     return bool(_max_over_hosts(int(flag)))
 
 
-def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int]):
+def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Optional[int],
+                  length_buckets=None):
     num = data_shards or jax.process_count()
     if num % jax.process_count():
         raise ValueError(f"data_shards={num} must be a multiple of the {jax.process_count()} hosts")
     owned = [s for s in range(num) if s % jax.process_count() == jax.process_index()]
-    return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed)
+    return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed,
+                                length_buckets=length_buckets)
+
+
+def _host_batch(source, step: int) -> dict:
+    """This host's rows of batch(step); length-grouped batches are cut to the same shape on
+    every host (the largest any host asks for)."""
+    shape = source.batch_shape(step)
+    if shape is not None:
+        shape = tuple(_max_over_hosts(x) for x in shape)
+    return source.batch(step, shape)
 
 
 def build_step(model: TrainModel, optimizer, schedule, mesh, seed: int):
@@ -146,7 +157,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           evaluate_only: bool = False, max_train_seconds: Optional[float] = None,
           train_examples: Optional[int] = None, train_epochs: Optional[float] = None,
           eval_every_examples: int = 0, patience: Optional[int] = None,
-          preemption=None) -> dict:
+          length_buckets: Optional[Sequence[int]] = None, preemption=None) -> dict:
     """Trains until `train_steps` optimizer updates; returns {"step", "losses", "stopped",
     "examples_seen", "train_seconds"}.
 
@@ -162,6 +173,10 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     the first step, compilation included; evaluation time not counted), with a checkpoint and,
     when an evaluator is set, a final evaluation: "train for 15 minutes" on a shared machine.
 
+    `length_buckets` (decoder-only rows, e.g. `seqio_train_data.share_inputs`): length-grouped
+    batches cut to the bucket of their longest row (training/data.py), so a step computes
+    neither the padding nor attention across the longest row's width.
+
     `data(num_shards, owned_shards) -> {shard: {feature: np.ndarray}}` (see training/data.py);
     `evaluator(model, params, step) -> {metric: float}` runs every `eval_every` steps and its
     metrics drive keep-best checkpointing.
@@ -171,7 +186,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     # The cheap, error-prone settings first: a bad schedule fails before minutes of data loading.
     schedule = state_lib.make_schedule()
     optimizer = state_lib.make_optimizer(schedule)
-    source = _build_source(data, batch_size, seed, data_shards)
+    source = _build_source(data, batch_size, seed, data_shards, length_buckets)
     model = model.prepare(model_dir, source)
     model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
     state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, seed)
@@ -201,7 +216,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     try:
         with jax.set_mesh(mesh):
             for step in range(start, end):
-                batch = source.batch(step)
+                batch = _host_batch(source, step)
                 model.check_batch(batch)
                 device_batch = _global_batch(batch, mesh)
                 if cache is not None:

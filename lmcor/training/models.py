@@ -151,50 +151,52 @@ class DecoderModel(TrainModel):
     # ------------------------------------------------------------------ forward
 
     def logits_fn(self, params, batch, rng=None, frozen=None):
-        return _apply(self.module, self.rules, peft.merge(params, frozen),
-                      batch["decoder_input_tokens"], positions=batch.get("decoder_positions"),
-                      segment_ids=batch.get("decoder_segment_ids"), rng=rng)
+        with nn.logical_axis_rules(self.rules):
+            return self._head(params, frozen, self._hidden(params, frozen, batch))
+
+    def _hidden(self, params, frozen, batch, **kwargs):
+        with nn.logical_axis_rules(self.rules):
+            return self.module.apply({"params": peft.merge(params, frozen)},
+                                     batch["decoder_input_tokens"],
+                                     positions=batch.get("decoder_positions"),
+                                     segment_ids=batch.get("decoder_segment_ids"),
+                                     prefix_ids=batch.get("decoder_prefix_ids"),
+                                     method=Gemma3.hidden_states, **kwargs)[0]
+
+    def _head(self, params, frozen, hidden):
+        return self.module.apply({"params": peft.merge(params, frozen)}, hidden,
+                                 method=Gemma3.logits)
 
     def loss_inputs(self, params, batch, rng=None, frozen=None):
-        """(logits, targets, weights) for the loss; only target positions when `loss_positions`.
-        A batch carrying `frozen_hidden` (frozen_cache) starts above the frozen layers."""
+        """(logits, targets, weights) for the loss; only target positions when `loss_positions`
+        is set or the batch lists them (`decoder_loss_index` [B, K]: lmcor.training.grouped_rows).
+        A batch carrying `frozen_hidden` (frozen_cache) starts above the frozen layers.
+        Gemma 3 has no dropout, so the rng is unused."""
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-        if frozen is not None:
-            params = peft.merge(params, frozen)
-        if self.loss_positions is None and "frozen_hidden" not in batch:
-            return self.logits_fn(params, batch, rng), targets, weights
-        # Gemma 3 has no dropout, so the rng is unused here as in logits_fn.
-        variables = {"params": params}
         start = {}
         if "frozen_hidden" in batch:
             start = dict(start=batch["frozen_hidden"], start_layer=self.freezing.freeze_layers)
-        with nn.logical_axis_rules(self.rules):
-            hidden, _ = self.module.apply(variables, batch["decoder_input_tokens"],
-                                          positions=batch.get("decoder_positions"),
-                                          segment_ids=batch.get("decoder_segment_ids"),
-                                          method=Gemma3.hidden_states, **start)
-            if self.loss_positions is None:
-                return self.module.apply(variables, hidden, method=Gemma3.logits), targets, weights
+        hidden = self._hidden(params, frozen, batch, **start)
+        if "decoder_loss_index" in batch:
+            order = batch["decoder_loss_index"]
+        elif self.loss_positions is None:
+            with nn.logical_axis_rules(self.rules):
+                return self._head(params, frozen, hidden), targets, weights
+        else:
             # A stable sort puts each row's weighted positions first, in order; check_batch
             # makes sure none falls beyond the first K.
             order = jnp.argsort(weights <= 0, axis=1, stable=True)[:, :self.loss_positions]
 
-            def take(x):
-                idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
-                return jnp.take_along_axis(x, idx, axis=1)
+        def take(x):
+            idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+            return jnp.take_along_axis(x, idx, axis=1)
 
-            logits = self.module.apply(variables, take(hidden), method=Gemma3.logits)
-        return logits, take(targets), take(weights)
+        with nn.logical_axis_rules(self.rules):
+            return self._head(params, frozen, take(hidden)), take(targets), take(weights)
 
     def prefix_fn(self, frozen, batch):
         """The frozen bottom stack's output for a batch (what frozen_cache stores)."""
-        with nn.logical_axis_rules(self.rules):
-            hidden, _ = self.module.apply(
-                {"params": frozen}, batch["decoder_input_tokens"],
-                positions=batch.get("decoder_positions"),
-                segment_ids=batch.get("decoder_segment_ids"),
-                stop_layer=self.freezing.freeze_layers, method=Gemma3.hidden_states)
-        return hidden
+        return self._hidden(frozen, None, batch, stop_layer=self.freezing.freeze_layers)
 
     # ------------------------------------------------------------------ data and runs
 
@@ -246,7 +248,8 @@ class DecoderModel(TrainModel):
 
     def check_batch(self, batch):
         """Refuses a batch whose rows hold more target tokens than `loss_positions`."""
-        if self.loss_positions is None or isinstance(self.loss_positions, str):
+        if (self.loss_positions is None or isinstance(self.loss_positions, str)
+                or "decoder_loss_index" in batch):
             return
         most = most_loss_tokens(batch)
         if most > self.loss_positions:

@@ -25,6 +25,7 @@ from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import file_state
 from lmcor.tasks.common import data_root
+from lmcor.training import grouped_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,20 @@ def _to_arrays(ds, limit: Optional[int], desc: str) -> Dict[str, np.ndarray]:
 def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = gin.REQUIRED,
                      feature_lengths: Mapping[str, int] = gin.REQUIRED, split: str = "train",
                      kind: str = "encdec", pack: bool = True, bos_id: int = 2,
-                     max_examples: Optional[int] = None) -> Dict[int, Dict[str, np.ndarray]]:
+                     max_examples: Optional[int] = None,
+                     share_inputs: bool = False) -> Dict[int, Dict[str, np.ndarray]]:
     """{shard: features} for the owned shards of `task`'s split (one pass, in source order; the
-    BatchSource reshuffles every epoch). `max_examples` caps each shard's converted rows."""
+    BatchSource reshuffles every epoch). `max_examples` caps each shard's converted rows.
+
+    `share_inputs` (decoder-only): one row per input holding all of its references
+    (lmcor.training.grouped_rows) instead of packed rows; `pack` then does not apply. Rows are
+    padded to the sum of the feature lengths; `train.length_buckets` cuts each batch to its
+    longest row. Shard s holds inputs s, s+S, ..., so an input's references stay together."""
+    if share_inputs:
+        if kind != "decoder":
+            raise ValueError("seqio_train_data.share_inputs needs kind = 'decoder'")
+        return _grouped_shards(task, feature_lengths, split, bos_id, max_examples,
+                               num_shards, owned_shards)
     converter = feature_converter(kind, pack, bos_id)
     out = {}
     for shard in owned_shards:
@@ -65,6 +77,25 @@ def seqio_train_data(num_shards: int, owned_shards: Sequence[int], task: str = g
         out[shard] = _to_arrays(ds, max_examples, f"{task}:{split} shard {shard}")
         log.info("%s:%s shard %d/%d: %d rows (%s)", task, split, shard, num_shards,
                      len(next(iter(out[shard].values()))), "packed" if pack else "padded")
+    return out
+
+
+def _grouped_shards(task, feature_lengths, split, bos_id, max_examples, num_shards,
+                    owned_shards):
+    ds = seqio.get_mixture_or_task(task).get_dataset(
+        dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
+    examples = ((ex["inputs"], ex["targets"]) for ex in tqdm(
+        ds.as_numpy_iterator(), desc=f"{task}:{split}", unit="ex", leave=False))
+    groups = grouped_rows.group_examples(itertools.islice(examples, max_examples))
+    if not groups:
+        raise ValueError(f"{task}:{split}: the dataset is empty")
+    length = sum(feature_lengths.values())
+    out = {s: grouped_rows.grouped_rows(groups[s::num_shards], length, bos_id)
+           for s in owned_shards}
+    for s, arrays in out.items():
+        log.info("%s:%s shard %d/%d: %d rows sharing their inputs among %d references",
+                 task, split, s, num_shards, len(arrays["decoder_segment_ids"]),
+                 int(sum(len(t) for _, t in groups[s::num_shards])))
     return out
 
 
