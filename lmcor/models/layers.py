@@ -248,7 +248,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     # Grouped heads without repeating k/v: with a KV cache, a repeat copies the whole cache
     # `groups` times per layer per step, which costs more than the attention itself.
     qg = q.reshape(b, nq, kh, h // kh, d)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32)
+    # float32 results: XLA CPU runs bf16 x bf16 -> f32 dots fast and bf16-output ones slowly.
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
     logits = logits.reshape(b, h, nq, k.shape[1])
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -258,4 +259,5 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     if dropout is not None:
         weights = dropout(weights)
     weights = weights.reshape(b, kh, h // kh, nq, k.shape[1])
-    return jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(b, nq, h, d)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype).reshape(b, nq, h, d)

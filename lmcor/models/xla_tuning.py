@@ -16,6 +16,7 @@ measured: on them these are correct forms, not tuned ones.
 - `lora_product`: (x a) b with its backward pass written out.
 - `cache_write`: a KV-cache write whose form depends on the cache's dtype.
 """
+import functools
 import math
 from typing import Sequence
 
@@ -27,11 +28,51 @@ from jax import lax
 _RESCALE_BLOCK = 512
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def dot_f32(x: jax.Array, y: jax.Array, contract=((1,), (0,)), precision=None) -> jax.Array:
     """`lax.dot_general` contracting `contract` (no batch dims), accumulated and returned in
-    float32 whatever the operands' dtype."""
+    float32 whatever the operands' dtype.
+
+    The backward pass is written out so that its dots also take the operands' dtype in and give
+    float32 out: autodiff's transposes return the operands' dtype, which for bf16 operands is
+    the slow bf16-output dot (a bf16 LoRA step's backward ran no faster than float32's)."""
+    return _dot(x, y, contract, precision)
+
+
+def _dot(x, y, contract, precision):
     return lax.dot_general(x, y, (contract, ((), ())), precision=precision,
                            preferred_element_type=jnp.float32)
+
+
+def _dot_f32_forward(x, y, contract, precision):
+    return _dot(x, y, contract, precision), (x, y)
+
+
+def _dot_f32_backward(contract, precision, res, g):
+    x, y = res
+    (cx, cy) = contract
+    kx = [d for d in range(x.ndim) if d not in cx]  # x's kept dims: g's leading ones
+    ky = [d for d in range(y.ndim) if d not in cy]
+    gx_dims, gy_dims = list(range(len(kx))), list(range(len(kx), g.ndim))
+    # A dot's result dims are the lhs's free dims, then the rhs's, each in its own order; the
+    # contracted dims pair up as cx[i] <-> cy[i]. Each result is permuted back to its operand.
+    by_cy = [cx[i] for i in sorted(range(len(cy)), key=lambda i: cy[i])]
+    by_cx = [cy[i] for i in sorted(range(len(cx)), key=lambda i: cx[i])]
+    dx = jnp.transpose(_dot(g.astype(y.dtype), y, (gy_dims, ky), precision),
+                       _inverse(kx + by_cy))
+    dy = jnp.transpose(_dot(x, g.astype(x.dtype), (kx, gx_dims), precision),
+                       _inverse(by_cx + ky))
+    return dx.astype(x.dtype), dy.astype(y.dtype)
+
+
+def _inverse(order):
+    out = [0] * len(order)
+    for i, d in enumerate(order):
+        out[d] = i
+    return out
+
+
+dot_f32.defvjp(_dot_f32_forward, _dot_f32_backward)
 
 
 def dot_rows_f32(x: jax.Array, rows: jax.Array) -> jax.Array:
