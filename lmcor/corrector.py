@@ -55,6 +55,9 @@ class CorrectorSettings:
     # A task-vocabulary corrector reads and writes every piece of the inputs it corrects, not
     # only its training data's (Corrector.correct; `widened_vocabulary`).
     widen_vocab: bool = True
+    # Decode the longest inputs first, in batches of like lengths (decode.length_order): for
+    # inputs of very different lengths (WMT paragraphs). It changes which inputs share a batch.
+    order_by_length: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -209,13 +212,16 @@ class Corrector:
         `batch_size` records. `done`: the outputs of the first records from an earlier call on
         the same records and batch size (whole batches), which are not decoded again; the rest
         come out as that call would have decoded them. `on_batch(outputs so far)` is called
-        after each batch, for a caller that saves them."""
+        after each batch, for a caller that saves them. With `order_by_length`, "first" and "so
+        far" follow the decode order, and the result is in record order."""
         from tqdm import tqdm
 
         if len(done) % batch_size and len(done) != len(records):
             raise ValueError(f"{len(done)} outputs already decoded is not a whole number of "
                              f"batches of {batch_size}")
         ids = [self.prepare(r) for r in records]
+        order = decode.length_order(ids, self.settings.order_by_length)
+        ids = [ids[i] for i in order]
         task_map = getattr(self.lm, "vocab_map", None)
         narrow = self.lm, self.params
         if task_map is not None and ids:
@@ -242,7 +248,7 @@ class Corrector:
         if self.truncated_tokens:
             logging.info("corrector inputs: %d tokens removed by the token budget so far",
                          self.truncated_tokens)
-        return out
+        return decode.in_input_order(out, order)
 
     def widened_vocabulary(self, token_lists: Sequence[Sequence[int]]):
         """(decode adapter, params) whose task vocabulary also holds every piece of these

@@ -247,3 +247,25 @@ def test_validation_during_training_widens_the_task_vocabulary_once_and_keeps_it
                                   np.asarray(params["embedder"]["embedding"]))
     off = Evaluator(task="unused", feature_lengths={"inputs": 8, "targets": 8}, widen_vocab=False)
     assert off._widen(narrow.lm, narrow.params, narrow.base_embedding, ids)[0] is narrow.lm
+
+
+def test_decoding_longest_first_gives_each_record_its_own_output_and_resumes_in_that_order(
+        task_spm_path, wmt_records):
+    import dataclasses as dc
+
+    from _tiny_corrector import SETTINGS
+    base = shared_corrector(task_spm_path)
+    records = wmt_records[:3]
+    alone = [base.decode_ids([base.prepare(r)], 1)[0][0] for r in records]
+    by_length = tiny_corrector(task_spm_path, settings=dc.replace(SETTINGS, order_by_length=True))
+    lengths = [len(by_length.prepare(r)) for r in records]
+    longest_first = sorted(range(3), key=lambda i: -lengths[i])
+    # The order really changes here, and the outputs tell the records apart.
+    assert longest_first != [0, 1, 2] and len(set(alone)) == 3
+    saved = []
+    assert by_length.correct(records, batch_size=1,
+                             on_batch=lambda outs: saved.append(list(outs))) == alone
+    # A caller saves the outputs in decode order; resumed after the first batch, the call
+    # decodes the rest and still returns record order.
+    assert saved[-1] == [alone[i] for i in longest_first]
+    assert by_length.correct(records, batch_size=1, done=saved[0]) == alone

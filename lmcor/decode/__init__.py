@@ -14,8 +14,9 @@ Modules, each importing only those above it:
 from lmcor.decode.beam import length_penalty
 from lmcor.decode.executables import compiled_count
 from lmcor.decode.runner import DecodeConfig, Decoded, decode_batch, generate
-from lmcor.decode.text import cut_at_stop, is_encdec, pad_prompts, stop_table, texts_of
+from lmcor.decode.text import (cut_at_stop, in_input_order, is_encdec, length_order,
+                                pad_prompts, stop_table, texts_of)
 
 __all__ = ["DecodeConfig", "Decoded", "compiled_count", "cut_at_stop", "decode_batch",
-           "generate", "is_encdec", "length_penalty", "pad_prompts", "stop_table",
-           "texts_of"]
+           "generate", "in_input_order", "is_encdec", "length_order", "length_penalty",
+           "pad_prompts", "stop_table", "texts_of"]

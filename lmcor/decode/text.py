@@ -1,5 +1,5 @@
 """Between text and the decode loops: prompt batches in, stop tables for the loop, text out."""
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -68,4 +68,20 @@ def texts_of(tokenizer, decoded, eos_ids: Sequence[int], stop: Sequence[str]):
         while ids and ids[-1] in eos_ids:
             ids.pop()
         out.append(cut_at_stop(tokenizer.decode(ids), stop))
+    return out
+
+
+def length_order(token_lists: Sequence[Sequence[int]], by_length: bool) -> List[int]:
+    """The order to decode prompts in: longest first when `by_length` (so each batch pads to
+    widths alike and its loop runs about as long for every row: long paragraphs do not hold up
+    a batch of short ones), else as given. Stable: equal lengths keep their order."""
+    idx = list(range(len(token_lists)))
+    return sorted(idx, key=lambda i: -len(token_lists[i])) if by_length else idx
+
+
+def in_input_order(outputs: Sequence, order: Sequence[int]) -> list:
+    """`outputs[j]` belongs to input `order[j]`: the outputs back in input order."""
+    out = [None] * len(order)
+    for j, i in enumerate(order):
+        out[i] = outputs[j]
     return out

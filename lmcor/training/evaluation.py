@@ -37,7 +37,8 @@ class Evaluator:
                  split: str = "validation", max_examples: Optional[int] = None,
                  batch_size: int = 16, beam_size: int = 4, alpha: float = 0.6,
                  max_decode_tokens: int = 128, length_bucket: int = 32, bos_id: int = 2,
-                 interval_metric: Optional[str] = None, widen_vocab: bool = True):
+                 interval_metric: Optional[str] = None, widen_vocab: bool = True,
+                 order_by_length: bool = False):
         self.task_name, self.split, self.max_examples = task, split, max_examples
         self.feature_lengths = dict(feature_lengths)
         self.batch_size, self.length_bucket, self.bos_id = batch_size, length_bucket, bos_id
@@ -50,6 +51,7 @@ class Evaluator:
         # vocabulary widened by the pieces of the inputs (Corrector.correct), so that the
         # checkpoint kept is the best at what the table measures.
         self.widen_vocab = widen_vocab
+        self.order_by_length = order_by_length  # as corrector_settings.order_by_length
         self._widened = None  # (task-vocabulary adapter, its widened adapter), kept: no recompile
         self._examples: Optional[List[dict]] = None
 
@@ -84,6 +86,8 @@ class Evaluator:
         prompts = self._prompts(lm)
         lm, params = self._widen(lm, params, model.base_embedding, prompts)
         vocab = self.task.output_features["targets"].vocabulary
+        order = decode.length_order(prompts, self.order_by_length)
+        prompts = [prompts[i] for i in order]
         texts: List[str] = []
         encdec = decode.is_encdec(lm)
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="eval", unit="batch",
@@ -93,7 +97,7 @@ class Evaluator:
                                        bucket=self.length_bucket, rows=self.batch_size)
             dec = decode.decode_batch(lm, params, batch, self.config)
             texts += decode.texts_of(vocab, dec, [int(lm.eos_id)], ())[:len(chunk)]
-        return texts
+        return decode.in_input_order(texts, order)
 
     def _widen(self, lm, params, base_embedding, prompts):
         task_map = getattr(lm, "vocab_map", None)
