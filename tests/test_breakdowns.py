@@ -39,3 +39,28 @@ def test_evaluate_scores_every_row_on_each_group(tmp_path):
     assert "BLEU by attributes:" in table and "| LLM greedy |" in table.split("by attributes")[1]
     with pytest.raises(ValueError, match="breakdown"):
         evaluate.evaluation(task="e2e", out_dir=str(tmp_path), breakdown="by_color")
+
+
+def test_wmt_paragraphs_by_source_words_cover_the_test_half_at_its_edges():
+    def record(n):
+        return {"source": " ".join(["w"] * n)}
+    assert [breakdowns.source_words(record(n)) for n in (1, 25, 26, 50, 51, 100, 101, 447)] == [
+        "≤ 25", "≤ 25", "26–50", "26–50", "51–100", "51–100", "> 100", "> 100"]
+    assert breakdowns.DEFAULT_BY_DATASET[inputs.task_dataset("wmt_lmcor")] == "source_words"
+
+
+def test_closest_candidates_count_copies_and_the_nearest_system_of_each_output():
+    def cand(text, gen):
+        return {"text": text, "generator": gen, "decoding": "greedy"}
+    records = [{"candidates": [cand("the cat sat on the mat", "A"), cand("a dog ran home", "B")]},
+               {"candidates": [cand("green trees grow tall", "A"), cand("blue sea waves", "B")]},
+               {"candidates": []}]
+    outputs = {"LMCor": ["the cat sat on the mat", "blue sea waves roll", "anything"]}
+    got = breakdowns.closest_candidates(records, outputs)
+    # One verbatim copy (of A), one rewrite nearest B; the record without candidates is skipped.
+    assert got == {"LMCor": {"copies": 1, "closest": {"A": 1, "B": 1}}}
+    table = breakdowns.closest_markdown(got)
+    assert "| LMCor | 1 | 1 | 1 |" in table
+    # One generator: candidates are told apart by their decoding.
+    one = [{"candidates": [cand("x y z", "g"), dict(cand("p q r", "g"), decoding="sample")]}]
+    assert breakdowns.closest_candidates(one, {"r": ["p q r s"]})["r"]["closest"] == {"sample": 1}

@@ -230,3 +230,20 @@ def test_trained_rows_report_their_training_and_the_paired_test_between_them(
     lines = published.refresh(doc, "/").splitlines()
     assert lines[1] == "| row | validation chrF at N training examples seen (used: bold) |"
     assert lines[3] == "| LMCor | 300: 11.00 · 600: 12.00 · **900: 13.00** · 1,200: 14.00 |"
+
+
+def test_output_length_is_words_per_output_and_against_the_first_references():
+    from lmcor.evaluation.results_table import markdown_table
+
+    # Record 3 has no first reference: its output counts in the mean, not in the ratio.
+    hyps = ["a b c", "d", "e f g h"]
+    refs = [["x y", "z z z", None], ["other reference", None, "w"]]
+    got = evaluate.output_length(hyps, refs)
+    assert got == {"words": round(8 / 3, 2), "vs_reference": round(4 / 5, 4)}
+    row = {"name": "LMCor", "length": got, "training": None,
+           "metrics": {"chrf": {"score": 1, "low": 0, "high": 2, "delta": 0, "p_value": 1}}}
+    table = markdown_table({"metrics": ["chrf"], "rows": [row]})
+    assert "words / ref" in table.splitlines()[0] and "| 0.80 |" in table
+    # A results.json written without lengths renders without the column.
+    del row["length"]
+    assert "words / ref" not in markdown_table({"metrics": ["chrf"], "rows": [row]})

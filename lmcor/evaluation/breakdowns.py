@@ -20,10 +20,22 @@ def e2e_attributes(record: Mapping) -> str:
     return next(label for label, counts in _E2E_GROUPS if n in counts)
 
 
+# WMT paragraphs run from a few words to several hundred (wmt23: median 41, mean 62): a
+# corrector that handles short segments can still lose on the long ones.
+_SOURCE_WORDS = (("≤ 25", range(0, 26)), ("26–50", range(26, 51)), ("51–100", range(51, 101)),
+                 ("> 100", range(101, 1 << 30)))
+
+
+def source_words(record: Mapping) -> str:
+    n = len(record["source"].split())
+    return next(label for label, counts in _SOURCE_WORDS if n in counts)
+
+
 BREAKDOWNS: Dict[str, Tuple[str, Callable[[Mapping], str], Sequence[str]]] = {
     "e2e_attributes": ("attributes", e2e_attributes, [label for label, _ in _E2E_GROUPS]),
+    "source_words": ("source words", source_words, [label for label, _ in _SOURCE_WORDS]),
 }
-DEFAULT_BY_DATASET = {"e2e": "e2e_attributes"}
+DEFAULT_BY_DATASET = {"e2e": "e2e_attributes", "wmt": "source_words"}
 
 
 def groups(name: str, records: Sequence[Mapping]) -> Tuple[str, List[Tuple[str, List[int]]]]:
@@ -59,4 +71,45 @@ def markdown(breakdown: Optional[Mapping], metric_label: str) -> str:
     for row, scores in breakdown["scores"].items():
         lines.append("| " + " | ".join([row] + [f"{scores[g['label']]:.2f}"
                                                  for g in breakdown["groups"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _candidate_labels(record: Mapping) -> List[str]:
+    """A candidate's generator when the record has several, else its decoding (greedy,
+    sample): what tells a pool's candidates apart."""
+    cands = record["candidates"]
+    if len({c["generator"] for c in cands}) > 1:
+        return [c["generator"] for c in cands]
+    return [c["decoding"] for c in cands]
+
+
+def closest_candidates(records: Sequence[Mapping], outputs: Mapping[str, Sequence[str]]) -> dict:
+    """Per row: for how many records its output is a candidate verbatim (`copies`), and which
+    candidate is closest to it by sentence chrF (`closest`: label -> count; ties go to the
+    first in pool order). Shows whether a corrector rewrites, or picks and from whom."""
+    from lmcor.evaluation.rerank import sentence_scores  # loads sacrebleu: only when run
+
+    out = {}
+    for row, outs in outputs.items():
+        copies, closest = 0, {}
+        for record, output in zip(records, outs):
+            texts = [c["text"] for c in record["candidates"]]
+            if not texts:
+                continue
+            copies += output.strip() in {t.strip() for t in texts}
+            label = _candidate_labels(record)[int(sentence_scores([output], texts, "chrf")[0].argmax())]
+            closest[label] = closest.get(label, 0) + 1
+        out[row] = {"copies": copies, "closest": dict(sorted(closest.items()))}
+    return out
+
+
+def closest_markdown(closest: Optional[Mapping]) -> str:
+    if not closest:
+        return ""
+    labels = sorted({label for row in closest.values() for label in row["closest"]})
+    lines = ["Closest candidate to each output (sentence chrF), and outputs that copy one:", "",
+             "| row | copies | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 2)]
+    for row, c in closest.items():
+        lines.append(f"| {row} | {c['copies']} | "
+                     + " | ".join(str(c["closest"].get(label, 0)) for label in labels) + " |")
     return "\n".join(lines) + "\n"

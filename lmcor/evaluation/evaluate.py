@@ -143,6 +143,16 @@ def baseline_rows(records: Sequence[Mapping], cfg: EvalConfig,
     return rows
 
 
+def output_length(hyps: Sequence[str], refs: List[List]) -> dict:
+    """Mean words per output, and all outputs' words over the first references' (over the
+    records that have one): a corrector that stops early or runs on shows it here."""
+    pairs = [(h, r) for h, r in zip(hyps, refs[0]) if r is not None]
+    ref_words = sum(len(r.split()) for _, r in pairs)
+    out_words = sum(len(h.split()) for h, _ in pairs)
+    return {"words": round(sum(len(h.split()) for h in hyps) / max(len(hyps), 1), 2),
+            "vs_reference": round(out_words / ref_words, 4) if ref_words else None}
+
+
 def _corpus(metric: str, hyps, refs, srcs) -> float:
     if metric == "gleu":
         return metrics.gleu(srcs, hyps, refs)
@@ -251,7 +261,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         outputs[name] = outs
         scores = score_row(outs, greedy, refs, srcs, cfg.metric_names, cfg.bootstrap_samples,
                            cfg.seed)
-        rows.append({"name": name, "metrics": scores,
+        rows.append({"name": name, "metrics": scores, "length": output_length(outs, refs),
                      "predictions": os.path.relpath(path, cfg.out_dir), **decoding,
                      "training": inputs.training.get(name)})
         logging.info("%s: %s", name, {k: round(v["score"], 2) for k, v in scores.items()})
@@ -260,6 +270,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                "metrics": list(cfg.metric_names), "main_metric": cfg.metric_names[0],
                "rows": rows, "comparisons": comparisons(outputs, refs, srcs, cfg),
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
+               "closest_candidates": breakdowns.closest_candidates(
+                   records, {row: outputs[row] for row, _ in CORRECTOR_ROWS if row in outputs}),
                "notes": inputs.notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),

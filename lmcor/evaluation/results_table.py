@@ -24,6 +24,10 @@ def markdown_table(results: Mapping) -> str:
     for name in names:
         head += [METRIC_LABELS[name], "95% CI"]
     head += [f"Δ {METRIC_LABELS[names[0]]} vs greedy", "p"]
+    # Tables written before lengths were recorded render as they always did.
+    lengths = all(row.get("length", {}).get("vs_reference") is not None
+                  for row in results["rows"])
+    head += ["words / ref"] if lengths else []
     head += ["examples seen", "training time"] if trained else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results["rows"]:
@@ -34,6 +38,7 @@ def markdown_table(results: Mapping) -> str:
         main = row["metrics"][names[0]]
         same = row["name"] == GREEDY_ROW
         cells += ["—" if same else f"{main['delta']:+.2f}", "—" if same else f"{main['p_value']:.3f}"]
+        cells += [f"{row['length']['vs_reference']:.2f}"] if lengths else []
         if trained:
             t = row.get("training")
             cells += ([f"{t['examples_seen']:,}", _duration(t["train_seconds"])] if t
@@ -44,4 +49,5 @@ def markdown_table(results: Mapping) -> str:
         lines.append(f"\n{c['row']} against {c['against']}: Δ {label} {c['delta']:+.2f}, "
                      f"paired bootstrap p = {c['p_value']:.3f}")
     by_group = breakdowns.markdown(results.get("breakdown"), METRIC_LABELS[names[0]])
-    return "\n".join(lines) + "\n" + (f"\n{by_group}" if by_group else "")
+    closest = breakdowns.closest_markdown(results.get("closest_candidates"))
+    return "\n".join(lines) + "\n" + "".join(f"\n{part}" for part in (by_group, closest) if part)
