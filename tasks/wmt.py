@@ -17,7 +17,7 @@ sees one generator's output at a time: the plug-and-play setting).
 import itertools
 import os
 import re
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import gin
 
@@ -36,10 +36,29 @@ def year_records(year: str):
     return common.records_or_pool(year, "test", lambda: import_wmt(common.data_root(), year))
 
 
+@gin.configurable
+def heldout_generators(generators: Optional[Sequence[str]] = None) -> Optional[Tuple[str, ...]]:
+    """The systems whose outputs the held-out setup's validation and test records keep, in
+    this order (None: all of them). Validation then reads what the test reads."""
+    return None if generators is None else tuple(generators)
+
+
+def _keep(record: dict, generators: Optional[Tuple[str, ...]]) -> dict:
+    if generators is None:
+        return record
+    by_name = {c["generator"]: c for c in record["candidates"]}
+    missing = [g for g in generators if g not in by_name]
+    if missing:
+        raise ValueError(f"heldout_generators: {record['id']} has no output of {missing} "
+                         f"(systems: {sorted(by_name)})")
+    return dict(record, candidates=[by_name[g] for g in generators])
+
+
 def _half(first: bool):
     records = list(year_records(HELDOUT_YEAR))
     cut = (len(records) + 1) // 2
-    return iter(records[:cut] if first else records[cut:])
+    generators = heldout_generators()
+    return iter(_keep(r, generators) for r in (records[:cut] if first else records[cut:]))
 
 
 @gin.configurable
