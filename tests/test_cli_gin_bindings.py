@@ -194,7 +194,7 @@ class _Planned(Exception):
 @pytest.mark.parametrize("run_file", ["runs/quickstart.gin", "runs/quickstart_train.gin",
                                       "runs/tables/e2e.gin", "runs/tables/e2e_ablations.gin",
                                       "runs/tables/e2e_release.gin", "runs/tables/jfleg.gin",
-                                      "runs/tables/wmt.gin"])
+                                      "runs/tables/wmt.gin", "runs/tables/wmt_release.gin"])
 def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path, monkeypatch):
     """The stages' flags come from the pipeline configs (their train flags, ablations and test
     variants): each stage's command line must pass that command's checks, a binding nothing
@@ -217,13 +217,14 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
     pools = [] if run_file in ("runs/quickstart.gin", "runs/quickstart_train.gin",
-                               "runs/tables/wmt.gin") else [
+                               "runs/tables/wmt.gin", "runs/tables/wmt_release.gin") else [
         f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     gin_config.parse_gin([run_file], [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
     with pytest.raises(_Planned):
         quickstart.quickstart()
     # These two use the released corrector.
-    trains = run_file not in ("runs/quickstart.gin", "runs/tables/e2e_release.gin")
+    trains = run_file not in ("runs/quickstart.gin", "runs/tables/e2e_release.gin",
+                              "runs/tables/wmt_release.gin")
     assert {"evaluate", *(["train"] if trains else [])} <= {command for command, _ in stages}
     exported = {}
     for command, args in stages:
