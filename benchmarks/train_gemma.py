@@ -255,22 +255,15 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
 
     import jax
 
-    from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, frozen_cache, state as state_lib
-    from lmcor.training.loop import _global_batch, build_step
+    from lmcor.training import frozen_cache, state as state_lib
+    from lmcor.training.loop import _global_batch
     from lmcor.training.models import gemma_model
 
     start = time.perf_counter()
     model = gemma_model(gguf="bundled", loss_positions="auto", **options)
     work = tempfile.mkdtemp(prefix="lmcor_bench_")
-    source = data_lib.BatchSource({0: {k: v.copy() for k, v in rows.items()}}, 1, args.batch,
-                                  0, shuffle=False)
-    model = model.prepare(work, source)
-    model = model.fit_to_data(source.most_loss_tokens_per_row())
-    mesh = partitioning.make_mesh(1, 1)
-    schedule = state_lib.make_schedule("constant", 1e-4)
-    optimizer = state_lib.make_optimizer(schedule, name="adamw")
-    state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, 0)
+    model, source, mesh, state, step_fn, frozen = prepared_step(model, rows, work, args.batch,
+                                                                1e-4)
     load_s, fill_s = time.perf_counter() - start, 0.0
     cache = None
     if options.get("cache_frozen"):
@@ -302,6 +295,32 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
             "vocab": model.config.vocab_size, "load_s": load_s, "cache_fill_s": fill_s,
             "loss_first": losses[0], "loss_last": losses[-1],
             "peak_rss_bytes": max(load_peak, train_peak), "train_peak_rss_bytes": train_peak}
+
+
+def prepared_step(model, rows: Mapping[str, np.ndarray], work: str, batch: int, lr: float,
+                  length_buckets=None, microbatches: int = 1):
+    """(model, source, mesh, state, step, frozen): the trainer's jitted step for `model` on
+    `rows` in order (AdamW at a constant `lr`, seed 0), on one device."""
+    import jax
+
+    from lmcor.models import partitioning
+    from lmcor.training import data as data_lib, state as state_lib, step as step_lib
+    from lmcor.training.loop import build_step
+
+    source = data_lib.BatchSource({0: {k: v.copy() for k, v in rows.items()}}, 1, batch, 0,
+                                  shuffle=False, length_buckets=length_buckets)
+    model = model.prepare(work, source)
+    model = model.fit_to_data(source.most_loss_tokens_per_row())
+    mesh = partitioning.make_mesh(1, 1)
+    schedule = state_lib.make_schedule("constant", lr)
+    optimizer = state_lib.make_optimizer(schedule, name="adamw")
+    state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, 0)
+    if microbatches != 1:
+        sharding = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+        step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule,
+                                           sharding(state), mesh, num_microbatches=microbatches,
+                                           frozen_shardings=sharding(frozen))
+    return model, source, mesh, state, step_fn, frozen
 
 
 def _lora(args, **more):

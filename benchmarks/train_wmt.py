@@ -80,10 +80,8 @@ def run_recipe(rows: Dict[str, np.ndarray], cores: List[int], batch: int, microb
 
     import jax
 
-    from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, frozen_cache, state as state_lib
-    from lmcor.training import step as step_lib
-    from lmcor.training.loop import _global_batch, _host_batch, build_step
+    from lmcor.training import data as data_lib, frozen_cache
+    from lmcor.training.loop import _global_batch, _host_batch
     from lmcor.training.models import gemma_model
 
     start = time.perf_counter()
@@ -91,18 +89,8 @@ def run_recipe(rows: Dict[str, np.ndarray], cores: List[int], batch: int, microb
                         lora_alpha=32, freeze_embeddings=True, freeze_layers=12,
                         cache_frozen=True, dtype=dtype)
     work = tempfile.mkdtemp(prefix="lmcor_bench_")
-    source = data_lib.BatchSource({0: {k: v.copy() for k, v in rows.items()}}, 1, batch, 0,
-                                  shuffle=False, length_buckets=length_buckets)
-    model = model.prepare(work, source)
-    model = model.fit_to_data(source.most_loss_tokens_per_row())
-    mesh = partitioning.make_mesh(1, 1)
-    schedule = state_lib.make_schedule("constant", 3e-4)
-    optimizer = state_lib.make_optimizer(schedule, name="adamw")
-    state, _, frozen = build_step(model, optimizer, schedule, mesh, 0)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = step_lib.make_train_step(model.loss_inputs, optimizer, schedule, shardings, mesh,
-                                       num_microbatches=microbatches,
-                                       frozen_shardings=jax.tree.map(lambda x: x.sharding, frozen))
+    model, source, mesh, state, step_fn, frozen = train_gemma.prepared_step(
+        model, rows, work, batch, 3e-4, length_buckets, microbatches)
     cache = frozen_cache.FrozenCache(model, work, source, frozen, mesh)
     n_rows = len(rows["decoder_input_tokens"])
     steps = -(-n_rows // batch) if max_steps is None else max_steps
