@@ -15,7 +15,8 @@ above, AdamW) on exactly these examples:
   batch 4, 4 micro-batches, LM head on the first `auto` target positions, one core;
 - `wmt_grouped_1core` / `wmt_grouped_2cores`: one row per input with all its references
   (lmcor.training.grouped_rows), batches of 4 rows grouped by length and cut to their bucket,
-  LM head on the target positions only; one core / both cores in one process;
+  LM head on the target positions only; one core / both cores in one process, float32;
+- `wmt_grouped_2cores_bf16`: the same on both cores in bf16 (gin/runs/tables/wmt.gin's recipe);
 - `e2e_packed_1core` / `e2e_packed_2cores`: `--e2e_pool`'s LMCor rows packed to 320 + 96, as
   gin/runs/tables/e2e.gin trains them (when the pool is given).
 
