@@ -213,7 +213,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
     `ablation_train_flags` go to every ablation's training only (e.g. keep fewer checkpoints:
     `lmcor evaluate` does not know the trainer's configurables). A test variant evaluates the
-    `lmcor` row's corrector unless `test_variant_rows` names its rows (e.g. every row of the
+    `lmcor` row's corrector (trained or from `correctors`) unless `test_variant_rows` names its rows (e.g. every row of the
     table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]}).
     `budget` (see `budget_flags`) ends each training run by examples seen and validation;
     `train_steps` stays the cap. `correctors` maps a row to a trained corrector folder (a
@@ -233,17 +233,18 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
         if name not in test_variants:
             raise ValueError(f"quickstart.test_variant_rows: {name!r} is not a test variant "
                              f"(test_variants: {sorted(test_variants)})")
-        missing = [r for r in names if r not in rows]
+        missing = [r for r in names if r not in rows and r not in released]
         if missing or not names:
             raise ValueError(f"quickstart.test_variant_rows[{name!r}]: {list(names)} must be "
-                             f"some of the table's rows {list(rows)}")
+                             f"some of the table's rows {[*rows, *released]}")
         variant_rows[name] = list(names)
     unknown = [r for r in rows if r not in EVAL_MACROS]
     if unknown:
         raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
-    if any("lmcor" in names for names in variant_rows.values()) and "lmcor" not in rows:
+    if (any("lmcor" in names for names in variant_rows.values()) and "lmcor" not in rows
+            and "lmcor" not in released):
         raise ValueError("quickstart.test_variants evaluate the `lmcor` row's corrector; "
-                         "add 'lmcor' to quickstart.rows")
+                         "add 'lmcor' to quickstart.rows or quickstart.correctors")
     clash = sorted(set(ablations) & set(test_variants))
     if clash:
         raise ValueError(f"quickstart: {clash} named in both ablations and test_variants")
@@ -290,7 +291,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                                      train_flags, extra), model_dirs["lmcor"],
                          dict(settings, ablation=extra), writes=TRAIN_SUMMARY)
         else:
-            model_dirs = {row: trained[row] for row in variant_rows[name]}
+            model_dirs = {row: {**trained, **released}[row] for row in variant_rows[name]}
         pipe.command(f"variant {name}: evaluate", "evaluate", _eval_args(
             common_eval, os.path.join(folder, "eval"), model_dirs, flags))
     pipe.command("report", "report", [pipe.run_dir])

@@ -196,3 +196,12 @@ def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_
     with pytest.raises(ValueError, match="does not also train"):
         quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=["lmcor"],
                               correctors={"lmcor": str(released)})
+    # Trained rows beside a released `lmcor`: a test variant decodes the released one.
+    stages.clear()
+    with pytest.raises(Planned):
+        quickstart.quickstart(run_dir=str(tmp_path / "run2"), rows=["finetune"],
+                              pools={"dev": str(tmp_path), "test": str(tmp_path)},
+                              correctors={"lmcor": str(released)}, test_variants={"k1": []})
+    variant = next(args for name, _, args in stages if name == "variant k1: evaluate")
+    assert f"--gin.LMCOR_DIR={str(released)!r}" in variant
+    assert not any(a.startswith("--gin.FINETUNE_DIR") for a in variant)
