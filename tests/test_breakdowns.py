@@ -55,12 +55,18 @@ def test_closest_candidates_count_copies_and_the_nearest_system_of_each_output()
     records = [{"candidates": [cand("the cat sat on the mat", "A"), cand("a dog ran home", "B")]},
                {"candidates": [cand("green trees grow tall", "A"), cand("blue sea waves", "B")]},
                {"candidates": []}]
-    outputs = {"LMCor": ["the cat sat on the mat", "blue sea waves roll", "anything"]}
+    outputs = {"LMCor": ["the cat sat on the mat", "blue sea waves roll", "anything"],
+               "loop": ["the cat sat on the mat the cat sat on the mat the",
+                        "blue sea waves blue sea waves blue sea waves", ""]}
     got = breakdowns.closest_candidates(records, outputs)
     # One verbatim copy (of A), one rewrite nearest B; the record without candidates is skipped.
-    assert got == {"LMCor": {"copies": 1, "closest": {"A": 1, "B": 1}}}
+    assert got["LMCor"] == {"copies": 1, "runaway": 0, "closest": {"A": 1, "B": 1}}
+    # 13 words against a longest candidate of 6 runs away; 9 against 4 does too.
+    assert got["loop"]["runaway"] == 2
     table = breakdowns.closest_markdown(got)
-    assert "| LMCor | 1 | 1 | 1 |" in table
+    assert "| LMCor | 1 | 0 | 1 | 1 |" in table
+    assert "| r | 0 | — |" in breakdowns.closest_markdown(
+        {"r": {"copies": 0, "closest": {"A": 1}}})
     # One generator: candidates are told apart by their decoding.
     one = [{"candidates": [cand("x y z", "g"), dict(cand("p q r", "g"), decoding="sample")]}]
     assert breakdowns.closest_candidates(one, {"r": ["p q r s"]})["r"]["closest"] == {"sample": 1}

@@ -84,22 +84,25 @@ def _candidate_labels(record: Mapping) -> List[str]:
 
 
 def closest_candidates(records: Sequence[Mapping], outputs: Mapping[str, Sequence[str]]) -> dict:
-    """Per row: for how many records its output is a candidate verbatim (`copies`), and which
-    candidate is closest to it by sentence chrF (`closest`: label -> count; ties go to the
-    first in pool order). Shows whether a corrector rewrites, or picks and from whom."""
+    """Per row: for how many records its output is a candidate verbatim (`copies`), for how
+    many it holds over twice the words of the longest candidate (`runaway`: a decode that ran
+    on, e.g. repeating itself, instead of ending), and which candidate is closest to it by
+    sentence chrF (`closest`: label -> count; ties go to the first in pool order). Shows
+    whether a corrector rewrites, or picks and from whom."""
     from lmcor.evaluation.rerank import sentence_scores  # loads sacrebleu: only when run
 
     out = {}
     for row, outs in outputs.items():
-        copies, closest = 0, {}
+        copies, runaway, closest = 0, 0, {}
         for record, output in zip(records, outs):
             texts = [c["text"] for c in record["candidates"]]
             if not texts:
                 continue
             copies += output.strip() in {t.strip() for t in texts}
+            runaway += len(output.split()) > 2 * max(len(t.split()) for t in texts)
             label = _candidate_labels(record)[int(sentence_scores([output], texts, "chrf")[0].argmax())]
             closest[label] = closest.get(label, 0) + 1
-        out[row] = {"copies": copies, "closest": dict(sorted(closest.items()))}
+        out[row] = {"copies": copies, "runaway": runaway, "closest": dict(sorted(closest.items()))}
     return out
 
 
@@ -107,9 +110,12 @@ def closest_markdown(closest: Optional[Mapping]) -> str:
     if not closest:
         return ""
     labels = sorted({label for row in closest.values() for label in row["closest"]})
-    lines = ["Closest candidate to each output (sentence chrF), and outputs that copy one:", "",
-             "| row | copies | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 2)]
+    lines = ["Closest candidate to each output (sentence chrF), outputs that copy one, and "
+             "outputs over twice the longest candidate's words (runaway):", "",
+             "| row | copies | runaway | " + " | ".join(labels) + " |",
+             "|" + "---|" * (len(labels) + 3)]
     for row, c in closest.items():
-        lines.append(f"| {row} | {c['copies']} | "
+        # Results files written before `runaway` was counted have none: shown as "—".
+        lines.append(f"| {row} | {c['copies']} | {c.get('runaway', '—')} | "
                      + " | ".join(str(c["closest"].get(label, 0)) for label in labels) + " |")
     return "\n".join(lines) + "\n"
