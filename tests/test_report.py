@@ -143,6 +143,9 @@ def test_report_publishes_a_compact_summary_of_every_evaluation(run_dir, tmp_pat
             for metric in full["metrics"]:
                 for field in ("score", "low", "high", "delta", "p_value"):
                     assert small["metrics"][metric][field] == big["metrics"][metric][field]
+            # Output length against the reference's is published for every row.
+            assert small["length"] == big["length"] and small["length"]["vs_reference"] > 0
+        assert ev["closest_candidates"] == full.get("closest_candidates")
     assert summary["commit"] and summary["machine"]
     # A second report over the same folder reads evaluations only, not that summary.
     report.build_report(str(run_dir), str(run_dir / "report"))

@@ -1,8 +1,10 @@
 """Published results: one compact JSON file per table, and the Markdown generated from them.
 
 `lmcor report RUN_DIR` writes RUN_DIR/report/results.json (see `summarize`): per evaluation,
-per row, per metric the score, its 95 % interval, Δ and paired p against LLM greedy, and, for
-trained rows, the examples seen and the training time. A copy of that file per table lives in
+per row, per metric the score, its 95 % interval, Δ and paired p against LLM greedy, the
+output length against the reference's, and, for trained rows, the examples seen and the
+training time; per evaluation, its breakdown and which candidate each row's outputs are
+closest to. A copy of that file per table lives in
 docs/results/<table>.json.
 
 Markdown files quote those numbers only through generated blocks, so prose and numbers cannot
@@ -61,6 +63,8 @@ def _row(row: Mapping) -> dict:
     out = {"name": row["name"],
            "metrics": {name: {k: m[k] for k in ("score", "low", "high", "delta", "p_value")}
                        for name, m in row["metrics"].items()}}
+    if row.get("length"):
+        out["length"] = dict(row["length"])  # mean words and their ratio to the reference's
     training = row.get("training")
     if training:
         out["training"] = {k: training.get(k) for k in ("examples_seen", "train_seconds",
@@ -94,7 +98,9 @@ def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
             "num_examples": res.get("num_examples"), "metrics": list(res["metrics"]),
             "main_metric": res["metrics"][0], "rows": [_row(r) for r in res["rows"]],
             "comparisons": list(res.get("comparisons") or []),
-            "breakdown": res.get("breakdown"), "tags": dict(res.get("tags") or {}),
+            "breakdown": res.get("breakdown"),
+            "closest_candidates": res.get("closest_candidates"),
+            "tags": dict(res.get("tags") or {}),
             "notes": list(res.get("notes") or []),
             "learning": (learning or {}).get(rel),
             # The code that evaluated is what a figure names (the report's checkout if unknown).
