@@ -22,7 +22,7 @@ def examples(n_records: int, max_in: int, max_out: int):
 
     from lmcor.data.importers import import_wmt
     from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
-    from lmcor.tasks.common import data_root
+    from lmcor.paths import data_root
     from lmcor.training.seqio_data import task_spm_model
 
     records = list(itertools.islice(import_wmt(data_root(), "wmt22"), n_records))

@@ -13,7 +13,6 @@ run with the files' value.
 import contextlib
 import glob
 import os
-import subprocess
 import tokenize
 from typing import List, Optional, Sequence
 
@@ -24,9 +23,8 @@ from lmcor.gin_checks import check_before_finalize, check_bindings_are_read, che
 from lmcor.gin_errors import (GIN_FILE_ERRORS, GinError, binding_error, closest, file_error,
                               missing_required)
 from lmcor.gin_values import NoLookup, quote_bare_value
+from lmcor.paths import GIN_DIR, REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(REPO_ROOT, "gin")
 
 
 def split_gin_flags(argv: Sequence[str]):
@@ -176,13 +174,3 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
         # for a configurable this command never calls.
         check_required(read_macros_only=True)
 
-
-def git_revision() -> Optional[str]:
-    """The checkout's commit, recorded beside results so a figure names the code behind it;
-    None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -29,6 +29,7 @@ from lmcor.data.corrector_input import VARIANTS, CorrectorOptions, build_correct
 # restore_params and trained_identity are read from here too (export, tests).
 from lmcor.model_dir import (bound, checkpoint_step, parse_run_config,  # noqa: F401
                              restore_params, trained_identity, trained_params)
+from lmcor.paths import CHECKPOINTS, TASK_VOCAB
 
 
 class InputTooLongError(ValueError):
@@ -295,20 +296,20 @@ def check_model_dir(model_dir: str, gin_files: Sequence[str] = (),
     damaged, base weights other than the run's (base_weights.json). Reads no weights (hashes
     the base file); leaves the run's config parsed in Gin."""
     from lmcor.checkpoints import adapter
-    from lmcor.data.task_vocab import FILE_NAME, TaskVocab
+    from lmcor.data.task_vocab import TaskVocab
     from lmcor.training import peft
 
     if adapter.is_adapter_dir(model_dir):
         adapter.verify(model_dir)
     else:
-        checkpoint_step(os.path.join(model_dir, "checkpoints"))
+        checkpoint_step(os.path.join(model_dir, CHECKPOINTS))
     model = parse_run_config(model_dir, gin_files, gin_bindings)
     factory = model.configurable.name if model is not None else None
     if factory != "gemma_model":
         return
     if bound("gemma_model.vocab") == "task":
         if not TaskVocab.exists(model_dir):
-            raise FileNotFoundError(f"{os.path.join(model_dir, FILE_NAME)}: no such file "
+            raise FileNotFoundError(f"{os.path.join(model_dir, TASK_VOCAB)}: no such file "
                                     "(the run's config.gin sets gemma_model.vocab = 'task')")
         TaskVocab.load(model_dir)
     base = _configured_base()

@@ -25,6 +25,7 @@ import numpy as np
 from lmcor import config as gin_config
 from lmcor.command_errors import report_error
 from lmcor.gin_command import one_line_parser
+from lmcor.paths import CHECKPOINTS
 
 
 def full_vocab_params(model, base_model, params) -> tuple:
@@ -69,7 +70,7 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
         raise ValueError(f"export --adapter: {model_dir} is not a LoRA corrector run "
                          "(gemma_model.lora_rank = 0); export the whole model instead")
     model = base_model.attach(model_dir)
-    checkpoints = os.path.join(model_dir, "checkpoints")
+    checkpoints = os.path.join(model_dir, CHECKPOINTS)
     step = checkpoint_step(checkpoints, step)
     params = restore_params(checkpoints, model, step)
     adapter.save_adapter(params, model_dir, out_dir, step, dtype)

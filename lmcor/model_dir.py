@@ -16,6 +16,7 @@ from absl import logging
 from flax import linen as nn
 
 from lmcor.gin_values import macro_read_by
+from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
 
 
 def parse_run_config(model_dir: str, gin_files: Sequence[str] = (),
@@ -25,7 +26,7 @@ def parse_run_config(model_dir: str, gin_files: Sequence[str] = (),
     from lmcor import config as gin_config
     from lmcor import train  # noqa: F401  (registers `train`, whose `model` binding we read)
 
-    run_config = os.path.join(model_dir, "config.gin")
+    run_config = os.path.join(model_dir, RUN_CONFIG)
     if not os.path.isfile(run_config) and not gin_files and not gin_bindings:
         raise FileNotFoundError(f"{run_config}: no such file; pass the run's --gin_file flags")
     if os.path.isfile(run_config):
@@ -69,7 +70,7 @@ def _validated_step(checkpoint_dir: str, kept: Sequence[int]) -> Optional[int]:
     """The step the trainer selected by validation, from MODEL_DIR/train_summary.json. Only the
     trainer's Checkpointer knows the metric and whether higher is better; a manager opened
     without them answers best_step() with the latest step."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), "train_summary.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), TRAIN_SUMMARY)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -126,7 +127,7 @@ def trained_identity(model_dir: str) -> dict:
     if adapter.is_adapter_dir(model_dir):
         info = adapter.manifest(model_dir)
         return {"adapter_step": info["step"], "adapter_sha256": info["sha256"]}
-    return {"step": checkpoint_step(os.path.join(model_dir, "checkpoints"))}
+    return {"step": checkpoint_step(os.path.join(model_dir, CHECKPOINTS))}
 
 
 def trained_params(model_dir: str, model, step: Optional[int] = None):
@@ -135,7 +136,7 @@ def trained_params(model_dir: str, model, step: Optional[int] = None):
     from lmcor.checkpoints import adapter
 
     if not adapter.is_adapter_dir(model_dir):
-        return restore_params(os.path.join(model_dir, "checkpoints"), model, step)
+        return restore_params(os.path.join(model_dir, CHECKPOINTS), model, step)
     info = adapter.manifest(model_dir)
     if step is not None and step != info["step"]:
         raise ValueError(f"{model_dir}: a released adapter holds step {info['step']} only, "

@@ -38,9 +38,9 @@ from lmcor.command_errors import report_error
 from lmcor.gin_command import GinFlags
 from lmcor.data.pool import resolve_pool_path
 from lmcor.io_utils import atomic_write_text, file_state
+from lmcor.paths import REPO_ROOT, TRAIN_SUMMARY
 
 DONE = "DONE.json"
-TRAIN_SUMMARY = "train_summary.json"  # lmcor.train writes it when a run ends, except on SIGTERM
 # A row trains on its task variant (`<task>_<variant>`) and fills this evaluate macro.
 EVAL_MACROS = {"finetune": "FINETUNE_DIR", "lmcor_single": "LMCOR_SINGLE_DIR",
                "lmcor": "LMCOR_DIR"}
@@ -95,7 +95,7 @@ class Pipeline:
         started = time.time()
         proof = os.path.join(folder, writes) if folder and writes else None
         before = file_state(proof) if proof else None
-        code = subprocess.call(cmd, cwd=gin_config.REPO_ROOT)
+        code = subprocess.call(cmd, cwd=REPO_ROOT)
         if code != 0:
             raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
         if proof and file_state(proof) in (None, before):
@@ -177,7 +177,7 @@ def _released_correctors(correctors: Optional[Mapping[str, str]],
             raise ValueError(f"quickstart.correctors: {row!r} must be a row ({sorted(EVAL_MACROS)})"
                              f" that quickstart.rows does not also train ({list(rows)})")
         found = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(
-            gin_config.REPO_ROOT, path)
+            REPO_ROOT, path)
         if not os.path.isdir(found):
             raise ValueError(f"quickstart.correctors[{row!r}]: {path!r} is not a folder")
         out[row] = os.path.abspath(found)

@@ -7,7 +7,6 @@ feature, JSON) and the metric functions score against all of them.
 """
 import functools
 import hashlib
-import os
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import gin
@@ -16,7 +15,6 @@ import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
 from lmcor.data.corrector_input import VARIANTS
-from lmcor.config import REPO_ROOT
 from lmcor.data.pool import read_pool, resolve_pool_path
 from lmcor.data.vocab import TASK_VOCAB
 
@@ -27,12 +25,6 @@ OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
     "targets": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True),
 }
-
-@gin.configurable
-def data_root(path: Optional[str] = None) -> str:
-    """Where the raw datasets live: Gin, else $LMCOR_DATA_DIR, else ../shared/data."""
-    return path or os.environ.get("LMCOR_DATA_DIR") or os.path.join(os.path.dirname(REPO_ROOT),
-                                                                    "shared", "data")
 
 
 @gin.configurable

@@ -6,17 +6,17 @@ import re
 
 import pytest
 
-from lmcor import config
+from lmcor import paths
 
 DOCS = ["README.md", "benchmarks/README.md", "launch/README.md"] + sorted(
-    os.path.relpath(p, config.REPO_ROOT)
-    for p in glob.glob(os.path.join(config.REPO_ROOT, "docs", "*.md")))
+    os.path.relpath(p, paths.REPO_ROOT)
+    for p in glob.glob(os.path.join(paths.REPO_ROOT, "docs", "*.md")))
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_relative_links_resolve(doc):
-    path = os.path.join(config.REPO_ROOT, doc)
+    path = os.path.join(paths.REPO_ROOT, doc)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     broken = []
@@ -30,7 +30,7 @@ def test_relative_links_resolve(doc):
 
 
 def test_readme_is_a_front_page():
-    with open(os.path.join(config.REPO_ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(paths.REPO_ROOT, "README.md"), encoding="utf-8") as f:
         lines = f.read().splitlines()
     assert len(lines) <= 150
     assert "bash scripts/quickstart.sh" in lines and "bash scripts/test.sh" in lines

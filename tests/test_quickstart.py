@@ -103,7 +103,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     the current directory."""
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor import config as gin_config, paths
     from lmcor.checkpoints import adapter
 
     stages = []
@@ -129,7 +129,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     assert "--gin.sample_pool.split='test'" in sample
     assert "--gin.sample_pool.max_examples=5" in sample
     assert "--gin.sample_pool.subset_seed=0" in sample  # a random slice, not the first MRs
-    released = os.path.join(gin_config.REPO_ROOT, "data", "correctors", "e2e")
+    released = os.path.join(paths.REPO_ROOT, "data", "correctors", "e2e")
     assert f"--gin.LMCOR_DIR={released!r}" in evaluate
     assert not any(a.startswith(("--gin.FINETUNE_DIR", "--gin.LMCOR_SINGLE_DIR"))
                    for a in evaluate)

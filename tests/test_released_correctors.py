@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from lmcor import config
+from lmcor import paths
 from lmcor.checkpoints import adapter
 from lmcor.io_utils import file_sha256
 
-ROOT = os.path.join(config.REPO_ROOT, "data", "correctors")
+ROOT = os.path.join(paths.REPO_ROOT, "data", "correctors")
 RELEASED = sorted(os.listdir(ROOT)) if os.path.isdir(ROOT) else []
 
 

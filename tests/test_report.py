@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from lmcor import config
+from lmcor import paths
 from lmcor.evaluation import evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
@@ -199,9 +199,9 @@ def test_refresh_errors_name_the_problem(run_dir, tmp_path):
 @pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
 def test_committed_documents_equal_their_regenerated_form(doc):
     # The numbers in the README and the results report come from docs/results/*.json only.
-    path = os.path.join(config.REPO_ROOT, doc)
+    path = os.path.join(paths.REPO_ROOT, doc)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     assert "<!-- lmcor:" in text
-    assert published.refresh_file(path, config.REPO_ROOT) == text, (
+    assert published.refresh_file(path, paths.REPO_ROOT) == text, (
         f"{doc} is stale: run `lmcor report --refresh {doc} --write`")

@@ -10,6 +10,7 @@ import tensorflow as tf
 import lmcor.tasks  # noqa: F401  (registers the tasks)
 from lmcor.data.importers import import_e2e, import_jfleg, import_wmt
 from lmcor.data.pool import write_pool
+from lmcor import paths
 from lmcor.data.preprocessors import references_of
 from lmcor.tasks import common, conll14, wmt, xsum
 
@@ -175,7 +176,7 @@ def test_mixtures_combine_years_and_generators():
     per_system = seqio.get_mixture_or_task("wmt22_per_system_lmcor_single_mix")
     assert len(per_system.tasks) == len(wmt.systems("wmt22")) == 9
     ex = _built("wmt22_online_a_lmcor_single", "test", 1)[0]
-    online_a = [c for c in next(import_wmt(common.data_root(), "wmt22"))["candidates"]
+    online_a = [c for c in next(import_wmt(paths.data_root(), "wmt22"))["candidates"]
                 if c["generator"] == "Online-A"][0]["text"]
     assert ex["inputs_pretokenized"].decode().endswith("candidates: " + online_a)
     ds = mix.get_dataset(LENGTHS, split="train", shuffle=False, seed=0)

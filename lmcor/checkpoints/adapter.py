@@ -26,11 +26,11 @@ from flax import traverse_util
 
 from lmcor.io_utils import default_mode, file_sha256
 from lmcor.models.layers import as_dtype
+from lmcor.paths import BASE_WEIGHTS, EVAL_HISTORY, RUN_CONFIG, TASK_VOCAB, TRAIN_SUMMARY
 
 WEIGHTS, MANIFEST = "adapter.safetensors.xz", "adapter.json"
 # Copied from the run folder when present, at the same relative path; config.gin is required.
-RUN_FILES = ("config.gin", "task_vocab.json", "base_weights.json", "train_summary.json",
-             os.path.join("eval", "history.jsonl"))
+RUN_FILES = (RUN_CONFIG, TASK_VOCAB, BASE_WEIGHTS, TRAIN_SUMMARY, EVAL_HISTORY)
 FORMAT = "lmcor-adapter"
 
 
@@ -48,7 +48,7 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
     folder `out_dir` (replaced whole, never left half-written); returns out_dir."""
     from safetensors.numpy import save
 
-    if not os.path.isfile(os.path.join(model_dir, "config.gin")):
+    if not os.path.isfile(os.path.join(model_dir, RUN_CONFIG)):
         raise AdapterError(f"{model_dir}: no config.gin (not a finished lmcor train run?)")
     flat = traverse_util.flatten_dict(params, sep="/")
     tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32).astype(as_dtype(dtype)))
@@ -65,8 +65,8 @@ def save_adapter(params: Any, model_dir: str, out_dir: str, step: int,
                 os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
                 shutil.copyfile(os.path.join(model_dir, name), os.path.join(tmp, name))
         summary = None
-        if os.path.isfile(os.path.join(tmp, "train_summary.json")):
-            with open(os.path.join(tmp, "train_summary.json"), encoding="utf-8") as f:
+        if os.path.isfile(os.path.join(tmp, TRAIN_SUMMARY)):
+            with open(os.path.join(tmp, TRAIN_SUMMARY), encoding="utf-8") as f:
                 summary = json.load(f)
         manifest = {"format": FORMAT, "version": 1, "step": int(step), "dtype": dtype,
                     "parameters": int(sum(v.size for v in tensors.values())),

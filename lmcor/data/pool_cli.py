@@ -9,7 +9,6 @@ Each prints one JSON object on stdout: the pool's statistics, or what was releas
 """
 import argparse
 import json
-import os
 import sys
 
 from tqdm import tqdm
@@ -18,8 +17,7 @@ from lmcor.command_errors import report_error
 from lmcor.data import pool_import, pool_release
 from lmcor.data.importers import IMPORTERS
 from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path
-
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+from lmcor.paths import data_root
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--split", required=True, help="dev/test (e2e, jfleg) or wmt21/wmt22/wmt23")
     imp.add_argument("--out", required=True,
                      help="output directory for the shards and their manifest.json")
-    imp.add_argument("--data_dir", default=os.path.normpath(DEFAULT_DATA_DIR))
+    imp.add_argument("--data_dir", default=None,
+                     help="the shared datasets (default: $LMCOR_DATA_DIR, else ../shared/data)")
     imp.add_argument("--shard_size", type=int, default=1000)
     imp.add_argument("--gzip", action="store_true", help="write .jsonl.gz shards")
     imp.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
@@ -57,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_import(args: argparse.Namespace) -> dict:
     return pool_import.import_pool(
-        args.dataset, args.split, args.out, args.data_dir,
+        args.dataset, args.split, args.out, args.data_dir or data_root(),
         records=pool_import.parse_records(args.records),
         generators=pool_import.parse_generators(args.generators), shard_size=args.shard_size,
         compress=args.gzip, overwrite=args.overwrite)

@@ -38,6 +38,7 @@ from lmcor.evaluation import breakdowns, metrics, rerank
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
                                      task_dataset)
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import code_version
 from lmcor.evaluation.predictions import (cached_predictions, drop_batches, prediction_key,
                                           prediction_path, save_batches, save_predictions,
                                           saved_batches, write_inputs, write_lines)
@@ -272,7 +273,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
                "closest_candidates": breakdowns.closest_candidates(
                    records, {row: outputs[row] for row, _ in CORRECTOR_ROWS if row in outputs}),
-               "notes": inputs.notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
+               "notes": inputs.notes, "tags": dict(cfg.tags), "commit": code_version(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")

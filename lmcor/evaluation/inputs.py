@@ -18,6 +18,7 @@ import gin
 from lmcor.data.pool_schema import fail
 from lmcor.evaluation import rerank
 from lmcor.gin_errors import closest
+from lmcor.paths import TRAIN_SUMMARY
 
 CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
 NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
@@ -109,7 +110,7 @@ def reference_streams(records: Sequence[Mapping], max_references: Optional[int])
 def training_summary(model_dir: Optional[str]) -> Optional[dict]:
     """What MODEL_DIR/train_summary.json (written by the trainer) says of a corrector's
     training: examples seen, training seconds, steps, the selected step; None without one."""
-    path = os.path.join(model_dir, "train_summary.json") if model_dir else ""
+    path = os.path.join(model_dir, TRAIN_SUMMARY) if model_dir else ""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:

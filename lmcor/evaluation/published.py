@@ -32,7 +32,7 @@ import platform
 import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from lmcor import config as gin_config
+from lmcor.paths import code_version
 from lmcor.evaluation.inputs import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
@@ -86,7 +86,7 @@ def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
               learning: Optional[Mapping[str, Mapping]] = None) -> dict:
     """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder;
     `learning` maps a folder to its `learning_summary`."""
-    report_commit = _short(gin_config.git_revision())
+    report_commit = _short(code_version())
     evaluations = {}
     for rel, res in results:
         evaluations[rel] = {

@@ -28,10 +28,10 @@ import sys
 from collections import defaultdict
 from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
-from lmcor import config as gin_config
 from lmcor.command_errors import report_error
 from lmcor.evaluation import published
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
+from lmcor.paths import REPO_ROOT
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 
 Curves = Dict[str, List[Tuple[int, float]]]
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     try:
         if args.refresh:
             for doc in args.refresh:
-                text = published.refresh_file(doc, gin_config.REPO_ROOT, write=args.write)
+                text = published.refresh_file(doc, REPO_ROOT, write=args.write)
                 print(doc if args.write else text, end="\n" if args.write else "")
             return 0
         path = build_report(args.run_dir, args.out or os.path.join(args.run_dir, "report"))

@@ -32,11 +32,10 @@ from lmcor.data import importers
 from lmcor.data.pool import PoolStats, is_shard, pool_stats, read_pool
 from lmcor.data.pool_schema import PoolError, validate_record
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import MANIFEST, code_version, data_root
 
 log = logging.getLogger("lmcor.sampling")
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(gin_config.REPO_ROOT), "shared", "data")
 SHARD_PREFIX = "pool"
-MANIFEST = "manifest.json"
 # A pool written with other settings must not be silently extended by a rerun.
 # The backend's address may change between runs (a restarted server); the model may not.
 _RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "subset_seed", "shard_size", "seed",
@@ -244,7 +243,7 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
     if shard_size < 1 or batch_size < 1:
         raise SampleError("sample_pool: shard_size and batch_size must be >= 1")
     prompt, sampling = prompt or prompts.PromptConfig(), sampling or SamplingParams()
-    data_dir = data_dir or DEFAULT_DATA_DIR
+    data_dir = data_dir or data_root()
     examples, builder = _prepare(task, split, demo_split, data_dir, prompt, max_examples,
                                  subset_seed)
     run_config = json.loads(json.dumps({  # compared with the manifest as JSON sees it
@@ -282,7 +281,7 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
     stats = pool_stats(output_dir) if has_shards else PoolStats()
     manifest = {
         "status": "complete" if stats.examples == n_examples else "partial",
-        "code_version": gin_config.git_revision(), "model": backend.generator,
+        "code_version": code_version(), "model": backend.generator,
         "prompt_variant": run_config["prompt"]["variant"],
         "counts": {**stats.to_dict(), "expected_examples": n_examples,
                    "shards_written_this_run": n_written,

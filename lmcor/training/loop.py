@@ -27,6 +27,7 @@ from lmcor.training import step as step_lib
 from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
 from lmcor.training.logging import TrainLogger, log_info
 from lmcor.training.protocol import TrainModel
+from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,7 +127,7 @@ class _TrainClock:
 def _write_config(model_dir: str):
     """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
     if distributed.is_main_host():
-        atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+        atomic_write_text(os.path.join(model_dir, RUN_CONFIG), gin.config_str())
 
 
 def _check_finite(metrics: dict, step: int, model_dir: str):
@@ -191,7 +192,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
     state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, seed)
     _log_sizes(state, frozen)
-    ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    ckpt = checkpointing.Checkpointer(os.path.join(model_dir, CHECKPOINTS))
     state, start, position = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
@@ -261,6 +262,6 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                "train_seconds": round(trained_s, 1), "stopped": stopped,
                "best_step": best_step, "evaluations": len(history.records)}
     if distributed.is_main_host() and stopped != "preempted":
-        atomic_write_text(os.path.join(model_dir, "train_summary.json"),
+        atomic_write_text(os.path.join(model_dir, TRAIN_SUMMARY),
                           json.dumps(summary, indent=1) + "\n")
     return {**summary, "losses": losses}

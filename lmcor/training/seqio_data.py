@@ -24,7 +24,7 @@ from lmcor.data import importers, vocab
 from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import file_state
-from lmcor.tasks.common import data_root
+from lmcor.paths import data_root
 from lmcor.training import grouped_rows
 
 log = logging.getLogger(__name__)
