@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from lmcor.corrector import Corrector, CorrectorSettings  # noqa: E402
 from lmcor.serve.app import ServeApp  # noqa: E402
 from lmcor.serve.server import Server  # noqa: E402
-from lmcor.upstream import HttpUpstream  # noqa: E402
+from lmcor.serve.upstream import HttpUpstream  # noqa: E402
 
 
 def rss_mib(field: str = "VmRSS") -> float:

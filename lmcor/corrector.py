@@ -135,11 +135,12 @@ class Corrector:
         self.truncated_tokens = 0  # removed by the training-time token budget, summed
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, gin_files: Sequence[str] = (),
-                       gin_bindings: Sequence[str] = (), step: Optional[int] = None):
-        """Loads the run in MODEL_DIR (see module doc); `gin_files`/`gin_bindings` add to or
-        replace its config.gin, e.g. for a run that did not save one."""
-        model, vocab, options, settings = configured_parts(model_dir, gin_files, gin_bindings)
+    def from_model_dir(cls, model_dir: str, gin_bindings: Sequence[str] = (),
+                       step: Optional[int] = None,
+                       overrides: Optional[Callable[[], None]] = None):
+        """Loads the run in MODEL_DIR (see module doc); `gin_bindings` and `overrides` (a
+        command line's Gin flags) add to or replace its config.gin (`parse_run_config`)."""
+        model, vocab, options, settings = configured_parts(model_dir, gin_bindings, overrides)
         model = model.attach(model_dir)
         params = trained_params(model_dir, model, step)
         return cls(model.decode_adapter(), model.decode_params(params), vocab, options, settings,
@@ -278,18 +279,19 @@ class Corrector:
 # ---------------------------------------------------------------------- loading a MODEL_DIR
 
 
-def configured_parts(model_dir: str, gin_files: Sequence[str], gin_bindings: Sequence[str]):
+def configured_parts(model_dir: str, gin_bindings: Sequence[str] = (),
+                     overrides: Optional[Callable[[], None]] = None):
     """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
     from lmcor.data.vocab import task_vocabulary
     from lmcor.training import models
 
-    ref = parse_run_config(model_dir, gin_files, gin_bindings)
+    ref = parse_run_config(model_dir, gin_bindings, overrides)
     model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
     return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
 
 
-def check_model_dir(model_dir: str, gin_files: Sequence[str] = (),
-                    gin_bindings: Sequence[str] = ()) -> None:
+def check_model_dir(model_dir: str, gin_bindings: Sequence[str] = (),
+                    overrides: Optional[Callable[[], None]] = None) -> None:
     """Refuses, naming the file, a MODEL_DIR that cannot be decoded, from what a load would
     find only after minutes of work: no finished checkpoint, released weights that are not the
     ones released (sha256), a config that does not parse, a task vocabulary that is missing or
@@ -303,7 +305,7 @@ def check_model_dir(model_dir: str, gin_files: Sequence[str] = (),
         adapter.verify(model_dir)
     else:
         checkpoint_step(os.path.join(model_dir, CHECKPOINTS))
-    model = parse_run_config(model_dir, gin_files, gin_bindings)
+    model = parse_run_config(model_dir, gin_bindings, overrides)
     factory = model.configurable.name if model is not None else None
     if factory != "gemma_model":
         return

@@ -15,16 +15,11 @@ the base's full table at its ids. Any stack that reads HF Gemma 3 checkpoints th
 corrector; its input text is what `lmcor.data.corrector_input.build_corrector_input` builds,
 after BOS, with Gemma 3's own tokenizer.
 """
-import argparse
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
-from lmcor import config as gin_config
-from lmcor.command_errors import report_error
-from lmcor.gin_command import one_line_parser
 from lmcor.paths import CHECKPOINTS
 
 
@@ -44,11 +39,14 @@ def full_vocab_params(model, base_model, params) -> tuple:
 
 
 def export(model_dir: str, out_dir: str, step=None, dtype: str = "float32",
-           gin_files=(), gin_bindings=()) -> str:
+           gin_bindings=(), overrides=None) -> str:
+    """The run's trained params at `step` (default: best by validation, else latest) as a
+    merged, full-vocabulary HF Gemma 3 folder. `gin_bindings` and `overrides` are
+    lmcor.corrector.parse_run_config's."""
     from lmcor.checkpoints.hf_export import save_gemma_safetensors
     from lmcor.corrector import configured_parts, trained_params
 
-    base_model, _, _, _ = configured_parts(model_dir, gin_files, gin_bindings)
+    base_model, _, _, _ = configured_parts(model_dir, gin_bindings, overrides)
     if base_model.kind != "decoder":
         raise ValueError(f"export: {model_dir} holds a {base_model.kind} corrector; only "
                          "Gemma (decoder-only) correctors export to Gemma3ForCausalLM")
@@ -59,13 +57,13 @@ def export(model_dir: str, out_dir: str, step=None, dtype: str = "float32",
 
 
 def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat16",
-                   max_mb: float = 16.0, gin_files=(), gin_bindings=()) -> str:
+                   max_mb: float = 16.0, gin_bindings=(), overrides=None) -> str:
     """The run's trained params at `step` (default: best by validation, else latest) as an
     adapter folder; refuses a run that trains the whole model (nothing small to release)."""
     from lmcor.checkpoints import adapter
     from lmcor.corrector import checkpoint_step, configured_parts, restore_params
 
-    base_model, _, _, _ = configured_parts(model_dir, gin_files, gin_bindings)
+    base_model, _, _, _ = configured_parts(model_dir, gin_bindings, overrides)
     if base_model.kind != "decoder" or not base_model.freezing.lora:
         raise ValueError(f"export --adapter: {model_dir} is not a LoRA corrector run "
                          "(gemma_model.lora_rank = 0); export the whole model instead")
@@ -77,54 +75,3 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
     adapter.check_size(out_dir, int(max_mb * 1e6))
     return out_dir
 
-
-_GIN_HELP = """Gin: the run's MODEL_DIR/config.gin, then each --gin_file, then each binding
-  --gin.NAME=VALUE      a binding read last (repeatable): a macro or configurable.parameter of
-                        the run's config, e.g. --gin.task_vocabulary.spm_model=PATH for a run
-                        whose vocabulary file moved; a string needs no quotes
-"""
-
-
-def main(argv=None) -> int:
-    p = one_line_parser(prog="lmcor export", description=__doc__.split("\n\n")[0],
-                                   epilog=_GIN_HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir")
-    p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
-    p.add_argument("--step", type=int, default=None, help="default: best, else latest")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                   help="default: float32, bfloat16 with --adapter")
-    p.add_argument("--adapter", action="store_true",
-                   help="write the trained adapters only (a released corrector folder)")
-    p.add_argument("--max_mb", type=float, default=16.0,
-                   help="with --adapter: refuse an adapter file larger than this")
-    p.add_argument("--gin_file", action="append", default=[],
-                   help="a Gin file read after the run's config.gin (repeatable)")
-    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:  # the Gin flags' form, files and syntax, checked before the run is loaded
-        _, bindings, unknown = gin_config.split_gin_flags(rest)
-        for f in args.gin_file:
-            gin_config.read_gin_file(gin_config.resolve_gin_file(f))
-        for b in bindings:
-            gin_config.check_gin_binding(b)
-    except (ValueError, FileNotFoundError) as err:
-        p.error(str(err))
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        with gin_config.command_line():
-            if args.adapter:
-                out = export_adapter(args.model_dir, args.out, args.step,
-                                     args.dtype or "bfloat16", args.max_mb, args.gin_file,
-                                     bindings)
-            else:
-                out = export(args.model_dir, args.out, args.step, args.dtype or "float32",
-                             args.gin_file, bindings)
-    except (ValueError, FileNotFoundError) as err:
-        return report_error("lmcor export", err)
-    print(f"lmcor export: wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

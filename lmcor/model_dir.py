@@ -8,36 +8,44 @@ operative-config convention).
 """
 import json
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import gin
 import jax
 from absl import logging
 from flax import linen as nn
 
-from lmcor.gin_values import macro_read_by
 from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
 
 
-def parse_run_config(model_dir: str, gin_files: Sequence[str] = (),
-                     gin_bindings: Sequence[str] = ()):
-    """Parses MODEL_DIR/config.gin, then `gin_files` and `gin_bindings` (which add to or
-    replace it, e.g. for a run that saved no config) -> the `train.model` reference, or None."""
-    from lmcor import config as gin_config
-    from lmcor import train  # noqa: F401  (registers `train`, whose `model` binding we read)
+def parse_run_config(model_dir: str, gin_bindings: Sequence[str] = (),
+                     overrides: Optional[Callable[[], None]] = None):
+    """Parses MODEL_DIR/config.gin, then `gin_bindings` (Gin statements written by the caller,
+    e.g. the evaluation's decode settings), then calls `overrides`, which parses what a command
+    line adds (lmcor.cli: --gin_file and --gin flags, with its checks) -> the `train.model`
+    reference, or None. A run that saved no config needs bindings or overrides."""
+    from lmcor.training import loop  # noqa: F401  (registers `train`, whose `model` binding we read)
 
     run_config = os.path.join(model_dir, RUN_CONFIG)
-    if not os.path.isfile(run_config) and not gin_files and not gin_bindings:
+    if not os.path.isfile(run_config) and not gin_bindings and overrides is None:
         raise FileNotFoundError(f"{run_config}: no such file; pass the run's --gin_file flags")
     if os.path.isfile(run_config):
         # Absolute: gin tries a relative path under each search folder first and logs an ERROR
         # for each one that lacks it. The run's data factories may live in modules serving
-        # never imports; skip them.
+        # never imports, and a run saved by an older checkout may import modules that have moved
+        # since; skip them.
         try:
             gin.parse_config_file(os.path.abspath(run_config), skip_unknown=True)
         except Exception as e:  # gin raises several types; the file name is what users need
             raise ValueError(f"bad gin file {run_config}: {e}") from e
-    gin_config.parse_gin(gin_files, gin_bindings, finalize=False)
+    for binding in gin_bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as e:  # gin's reason is its message's first line; the rest is location
+            raise ValueError(f"bad gin binding {binding!r}: "
+                             f"{str(e).strip().splitlines()[0]}") from e
+    if overrides is not None:
+        overrides()
     return bound("train.model")
 
 
@@ -46,9 +54,12 @@ def bound(key: str):
     try:
         value = gin.query_parameter(key)
         for _ in range(16):  # gin refuses cyclic macros; this only bounds the loop
-            if not macro_read_by(value):
+            # A `%NAME` value is a reference to gin's `macro` configurable in scope NAME.
+            if not (isinstance(value, gin.config.ConfigurableReference)
+                    and value.configurable.selector == "gin.macro"):
                 return value
-            value = gin.query_parameter(f"{macro_read_by(value)}/gin.macro.value")
+            macro = value.scoped_selector.rsplit("/", 1)[0]
+            value = gin.query_parameter(f"{macro}/gin.macro.value")
     except ValueError:
         pass
     return None

@@ -32,10 +32,6 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 
-from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.command_errors import report_error
-from lmcor.gin_command import GinFlags
 from lmcor.data.pool import resolve_pool_path
 from lmcor.io_utils import atomic_write_text, file_state
 from lmcor.paths import REPO_ROOT, TRAIN_SUMMARY
@@ -303,25 +299,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     return os.path.join(pipe.run_dir, "report", "report.md")
 
 
-def main(argv=None, command: str = "quickstart") -> int:
-    def body(flags: GinFlags) -> int:
-        gin_config.parse_gin(flags.files, flags.bindings)
-        try:
-            path = quickstart()
-        except QuickstartError as e:
-            return report_error(f"lmcor {command}", f"{e} (rerun the same command to resume)", 1)
-        print(f"report: {path}")
-        return 0
-
-    return cli.run_gin_command(command, sys.argv[1:] if argv is None else argv, body)
-
-
-def pipeline_main(argv=None) -> int:
-    """`lmcor pipeline`: the same runner, under its own name in its help and messages."""
-    return main(argv, command="pipeline")
-
-
 if __name__ == "__main__":
-    # A Gin command runs through the CLI, which checks its flags and then imports this module
-    # under its own name; run as __main__, its configurables would be registered twice.
+    # Gin files import this module by name to register `quickstart`; run as __main__ it would
+    # register it a second time. The command is lmcor.cli's.
     sys.exit("usage: lmcor quickstart ... (or python -m lmcor.cli quickstart ...)")

@@ -12,7 +12,7 @@ import urllib.request
 from lmcor.corrector import CorrectorSettings
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
-from lmcor.upstream import HttpUpstream
+from lmcor.serve.upstream import HttpUpstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lmcor import train as train_lib  # noqa: E402
+from lmcor.cli import train_command as train_lib  # noqa: E402
 from lmcor.training import data as data_lib  # noqa: E402
 
 BASE_BINDINGS = (

@@ -135,13 +135,13 @@ def _write_lora_run(model_dir, gguf_path, base):
 
 def test_export_decodes_in_transformers_as_lmcor_does(tmp_path, gemma_gguf_path, base,
                                                       e2e_inputs, tokenizer):
-    from lmcor import export
+    from lmcor.cli import export_command
     from lmcor.corrector import Corrector
 
     run = tmp_path / "run"
     run.mkdir()
     _write_lora_run(run, gemma_gguf_path, base)
-    assert export.main([str(run), f"--out={tmp_path / 'hf'}"]) == 0
+    assert export_command.main([str(run), f"--out={tmp_path / 'hf'}"]) == 0
     corrector = Corrector.from_model_dir(str(run))
     ours = corrector.decode_ids([corrector.tokenize(t) for t in e2e_inputs])[0]
     torch.set_num_threads(2)

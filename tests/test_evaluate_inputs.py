@@ -13,10 +13,11 @@ import sys
 import gin
 import pytest
 
-from lmcor.command_errors import DEBUG_ENV
+from lmcor.cli.errors import DEBUG_ENV
 from lmcor.data.pool import read_pool, write_pool
 from lmcor.evaluation import evaluate
 from lmcor.io_utils import read_lines
+from lmcor.cli import evaluate_command
 
 from _cli import one_line_error
 from _evaluate_killed import config as killed_config
@@ -123,7 +124,7 @@ def test_bad_inputs_are_one_line_before_anything_is_written(pool_dir, tmp_path, 
         argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/wmt.gin",
                 f"--gin.EVAL_DIR={out}", *flags]
         try:
-            code = evaluate.main(argv)
+            code = evaluate_command.main(argv)
         finally:
             gin.clear_config()
         err = capsys.readouterr().err

@@ -36,9 +36,9 @@ def test_the_sampling_job_reads_the_data_root(monkeypatch, tmp_path):
 
 
 def test_pool_import_reads_the_data_root(monkeypatch, tmp_path, capsys):
-    from lmcor.data import pool_cli
+    from lmcor.cli import pool_command
 
     monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "nowhere"))
-    assert pool_cli.main(["import", "--dataset=e2e", "--split=test",
+    assert pool_command.main(["import", "--dataset=e2e", "--split=test",
                           f"--out={tmp_path / 'pool'}"]) == 2
     assert str(tmp_path / "nowhere") in capsys.readouterr().err

@@ -103,7 +103,8 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     the current directory."""
     import gin
 
-    from lmcor import config as gin_config, paths
+    from lmcor import paths
+    from lmcor.cli import gin_flags
     from lmcor.checkpoints import adapter
 
     stages = []
@@ -117,7 +118,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     monkeypatch.setattr(quickstart.Pipeline, "run", record)
     monkeypatch.chdir(tmp_path)
     try:
-        gin_config.parse_gin(["runs/quickstart.gin"], [f"RUN_DIR = {str(tmp_path)!r}",
+        gin_flags.parse_gin(["runs/quickstart.gin"], [f"RUN_DIR = {str(tmp_path)!r}",
                                                        "QUICKSTART_TEST_EXAMPLES = 5"],
                              finalize=False)
         with pytest.raises(Planned):

@@ -15,11 +15,11 @@ def _query(args, names):
     """{name: value} that the Gin files and bindings in a stage's `args` give each name."""
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
 
-    files, bindings, _ = gin_config.split_gin_flags(args)
+    files, bindings, _ = gin_flags.split_gin_flags(args)
     try:
-        gin_config.parse_gin(files, bindings, finalize=False)
+        gin_flags.parse_gin(files, bindings, finalize=False)
         return {name: gin.query_parameter(name) for name in names}
     finally:
         gin.clear_config()
@@ -28,17 +28,17 @@ def _query(args, names):
 def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
     from lmcor.tasks.common import pool_overrides
 
     pools = {"dev": "/p/dev", "test": "/p/test"}
     args = quickstart._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin"])
-    files, bindings, rest = gin_config.split_gin_flags(args)
+    files, bindings, rest = gin_flags.split_gin_flags(args)
     assert not rest
     try:
-        gin_config.parse_gin(files, bindings, finalize=False)
+        gin_flags.parse_gin(files, bindings, finalize=False)
         assert gin.query_parameter("%TRAIN_STEPS") == 7
         # The row's variant wins over the task file's default (e2e_lmcor).
         assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_finetune"
@@ -54,10 +54,10 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     task variant, with the pools the config names."""
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
 
     try:
-        gin_config.parse_gin([run_file], [], finalize=False)
+        gin_flags.parse_gin([run_file], [], finalize=False)
         task = gin.query_parameter("quickstart.task")
         rows = gin.query_parameter("quickstart.rows")
         flags = gin.query_parameter("quickstart.train_flags")
@@ -72,10 +72,10 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     assert {"lmcor", "finetune"} <= {*rows, *released}
     for row in rows:
         args = quickstart._train_args(task, row, str(tmp_path / row), pools, 3, flags)
-        files, bindings, rest = gin_config.split_gin_flags(args)
+        files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
         try:
-            gin_config.parse_gin(files, bindings, finalize=False)
+            gin_flags.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == f"{task}_{row}"
             assert gin.query_parameter("gemma_model.gguf") == "bundled"
             assert ("pool_overrides.by_dataset" in " ".join(bindings)) == bool(pools)
@@ -87,9 +87,9 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
                  "--gin.EVAL_MAX_EXAMPLES=200"]
         args = quickstart._eval_args(table, str(tmp_path / name),
                                      {"lmcor": str(tmp_path / "lmcor")}, extra)
-        files, bindings, _ = gin_config.split_gin_flags(args)
+        files, bindings, _ = gin_flags.split_gin_flags(args)
         try:
-            gin_config.parse_gin(files, bindings, finalize=False)
+            gin_flags.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%EVAL_MAX_EXAMPLES") == (None if name == "full_test"
                                                                  else 200)
         finally:
@@ -102,11 +102,12 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     and corrector, and its overrides (the prompt-B test pool) over the table's."""
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor import paths
+    from lmcor.cli import gin_flags
     from lmcor.data.corrector_input import CorrectorOptions
 
     try:
-        gin_config.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
+        gin_flags.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
         flags = gin.query_parameter("quickstart.train_flags")
         ablations = gin.query_parameter("quickstart.ablations")
         train_only = gin.query_parameter("quickstart.ablation_train_flags")
@@ -118,10 +119,10 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     for name, extra in ablations.items():
         args = quickstart._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
                                       [*extra, *train_only])
-        files, bindings, rest = gin_config.split_gin_flags(args)
+        files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
         try:
-            gin_config.parse_gin(files, bindings, finalize=False)
+            gin_flags.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "e2e_lmcor"
             assert gin.query_parameter("Checkpointer.keep") == 1
             opts = CorrectorOptions()
@@ -138,18 +139,18 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     # now (the trainer's, above): parse its flags where only its own imports exist.
     (tmp_path / "args.json").write_text(json.dumps(list(eval_args.values())))
     check = ("import json, sys, gin, lmcor.evaluation.evaluate\n"
-             "from lmcor import config\n"
+             "from lmcor.cli import gin_flags\n"
              "for args in json.load(open(sys.argv[1])):\n"
-             "    files, bindings, _ = config.split_gin_flags(args)\n"
-             "    config.parse_gin(files, bindings, finalize=False)\n"
+             "    files, bindings, _ = gin_flags.split_gin_flags(args)\n"
+             "    gin_flags.parse_gin(files, bindings, finalize=False)\n"
              "    gin.clear_config()\n")
     done = subprocess.run([sys.executable, "-P", "-c", check, str(tmp_path / "args.json")],
-                          cwd=gin_config.REPO_ROOT, capture_output=True, text=True)
+                          cwd=paths.REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     for name, args in eval_args.items():
-        files, bindings, _ = gin_config.split_gin_flags(args)
+        files, bindings, _ = gin_flags.split_gin_flags(args)
         try:
-            gin_config.parse_gin(files, bindings, finalize=False)
+            gin_flags.parse_gin(files, bindings, finalize=False)
             assert gin.query_parameter("%EVAL_DIR") == str(tmp_path / name / "eval")
             assert gin.query_parameter("%LMCOR_DIR") == str(tmp_path / "m")
             assert "ablation" in gin.query_parameter("%EVAL_TAGS")
@@ -179,13 +180,13 @@ def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
 def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_path, monkeypatch):
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
 
     stages = record_stages(monkeypatch)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
     pools = [] if table == "wmt" else [f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     try:
-        gin_config.parse_gin([f"runs/tables/{table}.gin", "runs/gpu_scale.gin"],
+        gin_flags.parse_gin([f"runs/tables/{table}.gin", "runs/gpu_scale.gin"],
                              [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
         with pytest.raises(Planned):
             quickstart.quickstart()

@@ -14,6 +14,7 @@ from lmcor.evaluation import evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
 from lmcor.training.logging import TrainLogger
+from lmcor.cli import report_command
 
 N = 8
 
@@ -85,7 +86,7 @@ def test_ablation_series_follow_the_evaluations(run_dir):
 
 
 def test_report_writes_markdown_and_pngs(run_dir):
-    assert report.main([str(run_dir)]) == 0
+    assert report_command.main([str(run_dir)]) == 0
     out = run_dir / "report"
     text = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -120,7 +121,7 @@ def test_one_ablation_on_two_datasets_gives_two_series(run_dir, tmp_path):
 
 
 def test_report_errors(tmp_path):
-    assert report.main([str(tmp_path)]) == 2
+    assert report_command.main([str(tmp_path)]) == 2
     bad = tmp_path / "x" / "results.json"
     bad.parent.mkdir()
     bad.write_text('{"rows": [}')

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _train_worker import BASE_BINDINGS, reverse_arrays
-from lmcor import train as train_lib
+from lmcor.cli import train_command as train_lib
 from lmcor.training import data as data_lib
 
 
@@ -133,7 +133,7 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     gin.clear_config()
     # The run trained on synthetic ids; loading it as a corrector needs some vocabulary.
     vocab = [f"task_vocabulary.spm_model = {str(task_spm_path)!r}"]
-    model, _, _, _ = configured_parts(str(run), (), vocab)
+    model, _, _, _ = configured_parts(str(run), vocab)
     model = model.attach(str(run))
     want = restore_params(str(run / "checkpoints"), model, None)
     for dtype in ("float32", "bfloat16"):
@@ -167,11 +167,11 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
 def test_the_export_command_takes_bare_gin_strings(tmp_path, capsys):
     """`--gin.NAME=path` without inner quotes reaches the run's configurables: the missing
     vocabulary file is the first thing loading the run trips on."""
-    from lmcor import export
+    from lmcor.cli import export_command
 
     try:
-        assert export.main([str(tmp_path), f"--out={tmp_path / 'out'}",
-                            "--gin.task_vocabulary.spm_model=no/such/vocab.model"]) == 2
+        assert export_command.main([str(tmp_path), f"--out={tmp_path / 'out'}",
+                                    "--gin.task_vocabulary.spm_model=no/such/vocab.model"]) == 2
     finally:
         gin.clear_config()
     assert "no/such/vocab.model: no such file" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`lmcor evaluate`: the paper's comparison table for one task's test pool.
+"""The paper's comparison table for one task's test pool, behind `lmcor evaluate`.
 
     lmcor evaluate --gin_file=gin/runs/evaluate.gin --gin_file=gin/tasks/e2e.gin \
         --gin.EVAL_DIR=/runs/e2e/eval --gin.FINETUNE_DIR=/runs/e2e/finetune \
@@ -31,9 +31,6 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import gin
 from absl import logging
 
-from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.gin_command import GinFlags
 from lmcor.evaluation import breakdowns, metrics, rerank
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
                                      task_dataset)
@@ -281,27 +278,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     return results
 
 
-def _main(flags: GinFlags) -> int:
-    logging.set_verbosity(logging.INFO)
-    gin_config.parse_gin(flags.files, flags.bindings, finalize=False)
-    results = evaluate(evaluation())
-    print(markdown_table(results), end="")
-    for note in results["notes"]:
-        print(f"note: {note}")
-    return 0
-
-
-# What a bad pool, folder or corrector raises (PoolError, AdapterError and BaseWeightsMismatch
-# are ValueErrors; a missing or unwritable file, an OSError): one line, exit status 2.
-INPUT_ERRORS = (OSError, ValueError)
-
-
-def main(argv=None) -> int:
-    return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main,
-                               INPUT_ERRORS)
-
-
 if __name__ == "__main__":
-    # A Gin command runs through the CLI, which checks its flags and then imports this module
-    # under its own name; run as __main__, its configurables would be registered twice.
+    # Gin files import this module by name to register `evaluation`; run as __main__ it would
+    # register it a second time. The command is lmcor.cli's.
     sys.exit("usage: lmcor evaluate ... (or python -m lmcor.cli evaluate ...)")

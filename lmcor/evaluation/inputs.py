@@ -8,6 +8,7 @@ released weights' sha256, task vocabulary, base weights). Then the evaluation ru
 without finding a mistake in what it was given after minutes of decoding.
 """
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
@@ -17,7 +18,6 @@ import gin
 
 from lmcor.data.pool_schema import fail
 from lmcor.evaluation import rerank
-from lmcor.gin_errors import closest
 from lmcor.paths import TRAIN_SUMMARY
 
 CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
@@ -86,7 +86,7 @@ def _task_source(task: str):
     import lmcor.tasks  # noqa: F401  (registers the tasks)
     names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if task not in names:  # asked first: seqio logs every task it knows before it refuses
-        close = closest(task, names)
+        close = next(iter(difflib.get_close_matches(task, sorted(names), n=1)), None)
         raise ValueError(f"evaluation.task={task!r} (MIXTURE_OR_TASK_NAME): no such task or "
                          "mixture" + (f"; did you mean {close!r}?" if close else ""))
     source = getattr(seqio.get_mixture_or_task(task), "source", None)

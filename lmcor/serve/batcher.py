@@ -6,7 +6,7 @@ from typing import List
 
 from absl import logging
 
-from lmcor.batching import BatchWorker
+from lmcor.serve.batching import BatchWorker
 from lmcor.serve.decoder import Decoder
 from lmcor.serve.metrics import Metrics
 

@@ -18,7 +18,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lmcor import distributed
 from lmcor.io_utils import atomic_write_text
 from lmcor.models import partitioning
 from lmcor.training import budget, checkpointing, data as data_lib, frozen_cache
@@ -32,6 +31,11 @@ from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def _is_main_host() -> bool:
+    """Host 0 writes the run's files (config, summaries, TensorBoard); every host trains."""
+    return jax.process_index() == 0
 
 
 def _global_batch(local: dict, mesh) -> dict:
@@ -126,7 +130,7 @@ class _TrainClock:
 
 def _write_config(model_dir: str):
     """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
-    if distributed.is_main_host():
+    if _is_main_host():
         atomic_write_text(os.path.join(model_dir, RUN_CONFIG), gin.config_str())
 
 
@@ -143,7 +147,7 @@ def _evaluate_only(model, state, step, evaluator, model_dir):
     if evaluator is None:
         raise ValueError("train.evaluate_only needs train.evaluator")
     results = evaluator(model, state.params, step)
-    logger = TrainLogger(os.path.join(model_dir, "eval"), step, step, distributed.is_main_host())
+    logger = TrainLogger(os.path.join(model_dir, "eval"), step, step, _is_main_host())
     logger.scalars(step, results, prefix="eval/")
     logger.close()
     return {"step": step, "losses": [], "stopped": "evaluated", "eval": results}
@@ -200,11 +204,11 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     if patience is not None and (patience < 1 or not ckpt.best_metric or evaluator is None):
         raise ValueError(f"train.patience={patience} needs patience >= 1, an evaluator and "
                          f"Checkpointer.best_metric (got {ckpt.best_metric!r})")
-    history = budget.EvalHistory(model_dir, start, distributed.is_main_host())
+    history = budget.EvalHistory(model_dir, start, _is_main_host())
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
              if model.cache_frozen else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
-                         distributed.is_main_host())
+                         _is_main_host())
     losses, stopped = [], "budget" if plan.budgeted else "done"
     end = plan.end
     # Any host: only the main host is sure to hold the history file after a restart.
@@ -261,7 +265,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     summary = {"step": done, "examples_seen": plan.examples(done),
                "train_seconds": round(trained_s, 1), "stopped": stopped,
                "best_step": best_step, "evaluations": len(history.records)}
-    if distributed.is_main_host() and stopped != "preempted":
+    if _is_main_host() and stopped != "preempted":
         atomic_write_text(os.path.join(model_dir, TRAIN_SUMMARY),
                           json.dumps(summary, indent=1) + "\n")
     return {**summary, "losses": losses}

@@ -15,11 +15,15 @@ from typing import List, Optional
 
 import gin
 
-from lmcor.gin_values import STRING_HINT, is_required, macro_read_by, name_and_value, parses
+from lmcor.cli.gin_values import STRING_HINT, is_required, macro_read_by, name_and_value, parses
 
 
 class GinError(ValueError):
     """A mistake in the Gin files or --gin flags; the message is one line."""
+
+
+# Configurables whose Gin name changed: a binding of the old name is refused, naming the new one.
+RENAMED = {}
 
 
 def closest(name: str, candidates, cutoff: float = 0.6) -> Optional[str]:
@@ -47,7 +51,10 @@ def _suggestion(reason: str) -> str:
     """'; did you mean X?' for gin's errors about a name it does not know."""
     unknown = re.search(r"No configurable matching (?:reference )?'@?([^'()]+)", reason)
     if unknown:
-        close = closest(unknown[1].rsplit("/", 1)[-1], _configurable_names())
+        name = unknown[1].rsplit("/", 1)[-1]
+        if name in RENAMED:
+            return f"; {name} was renamed {RENAMED[name]}"
+        close = closest(name, _configurable_names())
     else:
         param = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'",
                           reason)

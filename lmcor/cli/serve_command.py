@@ -1,4 +1,5 @@
-"""`lmcor serve`: an OpenAI-compatible proxy that corrects any LLM's output (docs/serving.md).
+"""`lmcor serve`: an OpenAI-compatible proxy that corrects any LLM's output (lmcor.serve,
+docs/serving.md).
 
     lmcor serve --corrector=MODEL_DIR --upstream=http://host:port/v1 [--num_candidates=5]
     lmcor serve --corrector=MODEL_DIR --upstream=jax:gguf:/path/gemma.gguf
@@ -13,6 +14,7 @@ Nothing heavy is imported at module level (the corrector pulls in JAX and Tensor
 """
 import argparse
 import errno
+import functools
 import os
 import signal
 import sys
@@ -22,10 +24,13 @@ from typing import Optional, Tuple
 
 from absl import logging
 
-from lmcor.command_errors import report_error
+from lmcor.cli import gin_flags
+from lmcor.cli.errors import report_error
+from lmcor.cli.gin_command import check_gin_flags
+from lmcor.paths import RUN_CONFIG
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
-from lmcor.upstream import check_upstream, make_upstream
+from lmcor.serve.upstream import check_upstream, make_upstream
 
 EPILOG = """\
 Gin flags (parsed after MODEL_DIR/config.gin, overriding it):
@@ -63,7 +68,7 @@ def _flags() -> argparse.ArgumentParser:
     add("--upstream", required=True, metavar="URL",
         help="the LLM: an OpenAI-compatible http(s)://host:port/v1, or jax:gguf:PATH for Gemma "
              "3 from a GGUF file in this process (required)")
-    # Only shown here: lmcor.config.split_gin_flags takes --gin_file/--gin.* out before parsing.
+    # Only shown here: split_gin_flags takes --gin_file/--gin.* out before argparse runs.
     add("--gin_file", action="append", metavar="FILE",
         help="Gin file parsed after MODEL_DIR/config.gin (repeatable; default: none)")
     add("--checkpoint_step", type=int, default=None, metavar="N",
@@ -131,13 +136,11 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def main(argv=None) -> int:
-    from lmcor import config as gin_config
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        files, bindings, rest = gin_config.split_gin_flags(argv)
-    except (ValueError, StopIteration) as e:
-        return _fail(str(e) or "--gin_file needs a value")
+        files, bindings, rest = gin_flags.split_gin_flags(argv)
+    except ValueError as e:
+        return _fail(str(e))
     args = _flags().parse_args(rest)
     # Everything that can be checked without the corrector is, before the minutes of loading
     # and compiling it.
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
         check_upstream(args.upstream)
         if not os.path.isdir(args.corrector):
             raise ValueError(f"--corrector={args.corrector}: no such folder")
+        check_gin_flags(files, bindings, os.path.join(args.corrector, RUN_CONFIG))
         app = ServeApp(num_candidates=args.num_candidates, temperature=args.temperature,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
@@ -157,7 +161,11 @@ def main(argv=None) -> int:
 
     def load_corrector():
         from lmcor.corrector import Corrector
-        return Corrector.from_model_dir(args.corrector, files, bindings, args.checkpoint_step)
+
+        overrides = functools.partial(gin_flags.parse_gin, files, bindings, finalize=False) \
+            if files or bindings else None
+        return Corrector.from_model_dir(args.corrector, step=args.checkpoint_step,
+                                        overrides=overrides)
 
     def load_upstream():
         upstream = make_upstream(args.upstream, args.upstream_model, args.upstream_timeout_s,

@@ -3,15 +3,15 @@
 A --gin flag that sets a macro no parsed file reads is a typo that gin would bind and then
 ignore; a binding or macro left at %gin.REQUIRED would fail far from the flag that was
 forgotten. `check_statements` makes the same checks on statements parsed without imports
-(`lmcor.gin_command`, before a command loads its modules).
+(`lmcor.cli.gin_command`, before a command loads its modules).
 """
 from typing import List, Optional, Sequence
 
 import gin
 from gin import config_parser
 
-from lmcor.gin_errors import GinError, closest, required_message
-from lmcor.gin_values import (REQUIRED_READ, MacroRead, NoLookup, is_required, macro_read_by,
+from lmcor.cli.gin_errors import RENAMED, GinError, closest, required_message
+from lmcor.cli.gin_values import (REQUIRED_READ, MacroRead, NoLookup, is_required, macro_read_by,
                               macros_in, quote_bare_value)
 
 
@@ -30,6 +30,20 @@ def check_statements(bindings: Sequence[str], statements: list) -> None:
         required = isinstance(value, MacroRead) and value == REQUIRED_READ  # not a string
         if required and name.rsplit("/", 1)[-1] in read_names:
             raise GinError(required_message(name))
+
+
+def check_renamed(statements: list, where: str) -> None:
+    """A GinError for the first binding of a renamed configurable (gin_errors.RENAMED), naming
+    the binding to write instead; `where` starts the message (the file or flag)."""
+    for st in statements:
+        if not isinstance(st, config_parser.BindingStatement) or not st.arg_name:
+            continue  # a macro, an import or an include
+        name = st.selector.rsplit(".", 1)[-1]  # the selector may name the module too
+        if name in RENAMED:
+            line = f" (line {st.location.line_num})" if where.startswith("bad gin file") else ""
+            scope = f"{st.scope}/" if st.scope else ""
+            raise GinError(f"{where}{scope}{name}.{st.arg_name} was renamed "
+                           f"{scope}{RENAMED[name]}.{st.arg_name}{line}")
 
 
 def _macros_read() -> set:

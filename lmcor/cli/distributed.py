@@ -1,4 +1,4 @@
-"""Multi-host plumbing: one `initialize()` call turns a script into a multi-host JAX job.
+"""Multi-host start-up: one `initialize()` call turns a command into a multi-host JAX job.
 
 Where the process learns its place in the job, first match wins:
   1. arguments (e.g. from `--coordinator_address/--num_processes/--process_id`, see
@@ -9,21 +9,17 @@ Where the process learns its place in the job, first match wins:
      first host of SLURM_STEP_NODELIST), Open MPI, or a Cloud TPU VM (worker metadata);
   4. none of these: a single process, and `initialize` changes nothing.
 
-Data sharding across hosts (`host_shard`) is round-robin by example index: host `i` of `n`
-reads examples `i, i + n, i + 2n, ...`, which is exactly what `tf.data.Dataset.shard(n, i)`
-does, so a count, a Python iterable and a tf.data pipeline split the same way and every
-example is read by exactly one host per epoch. Hosts may then hold up to one example more
-than each other; a trainer that needs equal step counts repeats its stream (training) or pads
-its last batch (evaluation) rather than dropping examples.
+Which examples each host then reads is lmcor.data.host_shard's. The library never calls this
+module: a command joins the job before it starts the work, and the work asks JAX
+(`jax.process_index()`) where it runs.
 
-jax is imported inside the functions: `host_shard` of a count and the flag helpers need none
-of it, and commands import this module before deciding whether they run multi-host at all.
+jax is imported inside the functions: the flag helpers need none of it, and commands import this
+module before deciding whether they run multi-host at all.
 """
 import dataclasses
-import itertools
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -164,33 +160,6 @@ def install_log_filter(process_index: int) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, MainHostFilter) for f in handler.filters):
             handler.addFilter(MainHostFilter(process_index))
-
-
-def _is_tf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("tensorflow") and hasattr(obj, "shard")
-
-
-def host_shard(data: int | Iterable, process_index: int | None = None,
-               process_count: int | None = None):
-    """This host's share of `data`, round-robin by example index (see the module docstring).
-
-    `data` is a count (returns a `range` of example indices), a `tf.data.Dataset` (returns
-    `data.shard(count, index)`), or any iterable (returns an iterator over its items at this
-    host's indices). Index and count default to `jax.process_index()`/`jax.process_count()`.
-    """
-    index = process_index if process_index is not None else _jax_process_index()
-    count = process_count if process_count is not None else _jax_process_count()
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"host_shard: process_index={index} must lie in 0..{count - 1}")
-    if isinstance(data, bool):
-        raise TypeError("host_shard: expected a count, a tf.data.Dataset or an iterable, got a bool")
-    if isinstance(data, int):
-        if data < 0:
-            raise ValueError(f"host_shard: example count must be >= 0, got {data}")
-        return range(index, data, count)
-    if _is_tf_dataset(data):
-        return data.shard(count, index)
-    return itertools.islice(data, index, None, count)
 
 
 def split_distributed_flags(argv: Sequence[str]):

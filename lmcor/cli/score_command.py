@@ -8,10 +8,9 @@ Files are plain text, one segment per line, all line-aligned.
 """
 import argparse
 import json
-import sys
 from typing import Dict, List, Optional
 
-from lmcor.command_errors import report_error
+from lmcor.cli.errors import report_error
 from lmcor.evaluation import metrics
 from lmcor.data.text_files import read_aligned_text
 
@@ -101,7 +100,3 @@ def main(argv=None) -> int:
         return report_error("lmcor score", e)
     print(json.dumps(result))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ import sys
 
 from tqdm import tqdm
 
-from lmcor.command_errors import report_error
+from lmcor.cli.errors import report_error
 from lmcor.data import pool_import, pool_release
 from lmcor.data.importers import IMPORTERS
 from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path
@@ -85,7 +85,3 @@ def main(argv=None) -> int:
         return report_error(f"lmcor pool {args.command}", e)
     print(json.dumps(result, ensure_ascii=False))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,12 +13,11 @@ import json
 import sys
 
 from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.gin_command import GinFlags
-from lmcor import distributed
+from lmcor.cli import distributed, gin_flags
+from lmcor.cli.gin_command import GinFlags
 from lmcor.training import checkpointing
 from lmcor.training.logging import setup_console_logging
-from lmcor.training.loop import NonFiniteLossError, train  # noqa: F401  (re-exported)
+from lmcor.training.loop import train
 
 
 def run(argv) -> dict:
@@ -29,7 +28,7 @@ def run(argv) -> dict:
 def _run(flags: GinFlags) -> dict:
     setup_console_logging()
     distributed.initialize(**flags.distributed)
-    gin_config.parse_gin(flags.files, flags.bindings)
+    gin_flags.parse_gin(flags.files, flags.bindings)
     with checkpointing.PreemptionFlag() as flag:
         return train(preemption=flag)
 
@@ -44,8 +43,3 @@ def _main(flags: GinFlags) -> int:
 
 def main(argv=None) -> int:
     return cli.run_gin_command("train", sys.argv[1:] if argv is None else argv, _main)
-
-
-if __name__ == "__main__":
-    # The trainer's configurables live in lmcor.training, so this module may run as __main__.
-    sys.exit(main())

@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Optional
 
 from lmcor.sampling.backends.base import BackendError, Request, SamplingParams
-from lmcor.batching import BatchWorker
+from lmcor.serve.batching import BatchWorker
 
 
 class ApiError(Exception):

@@ -16,8 +16,8 @@ import argparse
 import sys
 import time
 
-from lmcor.command_errors import report_error
-from lmcor.gin_command import one_line_parser
+from lmcor.cli.errors import report_error
+from lmcor.cli.gin_command import one_line_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +78,3 @@ def main(argv=None) -> int:
           f"{tokens / max(timing['decode_s'], 1e-9):.1f} tokens/s "
           f"(load {load_s:.1f}s, compile {timing['compile_s']:.1f}s excluded)", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

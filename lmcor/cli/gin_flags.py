@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence
 import gin
 from gin import config_parser
 
-from lmcor.gin_checks import check_before_finalize, check_bindings_are_read, check_required
-from lmcor.gin_errors import (GIN_FILE_ERRORS, GinError, binding_error, closest, file_error,
+from lmcor.cli.gin_checks import check_before_finalize, check_bindings_are_read, check_required
+from lmcor.cli.gin_errors import (GIN_FILE_ERRORS, GinError, binding_error, closest, file_error,
                               missing_required)
-from lmcor.gin_values import NoLookup, quote_bare_value
+from lmcor.cli.gin_values import NoLookup, quote_bare_value
 from lmcor.paths import GIN_DIR, REPO_ROOT
 
 

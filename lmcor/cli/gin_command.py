@@ -1,24 +1,25 @@
 """The commands configured by Gin (train, sample, evaluate, quickstart, pipeline): their --help,
-and the checks of their flags that need no configurable, made before the command imports its
-modules (10-20 s for the trainer), so that a typo is one line in a fraction of a second.
+and `check_gin_flags`, the checks of Gin flags that need no configurable, made before a command
+imports its modules (10-20 s for the trainer), so that a typo is one line in a fraction of a
+second. `lmcor export` and `lmcor serve` make the same checks through the same function.
 """
 import dataclasses
 import os
 import textwrap
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from lmcor.command_errors import DEBUG_ENV, report_error
-from lmcor.config import (check_gin_binding, command_line, read_gin_file, resolve_gin_file,
-                          split_gin_flags)
-from lmcor.gin_checks import check_statements
-from lmcor.gin_errors import GinError, closest
+from lmcor.cli.errors import DEBUG_ENV, report_error
+from lmcor.cli.gin_flags import (check_gin_binding, command_line, read_gin_file,
+                                 resolve_gin_file, split_gin_flags)
+from lmcor.cli.gin_checks import check_renamed, check_statements
+from lmcor.cli.gin_errors import GinError, closest
 
 
 @dataclasses.dataclass(frozen=True)
 class GinFlags:
     files: List[str]
     bindings: List[str]
-    distributed: Dict[str, object]  # keyword arguments of lmcor.distributed.initialize
+    distributed: Dict[str, object]  # keyword arguments of lmcor.cli.distributed.initialize
 
 
 _BINDING_HELP = ("--gin.NAME=VALUE", "a binding, read after the files (repeatable): NAME is a "
@@ -43,6 +44,39 @@ def _table(rows) -> List[str]:
     return out
 
 
+def check_gin_flags(files: Sequence[str], bindings: Sequence[str],
+                    run_config: Optional[str] = None) -> None:
+    """Every check of Gin flags that needs no configurable, made before a command loads anything
+    (the Gin commands, `lmcor export` and `lmcor serve` alike): each file is found and parses,
+    each binding parses, no binding names a renamed configurable, and, when every statement is
+    known (the files', and `run_config`, the config.gin of the run a command loads first), no
+    binding sets a macro that nothing reads and no read macro is left at %gin.REQUIRED. A
+    mistake is a one-line GinError.
+
+    parse_gin makes the last two checks again once the files are imported. Made here too, a
+    typo in a macro's name or a forgotten MODEL_DIR is reported before the command's imports.
+    Without files or a run config, a library caller may have bound everything from code, so
+    nothing is said about macros."""
+    paths = [run_config] if run_config and os.path.isfile(run_config) else []
+    for f in files:
+        try:
+            paths.append(resolve_gin_file(f))
+        except FileNotFoundError as e:
+            raise GinError(str(e)) from None
+    statements: Optional[list] = []
+    for path in paths:
+        in_file = read_gin_file(path)
+        check_renamed(in_file or [], f"bad gin file {path}: ")
+        statements = None if in_file is None or statements is None else statements + in_file
+    in_bindings = []
+    for b in bindings:
+        parsed = check_gin_binding(b)
+        check_renamed(parsed, f"--gin.{b}: ")
+        in_bindings += parsed
+    if paths and statements is not None:
+        check_statements(bindings, statements + in_bindings)
+
+
 @dataclasses.dataclass(frozen=True)
 class GinCommand:
     """A command configured by Gin files and --gin flags: its --help, and the checks of its flags
@@ -54,7 +88,7 @@ class GinCommand:
     examples: Tuple[str, ...] = ()
     default_gin: Optional[str] = None  # read when no --gin_file is given
     start_from: str = ""  # the file to name when a --gin_file is needed and none is given
-    distributed: bool = False  # takes lmcor.distributed's flags
+    distributed: bool = False  # takes lmcor.cli.distributed's flags
 
     def help(self) -> str:
         files = "[--gin_file=FILE ...]" if self.default_gin else \
@@ -78,7 +112,7 @@ class GinCommand:
         file is fine here: a library caller may have bound everything itself."""
         argv, dist = list(argv), {}
         if self.distributed:
-            from lmcor import distributed  # imports no jax before a job is joined
+            from lmcor.cli import distributed  # imports no jax before a job is joined
 
             try:
                 dist, argv = distributed.split_distributed_flags(argv)
@@ -88,25 +122,13 @@ class GinCommand:
         if rest:
             raise GinError(self._unrecognized(rest))
         files = files or ([self.default_gin] if self.default_gin else [])
-        statements: Optional[list] = []
-        for f in files:
-            try:
-                in_file = read_gin_file(resolve_gin_file(f))
-            except FileNotFoundError as e:
-                raise GinError(str(e)) from None
-            statements = None if in_file is None or statements is None else statements + in_file
-        in_bindings = [st for b in bindings for st in check_gin_binding(b)]
-        if files and statements is not None:
-            # Checks parse_gin makes again once the files are imported; made here too, a typo in
-            # a macro's name or a forgotten MODEL_DIR is reported before the command's imports.
-            # (Without files, a library caller may have bound everything from code.)
-            check_statements(bindings, statements + in_bindings)
+        check_gin_flags(files, bindings)
         return GinFlags(files, bindings, dist)
 
     def _unrecognized(self, rest: Sequence[str]) -> str:
         known = ["--gin_file", "--help", "--debug"]
         if self.distributed:
-            from lmcor import distributed
+            from lmcor.cli import distributed
 
             known += [f"--{name}" for name in distributed.FLAG_NAMES]
         close = closest(rest[0].split("=", 1)[0], known)

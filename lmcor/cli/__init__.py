@@ -1,30 +1,38 @@
-"""`lmcor <command> ...`: dispatches to `lmcor.<module>.main(argv)`.
+"""`lmcor <command> ...`: the command layer. Each command's module here holds its flags and its
+`main(argv)`; the work is done by the stage packages, none of which imports this package.
 
-Each command lives in its own module; the table below only maps names so that importing the CLI
-stays cheap. `python -m lmcor.cli <command>` is the module form of every command (the pipeline
-runs its stages so): the command module is then imported under its own name, so the Gin
-configurables it defines are registered once. The commands configured by Gin are described here
-too (`GIN_COMMANDS`): their --help and the checks of their flags that need no configurable run
-before their module is imported, which for the trainer means JAX, TensorFlow and SeqIO (10-20 s).
+The table below only maps names, so that importing the CLI stays cheap. `python -m lmcor.cli
+<command>` is the module form of every command (the pipeline runs its stages so). The commands
+configured by Gin are described here too (`GIN_COMMANDS`): their --help and the checks of their
+flags that need no configurable run before their module is imported, which for the trainer means
+JAX, TensorFlow and SeqIO (10-20 s).
+
+Modules:
+  * `errors`       - a command's mistake as one line on stderr, exit status 2;
+  * `gin_values`, `gin_errors`, `gin_checks` - Gin values, one-line Gin errors, checks gin omits;
+  * `gin_flags`    - --gin_file / --gin.NAME=VALUE: finding, reading and parsing them;
+  * `gin_command`  - a Gin command's help, and `check_gin_flags`: every up-front flag check;
+  * `distributed`  - joining a multi-host JAX job from flags, the environment or the cluster;
+  * `*_command`    - one module per command.
 """
 import importlib
 import sys
 
-from lmcor.gin_command import GinCommand
+from lmcor.cli.gin_command import GinCommand
 
 COMMANDS = {
-    "generate": "lmcor.generate",
-    "score": "lmcor.evaluation.score",
-    "pool": "lmcor.data.pool_cli",
-    "train": "lmcor.train",
-    "sample": "lmcor.sampling.job",
-    "evaluate": "lmcor.evaluation.evaluate",
-    "report": "lmcor.evaluation.report",
-    "quickstart": "lmcor.quickstart",
-    # The same runner as quickstart, named for the README tables' configs.
-    "pipeline": "lmcor.quickstart:pipeline_main",
-    "serve": "lmcor.serve.command",
-    "export": "lmcor.export",
+    "generate": "lmcor.cli.generate_command",
+    "score": "lmcor.cli.score_command",
+    "pool": "lmcor.cli.pool_command",
+    "train": "lmcor.cli.train_command",
+    "sample": "lmcor.cli.sample_command",
+    "evaluate": "lmcor.cli.evaluate_command",
+    "report": "lmcor.cli.report_command",
+    # The pipeline with the quickstart's config as its default file.
+    "quickstart": "lmcor.cli.pipeline_command:quickstart_main",
+    "pipeline": "lmcor.cli.pipeline_command",
+    "serve": "lmcor.cli.serve_command",
+    "export": "lmcor.cli.export_command",
 }
 
 _RUN_MACROS = (
@@ -126,6 +134,3 @@ def main(argv=None):
     module, _, function = COMMANDS[name].partition(":")
     return getattr(importlib.import_module(module), function or "main")(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
