@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from lmcor.corrector import CorrectorSettings
+from lmcor.inference.settings import CorrectorSettings
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
 from lmcor.serve.upstream import HttpUpstream

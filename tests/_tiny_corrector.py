@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import sentencepiece as spm
 
-from lmcor.corrector import Corrector, CorrectorSettings
+from lmcor.inference.corrector import Corrector
+from lmcor.inference.settings import CorrectorSettings
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.models.t5 import T5, T5Config
 

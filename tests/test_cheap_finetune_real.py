@@ -136,7 +136,7 @@ def _write_lora_run(model_dir, gguf_path, base):
 def test_export_decodes_in_transformers_as_lmcor_does(tmp_path, gemma_gguf_path, base,
                                                       e2e_inputs, tokenizer):
     from lmcor.cli import export_command
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     run = tmp_path / "run"
     run.mkdir()

@@ -8,7 +8,7 @@ import gin
 import pytest
 
 from lmcor.evaluation import evaluate, metrics, rerank
-from lmcor.corrector import Corrector
+from lmcor.inference.corrector import Corrector
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.io_utils import read_lines
 from lmcor.cli import evaluate_command

@@ -157,7 +157,7 @@ def test_records_without_candidates(pool_dir, tiny_lmcor_dir, tmp_path):
         assert len(lines) == N and (lines[2] == "") == (name != "LMCor"), name
     assert all(line for line in rows["LLM greedy"][:2] + rows["LLM greedy"][3:])
 
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     gin.clear_config()
     corrector = Corrector.from_model_dir(tiny_lmcor_dir)
@@ -171,7 +171,7 @@ def test_records_without_candidates(pool_dir, tiny_lmcor_dir, tmp_path):
 
 def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
         pool_dir, tiny_lmcor_dir, tmp_path, monkeypatch):
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     whole = evaluate.evaluate(killed_config(str(tmp_path / "whole"), pool_dir, tiny_lmcor_dir))
     assert [r["decoded_batches"] for r in whole["rows"] if r["name"] == "LMCor"] == [4]
@@ -202,7 +202,7 @@ def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
 def test_a_released_corrector_in_a_relative_folder_logs_no_error(monkeypatch, caplog):
     """gin looked a relative config.gin up under each of its search folders first, and logged
     an ERROR for each that lacked it, before the run went on normally."""
-    from lmcor.corrector import check_model_dir
+    from lmcor.inference.run_dir import check_model_dir
 
     monkeypatch.chdir(REPO)
     try:

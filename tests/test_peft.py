@@ -171,7 +171,7 @@ def test_base_weights_of_another_file_are_refused(tmp_path):
 
 
 def test_export_puts_a_task_embedding_back_into_the_full_table(tmp_path):
-    from lmcor.export import full_vocab_params
+    from lmcor.inference.export import full_vocab_params
 
     base = _random_base()
     batch = _batch(vocab=100)

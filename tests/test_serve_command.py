@@ -190,7 +190,8 @@ def test_help_describes_every_flag_and_returns_fast():
     assert seconds < 2.0, seconds
     # Fast because importing the command pulls in neither JAX nor TensorFlow.
     probe = ("import sys; from lmcor.cli import serve_command; "
-             "print([m for m in ('jax', 'tensorflow', 'lmcor.corrector') if m in sys.modules])")
+             "print([m for m in ('jax', 'tensorflow', 'lmcor.inference.corrector') "
+             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=REPO, timeout=60).stdout
     assert out.strip() == "[]", out

@@ -121,9 +121,9 @@ GEMMA_LORA = ["--gin.train.model=@gemma_model()", "--gin.gemma_model.preset='tin
 def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     import jax
 
-    from lmcor import export
+    from lmcor.inference import export
     from lmcor.checkpoints import adapter
-    from lmcor.corrector import configured_parts, restore_params, trained_params
+    from lmcor.inference.run_dir import configured_parts, trained_params
     from lmcor.training.budget import read_history
 
     run = tmp_path / "run"
@@ -135,7 +135,7 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     vocab = [f"task_vocabulary.spm_model = {str(task_spm_path)!r}"]
     model, _, _, _ = configured_parts(str(run), vocab)
     model = model.attach(str(run))
-    want = restore_params(str(run / "checkpoints"), model, None)
+    want = trained_params(str(run), model)  # the run folder at its latest step
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"adapter_{dtype}"
         export.export_adapter(str(run), str(out), dtype=dtype, gin_bindings=vocab)

@@ -1,5 +1,5 @@
 """`lmcor export MODEL_DIR --out=DIR`: a trained Gemma corrector as a plain HF checkpoint, or
-(`--adapter`) as a small released adapter folder (lmcor.export).
+(`--adapter`) as a small released adapter folder (lmcor.inference.export).
 
     lmcor export /runs/e2e_lmcor --out=/exports/e2e_lmcor [--step=N] [--dtype=bfloat16]
     lmcor export /runs/e2e_lmcor --out=data/correctors/e2e --adapter [--max_mb=16]
@@ -9,10 +9,10 @@ import functools
 import os
 import sys
 
-from lmcor import export
 from lmcor.cli import gin_flags
 from lmcor.cli.errors import report_error
 from lmcor.cli.gin_command import check_gin_flags, one_line_parser
+from lmcor.inference import export
 from lmcor.paths import RUN_CONFIG
 
 _GIN_HELP = """Gin: the run's MODEL_DIR/config.gin, then each --gin_file, then each binding

@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         return _fail(str(e))
 
     def load_corrector():
-        from lmcor.corrector import Corrector
+        from lmcor.inference.corrector import Corrector
 
         overrides = functools.partial(gin_flags.parse_gin, files, bindings, finalize=False) \
             if files or bindings else None

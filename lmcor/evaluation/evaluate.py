@@ -161,11 +161,11 @@ def _corpus(metric: str, hyps, refs, srcs) -> float:
 
 def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
                       cfg: EvalConfig, done: Sequence[str] = (), on_batch=None) -> List[str]:
-    """Decodes with the trained corrector in model_dir (lmcor.corrector: the one inference
+    """Decodes with the trained corrector in model_dir (lmcor.inference: the one inference
     path), after the `done` outputs of an interrupted decode, calling `on_batch(outputs so far)`
     after each batch. Its run config replaces the current Gin config, which evaluate() has
     already read."""
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     gin.clear_config()
     corrector = Corrector.from_model_dir(model_dir, gin_bindings=corrector_bindings(variant, cfg))

@@ -3,9 +3,9 @@
 `check_inputs` refuses, in one error naming the file, line and field or the Gin binding: an
 EVAL_DIR this process cannot write, a pool that does not read (missing, truncated, a bad line),
 a task that is not registered, a record with candidates but no greedy one for the LLM-greedy row,
-and a corrector folder that cannot be decoded (lmcor.corrector.check_model_dir: checkpoints,
-released weights' sha256, task vocabulary, base weights). Then the evaluation runs to its end
-without finding a mistake in what it was given after minutes of decoding.
+and a corrector folder that cannot be decoded (lmcor.inference.run_dir.check_model_dir:
+checkpoints, released weights' sha256, task vocabulary, base weights). Then the evaluation runs
+to its end without finding a mistake in what it was given after minutes of decoding.
 """
 import dataclasses
 import difflib
@@ -143,7 +143,7 @@ def _check_greedy(records: Sequence[Mapping], generator: Optional[str],
 def check_inputs(cfg) -> Inputs:
     """Everything an EvalConfig's evaluation reads, checked (see the module doc). Reading the
     corrector folders' configs replaces the Gin config, which `cfg` has already been read from."""
-    from lmcor.corrector import check_model_dir
+    from lmcor.inference.run_dir import check_model_dir
 
     check_out_dir(cfg.out_dir)
     where: Dict[str, str] = {}

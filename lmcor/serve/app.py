@@ -173,7 +173,8 @@ class ServeApp:
         # Refused while warming up only: a request accepted before a shutdown is still served.
         if state["status"] != "ok":
             raise ApiError(503, state["message"], "unavailable")
-        from lmcor.corrector import InputTooLongError, pool_record
+        from lmcor.data.pool_schema import pool_record
+        from lmcor.inference.settings import InputTooLongError
 
         try:  # refuse an oversized source before paying for the upstream call
             self.corrector.tokenize(req["source"])

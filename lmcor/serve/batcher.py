@@ -43,7 +43,7 @@ class MicroBatcher(BatchWorker):
         return item.length
 
     def handle(self, length: int, group: List[_Item]) -> None:
-        from lmcor.corrector import row_bucket
+        from lmcor.inference.settings import row_bucket
 
         try:
             outs = self.decoder.decode([item.ids for item in group], length,

@@ -1,20 +1,13 @@
 """Prometheus text-format metrics of `lmcor serve`: requests by status, latency and batch-size
 histograms, upstream errors and retries, in-flight requests, compiled decode executables."""
 import threading
-from typing import Callable, List, Tuple
+from typing import Callable, List
+
+# The corrector's row counts, from a module that imports no JAX: /metrics answers while the
+# server is still loading the corrector.
+from lmcor.inference.settings import row_buckets
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-def batch_edges(max_batch: int) -> Tuple[int, ...]:
-    """The row counts the corrector pads a batch to (`lmcor.corrector.row_buckets`: powers of
-    two, capped at max_batch). Computed here because /metrics answers while the server is still
-    loading the corrector, whose module pulls in JAX and TensorFlow."""
-    edges, rows = [], 1
-    while rows < max_batch:
-        edges.append(rows)
-        rows *= 2
-    return tuple(edges + [max_batch])
 
 
 class Metrics:
@@ -31,7 +24,7 @@ class Metrics:
         self.upstream_errors = {}  # reason -> count
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.batch_edges = batch_edges(max_batch)
+        self.batch_edges = row_buckets(max_batch)
         self.batches = [0] * len(self.batch_edges)
         self.batch_rows, self.batch_max = 0, 0
         self.inflight = 0

@@ -1,4 +1,5 @@
-"""Training: the T5X-style trainer behind `lmcor train`, which `lmcor.cli.train_command` wires with Gin.
+"""Training: the T5X-style trainer behind `lmcor train` (lmcor.cli.train_command wires it with
+Gin).
 
   * `protocol`     - `TrainModel`: what the trainer, validation and MODEL_DIR loading call;
   * `models`       - the T5.1.1 and Gemma 3 model families that follow it;

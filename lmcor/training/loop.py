@@ -129,7 +129,7 @@ class _TrainClock:
 
 
 def _write_config(model_dir: str):
-    """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
+    """The run's Gin config, for `lmcor.inference` and for reproducing the run (T5X habit)."""
     if _is_main_host():
         atomic_write_text(os.path.join(model_dir, RUN_CONFIG), gin.config_str())
 

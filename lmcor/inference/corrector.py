@@ -2,115 +2,30 @@
 
 There is one code path: the input text comes from `corrector_input.build_corrector_input` (what
 the SeqIO task runs during training), it is tokenized with the run's vocabulary the way the
-feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), and decoded with
-`lmcor.decode`'s beam search. Every batch is padded to one of a fixed set of decode shapes
-(`Corrector.decode_shapes`: power-of-two row counts x geometrically spaced widths), which
-`Corrector.warmup` compiles up front, so a server never compiles while it is serving.
+feature converters do (enc-dec: text + EOS; decoder-only: BOS + text), padded to one of a fixed
+set of decode shapes (lmcor.inference.settings) and decoded with `lmcor.decode`'s beam search in
+`Corrector.decode_padded`, which evaluation, warm-up and the server's decoder all call.
 
-A MODEL_DIR holds what `lmcor train` writes, or a released adapter (lmcor.model_dir reads
-both). Its Gin config names the model (`train.model`), the vocabulary (`task_vocabulary.*`),
-the preprocessing (`corrector_options.*`) and, optionally, inference settings
-(`corrector_settings.*`).
+A MODEL_DIR holds what `lmcor train` writes, or a released adapter (lmcor.inference.run_dir
+reads both). Its Gin config names the model (`train.model`), the vocabulary
+(`task_vocabulary.*`), the preprocessing (`corrector_options.*`) and, optionally, inference
+settings (`corrector_settings.*`).
 """
 import dataclasses
-import os
 import threading
 import time
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
-import gin
 import jax
 from absl import logging
 from flax import linen as nn
 
-from lmcor.checkpoints.loader import decode_adapter
 from lmcor import decode
-from lmcor.data.corrector_input import VARIANTS, CorrectorOptions, build_corrector_input
-# restore_params and trained_identity are read from here too (export, tests).
-from lmcor.model_dir import (bound, checkpoint_step, parse_run_config,  # noqa: F401
-                             restore_params, trained_identity, trained_params)
-from lmcor.paths import CHECKPOINTS, TASK_VOCAB
-
-
-class InputTooLongError(ValueError):
-    """The corrector input exceeds the configured token limit (the server answers 413)."""
-
-    def __init__(self, num_tokens: int, limit: int):
-        super().__init__(f"corrector input has {num_tokens} tokens; the limit is {limit} "
-                         f"(corrector_settings.max_input_tokens)")
-        self.num_tokens, self.limit = num_tokens, limit
-
-
-@gin.configurable("corrector_settings")
-@dataclasses.dataclass(frozen=True)
-class CorrectorSettings:
-    """Inference settings (beam size, limits, decode widths); Gin binds them as
-    `corrector_settings.beam_size = 2` etc."""
-    variant: str = "lmcor"
-    beam_size: int = 4
-    alpha: float = 0.6
-    max_decode_tokens: int = 128
-    max_input_tokens: int = 1024
-    length_bucket: int = 32
-    length_growth: float = 1.25
-    # A task-vocabulary corrector reads and writes every piece of the inputs it corrects, not
-    # only its training data's (Corrector.correct; `widened_vocabulary`).
-    widen_vocab: bool = True
-    # Decode the longest inputs first, in batches of like lengths (decode.length_order): for
-    # inputs of very different lengths (WMT paragraphs). It changes which inputs share a batch.
-    order_by_length: bool = False
-
-    def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"corrector_settings.variant={self.variant!r}; expected one of "
-                             f"{VARIANTS}")
-        for name in ("beam_size", "max_decode_tokens", "max_input_tokens", "length_bucket",
-                     "length_growth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"corrector_settings.{name}={getattr(self, name)}; expected >= 1")
-
-    @property
-    def widths(self) -> Tuple[int, ...]:
-        """Input widths a batch is padded to: multiples of `length_bucket`, each at least
-        `length_growth` times the one before, up to the first that holds `max_input_tokens`.
-
-        Decode time grows with the padded width and start-up compile time with the number of
-        widths; geometric spacing bounds the padding to a fraction (growth - 1) of the input
-        while the count of widths stays logarithmic in `max_input_tokens`.
-        """
-        step = self.length_bucket
-        top = -(-self.max_input_tokens // step) * step
-        widths = [min(step, top)]
-        while widths[-1] < top:
-            grown = -(-int(widths[-1] * self.length_growth) // step) * step
-            widths.append(min(top, max(widths[-1] + step, grown)))
-        return tuple(widths)
-
-
-def row_bucket(n: int, max_rows: int) -> int:
-    """Rows a batch of n is padded to: the next power of two, capped at max_rows."""
-    rows = 1
-    while rows < n:
-        rows *= 2
-    return max(n, min(rows, max_rows))
-
-
-def row_buckets(max_rows: int) -> Tuple[int, ...]:
-    """Every row count `row_bucket` gives for batches of 1..max_rows."""
-    return tuple(sorted({row_bucket(n, max_rows) for n in range(1, max_rows + 1)}))
-
-
-def pool_record(source: str, candidates: Sequence[Any], example_id: str = "request") -> dict:
-    """A pool-format record from a source and candidates (texts or pool candidate dicts);
-    bare texts count as greedy first, then samples, as the sampling job orders them."""
-    cands = []
-    for i, c in enumerate(candidates):
-        if isinstance(c, str):
-            c = {"text": c, "generator": "unknown", "prompt_id": None,
-                 "decoding": "greedy" if i == 0 else "sample", "temperature": 0.0,
-                 "logprob": None}
-        cands.append(c)
-    return {"id": example_id, "source": source, "references": [], "candidates": cands, "meta": {}}
+from lmcor.checkpoints.loader import decode_adapter
+from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
+from lmcor.inference.run_dir import configured_parts, trained_params
+from lmcor.inference.settings import (CorrectorSettings, InputTooLongError, row_bucket,
+                                      row_buckets)
 
 
 class Corrector:
@@ -188,17 +103,27 @@ class Corrector:
         mode); a server whose count grows after warm-up is compiling while it serves."""
         return decode.compiled_count(self.lm)
 
+    def decode_padded(self, token_lists: Sequence[Sequence[int]], rows: int,
+                      width: Optional[int] = None, max_new_tokens: Optional[int] = None,
+                      compile_only: bool = False) -> decode.Decoded:
+        """The one beam-search call: prepared inputs padded to `rows` x `width` (default: the
+        bucket of the longest input), decoded for `max_new_tokens` (default: the settings')
+        -> the batch's `decode.Decoded`; `compile_only` compiles that shape and runs nothing."""
+        width = width or self.width_bucket(max(len(t) for t in token_lists))
+        # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
+        batch = decode.pad_prompts(token_lists, encdec=self.encdec,
+                                   pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
+        config = self.decode_config if max_new_tokens is None else dataclasses.replace(
+            self.decode_config, max_new_tokens=max_new_tokens)
+        return decode.decode_batch(self.lm, self.params, batch, config,
+                                   compile_only=compile_only)
+
     def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None,
                    compile_only: bool = False):
         """Beam-search one batch of prepared inputs -> (texts, compile seconds);
         `compile_only` compiles that batch's shape and returns no texts."""
         rows = max(rows or len(token_lists), len(token_lists))
-        width = self.width_bucket(max(len(t) for t in token_lists))
-        # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
-        batch = decode.pad_prompts(token_lists, encdec=self.encdec,
-                                   pad_id=int(self.lm.pad_id), bucket=width, rows=rows)
-        dec = decode.decode_batch(self.lm, self.params, batch, self.decode_config,
-                                  compile_only=compile_only)
+        dec = self.decode_padded(token_lists, rows, compile_only=compile_only)
         if compile_only:
             return [], float(dec.timing["compile_s"])
         n = len(token_lists)
@@ -268,67 +193,10 @@ class Corrector:
 
         shapes, start, compile_s = self.decode_shapes(max_rows), time.perf_counter(), 0.0
         for rows, width in tqdm(shapes, desc="corrector warm-up", unit="shape"):
-            compile_s += self.decode_ids([[int(self.lm.eos_id)] * width], rows,
-                                         compile_only=True)[1]
+            dec = self.decode_padded([[int(self.lm.eos_id)] * width], rows, width,
+                                     compile_only=True)
+            compile_s += float(dec.timing["compile_s"])
         out = {"shapes": len(shapes), "executables": self.compiled_executables(),
                "compile_s": round(compile_s, 1), "total_s": round(time.perf_counter() - start, 1)}
         logging.info("corrector warm-up: %s", out)
         return out
-
-
-# ---------------------------------------------------------------------- loading a MODEL_DIR
-
-
-def configured_parts(model_dir: str, gin_bindings: Sequence[str] = (),
-                     overrides: Optional[Callable[[], None]] = None):
-    """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
-    from lmcor.data.vocab import task_vocabulary
-    from lmcor.training import models
-
-    ref = parse_run_config(model_dir, gin_bindings, overrides)
-    model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
-    return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
-
-
-def check_model_dir(model_dir: str, gin_bindings: Sequence[str] = (),
-                    overrides: Optional[Callable[[], None]] = None) -> None:
-    """Refuses, naming the file, a MODEL_DIR that cannot be decoded, from what a load would
-    find only after minutes of work: no finished checkpoint, released weights that are not the
-    ones released (sha256), a config that does not parse, a task vocabulary that is missing or
-    damaged, base weights other than the run's (base_weights.json). Reads no weights (hashes
-    the base file); leaves the run's config parsed in Gin."""
-    from lmcor.checkpoints import adapter
-    from lmcor.data.task_vocab import TaskVocab
-    from lmcor.training import peft
-
-    if adapter.is_adapter_dir(model_dir):
-        adapter.verify(model_dir)
-    else:
-        checkpoint_step(os.path.join(model_dir, CHECKPOINTS))
-    model = parse_run_config(model_dir, gin_bindings, overrides)
-    factory = model.configurable.name if model is not None else None
-    if factory != "gemma_model":
-        return
-    if bound("gemma_model.vocab") == "task":
-        if not TaskVocab.exists(model_dir):
-            raise FileNotFoundError(f"{os.path.join(model_dir, TASK_VOCAB)}: no such file "
-                                    "(the run's config.gin sets gemma_model.vocab = 'task')")
-        TaskVocab.load(model_dir)
-    base = _configured_base()
-    if base is not None:
-        peft.check_base(model_dir, peft.base_identity(base))
-
-
-def _configured_base() -> Optional[str]:
-    """The file or folder of the base weights gemma_model loads (models.gemma_model's spec)."""
-    from lmcor.checkpoints.bundled import BUNDLED
-    from lmcor.checkpoints.loader import gemma_checkpoint
-
-    gguf, safetensors = bound("gemma_model.gguf"), bound("gemma_model.safetensors")
-    if gguf:
-        spec = BUNDLED if gguf == "bundled" else f"gguf:{gguf}"
-    elif safetensors:
-        spec = f"safetensors:{safetensors}"
-    else:
-        return None
-    return gemma_checkpoint(spec, "gemma_model.gguf" if gguf else "gemma_model.safetensors").path

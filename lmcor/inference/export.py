@@ -6,7 +6,8 @@
 
 `--adapter` writes only what the run trained (LoRA adapters), bf16 by default, with the run's
 config, task vocabulary and base-weight identity (lmcor.checkpoints.adapter); lmcor loads the
-folder wherever it takes a MODEL_DIR (evaluate, serve, export).
+folder wherever it takes a MODEL_DIR (evaluate, serve, export). The command's flags are
+lmcor.cli.export_command's.
 
 Writes the merged, full-vocabulary model in transformers' `Gemma3ForCausalLM` layout
 (`model.safetensors` + `config.json`): LoRA adapters are folded into their kernels, frozen
@@ -42,9 +43,9 @@ def export(model_dir: str, out_dir: str, step=None, dtype: str = "float32",
            gin_bindings=(), overrides=None) -> str:
     """The run's trained params at `step` (default: best by validation, else latest) as a
     merged, full-vocabulary HF Gemma 3 folder. `gin_bindings` and `overrides` are
-    lmcor.corrector.parse_run_config's."""
+    lmcor.inference.run_dir.parse_run_config's."""
     from lmcor.checkpoints.hf_export import save_gemma_safetensors
-    from lmcor.corrector import configured_parts, trained_params
+    from lmcor.inference.run_dir import configured_parts, trained_params
 
     base_model, _, _, _ = configured_parts(model_dir, gin_bindings, overrides)
     if base_model.kind != "decoder":
@@ -61,16 +62,16 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
     """The run's trained params at `step` (default: best by validation, else latest) as an
     adapter folder; refuses a run that trains the whole model (nothing small to release)."""
     from lmcor.checkpoints import adapter
-    from lmcor.corrector import checkpoint_step, configured_parts, restore_params
+    from lmcor.checkpoints.trained_run import checkpoint_step
+    from lmcor.inference.run_dir import configured_parts, trained_params
 
     base_model, _, _, _ = configured_parts(model_dir, gin_bindings, overrides)
     if base_model.kind != "decoder" or not base_model.freezing.lora:
         raise ValueError(f"export --adapter: {model_dir} is not a LoRA corrector run "
                          "(gemma_model.lora_rank = 0); export the whole model instead")
     model = base_model.attach(model_dir)
-    checkpoints = os.path.join(model_dir, CHECKPOINTS)
-    step = checkpoint_step(checkpoints, step)
-    params = restore_params(checkpoints, model, step)
+    step = checkpoint_step(os.path.join(model_dir, CHECKPOINTS), step)
+    params = trained_params(model_dir, model, step)
     adapter.save_adapter(params, model_dir, out_dir, step, dtype)
     adapter.check_size(out_dir, int(max_mb * 1e6))
     return out_dir

@@ -1,12 +1,10 @@
 """A corrector's MODEL_DIR, as `lmcor train` leaves it or as a released adapter folder
-(lmcor.checkpoints.adapter): its Gin config, and the checkpoint step and trained params it
-restores.
+(lmcor.checkpoints.adapter): its Gin config and what it configures (model, vocabulary, corrector
+options and settings), the checks made before loading it, and its trained params.
 
-A run folder holds Orbax checkpoints in `checkpoints/` (the best step by the validation metric
-if one was tracked, else the latest) and the run's Gin config in `config.gin` (T5X's
-operative-config convention).
+A run folder holds Orbax checkpoints in `checkpoints/` (read by lmcor.checkpoints.trained_run)
+and the run's Gin config in `config.gin` (T5X's operative-config convention).
 """
-import json
 import os
 from typing import Callable, Optional, Sequence
 
@@ -15,7 +13,10 @@ import jax
 from absl import logging
 from flax import linen as nn
 
-from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
+from lmcor.checkpoints.trained_run import checkpoint_step, restore_params
+from lmcor.data.corrector_input import CorrectorOptions
+from lmcor.inference.settings import CorrectorSettings
+from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TASK_VOCAB
 
 
 def parse_run_config(model_dir: str, gin_bindings: Sequence[str] = (),
@@ -24,7 +25,7 @@ def parse_run_config(model_dir: str, gin_bindings: Sequence[str] = (),
     e.g. the evaluation's decode settings), then calls `overrides`, which parses what a command
     line adds (lmcor.cli: --gin_file and --gin flags, with its checks) -> the `train.model`
     reference, or None. A run that saved no config needs bindings or overrides."""
-    from lmcor.training import loop  # noqa: F401  (registers `train`, whose `model` binding we read)
+    from lmcor.training import loop  # noqa: F401  (registers `train`: its `model` is read)
 
     run_config = os.path.join(model_dir, RUN_CONFIG)
     if not os.path.isfile(run_config) and not gin_bindings and overrides is None:
@@ -65,70 +66,6 @@ def bound(key: str):
     return None
 
 
-def _manager(checkpoint_dir: str):
-    """A read-only view of the trainer's steps (which exist, which is the latest)."""
-    import orbax.checkpoint as ocp
-
-    from lmcor.checkpoints import orbax_io
-
-    if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (train the corrector first)")
-    # Orbax takes only absolute paths (a relative MODEL_DIR failed deep inside tensorstore).
-    return ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=orbax_io.ITEMS)
-
-
-def _validated_step(checkpoint_dir: str, kept: Sequence[int]) -> Optional[int]:
-    """The step the trainer selected by validation, from MODEL_DIR/train_summary.json. Only the
-    trainer's Checkpointer knows the metric and whether higher is better; a manager opened
-    without them answers best_step() with the latest step."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), TRAIN_SUMMARY)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        best = json.load(f).get("best_step")
-    if best is not None and best not in kept:
-        logging.warning("%s: best step %s is not among the kept checkpoints %s; using the "
-                        "latest", path, best, sorted(kept))
-        return None
-    return best
-
-
-def _pick_step(manager, checkpoint_dir: str, step: Optional[int]) -> int:
-    """`step`, else the best validated step of a finished run, else the latest."""
-    if step is None:
-        step = _validated_step(checkpoint_dir, manager.all_steps())
-    if step is None:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{checkpoint_dir}: no finished checkpoint")
-    return step
-
-
-def checkpoint_step(checkpoint_dir: str, step: Optional[int] = None) -> int:
-    """The step `restore_params` reads: `step`, else the best by validation, else the latest."""
-    manager = _manager(checkpoint_dir)
-    try:
-        return _pick_step(manager, checkpoint_dir, step)
-    finally:
-        manager.close()
-
-
-def restore_params(checkpoint_dir: str, model, step: Optional[int] = None):
-    """Only the params of a trainer checkpoint (the optimizer state is never read)."""
-    from lmcor.checkpoints import orbax_io
-
-    manager = _manager(checkpoint_dir)
-    try:
-        step = _pick_step(manager, checkpoint_dir, step)
-    finally:
-        manager.close()
-    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
-    params = orbax_io.restore(orbax_io.item_dir(checkpoint_dir, step), {"params": abstract},
-                              partial=True)["params"]
-    logging.info("corrector: restored step %d from %s", step, checkpoint_dir)
-    return params
-
-
 def trained_identity(model_dir: str) -> dict:
     """Which trained weights `trained_params(model_dir)` reads: the checkpoint step for a run
     folder (it moves when the run trains on or a better step is validated), the step and
@@ -142,16 +79,72 @@ def trained_identity(model_dir: str) -> dict:
 
 
 def trained_params(model_dir: str, model, step: Optional[int] = None):
-    """The trained params of a run folder (`restore_params` of its checkpoints) or of a
-    released adapter folder (lmcor.checkpoints.adapter), which holds one step only."""
+    """The trained params of a run folder (lmcor.checkpoints.trained_run: the step asked for,
+    else the best by validation, else the latest) or of a released adapter folder
+    (lmcor.checkpoints.adapter), which holds one step only."""
     from lmcor.checkpoints import adapter
 
+    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
     if not adapter.is_adapter_dir(model_dir):
-        return restore_params(os.path.join(model_dir, CHECKPOINTS), model, step)
+        return restore_params(os.path.join(model_dir, CHECKPOINTS), abstract, step)
     info = adapter.manifest(model_dir)
     if step is not None and step != info["step"]:
         raise ValueError(f"{model_dir}: a released adapter holds step {info['step']} only, "
                          f"not {step}")
-    abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
     logging.info("corrector: adapter of step %d from %s", info["step"], model_dir)
     return adapter.load_adapter(model_dir, abstract)
+
+
+def configured_parts(model_dir: str, gin_bindings: Sequence[str] = (),
+                     overrides: Optional[Callable[[], None]] = None):
+    """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
+    from lmcor.data.vocab import task_vocabulary
+    from lmcor.training import models
+
+    ref = parse_run_config(model_dir, gin_bindings, overrides)
+    model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
+    return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
+
+
+def check_model_dir(model_dir: str, gin_bindings: Sequence[str] = (),
+                    overrides: Optional[Callable[[], None]] = None) -> None:
+    """Refuses, naming the file, a MODEL_DIR that cannot be decoded, from what a load would
+    find only after minutes of work: no finished checkpoint, released weights that are not the
+    ones released (sha256), a config that does not parse, a task vocabulary that is missing or
+    damaged, base weights other than the run's (base_weights.json). Reads no weights (hashes
+    the base file); leaves the run's config parsed in Gin."""
+    from lmcor.checkpoints import adapter
+    from lmcor.data.task_vocab import TaskVocab
+    from lmcor.training import peft
+
+    if adapter.is_adapter_dir(model_dir):
+        adapter.verify(model_dir)
+    else:
+        checkpoint_step(os.path.join(model_dir, CHECKPOINTS))
+    model = parse_run_config(model_dir, gin_bindings, overrides)
+    factory = model.configurable.name if model is not None else None
+    if factory != "gemma_model":
+        return
+    if bound("gemma_model.vocab") == "task":
+        if not TaskVocab.exists(model_dir):
+            raise FileNotFoundError(f"{os.path.join(model_dir, TASK_VOCAB)}: no such file "
+                                    "(the run's config.gin sets gemma_model.vocab = 'task')")
+        TaskVocab.load(model_dir)
+    base = _configured_base()
+    if base is not None:
+        peft.check_base(model_dir, peft.base_identity(base))
+
+
+def _configured_base() -> Optional[str]:
+    """The file or folder of the base weights gemma_model loads (models.gemma_model's spec)."""
+    from lmcor.checkpoints.bundled import BUNDLED
+    from lmcor.checkpoints.loader import gemma_checkpoint
+
+    gguf, safetensors = bound("gemma_model.gguf"), bound("gemma_model.safetensors")
+    if gguf:
+        spec = BUNDLED if gguf == "bundled" else f"gguf:{gguf}"
+    elif safetensors:
+        spec = f"safetensors:{safetensors}"
+    else:
+        return None
+    return gemma_checkpoint(spec, "gemma_model.gguf" if gguf else "gemma_model.safetensors").path
