@@ -15,6 +15,7 @@ import pytest
 
 from lmcor import cli
 from lmcor import paths
+from lmcor.cli import gin_flags
 
 from _cli import one_line_error
 
@@ -95,7 +96,7 @@ def test_python_m_help_is_the_command_help_without_heavy_imports(argv, command):
 
 
 @pytest.mark.parametrize("module,command", [("lmcor.evaluation.evaluate", "evaluate"),
-                                            ("lmcor.quickstart", "quickstart")])
+                                            ("lmcor.pipeline.table", "pipeline")])
 def test_a_gin_command_module_run_as_a_script_names_the_command_instead(module, command):
     """Run as __main__, the module's configurables would be registered a second time when a
     Gin file imports it by name: it exits 1 with the command line to use."""
@@ -185,6 +186,31 @@ def test_flag_and_file_mistakes_are_one_line_before_any_heavy_import(tmp_path):
     code, out, err, heavy = _python_m("lmcor.cli", "train", "--gin_file=nope.gin")
     assert (code, out, heavy) == (2, "", [])
     assert "gin file not found: 'nope.gin'" in one_line_error(err, "train")
+
+
+def test_the_old_quickstart_binding_names_fail_naming_the_new_ones(tmp_path, capsys):
+    """`quickstart.*` is now `pipeline.*`: a file or flag still using the old name is refused in
+    one line naming the binding to write, before anything is imported; so is a library caller
+    parsing the old name after the imports."""
+    old = tmp_path / "old.gin"
+    old.write_text("include 'runs/quickstart.gin'\n\nquickstart.test_examples = 8\n")
+    cases = [["pipeline", f"--gin_file={old}"],
+             ["quickstart", "--gin.quickstart.test_examples=24"],
+             ["pipeline", "--gin_file=runs/quickstart.gin", "--gin.eval/quickstart.rows=[]"]]
+    wants = [rf"^bad gin file {old}: quickstart\.test_examples was renamed "
+             r"pipeline\.test_examples \(line 3\)$",
+             r"^--gin\.quickstart\.test_examples=24: quickstart\.test_examples was renamed "
+             r"pipeline\.test_examples$",
+             r"eval/quickstart\.rows was renamed eval/pipeline\.rows$"]
+    results, heavy = _fresh(cases)
+    assert heavy == []
+    for argv, want, got in zip(cases, wants, results):
+        assert got["rc"] == 2 and got["out"] == "", (argv, got)
+        assert re.search(want, one_line_error(got["err"], argv[0])), (argv, got["err"])
+    import lmcor.pipeline.table  # noqa: F401  (registers `pipeline`)
+
+    with pytest.raises(gin_flags.GinError, match=r"quickstart was renamed pipeline"):
+        gin_flags.parse_gin([], ["quickstart.rows = []"], finalize=False)
 
 
 def test_pipeline_errors_name_the_pipeline(capsys):

@@ -37,15 +37,15 @@ SAMPLE_GIN = ("sample_pool.output_dir = %OUTPUT_DIR\nsample_pool.task = 'e2e'\n"
               "sample_pool.backend = None\nsample_pool.shard_size = 0\n")
 EVALUATE_GIN = ("evaluation.task = 'e2e_lmcor'\nevaluation.out_dir = %EVAL_DIR\n"
                 "evaluation.mbr_utility = 'tripwire'\n")
-QUICKSTART_GIN = ("quickstart.run_dir = %RUN_DIR\nquickstart.rows = ['finetune']\n"
-                  "quickstart.correctors = {'lmcor': 'no/such/tripwire'}\n")
+PIPELINE_GIN = ("pipeline.run_dir = %RUN_DIR\npipeline.rows = ['finetune']\n"
+                  "pipeline.correctors = {'lmcor': 'no/such/tripwire'}\n")
 
 
 @pytest.mark.parametrize("command, text, macro, typo", [
     ("sample", SAMPLE_GIN, "OUTPUT_DIR", "OUTPUT_DIRR"),
     ("evaluate", EVALUATE_GIN, "EVAL_DIR", "EVAL_DRI"),
-    ("quickstart", QUICKSTART_GIN, "RUN_DIR", "RUNDIR"),
-    ("pipeline", QUICKSTART_GIN, "RUN_DIR", "RUN_DIRS"),
+    ("quickstart", PIPELINE_GIN, "RUN_DIR", "RUNDIR"),
+    ("pipeline", PIPELINE_GIN, "RUN_DIR", "RUN_DIRS"),
 ])
 def test_a_macro_no_gin_file_reads_is_an_error_naming_the_closest(command, text, macro, typo,
                                                                    tmp_path, capsys):
@@ -199,7 +199,9 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     """The stages' flags come from the pipeline configs (their train flags, ablations and test
     variants): each stage's command line must pass that command's checks, a binding nothing
     reads included. Stages are recorded instead of run; the checks are the real ones."""
-    from lmcor import quickstart
+    from lmcor import paths
+    from lmcor.pipeline import table
+    from lmcor.pipeline.stages import Stages
 
     stages = []
 
@@ -210,18 +212,18 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
             raise _Planned
         # A training stage is done only once the trainer wrote its summary (not on SIGTERM),
         # an export once the adapter's manifest is there.
-        proof = {"train": quickstart.TRAIN_SUMMARY, "export": "adapter.json"}
+        proof = {"train": paths.TRAIN_SUMMARY, "export": "adapter.json"}
         assert writes == proof.get(command), (name, writes)
         stages.append((command, args))
 
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    monkeypatch.setattr(Stages, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
     pools = [] if run_file in ("runs/quickstart.gin", "runs/quickstart_train.gin",
                                "runs/tables/wmt.gin", "runs/tables/wmt_release.gin") else [
-        f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
+        f"pipeline.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     gin_flags.parse_gin([run_file], [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
     with pytest.raises(_Planned):
-        quickstart.quickstart()
+        table.pipeline()
     # These two use the released corrector.
     trains = run_file not in ("runs/quickstart.gin", "runs/tables/e2e_release.gin",
                               "runs/tables/wmt_release.gin")

@@ -46,7 +46,7 @@ def test_includes_resolve_when_a_runs_folder_is_importable(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         gin_flags.parse_gin(["runs/tables/e2e.gin"], [], finalize=False)
-        assert gin.query_parameter("quickstart.task") == "e2e"
+        assert gin.query_parameter("pipeline.task") == "e2e"
     finally:
         gin.clear_config()
 
@@ -144,11 +144,11 @@ def test_bindings_inside_gin_files_are_not_quoted(tmp_path, clean_gin):
 
 
 def test_quickstart_flags_for_its_stages_stay_strings(clean_gin):
-    from lmcor import quickstart
+    from lmcor.pipeline.stages import quoted
 
     for text in ["/runs/it's here", "123", "True", "[a]", "@x"]:
         gin.clear_config()
-        assert _bound(f"echo.value={quickstart._q(text)}") == text
+        assert _bound(f"echo.value={quoted(text)}") == text
 
 
 # ---------------------------------------------------------------------- each command's flags
@@ -195,10 +195,10 @@ def test_evaluate_command_takes_bare_strings(tmp_path, clean_gin, capsys):
 
 @pytest.mark.parametrize("command", ["quickstart", "pipeline"])
 def test_quickstart_and_pipeline_commands_take_bare_strings(command, tmp_path, clean_gin):
-    gin_file = _gin_file(tmp_path, "quickstart.rows = ['finetune']\n"
-                                   "quickstart.correctors = {'lmcor': %CORRECTOR}\n")
+    gin_file = _gin_file(tmp_path, "pipeline.rows = ['finetune']\n"
+                                   "pipeline.correctors = {'lmcor': %CORRECTOR}\n")
     with pytest.raises(ValueError, match=r"\['lmcor'\]: 'no/such/corrector' is not a folder"):
-        cli.main([command, f"--gin_file={gin_file}", f"--gin.quickstart.run_dir={tmp_path}/run",
+        cli.main([command, f"--gin_file={gin_file}", f"--gin.pipeline.run_dir={tmp_path}/run",
                   "--gin.CORRECTOR=no/such/corrector"])
-    assert gin.query_parameter("quickstart.run_dir") == f"{tmp_path}/run"
+    assert gin.query_parameter("pipeline.run_dir") == f"{tmp_path}/run"
     assert not (tmp_path / "run").exists()

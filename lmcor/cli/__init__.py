@@ -37,7 +37,7 @@ COMMANDS = {
 
 _RUN_MACROS = (
     ("RUN_DIR", "folder of every stage's output (pools/, one folder per row, eval/, report/)"),
-    ("TRAIN_STEPS", "training steps of each row (the cap when quickstart.budget is set)"),
+    ("TRAIN_STEPS", "training steps of each row (the cap when pipeline.budget is set)"),
 )
 
 GIN_COMMANDS = {

@@ -23,7 +23,7 @@ class GinError(ValueError):
 
 
 # Configurables whose Gin name changed: a binding of the old name is refused, naming the new one.
-RENAMED = {}
+RENAMED = {"quickstart": "pipeline"}
 
 
 def closest(name: str, candidates, cutoff: float = 0.6) -> Optional[str]:

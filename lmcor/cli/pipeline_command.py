@@ -1,5 +1,5 @@
 """`lmcor pipeline` and `lmcor quickstart`: sample, train, evaluate and report in one command
-(lmcor.quickstart).
+(lmcor.pipeline).
 
     lmcor pipeline --gin_file=gin/runs/tables/e2e.gin          # a README table
     lmcor quickstart [--gin.QUICKSTART_TEST_EXAMPLES=8 ...]    # gin/runs/quickstart.gin
@@ -17,12 +17,13 @@ from lmcor.cli.gin_command import GinFlags
 
 def main(argv=None, command: str = "pipeline") -> int:
     def body(flags: GinFlags) -> int:
-        from lmcor.quickstart import QuickstartError, quickstart
+        from lmcor.pipeline.stages import StageError
+        from lmcor.pipeline.table import pipeline
 
         gin_flags.parse_gin(flags.files, flags.bindings)
         try:
-            path = quickstart()
-        except QuickstartError as e:
+            path = pipeline()
+        except StageError as e:
             return report_error(f"lmcor {command}", f"{e} (rerun the same command to resume)", 1)
         print(f"report: {path}")
         return 0

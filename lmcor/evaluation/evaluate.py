@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import gin
 from absl import logging
 
+from lmcor.data.corrector_input import ROW_NAMES
 from lmcor.evaluation import breakdowns, metrics, rerank
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
                                      task_dataset)
@@ -96,7 +97,8 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
         raise ValueError(f"evaluation.metric_names: unknown {unknown}; known {sorted(METRIC_LABELS)}")
     if mbr_utility not in rerank.UTILITIES:
         raise ValueError(f"evaluation.mbr_utility={mbr_utility!r}; expected one of {rerank.UTILITIES}")
-    dirs = dict(zip([r for r, _ in CORRECTOR_ROWS], (finetune_dir, lmcor_single_dir, lmcor_dir)))
+    dirs = {ROW_NAMES[variant]: folder for variant, folder in (
+        ("finetune", finetune_dir), ("lmcor_single", lmcor_single_dir), ("lmcor", lmcor_dir))}
     if breakdown == "auto":
         breakdown = breakdowns.DEFAULT_BY_DATASET.get(dataset)
     if breakdown is not None and breakdown not in breakdowns.BREAKDOWNS:
@@ -186,7 +188,7 @@ def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict
 
 
 # Paired tests between trained rows: does LMCor's pool beat the same model on the source alone?
-COMPARISONS = (("LMCor", "fine-tuned"),)
+COMPARISONS = ((ROW_NAMES["lmcor"], ROW_NAMES["finetune"]),)
 
 
 def comparisons(outputs: Mapping[str, Sequence[str]], refs, srcs,

@@ -16,11 +16,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 
+from lmcor.data.corrector_input import ROW_NAMES, VARIANTS
 from lmcor.data.pool_schema import fail
 from lmcor.evaluation import rerank
 from lmcor.paths import TRAIN_SUMMARY
 
-CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
+# (table row, task variant) of each trained corrector, in table order.
+CORRECTOR_ROWS = tuple((name, variant) for variant, name in ROW_NAMES.items())
 NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
 
 
@@ -36,7 +38,7 @@ class Inputs:
 
 def task_dataset(task: str) -> str:
     """'e2e_lmcor_single' -> 'e2e' (the variant suffix names the input, not the data)."""
-    for variant in sorted(("finetune", "lmcor", "lmcor_single"), key=len, reverse=True):
+    for variant in sorted(VARIANTS, key=len, reverse=True):
         if task.endswith("_" + variant):
             return task[:-len(variant) - 1]
     return task

@@ -32,6 +32,7 @@ import platform
 import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+from lmcor.data.corrector_input import ROW_NAMES
 from lmcor.paths import code_version
 from lmcor.evaluation.inputs import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
@@ -39,7 +40,7 @@ from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 
 FORMAT = "lmcor-results/1"
 # The row columns of the headline table, in the order a reader compares them.
-HEADLINE_ROWS = ("LLM greedy", "MBR rerank", "oracle", "fine-tuned", "LMCor single", "LMCor")
+HEADLINE_ROWS = ("LLM greedy", "MBR rerank", "oracle", *ROW_NAMES.values())
 
 _BLOCK = re.compile(r"(?P<open><!-- lmcor:(?P<kind>\w+) (?P<args>[^>]*?) -->\n)(?P<body>.*?)"
                     r"(?P<close><!-- /lmcor -->)", re.S)

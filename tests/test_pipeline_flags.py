@@ -1,4 +1,4 @@
-"""The flags a quickstart pipeline builds for its stages (training rows, ablations, test
+"""The flags a pipeline builds for its stages (training rows, ablations, test
 variants, budgets, the GPU scale) parse with the real Gin files and bind what they mean to."""
 import json
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lmcor import quickstart
+from lmcor.pipeline import table
 
 from _pipeline_stages import Planned, record_stages
 
@@ -32,7 +32,7 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     from lmcor.tasks.common import pool_overrides
 
     pools = {"dev": "/p/dev", "test": "/p/test"}
-    args = quickstart._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
+    args = table._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin"])
     files, bindings, rest = gin_flags.split_gin_flags(args)
@@ -58,10 +58,10 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
 
     try:
         gin_flags.parse_gin([run_file], [], finalize=False)
-        task = gin.query_parameter("quickstart.task")
-        rows = gin.query_parameter("quickstart.rows")
-        flags = gin.query_parameter("quickstart.train_flags")
-        bound = gin.get_bindings("quickstart")
+        task = gin.query_parameter("pipeline.task")
+        rows = gin.query_parameter("pipeline.rows")
+        flags = gin.query_parameter("pipeline.train_flags")
+        bound = gin.get_bindings("pipeline")
         released = bound.get("correctors") or {}
         variants = bound.get("test_variants") or {}
         sampled = {"dev": "/p/dev", "test": "/p/test"}
@@ -71,7 +71,7 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     # Every table has an LMCor row and a fine-tuned row, trained here or released.
     assert {"lmcor", "finetune"} <= {*rows, *released}
     for row in rows:
-        args = quickstart._train_args(task, row, str(tmp_path / row), pools, 3, flags)
+        args = table._train_args(task, row, str(tmp_path / row), pools, 3, flags)
         files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
         try:
@@ -85,7 +85,7 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     for name, extra in variants.items():
         table = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
                  "--gin.EVAL_MAX_EXAMPLES=200"]
-        args = quickstart._eval_args(table, str(tmp_path / name),
+        args = table._eval_args(table, str(tmp_path / name),
                                      {"lmcor": str(tmp_path / "lmcor")}, extra)
         files, bindings, _ = gin_flags.split_gin_flags(args)
         try:
@@ -108,16 +108,16 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
 
     try:
         gin_flags.parse_gin(["runs/tables/e2e_ablations.gin"], [], finalize=False)
-        flags = gin.query_parameter("quickstart.train_flags")
-        ablations = gin.query_parameter("quickstart.ablations")
-        train_only = gin.query_parameter("quickstart.ablation_train_flags")
-        test_variants = gin.query_parameter("quickstart.test_variants")
+        flags = gin.query_parameter("pipeline.train_flags")
+        ablations = gin.query_parameter("pipeline.ablations")
+        train_only = gin.query_parameter("pipeline.ablation_train_flags")
+        test_variants = gin.query_parameter("pipeline.test_variants")
     finally:
         gin.clear_config()
     assert {"k1", "k4", "order_shuffled"} <= set(ablations)
     pools = {"dev": "/p/dev", "test": "/p/test"}
     for name, extra in ablations.items():
-        args = quickstart._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
+        args = table._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
                                       [*extra, *train_only])
         files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
@@ -132,7 +132,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
             gin.clear_config()
     common = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
               "--gin.EVAL_POOL='/p/test'", "--gin.EVAL_MAX_EXAMPLES=200"]
-    eval_args = {name: quickstart._eval_args(common, str(tmp_path / name / "eval"),
+    eval_args = {name: table._eval_args(common, str(tmp_path / name / "eval"),
                                              {"lmcor": str(tmp_path / "m")}, extra)
                  for name, extra in {**ablations, **test_variants}.items()}
     # `lmcor evaluate` registers fewer configurables than this test process has imported by
@@ -163,17 +163,17 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
 
 def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
     budget = {"examples": 1200, "eval_every_examples": 300, "patience": 3}
-    args = quickstart._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
+    args = table._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin",
-                                   *quickstart.budget_flags(budget)])
+                                   *table.budget_flags(budget)])
     assert _query(args, ["train.train_examples", "train.eval_every_examples",
                          "train.patience"]) == {"train.train_examples": 1200,
                                                 "train.eval_every_examples": 300,
                                                 "train.patience": 3}
-    assert quickstart.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
+    assert table.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
     with pytest.raises(ValueError, match="steps"):
-        quickstart.budget_flags({"steps": 3})
+        table.budget_flags({"steps": 3})
 
 
 @pytest.mark.parametrize("table", ["e2e", "jfleg", "wmt"])
@@ -184,12 +184,12 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
 
     stages = record_stages(monkeypatch)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
-    pools = [] if table == "wmt" else [f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
+    pools = [] if table == "wmt" else [f"pipeline.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
     try:
         gin_flags.parse_gin([f"runs/tables/{table}.gin", "runs/gpu_scale.gin"],
                              [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
         with pytest.raises(Planned):
-            quickstart.quickstart()
+            table.pipeline()
     finally:
         gin.clear_config()
     trains = [args for _, command, args in stages if command == "train"]

@@ -1,18 +1,18 @@
-"""`lmcor quickstart` / `lmcor pipeline`: sample, train, evaluate and report in one command.
+"""The `pipeline` configurable (Gin: `pipeline.*`): one table's stages, from its pools to its
+report, run by `lmcor pipeline` (and by `lmcor quickstart`, with gin/runs/quickstart.gin).
 
-    lmcor quickstart [--gin.QUICKSTART_EXAMPLES=4 ...]        # gin/runs/quickstart.gin
     lmcor pipeline --gin_file=gin/runs/tables/e2e.gin          # a README table
+    lmcor quickstart [--gin.QUICKSTART_EXAMPLES=4 ...]        # gin/runs/quickstart.gin
 
-Stages, each a separate `python -m lmcor.cli <command>` process (so each starts from a clean
-Gin config and shows its own progress bars):
-  1. sample  (unless `quickstart.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy +
+Stages, each a separate process (lmcor.pipeline.stages):
+  1. sample  (unless `pipeline.pools` or `sample=False`) Gemma 3 270M, 5-shot: greedy +
              4 samples for a slice of the task's dev and test sets     -> RUN_DIR/pools/
   2. train   one corrector per row: `finetune` (source only), `lmcor_single` (greedy candidate),
              `lmcor` (the pool); the same run flags and steps for all   -> RUN_DIR/<row>
   3. evaluate  the comparison table on the first `test_examples` test inputs
                                                                 -> RUN_DIR/eval/results.{json,md}
-  4. variants (optional) `quickstart.ablations`: one more `lmcor` corrector per entry, trained
-             and evaluated with that entry's extra flags; `quickstart.test_variants`: the
+  4. variants (optional) `pipeline.ablations`: one more `lmcor` corrector per entry, trained
+             and evaluated with that entry's extra flags; `pipeline.test_variants`: the
              table's `lmcor` corrector (or the rows `test_variant_rows` names) evaluated with
              extra flags (test-side ablations, the whole test set)
                                                       -> RUN_DIR/variants/<name>/{lmcor,eval}
@@ -20,112 +20,32 @@ Gin config and shows its own progress bars):
                                                                 -> RUN_DIR/report/
 Every stage resumes from what is on disk: a finished pool or training run is skipped (a DONE
 marker records its settings; changed settings run the stage again and the tools resume), and
-evaluation reuses saved predictions. Each stage's wall time goes to RUN_DIR/timings.json
-(kept for stages a rerun skips).
+evaluation reuses saved predictions.
 """
 import json
 import os
-import subprocess
 import sys
-import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 
+from lmcor.checkpoints.adapter import MANIFEST as ADAPTER_MANIFEST
+from lmcor.data.corrector_input import ROW_NAMES
 from lmcor.data.pool import resolve_pool_path
-from lmcor.io_utils import atomic_write_text, file_state
 from lmcor.paths import REPO_ROOT, TRAIN_SUMMARY
-
-DONE = "DONE.json"
-# A row trains on its task variant (`<task>_<variant>`) and fills this evaluate macro.
-EVAL_MACROS = {"finetune": "FINETUNE_DIR", "lmcor_single": "LMCOR_SINGLE_DIR",
-               "lmcor": "LMCOR_DIR"}
+from lmcor.pipeline.stages import Stages, quoted
 
 
-class QuickstartError(RuntimeError):
-    """A stage failed; the message names it and its command."""
-
-
-def _q(value: str) -> str:
-    """A Python string literal for a --gin.NAME=VALUE flag: quoted, not bare, so a value that
-    gin would read as something else (`123`, `True`, `[a]`) still reaches the stage as a string."""
-    return repr(str(value))
-
-
-def _done(folder: str, settings: Dict) -> bool:
-    path = os.path.join(folder, DONE)
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        return json.load(f) == json.loads(json.dumps(settings))
-
-
-def _mark_done(folder: str, settings: Dict) -> None:
-    atomic_write_text(os.path.join(folder, DONE), json.dumps(settings, indent=1) + "\n")
-
-
-class Pipeline:
-    def __init__(self, run_dir: str, stages: int):
-        self.run_dir = os.path.abspath(run_dir)
-        self.stages, self.stage = stages, 0
-        self.start = time.time()
-        self.timings: Dict[str, float] = {}
-
-    def run(self, name: str, module: str, args: Sequence[str], folder: str = None,
-            settings: Dict = None, writes: str = None) -> None:
-        """Runs `python -m module args` unless `folder` holds a DONE marker with `settings`.
-
-        `writes`: a file in `folder` that the stage writes only when its work is complete. A
-        stage that exits 0 without writing it is not marked done. The trainer is such a stage:
-        on SIGTERM it saves, exits 0 and writes no train_summary.json, so a preempted row is
-        resumed by the next run instead of being taken as trained."""
-        self.stage += 1
-        head = f"[pipeline {self.stage}/{self.stages} | {time.time() - self.start:6.0f}s] {name}"
-        if folder and _done(folder, settings):
-            print(f"{head}: done already ({folder}), skipped", flush=True)
-            return
-        # -P: the working directory (the checkout, with its output folders) stays off sys.path;
-        # lmcor comes from the virtualenv's editable install.
-        cmd = [sys.executable, "-P", "-m", module, *args]
-        print(f"{head}\n  $ {' '.join(cmd[2:])}", flush=True)
-        started = time.time()
-        proof = os.path.join(folder, writes) if folder and writes else None
-        before = file_state(proof) if proof else None
-        code = subprocess.call(cmd, cwd=REPO_ROOT)
-        if code != 0:
-            raise QuickstartError(f"stage {name!r} failed (exit {code}): {' '.join(cmd)}")
-        if proof and file_state(proof) in (None, before):
-            raise QuickstartError(f"stage {name!r} exited before finishing (it did not write "
-                                  f"{proof}, as a trainer stopped by SIGTERM saves and exits "
-                                  "without it); rerun the same command to resume it")
-        self.timings[name] = round(time.time() - started, 1)
-        if folder:
-            _mark_done(folder, settings)
-
-    def command(self, name: str, command: str, args: Sequence[str], folder: str = None,
-                settings: Dict = None, writes: str = None) -> None:
-        """`run` for the stage `lmcor <command> args`, through the CLI as a user would type it:
-        its flag checks come first, then its module is imported under its own name (so a
-        command's Gin configurables are registered once)."""
-        self.run(name, "lmcor.cli", [command, *args], folder, settings, writes)
-
-    def finish(self) -> None:
-        """Writes timings.json: each stage's latest wall time (a stage skipped on a rerun keeps
-        the time it took before) and `total`, this invocation's wall time."""
-        path = os.path.join(self.run_dir, "timings.json")
-        timings = {}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                timings = json.load(f)
-        self.timings["total"] = round(time.time() - self.start, 1)
-        timings.update(self.timings)
-        atomic_write_text(path, json.dumps(timings, indent=1) + "\n")
+def eval_macro(row: str) -> str:
+    """The `lmcor evaluate` macro naming a row's corrector folder (gin/runs/evaluate.gin):
+    finetune -> FINETUNE_DIR, lmcor_single -> LMCOR_SINGLE_DIR, lmcor -> LMCOR_DIR."""
+    return f"{row.upper()}_DIR"
 
 
 def _sample_args(task: str, pool: str, split: str, examples: int,
                  flags: Sequence[str]) -> List[str]:
     return ["--gin_file=runs/sample.gin", f"--gin_file=tasks/sampling/{task}.gin",
-            f"--gin.OUTPUT_DIR={_q(pool)}", f"--gin.sample_pool.split={_q(split)}",
+            f"--gin.OUTPUT_DIR={quoted(pool)}", f"--gin.sample_pool.split={quoted(split)}",
             f"--gin.sample_pool.max_examples={examples}", *flags]
 
 
@@ -134,12 +54,12 @@ BUDGET_KEYS = {"examples": "train_examples", "epochs": "train_epochs",
 
 
 def budget_flags(budget: Optional[Mapping[str, int]]) -> List[str]:
-    """`quickstart.budget` ({"examples": N or "epochs": E, "eval_every_examples": M,
+    """`pipeline.budget` ({"examples": N or "epochs": E, "eval_every_examples": M,
     "patience": P}) as `train.*` flags: every row of a table trains on the same number of examples,
     is validated as often, and stops on the same rule."""
     unknown = sorted(set(budget or {}) - set(BUDGET_KEYS))
     if unknown:
-        raise ValueError(f"quickstart.budget: unknown {unknown}; expected some of "
+        raise ValueError(f"pipeline.budget: unknown {unknown}; expected some of "
                          f"{sorted(BUDGET_KEYS)}")
     return [f"--gin.train.{BUDGET_KEYS[k]}={v!r}" for k, v in (budget or {}).items()]
 
@@ -150,8 +70,8 @@ def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], step
     the row only picks the task variant, so every row shares one recipe. `extra` (an
     ablation's flags) comes last, so its Gin files are read after the task file."""
     overrides = [f"--gin.pool_overrides.by_dataset={json.dumps({task: pools})}"] if pools else []
-    return [*flags, f"--gin_file=tasks/{task}.gin", f"--gin.MODEL_DIR={_q(model_dir)}",
-            f"--gin.TRAIN_STEPS={steps}", f"--gin.MIXTURE_OR_TASK_NAME={_q(task + '_' + row)}",
+    return [*flags, f"--gin_file=tasks/{task}.gin", f"--gin.MODEL_DIR={quoted(model_dir)}",
+            f"--gin.TRAIN_STEPS={steps}", f"--gin.MIXTURE_OR_TASK_NAME={quoted(task + '_' + row)}",
             *overrides, *extra]
 
 
@@ -159,23 +79,23 @@ def _eval_args(common: Sequence[str], eval_dir: str, model_dirs: Mapping[str, st
                extra: Sequence[str] = ()) -> List[str]:
     """`lmcor evaluate` flags: the table's (`common`), then `extra` (an ablation's, so its
     bindings win, e.g. EVAL_POOL), then the output folder and one corrector per row."""
-    return [*common, *extra, f"--gin.EVAL_DIR={_q(eval_dir)}",
-            *(f"--gin.{EVAL_MACROS[row]}={_q(path)}" for row, path in model_dirs.items())]
+    return [*common, *extra, f"--gin.EVAL_DIR={quoted(eval_dir)}",
+            *(f"--gin.{eval_macro(row)}={quoted(path)}" for row, path in model_dirs.items())]
 
 
 def _released_correctors(correctors: Optional[Mapping[str, str]],
                          rows: Sequence[str]) -> Dict[str, str]:
-    """Absolute folders of `quickstart.correctors` (relative ones are found from the current
+    """Absolute folders of `pipeline.correctors` (relative ones are found from the current
     directory, else from the repository root), checked before any stage runs."""
     out = {}
     for row, path in dict(correctors or {}).items():
-        if row not in EVAL_MACROS or row in rows:
-            raise ValueError(f"quickstart.correctors: {row!r} must be a row ({sorted(EVAL_MACROS)})"
-                             f" that quickstart.rows does not also train ({list(rows)})")
+        if row not in ROW_NAMES or row in rows:
+            raise ValueError(f"pipeline.correctors: {row!r} must be a row ({sorted(ROW_NAMES)})"
+                             f" that pipeline.rows does not also train ({list(rows)})")
         found = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(
             REPO_ROOT, path)
         if not os.path.isdir(found):
-            raise ValueError(f"quickstart.correctors[{row!r}]: {path!r} is not a folder")
+            raise ValueError(f"pipeline.correctors[{row!r}]: {path!r} is not a folder")
         out[row] = os.path.abspath(found)
     return out
 
@@ -188,7 +108,7 @@ def _limit(train_steps: int, budget: Optional[Mapping[str, int]]) -> str:
 
 
 @gin.configurable
-def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
+def pipeline(run_dir: str = gin.REQUIRED, task: str = "e2e",
                pools: Optional[Dict[str, str]] = None, sample: bool = True,
                train_examples: int = 64,
                test_examples: Optional[int] = 32, train_steps: int = 300,
@@ -227,26 +147,26 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
     variant_rows = {name: ["lmcor"] for name in test_variants}
     for name, names in dict(test_variant_rows or {}).items():
         if name not in test_variants:
-            raise ValueError(f"quickstart.test_variant_rows: {name!r} is not a test variant "
+            raise ValueError(f"pipeline.test_variant_rows: {name!r} is not a test variant "
                              f"(test_variants: {sorted(test_variants)})")
         missing = [r for r in names if r not in rows and r not in released]
         if missing or not names:
-            raise ValueError(f"quickstart.test_variant_rows[{name!r}]: {list(names)} must be "
+            raise ValueError(f"pipeline.test_variant_rows[{name!r}]: {list(names)} must be "
                              f"some of the table's rows {[*rows, *released]}")
         variant_rows[name] = list(names)
-    unknown = [r for r in rows if r not in EVAL_MACROS]
+    unknown = [r for r in rows if r not in ROW_NAMES]
     if unknown:
-        raise ValueError(f"quickstart.rows: unknown {unknown}; expected some of {sorted(EVAL_MACROS)}")
+        raise ValueError(f"pipeline.rows: unknown {unknown}; expected some of {sorted(ROW_NAMES)}")
     if (any("lmcor" in names for names in variant_rows.values()) and "lmcor" not in rows
             and "lmcor" not in released):
-        raise ValueError("quickstart.test_variants evaluate the `lmcor` row's corrector; "
-                         "add 'lmcor' to quickstart.rows or quickstart.correctors")
+        raise ValueError("pipeline.test_variants evaluate the `lmcor` row's corrector; "
+                         "add 'lmcor' to pipeline.rows or pipeline.correctors")
     clash = sorted(set(ablations) & set(test_variants))
     if clash:
-        raise ValueError(f"quickstart: {clash} named in both ablations and test_variants")
+        raise ValueError(f"pipeline: {clash} named in both ablations and test_variants")
     sample = sample and not pools
     splits = ("dev", "test") if rows else ("test",)
-    pipe = Pipeline(run_dir, stages=(len(splits) if sample else 0)
+    pipe = Stages(run_dir, stages=(len(splits) if sample else 0)
                     + len(rows) * (2 if evaluate_adapters else 1) + 2
                     + 2 * len(ablations) + len(test_variants))
     if not sample:
@@ -260,7 +180,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
                          _sample_args(task, pools[split], split, n, sample_flags), pools[split],
                          {"examples": n, "flags": list(sample_flags)})
     common_eval = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
-                   *([f"--gin.EVAL_POOL={_q(pools['test'])}"] if "test" in pools else []),
+                   *([f"--gin.EVAL_POOL={quoted(pools['test'])}"] if "test" in pools else []),
                    f"--gin.EVAL_MAX_EXAMPLES={test_examples}", *evaluate_flags]
     settings = {"steps": train_steps, "flags": list(train_flags), "pools": pools}
     trained = {}  # row -> the folder its evaluations read
@@ -274,7 +194,7 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
             trained[row] = os.path.join(pipe.run_dir, "adapters", row)
             pipe.command(f"export {row} (bf16 adapter)", "export",
                          [model_dir, f"--out={trained[row]}", "--adapter"], trained[row],
-                         {"row": settings}, writes="adapter.json")  # the adapter's manifest
+                         {"row": settings}, writes=ADAPTER_MANIFEST)
     pipe.command("evaluate", "evaluate", _eval_args(
         common_eval, os.path.join(pipe.run_dir, "eval"), {**trained, **released}))
     for name, flags in [*ablations.items(), *test_variants.items()]:
@@ -300,6 +220,6 @@ def quickstart(run_dir: str = gin.REQUIRED, task: str = "e2e",
 
 
 if __name__ == "__main__":
-    # Gin files import this module by name to register `quickstart`; run as __main__ it would
+    # Gin files import this module by name to register `pipeline`; run as __main__ it would
     # register it a second time. The command is lmcor.cli's.
-    sys.exit("usage: lmcor quickstart ... (or python -m lmcor.cli quickstart ...)")
+    sys.exit("usage: lmcor pipeline ... (or python -m lmcor.cli pipeline ...)")

@@ -1,13 +1,16 @@
-"""Quickstart mechanics: stages run as processes, finished stages are skipped on rerun, changed
+"""Pipeline mechanics: stages run as processes, finished stages are skipped on rerun, changed
 settings rerun them, a failing stage stops the pipeline naming itself; which stages a pipeline
 plans (test variants, released correctors). Its flags against the Gin files:
-test_quickstart_flags.py."""
+test_pipeline_flags.py."""
 import json
 import os
 
 import pytest
 
-from lmcor import quickstart
+from lmcor import paths
+from lmcor.data.corrector_input import ROW_NAMES
+from lmcor.pipeline import table
+from lmcor.pipeline.stages import DONE, StageError, Stages
 
 from _pipeline_stages import Planned, record_stages
 
@@ -16,7 +19,7 @@ def test_stages_resume_from_done_markers(tmp_path):
     src, out = tmp_path / "in.json", tmp_path / "stage" / "out.json"
     src.write_text('{"a": 1}')
     out.parent.mkdir()
-    pipe = quickstart.Pipeline(str(tmp_path), stages=3)
+    pipe = Stages(str(tmp_path), stages=3)
     pipe.run("copy", "json.tool", [str(src), str(out)], str(out.parent), {"n": 1})
     assert json.loads(out.read_text()) == {"a": 1}
     out.unlink()
@@ -24,12 +27,12 @@ def test_stages_resume_from_done_markers(tmp_path):
     assert not out.exists()  # same settings: skipped
     pipe.run("copy", "json.tool", [str(src), str(out)], str(out.parent), {"n": 2})
     assert out.exists()  # changed settings: run again
-    with pytest.raises(quickstart.QuickstartError, match="stage 'bad' failed"):
+    with pytest.raises(StageError, match="stage 'bad' failed"):
         pipe.run("bad", "json.tool", [str(tmp_path / "missing.json")])
     pipe.finish()
     first = json.loads((tmp_path / "timings.json").read_text())
     assert set(first) == {"copy", "total"}
-    rerun = quickstart.Pipeline(str(tmp_path), stages=1)
+    rerun = Stages(str(tmp_path), stages=1)
     rerun.run("copy", "json.tool", [str(src), str(out)], str(out.parent), {"n": 2})  # skipped
     rerun.finish()
     again = json.loads((tmp_path / "timings.json").read_text())
@@ -42,13 +45,13 @@ def test_a_stage_that_exits_without_writing_its_result_is_not_marked_done(tmp_pa
     src.write_text('{"a": 1}')
     folder.mkdir()
     (folder / "out.json").write_text('{"old": 1}')  # left by an earlier, different run
-    pipe = quickstart.Pipeline(str(tmp_path), stages=2)
-    with pytest.raises(quickstart.QuickstartError, match="'silent' exited before finishing"):
+    pipe = Stages(str(tmp_path), stages=2)
+    with pytest.raises(StageError, match="'silent' exited before finishing"):
         pipe.run("silent", "json.tool", [str(src)], str(folder), {"n": 1}, writes="out.json")
-    assert not (folder / quickstart.DONE).exists()
+    assert not (folder / DONE).exists()
     pipe.run("writes", "json.tool", [str(src), str(folder / "out.json")], str(folder), {"n": 1},
              writes="out.json")
-    assert (folder / quickstart.DONE).exists()
+    assert (folder / DONE).exists()
 
 
 @pytest.mark.slow
@@ -81,19 +84,19 @@ def test_a_training_stage_stopped_by_sigterm_resumes_on_the_next_run(data_dir, t
 
     stopper = threading.Thread(target=stop_after_first_checkpoint)
     stopper.start()
-    pipe = quickstart.Pipeline(str(tmp_path), stages=2)
-    with pytest.raises(quickstart.QuickstartError, match="exited before finishing"):
+    pipe = Stages(str(tmp_path), stages=2)
+    with pytest.raises(StageError, match="exited before finishing"):
         pipe.command("train lmcor", "train", args, str(model_dir), {"n": 1},
-                     writes=quickstart.TRAIN_SUMMARY)
+                     writes=paths.TRAIN_SUMMARY)
     stopper.join()
-    assert not (model_dir / quickstart.DONE).exists()
+    assert not (model_dir / DONE).exists()
     stopped_at = max(int(n) for n in os.listdir(model_dir / "checkpoints") if n.isdigit())
     assert stopped_at < 400
     args[2] = f"--gin.TRAIN_STEPS={stopped_at + 2}"  # the resumed run only has to finish
     pipe.command("train lmcor", "train", args, str(model_dir), {"n": 1},
-                 writes=quickstart.TRAIN_SUMMARY)
-    summary = json.loads((model_dir / quickstart.TRAIN_SUMMARY).read_text())
-    assert summary["step"] == stopped_at + 2 and (model_dir / quickstart.DONE).exists()
+                 writes=paths.TRAIN_SUMMARY)
+    summary = json.loads((model_dir / paths.TRAIN_SUMMARY).read_text())
+    assert summary["step"] == stopped_at + 2 and (model_dir / DONE).exists()
 
 
 def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_corrector(tmp_path,
@@ -103,7 +106,6 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     the current directory."""
     import gin
 
-    from lmcor import paths
     from lmcor.cli import gin_flags
     from lmcor.checkpoints import adapter
 
@@ -115,14 +117,14 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
         if args[0] == "evaluate":
             raise Planned
 
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    monkeypatch.setattr(Stages, "run", record)
     monkeypatch.chdir(tmp_path)
     try:
         gin_flags.parse_gin(["runs/quickstart.gin"], [f"RUN_DIR = {str(tmp_path)!r}",
                                                        "QUICKSTART_TEST_EXAMPLES = 5"],
                              finalize=False)
         with pytest.raises(Planned):
-            quickstart.quickstart()
+            table.pipeline()
     finally:
         gin.clear_config()
     assert [command for command, _ in stages] == ["sample", "evaluate"]
@@ -139,18 +141,18 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
 
 
 def test_bad_ablation_settings_fail_before_any_stage(tmp_path):
-    with pytest.raises(ValueError, match="add 'lmcor' to quickstart.rows"):
-        quickstart.quickstart(run_dir=str(tmp_path), rows=["finetune"],
+    with pytest.raises(ValueError, match="add 'lmcor' to pipeline.rows"):
+        table.pipeline(run_dir=str(tmp_path), rows=["finetune"],
                               test_variants={"k5": []})
     with pytest.raises(ValueError, match=r"\['k5'\] named in both"):
-        quickstart.quickstart(run_dir=str(tmp_path), ablations={"k5": []},
+        table.pipeline(run_dir=str(tmp_path), ablations={"k5": []},
                               test_variants={"k5": []})
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="'whole' is not a test variant"):
-        quickstart.quickstart(run_dir=str(tmp_path), test_variants={"k5": []},
+        table.pipeline(run_dir=str(tmp_path), test_variants={"k5": []},
                               test_variant_rows={"whole": ["lmcor"]})
     with pytest.raises(ValueError, match="must be some of the table's rows"):
-        quickstart.quickstart(run_dir=str(tmp_path), rows=["finetune", "lmcor"],
+        table.pipeline(run_dir=str(tmp_path), rows=["finetune", "lmcor"],
                               test_variants={"whole": []},
                               test_variant_rows={"whole": ["lmcor_single"]})
     assert not any(tmp_path.iterdir())
@@ -162,14 +164,14 @@ def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
     stages = record_stages(monkeypatch)
     pools = {"dev": str(tmp_path / "dev"), "test": str(tmp_path / "test")}
     with pytest.raises(Planned):
-        quickstart.quickstart(run_dir=str(tmp_path / "run"), pools=pools,
+        table.pipeline(run_dir=str(tmp_path / "run"), pools=pools,
                               rows=["finetune", "lmcor_single", "lmcor"],
                               ablations={"k2": ["--gin.X=2"]},
                               test_variants={"full": ["--gin.EVAL_MAX_EXAMPLES=None"],
                                              "k5": []},
                               test_variant_rows={"full": ["finetune", "lmcor"]})
     evaluated = {name: {a.split("=")[0][len("--gin."):]: a.split("=", 1)[1] for a in args
-                        if a.split("=")[0][len("--gin."):] in quickstart.EVAL_MACROS.values()}
+                        if a.split("=")[0][len("--gin."):] in [table.eval_macro(r) for r in ROW_NAMES]}
                  for name, _, args in stages if name.endswith("evaluate")}
     run = tmp_path / "run"
     assert evaluated["variant full: evaluate"] == {"FINETUNE_DIR": repr(str(run / "finetune")),
@@ -186,23 +188,23 @@ def test_a_released_corrector_is_evaluated_without_training_or_dev_sampling(tmp_
     released = tmp_path / "released"
     released.mkdir()
     with pytest.raises(Planned):
-        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
+        table.pipeline(run_dir=str(tmp_path / "run"), rows=[],
                               correctors={"lmcor": str(released)}, test_examples=5)
     assert [command for _, command, _ in stages] == ["sample", "evaluate"]
     assert "--gin.sample_pool.split='test'" in stages[0][2]
     assert f"--gin.LMCOR_DIR={str(released)!r}" in stages[1][2]
     with pytest.raises(ValueError, match="not a folder"):
-        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=[],
+        table.pipeline(run_dir=str(tmp_path / "run"), rows=[],
                               correctors={"lmcor": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="does not also train"):
-        quickstart.quickstart(run_dir=str(tmp_path / "run"), rows=["lmcor"],
+        table.pipeline(run_dir=str(tmp_path / "run"), rows=["lmcor"],
                               correctors={"lmcor": str(released)})
     # Trained rows beside a released `lmcor`: a test variant decodes the released one.
     stages.clear()
     with pytest.raises(Planned):
-        quickstart.quickstart(run_dir=str(tmp_path / "run2"), rows=["finetune"],
-                              pools={"dev": str(tmp_path), "test": str(tmp_path)},
-                              correctors={"lmcor": str(released)}, test_variants={"k1": []})
+        table.pipeline(run_dir=str(tmp_path / "run2"), rows=["finetune"],
+                       pools={"dev": str(tmp_path), "test": str(tmp_path)},
+                       correctors={"lmcor": str(released)}, test_variants={"k1": []})
     variant = next(args for name, _, args in stages if name == "variant k1: evaluate")
     assert f"--gin.LMCOR_DIR={str(released)!r}" in variant
     assert not any(a.startswith("--gin.FINETUNE_DIR") for a in variant)
