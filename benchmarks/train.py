@@ -73,7 +73,7 @@ def ours(exs, config, args):
     from lmcor.models import partitioning
     from lmcor.models.t5 import T5
     from lmcor.training import data as data_lib, state as state_lib, step as step_lib
-    from lmcor.training.models import EncDecModel
+    from lmcor.training.builders import EncDecModel
 
     feats = pack(exs, args.max_in, args.max_out)
     rows = max(1, round(args.batch * len(feats["encoder_input_tokens"]) / len(exs)))

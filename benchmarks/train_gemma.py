@@ -257,7 +257,7 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
 
     from lmcor.training import frozen_cache, state as state_lib
     from lmcor.training.loop import _global_batch
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     start = time.perf_counter()
     model = gemma_model(gguf="bundled", loss_positions="auto", **options)

@@ -83,7 +83,7 @@ def run_recipe(rows: Dict[str, np.ndarray], cores: List[int], batch: int, microb
 
     from lmcor.training import data as data_lib, frozen_cache
     from lmcor.training.loop import _global_batch, _host_batch
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     start = time.perf_counter()
     model = gemma_model(gguf="bundled", loss_positions="auto", vocab="task", lora_rank=16,

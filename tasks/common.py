@@ -121,8 +121,8 @@ def source_and_references_postprocessor(output, example=None, is_target=False):
 
 def _add_task(name: str, source: seqio.DataSource, variant: str, metric_fns: Sequence,
               postprocess_fn: Callable, generators: Optional[Sequence[str]]) -> None:
-    if name in seqio.TaskRegistry.names():
-        return  # importing a task module twice must not fail
+    # A name registered twice raises (SeqIO's ValueError): a second task under one name would
+    # silently keep the first one's data and metrics.
     seqio.TaskRegistry.add(
         name, source=source, output_features=OUTPUT_FEATURES,
         # Cache point first: the corrector input depends on Gin (k, order, budget) and on the
@@ -138,7 +138,9 @@ def register_variants(name: str, source: seqio.DataSource, metric_fns: Sequence,
                       postprocess_fn: Callable = references_postprocessor,
                       generators: Optional[Sequence[str]] = None,
                       variants: Sequence[str] = VARIANTS) -> Sequence[str]:
-    """Register `<name>_<variant>` for each variant over one data source; return the names."""
+    """Register `<name>_<variant>` for each variant over one data source; return the names. The
+    task's `metric_fns` are its dataset's metrics everywhere: training-time validation and
+    `lmcor evaluate`'s table (lmcor.metrics.table_metrics), main metric first."""
     names = []
     for variant in variants:
         names.append(f"{name}_{variant}")
@@ -164,6 +166,6 @@ def register_pool_task(name: str, pool_dir_by_split: Optional[Mapping[str, str]]
 
 
 def register_mixture(name: str, task_names: Sequence[str]) -> None:
-    """A mixture weighted by each task's number of training records."""
-    if name not in seqio.MixtureRegistry.names():
-        seqio.MixtureRegistry.add(name, list(task_names), default_rate=seqio.mixing_rate_num_examples)
+    """A mixture weighted by each task's number of training records; a name registered twice
+    raises, as a task's does."""
+    seqio.MixtureRegistry.add(name, list(task_names), default_rate=seqio.mixing_rate_num_examples)

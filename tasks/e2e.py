@@ -5,7 +5,7 @@ original MR, deterministically: ~10% of original MRs (and every cleaned MR deriv
 go to `validation`, so no restaurant description leaks between the two. `test` is the cleaned
 test set (1,847 MRs, 4,693 references). Metrics: BLEU, ROUGE, chrF.
 """
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import import_e2e
 from lmcor.paths import data_root
 from lmcor.tasks import common

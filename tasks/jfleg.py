@@ -4,7 +4,7 @@ Only dev (754) and test (747) exist, so the dev set is split deterministically b
 sentence: ~10% to `validation`, the rest to `train`; `test` is the JFLEG test set.
 Metric: GLEU (which also reads the source).
 """
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import import_jfleg
 from lmcor.paths import data_root
 from lmcor.tasks import common

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data import paragraphs
 from lmcor.data.importers import import_wmt
 from lmcor.paths import data_root

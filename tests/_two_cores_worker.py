@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from lmcor.models import partitioning  # noqa: E402
 from lmcor.training import data as data_lib, grouped_rows, state as state_lib  # noqa: E402
 from lmcor.training.loop import _global_batch, _host_batch, build_step  # noqa: E402
-from lmcor.training.models import gemma_model  # noqa: E402
+from lmcor.training.builders import gemma_model  # noqa: E402
 
 STEPS, BATCH = 3, 4
 

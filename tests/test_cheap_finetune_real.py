@@ -34,7 +34,7 @@ def e2e_inputs(data_dir):
 
 @pytest.fixture(scope="module")
 def base(gemma_gguf_path):
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
     return gemma_model(gguf=gemma_gguf_path)
 
 
@@ -105,7 +105,7 @@ def _write_lora_run(model_dir, gguf_path, base):
     the export of a task vocabulary is checked in tests/test_peft.py.)"""
     from lmcor.models import partitioning
     from lmcor.training import checkpointing, peft, state as state_lib
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     model = dataclasses.replace(gemma_model(gguf=gguf_path, lora_rank=4, freeze_embeddings=True),
                                 pretrained_params=base.pretrained_params)
@@ -169,7 +169,7 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
     from lmcor.models import partitioning
     from lmcor.training import data as data_lib, state as state_lib
     from lmcor.training.loop import build_step
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     refs = [r["references"][0] for r in itertools.islice(import_e2e(str(data_dir), "test"), 2)]
     width = 160

@@ -232,7 +232,7 @@ def test_validation_during_training_widens_the_task_vocabulary_once_and_keeps_it
         task_spm_path, wmt_records):
     """Periodic validation decodes with the pieces of its inputs added, as the table's test
     decode does, and reuses one widened adapter (its compiled loops) across evaluations."""
-    from lmcor.training.evaluation import Evaluator
+    from lmcor.training.validation import Evaluator
 
     full = _tiny_gemma_corrector(task_spm_path)
     ids = [full.prepare(r) for r in wmt_records]

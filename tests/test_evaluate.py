@@ -7,7 +7,8 @@ import os
 import gin
 import pytest
 
-from lmcor.evaluation import evaluate, metrics, rerank
+from lmcor import metrics
+from lmcor.evaluation import evaluate, rerank
 from lmcor.inference.corrector import Corrector
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.io_utils import read_lines
@@ -16,6 +17,13 @@ from lmcor.cli import evaluate_command
 from _tiny_corrector import tiny_config, tiny_params, write_model_dir
 
 N = 6
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    """An evaluation leaves its correctors' run configs parsed; the next test starts without."""
+    yield
+    gin.clear_config()
 
 
 @pytest.fixture(scope="module")

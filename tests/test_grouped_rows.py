@@ -7,7 +7,7 @@ import pytest
 from lmcor.models import partitioning
 from lmcor.training import data as data_lib
 from lmcor.training import grouped_rows
-from lmcor.training.models import gemma_model
+from lmcor.training.builders import gemma_model
 from lmcor.training.step import token_losses
 
 BOS = 2

@@ -13,7 +13,7 @@ from flax import linen as nn
 from lmcor.data.task_vocab import TaskVocab
 from lmcor.training import peft
 from lmcor.training import data as data_lib
-from lmcor.training.models import gemma_model
+from lmcor.training.builders import gemma_model
 
 
 def _random_base(seed=0):

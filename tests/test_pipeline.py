@@ -107,7 +107,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     import gin
 
     from lmcor.cli import gin_flags
-    from lmcor.checkpoints import adapter
+    from lmcor.checkpoints import released_adapter
 
     stages = []
 
@@ -136,7 +136,7 @@ def test_the_quickstart_samples_the_test_slice_and_evaluates_the_released_correc
     assert f"--gin.LMCOR_DIR={released!r}" in evaluate
     assert not any(a.startswith(("--gin.FINETUNE_DIR", "--gin.LMCOR_SINGLE_DIR"))
                    for a in evaluate)
-    for name in (adapter.WEIGHTS, adapter.MANIFEST):
+    for name in (released_adapter.WEIGHTS, released_adapter.MANIFEST):
         assert os.path.isfile(os.path.join(released, name)), name
 
 
@@ -170,8 +170,9 @@ def test_test_variants_evaluate_the_rows_they_name(tmp_path, monkeypatch):
                               test_variants={"full": ["--gin.EVAL_MAX_EXAMPLES=None"],
                                              "k5": []},
                               test_variant_rows={"full": ["finetune", "lmcor"]})
+    macros = [table.eval_macro(row) for row in ROW_NAMES]
     evaluated = {name: {a.split("=")[0][len("--gin."):]: a.split("=", 1)[1] for a in args
-                        if a.split("=")[0][len("--gin."):] in [table.eval_macro(r) for r in ROW_NAMES]}
+                        if a.split("=")[0][len("--gin."):] in macros}
                  for name, _, args in stages if name.endswith("evaluate")}
     run = tmp_path / "run"
     assert evaluated["variant full: evaluate"] == {"FINETUNE_DIR": repr(str(run / "finetune")),

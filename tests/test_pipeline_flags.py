@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lmcor.pipeline import table
+from lmcor.pipeline import table as pipeline_table
 
 from _pipeline_stages import Planned, record_stages
 
@@ -32,7 +32,7 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     from lmcor.tasks.common import pool_overrides
 
     pools = {"dev": "/p/dev", "test": "/p/test"}
-    args = table._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
+    args = pipeline_table._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin"])
     files, bindings, rest = gin_flags.split_gin_flags(args)
@@ -71,7 +71,7 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     # Every table has an LMCor row and a fine-tuned row, trained here or released.
     assert {"lmcor", "finetune"} <= {*rows, *released}
     for row in rows:
-        args = table._train_args(task, row, str(tmp_path / row), pools, 3, flags)
+        args = pipeline_table._train_args(task, row, str(tmp_path / row), pools, 3, flags)
         files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
         try:
@@ -85,7 +85,7 @@ def test_pipeline_configs_build_flags_that_parse(run_file, tmp_path):
     for name, extra in variants.items():
         table = ["--gin_file=runs/evaluate.gin", f"--gin_file=tasks/{task}.gin",
                  "--gin.EVAL_MAX_EXAMPLES=200"]
-        args = table._eval_args(table, str(tmp_path / name),
+        args = pipeline_table._eval_args(table, str(tmp_path / name),
                                      {"lmcor": str(tmp_path / "lmcor")}, extra)
         files, bindings, _ = gin_flags.split_gin_flags(args)
         try:
@@ -117,7 +117,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
     assert {"k1", "k4", "order_shuffled"} <= set(ablations)
     pools = {"dev": "/p/dev", "test": "/p/test"}
     for name, extra in ablations.items():
-        args = table._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
+        args = pipeline_table._train_args("e2e", "lmcor", str(tmp_path / name), pools, 3, flags,
                                       [*extra, *train_only])
         files, bindings, rest = gin_flags.split_gin_flags(args)
         assert not rest
@@ -132,7 +132,7 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
             gin.clear_config()
     common = ["--gin_file=runs/evaluate.gin", "--gin_file=tasks/e2e.gin",
               "--gin.EVAL_POOL='/p/test'", "--gin.EVAL_MAX_EXAMPLES=200"]
-    eval_args = {name: table._eval_args(common, str(tmp_path / name / "eval"),
+    eval_args = {name: pipeline_table._eval_args(common, str(tmp_path / name / "eval"),
                                              {"lmcor": str(tmp_path / "m")}, extra)
                  for name, extra in {**ablations, **test_variants}.items()}
     # `lmcor evaluate` registers fewer configurables than this test process has imported by
@@ -163,17 +163,17 @@ def test_ablation_flags_parse_and_reach_train_and_evaluate(tmp_path):
 
 def test_a_budget_reaches_every_training_run_and_bad_keys_are_refused(tmp_path):
     budget = {"examples": 1200, "eval_every_examples": 300, "patience": 3}
-    args = table._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
+    args = pipeline_table._train_args("e2e", "lmcor", str(tmp_path / "m"), {}, 100,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin",
-                                   *table.budget_flags(budget)])
+                                   *pipeline_table.budget_flags(budget)])
     assert _query(args, ["train.train_examples", "train.eval_every_examples",
                          "train.patience"]) == {"train.train_examples": 1200,
                                                 "train.eval_every_examples": 300,
                                                 "train.patience": 3}
-    assert table.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
+    assert pipeline_table.budget_flags({"epochs": 2.5}) == ["--gin.train.train_epochs=2.5"]
     with pytest.raises(ValueError, match="steps"):
-        table.budget_flags({"steps": 3})
+        pipeline_table.budget_flags({"steps": 3})
 
 
 @pytest.mark.parametrize("table", ["e2e", "jfleg", "wmt"])
@@ -189,7 +189,7 @@ def test_the_gpu_scale_file_rescales_every_training_run_of_a_table(table, tmp_pa
         gin_flags.parse_gin([f"runs/tables/{table}.gin", "runs/gpu_scale.gin"],
                              [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
         with pytest.raises(Planned):
-            table.pipeline()
+            pipeline_table.pipeline()
     finally:
         gin.clear_config()
     trains = [args for _, command, args in stages if command == "train"]

@@ -5,7 +5,7 @@ import concurrent.futures
 import pytest
 
 from lmcor.inference.settings import row_buckets
-from lmcor.serve.metrics import Metrics
+from lmcor.serve.prometheus import Metrics
 
 from _llm_server import FakeLLM
 from _serve_client import metric, metrics, post, serving

@@ -122,7 +122,7 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     import jax
 
     from lmcor.inference import export
-    from lmcor.checkpoints import adapter
+    from lmcor.checkpoints import released_adapter
     from lmcor.inference.run_dir import configured_parts, trained_params
     from lmcor.training.budget import read_history
 
@@ -139,9 +139,9 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"adapter_{dtype}"
         export.export_adapter(str(run), str(out), dtype=dtype, gin_bindings=vocab)
-        assert {adapter.WEIGHTS, "adapter.json", "config.gin", "task_vocab.json",
+        assert {released_adapter.WEIGHTS, "adapter.json", "config.gin", "task_vocab.json",
                 "train_summary.json"} <= set(os.listdir(out))
-        info = adapter.manifest(str(out))
+        info = released_adapter.manifest(str(out))
         assert (info["step"], info["dtype"]) == (3, dtype)
         # The learning curve travels with it: the report reads the same validations.
         assert len(read_history(str(out))) >= 2 and read_history(str(out)) == read_history(str(run))
@@ -154,13 +154,13 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     with pytest.raises(ValueError, match="step 3 only"):
         trained_params(str(out), model, step=2)
     # A changed file is refused, and so is an adapter over the size limit.
-    path = out / adapter.WEIGHTS
+    path = out / released_adapter.WEIGHTS
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(adapter.AdapterError, match="sha256"):
+    with pytest.raises(released_adapter.AdapterError, match="sha256"):
         trained_params(str(out), model)
-    with pytest.raises(adapter.AdapterError, match="limit"):
+    with pytest.raises(released_adapter.AdapterError, match="limit"):
         export.export_adapter(str(run), str(tmp_path / "big"), max_mb=1e-6, gin_bindings=vocab)
 
 

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.models import partitioning
 from lmcor.training import data as data_lib, state as state_lib, step as step_lib
-from lmcor.training.models import t5_model
+from lmcor.training.builders import t5_model
 from _train_worker import reverse_arrays
 
 

@@ -11,7 +11,7 @@ import json
 from typing import Dict, List, Optional
 
 from lmcor.cli.errors import report_error
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.text_files import read_aligned_text
 
 METRICS = ("bleu", "chrf", "ter", "rouge", "gleu")

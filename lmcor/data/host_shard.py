@@ -33,7 +33,8 @@ def host_shard(data: Union[int, Iterable], process_index: Optional[int] = None,
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"host_shard: process_index={index} must lie in 0..{count - 1}")
     if isinstance(data, bool):
-        raise TypeError("host_shard: expected a count, a tf.data.Dataset or an iterable, got a bool")
+        raise TypeError("host_shard: expected a count, a tf.data.Dataset or an iterable, "
+                        "got a bool")
     if isinstance(data, int):
         if data < 0:
             raise ValueError(f"host_shard: example count must be >= 0, got {data}")

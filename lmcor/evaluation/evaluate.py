@@ -7,7 +7,7 @@
 Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
 oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
 with a note (printed, and kept in results.json's "notes"). Every metric carries a percentile
-bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.evaluation.metrics).
+bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.metrics).
 A record whose pool holds no candidates gets an empty output in the pool rows and is corrected
 from its source alone; such records are counted in a note.
 
@@ -32,9 +32,10 @@ import gin
 from absl import logging
 
 from lmcor.data.corrector_input import ROW_NAMES
-from lmcor.evaluation import breakdowns, metrics, rerank
+from lmcor import metrics
+from lmcor.evaluation import breakdowns, rerank
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
-                                     task_dataset)
+                                     task_dataset, task_metrics)
 from lmcor.io_utils import atomic_write_text
 from lmcor.paths import code_version
 from lmcor.evaluation.predictions import (cached_predictions, drop_batches, prediction_key,
@@ -42,10 +43,7 @@ from lmcor.evaluation.predictions import (cached_predictions, drop_batches, pred
                                           saved_batches, write_inputs, write_lines)
 from lmcor.evaluation.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
 
-# Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
-# equals rougeL on one-line outputs).
-METRICS_BY_DATASET = {"e2e": ("bleu", "rougeL", "chrf"), "jfleg": ("gleu",),
-                      "wmt": ("chrf", "bleu"), "xsum": ("rougeL", "bleu")}
+# The table's ROUGE-L is rouge-score's rougeLsum (lmcor.metrics.seqio_fns.TABLE_METRICS).
 _BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
 
 
@@ -83,15 +81,16 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                tags: Optional[Mapping[str, object]] = None,
                breakdown: Optional[str] = "auto") -> EvalConfig:
     """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
-    a registered task (any variant: the pool is the same) or, with `pool`, just a name.
+    a registered task or mixture (any variant: the pool is the same) or, with `pool`, a dataset
+    name (e.g. "wmt22", whose `<name>_lmcor` task is registered). The table's metrics are the
+    ones that task declares (`task_metrics`), unless `metric_names` gives others.
     `num_candidates` keeps each pool's first k candidates (for every row; the correctors get
     corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
     copied into results.json for `lmcor report`'s ablation plots. `breakdown` names a grouping
     of the test inputs (lmcor.evaluation.breakdowns) to score the main metric on per group; "auto" takes
     the dataset's (E2E: by number of attributes), None none."""
     dataset = task_dataset(task)
-    family = "wmt" if dataset.startswith("wmt") else dataset
-    names = tuple(metric_names or METRICS_BY_DATASET.get(family, ("bleu", "chrf")))
+    names = tuple(metric_names or task_metrics(task))
     unknown = [m for m in names if m not in METRIC_LABELS]
     if unknown:
         raise ValueError(f"evaluation.metric_names: unknown {unknown}; known {sorted(METRIC_LABELS)}")

@@ -44,6 +44,25 @@ def task_dataset(task: str) -> str:
     return task
 
 
+def task_metrics(task: str) -> Tuple[str, ...]:
+    """The comparison-table metrics, main one first, that the registration of `task` declares
+    (its SeqIO metric functions, lmcor.metrics.table_metrics): the task itself, a mixture's
+    first task, or for a bare dataset name its `<name>_lmcor` task."""
+    import seqio
+
+    import lmcor.tasks  # noqa: F401  (registers the tasks)
+    from lmcor.metrics import table_metrics
+
+    tasks, mixtures = set(seqio.TaskRegistry.names()), set(seqio.MixtureRegistry.names())
+    name = task if task in tasks | mixtures else f"{task}_lmcor"
+    if name in mixtures:
+        name = seqio.get_mixture_or_task(name).tasks[0].name
+    if name not in tasks:
+        raise ValueError(f"evaluation.task={task!r}: no registered task declares its metrics; "
+                         "register one (tasks/) or bind evaluation.metric_names")
+    return table_metrics(seqio.get_mixture_or_task(name).metric_fns)
+
+
 def check_out_dir(out_dir: str) -> None:
     """Refuses an EVAL_DIR this process cannot write, writing nothing: a folder that does not
     exist yet is not created, and the probe is a file without a name (O_TMPFILE)."""

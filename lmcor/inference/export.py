@@ -5,9 +5,9 @@
     lmcor export /runs/e2e_lmcor --out=data/correctors/e2e --adapter [--max_mb=16]
 
 `--adapter` writes only what the run trained (LoRA adapters), bf16 by default, with the run's
-config, task vocabulary and base-weight identity (lmcor.checkpoints.adapter); lmcor loads the
-folder wherever it takes a MODEL_DIR (evaluate, serve, export). The command's flags are
-lmcor.cli.export_command's.
+config, task vocabulary and base-weight identity (lmcor.checkpoints.released_adapter); lmcor
+loads the folder wherever it takes a MODEL_DIR (evaluate, serve, export). The command's flags
+are lmcor.cli.export_command's.
 
 Writes the merged, full-vocabulary model in transformers' `Gemma3ForCausalLM` layout
 (`model.safetensors` + `config.json`): LoRA adapters are folded into their kernels, frozen
@@ -61,7 +61,7 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
                    max_mb: float = 16.0, gin_bindings=(), overrides=None) -> str:
     """The run's trained params at `step` (default: best by validation, else latest) as an
     adapter folder; refuses a run that trains the whole model (nothing small to release)."""
-    from lmcor.checkpoints import adapter
+    from lmcor.checkpoints import released_adapter
     from lmcor.checkpoints.trained_run import checkpoint_step
     from lmcor.inference.run_dir import configured_parts, trained_params
 
@@ -72,7 +72,7 @@ def export_adapter(model_dir: str, out_dir: str, step=None, dtype: str = "bfloat
     model = base_model.attach(model_dir)
     step = checkpoint_step(os.path.join(model_dir, CHECKPOINTS), step)
     params = trained_params(model_dir, model, step)
-    adapter.save_adapter(params, model_dir, out_dir, step, dtype)
-    adapter.check_size(out_dir, int(max_mb * 1e6))
+    released_adapter.save_adapter(params, model_dir, out_dir, step, dtype)
+    released_adapter.check_size(out_dir, int(max_mb * 1e6))
     return out_dir
 

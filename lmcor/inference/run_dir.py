@@ -1,6 +1,7 @@
 """A corrector's MODEL_DIR, as `lmcor train` leaves it or as a released adapter folder
-(lmcor.checkpoints.adapter): its Gin config and what it configures (model, vocabulary, corrector
-options and settings), the checks made before loading it, and its trained params.
+(lmcor.checkpoints.released_adapter): its Gin config and what it configures (model,
+vocabulary, corrector options and settings), the checks made before loading it, and its trained
+params.
 
 A run folder holds Orbax checkpoints in `checkpoints/` (read by lmcor.checkpoints.trained_run)
 and the run's Gin config in `config.gin` (T5X's operative-config convention).
@@ -70,10 +71,10 @@ def trained_identity(model_dir: str) -> dict:
     """Which trained weights `trained_params(model_dir)` reads: the checkpoint step for a run
     folder (it moves when the run trains on or a better step is validated), the step and
     weights sha256 for a released adapter."""
-    from lmcor.checkpoints import adapter
+    from lmcor.checkpoints import released_adapter
 
-    if adapter.is_adapter_dir(model_dir):
-        info = adapter.manifest(model_dir)
+    if released_adapter.is_adapter_dir(model_dir):
+        info = released_adapter.manifest(model_dir)
         return {"adapter_step": info["step"], "adapter_sha256": info["sha256"]}
     return {"step": checkpoint_step(os.path.join(model_dir, CHECKPOINTS))}
 
@@ -81,28 +82,28 @@ def trained_identity(model_dir: str) -> dict:
 def trained_params(model_dir: str, model, step: Optional[int] = None):
     """The trained params of a run folder (lmcor.checkpoints.trained_run: the step asked for,
     else the best by validation, else the latest) or of a released adapter folder
-    (lmcor.checkpoints.adapter), which holds one step only."""
-    from lmcor.checkpoints import adapter
+    (lmcor.checkpoints.released_adapter), which holds one step only."""
+    from lmcor.checkpoints import released_adapter
 
     abstract = nn.unbox(jax.eval_shape(model.init_fn, jax.random.key(0)))
-    if not adapter.is_adapter_dir(model_dir):
+    if not released_adapter.is_adapter_dir(model_dir):
         return restore_params(os.path.join(model_dir, CHECKPOINTS), abstract, step)
-    info = adapter.manifest(model_dir)
+    info = released_adapter.manifest(model_dir)
     if step is not None and step != info["step"]:
         raise ValueError(f"{model_dir}: a released adapter holds step {info['step']} only, "
                          f"not {step}")
     logging.info("corrector: adapter of step %d from %s", info["step"], model_dir)
-    return adapter.load_adapter(model_dir, abstract)
+    return released_adapter.load_adapter(model_dir, abstract)
 
 
 def configured_parts(model_dir: str, gin_bindings: Sequence[str] = (),
                      overrides: Optional[Callable[[], None]] = None):
     """(model factory result, vocabulary, CorrectorOptions, CorrectorSettings) from Gin."""
     from lmcor.data.vocab import task_vocabulary
-    from lmcor.training import models
+    from lmcor.training import builders
 
     ref = parse_run_config(model_dir, gin_bindings, overrides)
-    model = ref.scoped_configurable_fn() if ref is not None else models.t5_model()
+    model = ref.scoped_configurable_fn() if ref is not None else builders.t5_model()
     return model, task_vocabulary(), CorrectorOptions(), CorrectorSettings()
 
 
@@ -113,12 +114,12 @@ def check_model_dir(model_dir: str, gin_bindings: Sequence[str] = (),
     ones released (sha256), a config that does not parse, a task vocabulary that is missing or
     damaged, base weights other than the run's (base_weights.json). Reads no weights (hashes
     the base file); leaves the run's config parsed in Gin."""
-    from lmcor.checkpoints import adapter
+    from lmcor.checkpoints import released_adapter
     from lmcor.data.task_vocab import TaskVocab
     from lmcor.training import peft
 
-    if adapter.is_adapter_dir(model_dir):
-        adapter.verify(model_dir)
+    if released_adapter.is_adapter_dir(model_dir):
+        released_adapter.verify(model_dir)
     else:
         checkpoint_step(os.path.join(model_dir, CHECKPOINTS))
     model = parse_run_config(model_dir, gin_bindings, overrides)
@@ -136,7 +137,7 @@ def check_model_dir(model_dir: str, gin_bindings: Sequence[str] = (),
 
 
 def _configured_base() -> Optional[str]:
-    """The file or folder of the base weights gemma_model loads (models.gemma_model's spec)."""
+    """The file or folder of the base weights gemma_model loads (builders.gemma_model's spec)."""
     from lmcor.checkpoints.bundled import BUNDLED
     from lmcor.checkpoints.loader import gemma_checkpoint
 

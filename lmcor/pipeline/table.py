@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 
-from lmcor.checkpoints.adapter import MANIFEST as ADAPTER_MANIFEST
+from lmcor.checkpoints.released_adapter import MANIFEST as ADAPTER_MANIFEST
 from lmcor.data.corrector_input import ROW_NAMES
 from lmcor.data.pool import resolve_pool_path
 from lmcor.paths import REPO_ROOT, TRAIN_SUMMARY

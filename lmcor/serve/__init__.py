@@ -13,7 +13,7 @@ is loaded when the server starts.
 Modules, each importing only those above it:
   * `batching` - one thread that collects queued requests into batches and runs them;
   * `upstream` - the LLM behind the proxy: an OpenAI-compatible endpoint or Gemma in JAX;
-  * `metrics`  - Prometheus counters and histograms rendered for /metrics;
+  * `prometheus` - Prometheus counters and histograms rendered for /metrics;
   * `decoder`  - the corrector's beam search at fixed decode shapes and output lengths;
   * `batcher`  - the micro-batcher that decodes concurrent requests together;
   * `api`      - the OpenAI request checks and the reply and error bodies;

@@ -14,7 +14,7 @@ from lmcor.sampling.backends.base import Request, SamplingParams
 from lmcor.serve.api import parse_body, response
 from lmcor.serve.batcher import MicroBatcher
 from lmcor.serve.decoder import Decoder
-from lmcor.serve.metrics import Metrics
+from lmcor.serve.prometheus import Metrics
 from lmcor.serve.upstream import ApiError
 
 

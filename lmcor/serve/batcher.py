@@ -8,7 +8,7 @@ from absl import logging
 
 from lmcor.serve.batching import BatchWorker
 from lmcor.serve.decoder import Decoder
-from lmcor.serve.metrics import Metrics
+from lmcor.serve.prometheus import Metrics
 
 
 @dataclasses.dataclass

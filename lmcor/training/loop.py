@@ -23,7 +23,7 @@ from lmcor.models import partitioning
 from lmcor.training import budget, checkpointing, data as data_lib, frozen_cache
 from lmcor.training import state as state_lib
 from lmcor.training import step as step_lib
-from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
+from lmcor.training import builders  # noqa: F401  (registers the model builders with gin)
 from lmcor.training.logging import TrainLogger, log_info
 from lmcor.training.protocol import TrainModel
 from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY

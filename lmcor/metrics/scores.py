@@ -1,11 +1,8 @@
-"""Task metrics: sacreBLEU BLEU/chrF/TER, ROUGE (rouge-score), JFLEG GLEU, and bootstrap tests.
+"""Corpus metrics on a 0-100 scale: sacreBLEU BLEU/chrF/TER, ROUGE (rouge-score) and JFLEG GLEU,
+and each one's per-segment sufficient statistics (what the bootstrap resamples).
 
 All corpus metrics take `refs_list`: a list of reference *streams*, each aligned with `hyps`
 (sacreBLEU's layout). A stream may hold None where a segment has fewer references.
-Scores are on a 0-100 scale.
-
-Bootstrap tests resample segments and recompute the corpus score from per-segment sufficient
-statistics, so a resample costs a weighted sum, not a re-scoring.
 """
 import random
 from collections import Counter
@@ -154,10 +151,10 @@ def gleu(srcs: Sequence[str], hyps: Sequence[str], refs_list: RefStreams,
     return float(_gleu_from_totals(stats.sum(axis=1)).mean() * 100)
 
 
-# ---------------------------------------------------------------- bootstrap
+# ---------------------------------------------------------------- per-segment statistics
 
 
-def _sufficient_stats(metric: str, hyps, refs_list, srcs,
+def sufficient_stats(metric: str, hyps, refs_list, srcs,
                       tokenize: Optional[str] = None) -> Tuple[np.ndarray, Callable]:
     """Per-segment stats (segments on axis -2) and a function from weighted totals to score.
 
@@ -184,99 +181,3 @@ def _sufficient_stats(metric: str, hyps, refs_list, srcs,
         stats = _gleu_stats(srcs, hyps, refs_list)
         return stats, lambda totals: _gleu_from_totals(totals).mean(axis=-1) * 100
     raise ValueError(f"unknown metric {metric!r}; expected bleu, chrf, ter, gleu or {ROUGE_TYPES}")
-
-
-def _resample_weights(n_segments: int, n_samples: int, seed: int) -> np.ndarray:
-    # Drawn like sacreBLEU's paired test (one index matrix), turned into per-segment counts.
-    idx = np.random.default_rng(seed).choice(n_segments, size=(n_samples, n_segments), replace=True)
-    return np.stack([np.bincount(row, minlength=n_segments) for row in idx]).astype(np.float64)
-
-
-def _resampled_scores(stats: np.ndarray, score: Callable, weights: np.ndarray) -> np.ndarray:
-    if stats.ndim == 2:
-        return score(weights @ stats)
-    totals = np.einsum("sn,ink->sik", weights, stats)  # GLEU: keep the iteration axis
-    return score(totals)
-
-
-def bootstrap_ci(metric: str, hyps: Sequence[str], refs_list: RefStreams, srcs=None,
-                 n_samples: int = 1000, seed: int = 12345, confidence: float = 0.95,
-                 tokenize: Optional[str] = None) -> Dict[str, float]:
-    """Score and percentile bootstrap confidence interval for one system (`tokenize`: bleu's)."""
-    stats, score = _sufficient_stats(metric, hyps, refs_list, srcs, tokenize)
-    actual = float(score(stats.sum(axis=-2)))
-    samples = _resampled_scores(stats, score, _resample_weights(len(hyps), n_samples, seed))
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return {"score": actual, "low": float(low), "high": float(high), "mean": float(samples.mean()),
-            "n_samples": n_samples}
-
-
-def paired_bootstrap(metric: str, hyps_a: Sequence[str], hyps_b: Sequence[str], refs_list: RefStreams,
-                     srcs=None, n_samples: int = 1000, seed: int = 12345,
-                     tokenize: Optional[str] = None) -> Dict[str, float]:
-    """Paired bootstrap resampling (Koehn 2004) of system B against baseline A.
-
-    p_value follows sacreBLEU's paired_bs: how often the centred resampled |A-B| difference
-    exceeds the observed one. Both systems see the same resampled segments.
-    """
-    if len(hyps_a) != len(hyps_b):
-        raise ValueError(f"systems have {len(hyps_a)} and {len(hyps_b)} segments")
-    stats_a, score = _sufficient_stats(metric, hyps_a, refs_list, srcs, tokenize)
-    stats_b, _ = _sufficient_stats(metric, hyps_b, refs_list, srcs, tokenize)
-    a, b = float(score(stats_a.sum(axis=-2))), float(score(stats_b.sum(axis=-2)))
-    weights = _resample_weights(len(hyps_a), n_samples, seed)
-    sa, sb = _resampled_scores(stats_a, score, weights), _resampled_scores(stats_b, score, weights)
-    diffs = np.abs(sb - sa)
-    p = (np.sum(diffs - diffs.mean() > abs(b - a)) + 1) / (n_samples + 1)
-    if not diffs.any():
-        # Same score on every resample (e.g. a row identical to the baseline): sacreBLEU's
-        # formula gives its smallest p here, but there is no difference to be significant.
-        p = 1.0
-    return {"a": a, "b": b, "delta": b - a, "p_value": float(p),
-            "a_ci": [float(x) for x in np.percentile(sa, [2.5, 97.5])],
-            "b_ci": [float(x) for x in np.percentile(sb, [2.5, 97.5])],
-            "b_wins": float(np.mean(sb > sa)), "n_samples": n_samples}
-
-
-# ---------------------------------------------------------------- SeqIO metric functions
-# SeqIO calls metric_fn(targets, predictions); a target may be one string or a list of
-# references (evaluation keeps all references).
-
-
-def _target_streams(targets: Sequence) -> List[List[Optional[str]]]:
-    per_example = [[t] if isinstance(t, str) else list(t) for t in targets]
-    width = max((len(r) for r in per_example), default=1)
-    return [[r[k] if k < len(r) else None for r in per_example] for k in range(width)]
-
-
-def seqio_bleu(targets, predictions) -> Dict[str, float]:
-    return {"bleu": bleu(predictions, _target_streams(targets))}
-
-
-def seqio_chrf(targets, predictions) -> Dict[str, float]:
-    return {"chrf": chrf(predictions, _target_streams(targets))}
-
-
-def seqio_ter(targets, predictions) -> Dict[str, float]:
-    return {"ter": ter(predictions, _target_streams(targets))}
-
-
-def seqio_rouge(targets, predictions) -> Dict[str, float]:
-    return rouge(predictions, _target_streams(targets))
-
-
-def seqio_interval(metric: str, targets, predictions, n_samples: int = 1000) -> Dict[str, float]:
-    """{metric_low, metric_high}: the percentile bootstrap 95% interval of a SeqIO metric."""
-    srcs = None
-    if metric == "gleu":
-        srcs = [t["source"] for t in targets]
-        targets = [t["references"] for t in targets]
-    ci = bootstrap_ci(metric, predictions, _target_streams(targets), srcs, n_samples=n_samples)
-    return {f"{metric}_low": ci["low"], f"{metric}_high": ci["high"]}
-
-
-def seqio_gleu(targets, predictions) -> Dict[str, float]:
-    """Targets here are dicts {"source": str, "references": [str, ...]} (GLEU needs sources)."""
-    srcs = [t["source"] for t in targets]
-    return {"gleu": gleu(srcs, predictions, _target_streams([t["references"] for t in targets]))}

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from lmcor.decode import samplers
-from lmcor.decode.common import repeat_rows
+from lmcor.decode.arrays import repeat_rows
 
 
 def stop_hit(recent, table):

@@ -1,6 +1,6 @@
 """Periodic inference evaluation: beam-search the validation split of a SeqIO task with
 `lmcor.decode`, post-process like SeqIO does, and score with the task's metric functions
-(BLEU/chrF/ROUGE/GLEU from lmcor.evaluation.metrics). Returns {metric: float} for logging and keep-best.
+(BLEU/chrF/ROUGE/GLEU from lmcor.metrics). Returns {metric: float} for logging and keep-best.
 """
 from typing import Dict, List, Mapping, Optional
 
@@ -14,7 +14,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 from lmcor import decode
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.training.protocol import TrainModel
 
 
