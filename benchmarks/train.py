@@ -72,7 +72,7 @@ def ours(exs, config, args):
 
     from lmcor.models import partitioning
     from lmcor.models.t5 import T5
-    from lmcor.training import data as data_lib, state as state_lib, step as step_lib
+    from lmcor.training import batches, state as state_lib, step as step_lib
     from lmcor.training.builders import EncDecModel
 
     feats = pack(exs, args.max_in, args.max_out)
@@ -83,7 +83,7 @@ def ours(exs, config, args):
     opt = state_lib.make_optimizer(schedule)
     state, sh = state_lib.create_state(model.init_fn, opt, mesh, 0, model.rules)
     step = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh)
-    source = data_lib.BatchSource({0: feats}, 1, rows, seed=0)
+    source = batches.BatchSource({0: feats}, 1, rows, seed=0)
     tokens, start = 0, None
     with jax.set_mesh(mesh):
         for s in range(args.steps + args.warmup):

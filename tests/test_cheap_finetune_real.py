@@ -167,7 +167,7 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
     E2E rows (source -> first reference): a few AdamW steps lower their loss."""
     from lmcor.data.importers import import_e2e
     from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, state as state_lib
+    from lmcor.training import batches, state as state_lib
     from lmcor.training.loop import build_step
     from lmcor.training.builders import gemma_model
 
@@ -183,7 +183,7 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
         rows["decoder_target_tokens"][i, :len(seq) - 1] = seq[1:]
         weights[i, len(prefix) - 1:len(seq) - 1] = 1
     rows["decoder_loss_weights"] = weights
-    source = data_lib.BatchSource({0: rows}, 1, 2, 0, shuffle=False)
+    source = batches.BatchSource({0: rows}, 1, 2, 0, shuffle=False)
     model = dataclasses.replace(
         gemma_model(gguf=gemma_gguf_path, vocab="task", lora_rank=16, freeze_embeddings=True,
                     freeze_layers=12, loss_positions="auto"),

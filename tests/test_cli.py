@@ -243,7 +243,7 @@ def test_an_error_ends_an_open_progress_bar_and_shows_its_traceback_only_when_de
         capsys, monkeypatch):
     from tqdm import tqdm
 
-    from lmcor.cli.errors import DEBUG_ENV, report_error
+    from lmcor.cli.command_errors import DEBUG_ENV, report_error
 
     try:  # what gin raises from inside a configurable: the reason, then where, on its own line
         raise ValueError("x.jsonl:3: field 'id': must not be empty\n"

@@ -13,7 +13,7 @@ import sys
 import gin
 import pytest
 
-from lmcor.cli.errors import DEBUG_ENV
+from lmcor.cli.command_errors import DEBUG_ENV
 from lmcor.data.pool import read_pool, write_pool
 from lmcor.evaluation import evaluate
 from lmcor.io_utils import read_lines

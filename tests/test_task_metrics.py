@@ -73,8 +73,9 @@ def test_the_tables_metrics_come_from_the_task_registrations():
     assert task_metrics("wmt_lmcor") == task_metrics("wmt22") == ("chrf", "bleu")
     assert task_metrics("wmt_lmcor_mix") == ("chrf", "bleu")
     assert task_metrics("xsum_lmcor") == ("rougeL", "bleu")
-    with pytest.raises(ValueError, match=r"no registered task declares its metrics; .*"
-                                         r"evaluation\.metric_names"):
+    with pytest.raises(ValueError, match=r"'no_such_dataset' .*no such task or mixture; its "
+                                         r"registered task declares the table's metrics \(or "
+                                         r"bind evaluation\.metric_names\)$"):
         task_metrics("no_such_dataset")
     # Given explicitly, the metrics need no registration.
     assert evaluate.evaluation(task="no_such_dataset", out_dir="/tmp/x", pool="/p",

@@ -9,7 +9,7 @@ import pytest
 
 from _train_worker import BASE_BINDINGS, reverse_arrays
 from lmcor.cli import train_command as train_lib
-from lmcor.training import data as data_lib
+from lmcor.training import batches
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +27,9 @@ def test_row_examples_counts_the_packed_segments_that_carry_loss():
                         [0, 0, 1, 1, 1, 1],
                         [0, 1, 0, 0, 0, 0]], np.float32)
     packed = {"decoder_loss_weights": weights, "decoder_segment_ids": segments}
-    np.testing.assert_array_equal(data_lib.row_examples(packed), [3, 1, 1])
+    np.testing.assert_array_equal(batches.row_examples(packed), [3, 1, 1])
     unpacked = {"decoder_loss_weights": weights[:, ::-1] * 0 + np.array([[1], [0], [1]])}
-    np.testing.assert_array_equal(data_lib.row_examples(unpacked), [1, 0, 1])
+    np.testing.assert_array_equal(batches.row_examples(unpacked), [1, 0, 1])
 
 
 def test_examples_per_step_follow_the_shuffled_batches():
@@ -40,8 +40,8 @@ def test_examples_per_step_follow_the_shuffled_batches():
         segments[i, :2 * k] = np.repeat(np.arange(1, k + 1), 2)
     arrays = {"decoder_loss_weights": (segments > 0).astype(np.float32),
               "decoder_segment_ids": segments, "decoder_input_tokens": segments}
-    source = data_lib.BatchSource(data_lib.split_shards(arrays, 1, [0]), 1, 4, seed=3)
-    want = [data_lib.row_examples(source.batch(t)).sum() for t in range(10)]  # crosses epochs
+    source = batches.BatchSource(batches.split_shards(arrays, 1, [0]), 1, 4, seed=3)
+    want = [batches.row_examples(source.batch(t)).sum() for t in range(10)]  # crosses epochs
     np.testing.assert_array_equal(source.examples_per_step(10), want)
 
 
@@ -106,7 +106,7 @@ def test_patience_without_a_metric_is_refused(tmp_path):
 def test_reverse_rows_hold_one_example_each():
     # The arithmetic above assumes it: the reverse task's rows are unpacked, one example each.
     arrays = reverse_arrays(16)
-    np.testing.assert_array_equal(data_lib.row_examples(arrays), np.ones(16))
+    np.testing.assert_array_equal(batches.row_examples(arrays), np.ones(16))
 
 
 # A tiny Gemma trained the cheap way (as in tests/test_train_resume.py), for the released

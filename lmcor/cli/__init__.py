@@ -8,7 +8,7 @@ flags that need no configurable run before their module is imported, which for t
 JAX, TensorFlow and SeqIO (10-20 s).
 
 Modules:
-  * `errors`       - a command's mistake as one line on stderr, exit status 2;
+  * `command_errors` - a command's mistake as one line on stderr, exit status 2;
   * `gin_values`, `gin_errors`, `gin_checks` - Gin values, one-line Gin errors, checks gin omits;
   * `gin_flags`    - --gin_file / --gin.NAME=VALUE: finding, reading and parsing them;
   * `gin_command`  - a Gin command's help, and `check_gin_flags`: every up-front flag check;

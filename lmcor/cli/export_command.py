@@ -10,7 +10,7 @@ import os
 import sys
 
 from lmcor.cli import gin_flags
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.cli.gin_command import check_gin_flags, one_line_parser
 from lmcor.inference import export
 from lmcor.paths import RUN_CONFIG

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.cli.gin_command import one_line_parser
 
 

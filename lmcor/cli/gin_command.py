@@ -8,7 +8,7 @@ import os
 import textwrap
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from lmcor.cli.errors import DEBUG_ENV, report_error
+from lmcor.cli.command_errors import DEBUG_ENV, report_error
 from lmcor.cli.gin_flags import (check_gin_binding, command_line, read_gin_file,
                                  resolve_gin_file, split_gin_flags)
 from lmcor.cli.gin_checks import check_renamed, check_statements

@@ -11,7 +11,7 @@ import sys
 
 from lmcor import cli
 from lmcor.cli import gin_flags
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.cli.gin_command import GinFlags
 
 

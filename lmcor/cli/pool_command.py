@@ -13,7 +13,7 @@ import sys
 
 from tqdm import tqdm
 
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.data import pool_import, pool_release
 from lmcor.data.importers import IMPORTERS
 from lmcor.data.pool import PoolStats, read_pool, resolve_pool_path

@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.evaluation import published, report
 from lmcor.paths import REPO_ROOT
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from lmcor import cli
 from lmcor.cli import distributed, gin_flags
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.cli.gin_command import GinFlags
 from lmcor.data.pool_schema import PoolError
 from lmcor.sampling.backends.base import BackendError

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Dict, List, Optional
 
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor import metrics
 from lmcor.data.text_files import read_aligned_text
 

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 from absl import logging
 
 from lmcor.cli import gin_flags
-from lmcor.cli.errors import report_error
+from lmcor.cli.command_errors import report_error
 from lmcor.cli.gin_command import check_gin_flags
 from lmcor.paths import RUN_CONFIG
 from lmcor.serve.app import ServeApp

@@ -58,9 +58,17 @@ def task_metrics(task: str) -> Tuple[str, ...]:
     if name in mixtures:
         name = seqio.get_mixture_or_task(name).tasks[0].name
     if name not in tasks:
-        raise ValueError(f"evaluation.task={task!r}: no registered task declares its metrics; "
-                         "register one (tasks/) or bind evaluation.metric_names")
+        raise _no_such_task(task, tasks | mixtures, "its registered task declares the table's "
+                            "metrics (or bind evaluation.metric_names)")
     return table_metrics(seqio.get_mixture_or_task(name).metric_fns)
+
+
+def _no_such_task(task: str, names, otherwise: str = "") -> ValueError:
+    """The error for a task name nothing registered: the closest one, else `otherwise`."""
+    close = next(iter(difflib.get_close_matches(task, sorted(names), n=1)), None)
+    hint = f"did you mean {close!r}?" if close else otherwise
+    return ValueError(f"evaluation.task={task!r} (MIXTURE_OR_TASK_NAME): no such task or "
+                      "mixture" + (f"; {hint}" if hint else ""))
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -107,9 +115,7 @@ def _task_source(task: str):
     import lmcor.tasks  # noqa: F401  (registers the tasks)
     names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if task not in names:  # asked first: seqio logs every task it knows before it refuses
-        close = next(iter(difflib.get_close_matches(task, sorted(names), n=1)), None)
-        raise ValueError(f"evaluation.task={task!r} (MIXTURE_OR_TASK_NAME): no such task or "
-                         "mixture" + (f"; did you mean {close!r}?" if close else ""))
+        raise _no_such_task(task, names)
     source = getattr(seqio.get_mixture_or_task(task), "source", None)
     if not hasattr(source, "records"):  # a mixture, or a TFDS-prepared pool
         raise ValueError(f"evaluation.task={task!r}: not a task over Python pool records; "

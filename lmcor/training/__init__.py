@@ -6,7 +6,7 @@ Gin).
   * `peft`         - LoRA adapters, frozen layers and what trains;
   * `frozen_cache` - a frozen bottom stack's output, computed once per row;
   * `seqio_data`   - training rows from SeqIO tasks, through the feature converters;
-  * `data`         - deterministic, resumable batches keyed by step;
+  * `batches`      - deterministic, resumable batches keyed by step;
   * `state`        - train state, optimizers and schedules;
   * `step`         - the loss and the jitted, sharded train step;
   * `validation`   - validation during training: decode the hold-out and score it;

@@ -23,7 +23,7 @@ from lmcor.checkpoints.bundled import BUNDLED, bundled_gemma_gguf_path
 from lmcor.data.task_vocab import TaskVocab
 from lmcor.models import partitioning
 from lmcor.training import peft
-from lmcor.training.data import most_loss_tokens
+from lmcor.training.batches import most_loss_tokens
 from lmcor.models import gin_presets  # noqa: F401  (a run's config.gin binds t5_config)
 from lmcor.models.gemma import LORA_TARGETS, Gemma3, GemmaConfig
 from lmcor.models.t5 import T5, T5Config

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.io_utils import atomic_write_text
 from lmcor.models import partitioning
-from lmcor.training import budget, checkpointing, data as data_lib, frozen_cache
+from lmcor.training import batches, budget, checkpointing, frozen_cache
 from lmcor.training import state as state_lib
 from lmcor.training import step as step_lib
 from lmcor.training import builders  # noqa: F401  (registers the model builders with gin)
@@ -60,7 +60,7 @@ def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Op
     if num % jax.process_count():
         raise ValueError(f"data_shards={num} must be a multiple of the {jax.process_count()} hosts")
     owned = [s for s in range(num) if s % jax.process_count() == jax.process_index()]
-    return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed,
+    return batches.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed,
                                 length_buckets=length_buckets)
 
 
@@ -179,7 +179,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     when an evaluator is set, a final evaluation: "train for 15 minutes" on a shared machine.
 
     `length_buckets` (decoder-only rows, e.g. `seqio_train_data.share_inputs`): length-grouped
-    batches cut to the bucket of their longest row (training/data.py), so a step computes
+    batches cut to the bucket of their longest row (training/batches.py), so a step computes
     neither the padding nor attention across the longest row's width.
 
     `data(num_shards, owned_shards) -> {shard: {feature: np.ndarray}}` (see training/data.py);

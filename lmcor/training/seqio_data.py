@@ -1,6 +1,6 @@
 """Training data from SeqIO tasks/mixtures: this host's data shards, run through the model's
 feature converter (packing on by default) and held in memory as fixed-shape numpy arrays, which
-`training.data.BatchSource` turns into step-keyed batches (exact resume, no iterator state).
+`training.batches.BatchSource` turns into step-keyed batches (exact resume, no iterator state).
 
 Also `task_spm_model`, so a Gin file can bind a task vocabulary trained on the task's own text:
 `task_vocabulary.spm_model = @task_spm_model()`.
