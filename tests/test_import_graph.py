@@ -163,9 +163,10 @@ def test_lmcor_modules_import_in_stage_order():
 
 def test_no_library_module_imports_the_cli():
     graph = import_graph(REPO)
-    library = [m for m in graph if layer(m) != STAGES.index(CLI) and not is_entry_point(m)]
+    cli = STAGES.index(CLI)
+    library = [m for m in graph if layer(m) != cli and not is_entry_point(m)]
     assert len(library) > 50
-    bad = [f"{m} -> {t}" for m in library for t in sorted(graph[m]) if layer(t) == STAGES.index(CLI)]
+    bad = [f"{m} -> {t}" for m in library for t in sorted(graph[m]) if layer(t) == cli]
     assert not bad, "library code imports lmcor.cli: " + ", ".join(bad)
 
 
