@@ -1,7 +1,9 @@
-"""The front page and the docs: every relative link names a file that exists, and the README
-stays a front page (its length is part of the design: details live in docs/)."""
+"""The front page and the docs: every relative link names a file that exists, every file path
+and `lmcor.*` module they name exists, and the README stays a front page (its length is part of
+the design: details live in docs/)."""
 import glob
 import os
+import pathlib
 import re
 
 import pytest
@@ -12,6 +14,10 @@ DOCS = ["README.md", "benchmarks/README.md", "launch/README.md"] + sorted(
     os.path.relpath(p, paths.REPO_ROOT)
     for p in glob.glob(os.path.join(paths.REPO_ROOT, "docs", "*.md")))
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
+# A repository path in backquotes (placeholders such as <dataset> and globs are skipped), and
+# a dotted lmcor name: a module, maybe followed by one of its names.
+_PATH = re.compile(r"`((?:lmcor|tasks|tests|gin|benchmarks|scripts|launch|data)/[^`\s<*{]*)`")
+_DOTTED = re.compile(r"\blmcor(?:\.[A-Za-z_]\w*)+")
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -34,3 +40,33 @@ def test_readme_is_a_front_page():
         lines = f.read().splitlines()
     assert len(lines) <= 150
     assert "bash scripts/quickstart.sh" in lines and "bash scripts/test.sh" in lines
+
+
+def _module_file(parts):
+    """The source of the dotted module `parts` (lmcor.tasks.* lives in tasks/), or None."""
+    tasks = parts[:2] == ["lmcor", "tasks"]
+    path = pathlib.Path(paths.REPO_ROOT, "tasks" if tasks else "lmcor", *parts[2 if tasks else 1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_the_files_and_modules_a_doc_names_exist(doc):
+    """A page that names a file or module that moved sends its reader nowhere."""
+    with open(os.path.join(paths.REPO_ROOT, doc), encoding="utf-8") as f:
+        text = f.read()
+    missing = [p for p in _PATH.findall(text)
+               if not os.path.exists(os.path.join(paths.REPO_ROOT, p.split(":")[0]))]
+    for name in sorted(set(_DOTTED.findall(text))):
+        parts = name.split(".")
+        found = next(((k, _module_file(parts[:k])) for k in range(len(parts), 0, -1)
+                      if _module_file(parts[:k])), (0, None))
+        k, source = found
+        attr = parts[k] if source and k < len(parts) else None
+        if source is None or (attr and not re.search(
+                rf"^\s*(def|class)\s+{attr}\b|^\s*{attr}\s*[:=]|^\S.*import.*\b{attr}\b",
+                source.read_text(encoding="utf-8"), re.M)):
+            missing.append(name)
+    assert not missing, f"{doc}: names that do not exist: {missing}"
