@@ -14,7 +14,8 @@ from lmcor.data.task_vocab import TaskVocab
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow
+# The base weights are read by the fixtures, the LoRA run, export and the Corrector alike.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gemma_gguf_read_once")]
 
 NEW_TOKENS = 16
 

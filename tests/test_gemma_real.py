@@ -10,7 +10,8 @@ from lmcor.models.gemma import GemmaConfig, GemmaLM, quantize_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow
+# `ours` and `lmcor generate` read the same weights; dequantizing is checked here once, below.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gemma_gguf_read_once")]
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):",
            "Translate to German: The weather is nice today."]
