@@ -21,6 +21,7 @@ from lmcor.sampling import job as sample, prompts  # noqa: E402
 from lmcor.sampling.backends.base import SamplingParams  # noqa: E402
 from lmcor.sampling.backends.jax_lm import JaxBackend  # noqa: E402
 from lmcor.checkpoints.bundled import bundled_gemma_gguf_path  # noqa: E402
+from lmcor.paths import data_root  # noqa: E402
 
 
 def run_job(args, out_dir):
@@ -44,8 +45,8 @@ def run_job(args, out_dir):
 
 
 def job_prompt_ids(args, tokenizer):
-    examples = sample.load_split("e2e", sample.DEFAULT_DATA_DIR, "test", "evaluation")[:args.n]
-    demos = sample.load_split("e2e", sample.DEFAULT_DATA_DIR, "dev", "training")
+    examples = sample.load_split("e2e", data_root(), "test", "evaluation")[:args.n]
+    demos = sample.load_split("e2e", data_root(), "dev", "training")
     builder = prompts.PromptBuilder(prompts.PromptConfig("e2e_attributes", num_shots=5), demos)
     built = builder.build(examples)
     # The job decodes prompts sorted by length; so does this, for the same padding.

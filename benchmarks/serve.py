@@ -34,10 +34,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import numpy as np  # noqa: E402
 
-from lmcor.corrector import Corrector, CorrectorSettings  # noqa: E402
+from lmcor.inference.corrector import Corrector  # noqa: E402
+from lmcor.inference.settings import CorrectorSettings  # noqa: E402
 from lmcor.serve.app import ServeApp  # noqa: E402
 from lmcor.serve.server import Server  # noqa: E402
-from lmcor.upstream import HttpUpstream  # noqa: E402
+from lmcor.serve.upstream import HttpUpstream  # noqa: E402
 
 
 def rss_mib(field: str = "VmRSS") -> float:

@@ -22,7 +22,7 @@ def examples(n_records: int, max_in: int, max_out: int):
 
     from lmcor.data.importers import import_wmt
     from lmcor.data.corrector_input import CorrectorOptions, build_corrector_input
-    from lmcor.tasks.common import data_root
+    from lmcor.paths import data_root
     from lmcor.training.seqio_data import task_spm_model
 
     records = list(itertools.islice(import_wmt(data_root(), "wmt22"), n_records))
@@ -72,8 +72,8 @@ def ours(exs, config, args):
 
     from lmcor.models import partitioning
     from lmcor.models.t5 import T5
-    from lmcor.training import data as data_lib, state as state_lib, step as step_lib
-    from lmcor.training.models import EncDecModel
+    from lmcor.training import batches, state as state_lib, step as step_lib
+    from lmcor.training.builders import EncDecModel
 
     feats = pack(exs, args.max_in, args.max_out)
     rows = max(1, round(args.batch * len(feats["encoder_input_tokens"]) / len(exs)))
@@ -83,7 +83,7 @@ def ours(exs, config, args):
     opt = state_lib.make_optimizer(schedule)
     state, sh = state_lib.create_state(model.init_fn, opt, mesh, 0, model.rules)
     step = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh)
-    source = data_lib.BatchSource({0: feats}, 1, rows, seed=0)
+    source = batches.BatchSource({0: feats}, 1, rows, seed=0)
     tokens, start = 0, None
     with jax.set_mesh(mesh):
         for s in range(args.steps + args.warmup):

@@ -257,7 +257,7 @@ def lmcor_recipe(rows: Mapping[str, np.ndarray], args, **options) -> Dict:
 
     from lmcor.training import frozen_cache, state as state_lib
     from lmcor.training.loop import _global_batch
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     start = time.perf_counter()
     model = gemma_model(gguf="bundled", loss_positions="auto", **options)
@@ -304,10 +304,10 @@ def prepared_step(model, rows: Mapping[str, np.ndarray], work: str, batch: int, 
     import jax
 
     from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, state as state_lib, step as step_lib
+    from lmcor.training import batches, state as state_lib, step as step_lib
     from lmcor.training.loop import build_step
 
-    source = data_lib.BatchSource({0: {k: v.copy() for k, v in rows.items()}}, 1, batch, 0,
+    source = batches.BatchSource({0: {k: v.copy() for k, v in rows.items()}}, 1, batch, 0,
                                   shuffle=False, length_buckets=length_buckets)
     model = model.prepare(work, source)
     model = model.fit_to_data(source.most_loss_tokens_per_row())

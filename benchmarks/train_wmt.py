@@ -81,9 +81,9 @@ def run_recipe(rows: Dict[str, np.ndarray], cores: List[int], batch: int, microb
 
     import jax
 
-    from lmcor.training import data as data_lib, frozen_cache
+    from lmcor.training import batches, frozen_cache
     from lmcor.training.loop import _global_batch, _host_batch
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     start = time.perf_counter()
     model = gemma_model(gguf="bundled", loss_positions="auto", vocab="task", lora_rank=16,
@@ -122,7 +122,7 @@ def run_recipe(rows: Dict[str, np.ndarray], cores: List[int], batch: int, microb
             host, b = device_batch(s)
             state, metrics = step_fn(state, b, frozen)
             jax.block_until_ready(metrics)
-            counts += (data_lib.row_examples(host).sum(),
+            counts += (batches.row_examples(host).sum(),
                        int((host["decoder_loss_weights"] > 0).sum()),
                        int((host["decoder_segment_ids"] > 0).sum()))
     secs = time.perf_counter() - timed_start

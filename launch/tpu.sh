@@ -10,7 +10,7 @@
 # --setup    copies this checkout (git HEAD) to every worker (--worker=all), builds the venv
 #            there and adds the TPU build of the pinned jax.
 # Then each worker I gets, over its own `ssh --worker=I`, the same coordinator (worker 0's
-# internal IP, port 8476) and JAX_PROCESS_ID=I; lmcor.distributed.initialize() reads them.
+# internal IP, port 8476) and JAX_PROCESS_ID=I; lmcor.cli.distributed.initialize() reads them.
 # (JAX would also detect all of this from the TPU metadata; setting it explicitly makes the run
 # exactly what --dry_run prints.) --dry_run prints every gcloud command instead of running it;
 # the worker count and IP then come from --num_workers/--coordinator_ip, not from gcloud.

@@ -14,11 +14,11 @@ LMCOR=${LMCOR:-.venv/bin/lmcor}
 TABLES=${TABLES:-e2e jfleg wmt}
 toy=()
 if [[ "${TOY:-0}" == 1 ]]; then
-  toy=(--gin.TRAIN_STEPS=2 --gin.quickstart.test_examples=4
-       "--gin.quickstart.budget={'examples': 8, 'eval_every_examples': 8}"
+  toy=(--gin.TRAIN_STEPS=2 --gin.pipeline.test_examples=4
+       "--gin.pipeline.budget={'examples': 8, 'eval_every_examples': 8}"
        # Batch 1: a batch of 4 WMT paragraph rows (2,048 + 448 tokens) needs more than 16 GB.
-       "--gin.quickstart.train_overrides=['--gin.BATCH_SIZE=1', '--gin.Evaluator.max_examples=4']"
-       "--gin.quickstart.evaluate_overrides=[]")
+       "--gin.pipeline.train_overrides=['--gin.BATCH_SIZE=1', '--gin.Evaluator.max_examples=4']"
+       "--gin.pipeline.evaluate_overrides=[]")
 fi
 start=$SECONDS
 for table in $TABLES; do

@@ -5,7 +5,8 @@ package registers them. It is installed as `lmcor.tasks` (setup.py package_dir).
     import lmcor.tasks  # noqa: F401  (registers e2e_*, jfleg_*, wmt*_*, xsum_*, conll14_*)
 
 Modules:
-  * `common`  - the data root, pool overrides, hold-out split and task/mixture registration;
+  * `common`  - pool overrides, the hold-out split, and task/mixture registration (a name
+                registered twice raises);
   * `e2e`, `jfleg`, `wmt`, `xsum`, `conll14` - one dataset each: its records and tasks.
 
 See docs/tasks.md for the task names, splits, sizes and Gin knobs.

@@ -7,7 +7,6 @@ feature, JSON) and the metric functions score against all of them.
 """
 import functools
 import hashlib
-import os
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import gin
@@ -16,7 +15,6 @@ import tensorflow as tf
 
 from lmcor.data import preprocessors as pp
 from lmcor.data.corrector_input import VARIANTS
-from lmcor.config import REPO_ROOT
 from lmcor.data.pool import read_pool, resolve_pool_path
 from lmcor.data.vocab import TASK_VOCAB
 
@@ -27,12 +25,6 @@ OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True, required=False),
     "targets": seqio.Feature(vocabulary=TASK_VOCAB, add_eos=True),
 }
-
-@gin.configurable
-def data_root(path: Optional[str] = None) -> str:
-    """Where the raw datasets live: Gin, else $LMCOR_DATA_DIR, else ../shared/data."""
-    return path or os.environ.get("LMCOR_DATA_DIR") or os.path.join(os.path.dirname(REPO_ROOT),
-                                                                    "shared", "data")
 
 
 @gin.configurable
@@ -129,8 +121,8 @@ def source_and_references_postprocessor(output, example=None, is_target=False):
 
 def _add_task(name: str, source: seqio.DataSource, variant: str, metric_fns: Sequence,
               postprocess_fn: Callable, generators: Optional[Sequence[str]]) -> None:
-    if name in seqio.TaskRegistry.names():
-        return  # importing a task module twice must not fail
+    # A name registered twice raises (SeqIO's ValueError): a second task under one name would
+    # silently keep the first one's data and metrics.
     seqio.TaskRegistry.add(
         name, source=source, output_features=OUTPUT_FEATURES,
         # Cache point first: the corrector input depends on Gin (k, order, budget) and on the
@@ -146,7 +138,9 @@ def register_variants(name: str, source: seqio.DataSource, metric_fns: Sequence,
                       postprocess_fn: Callable = references_postprocessor,
                       generators: Optional[Sequence[str]] = None,
                       variants: Sequence[str] = VARIANTS) -> Sequence[str]:
-    """Register `<name>_<variant>` for each variant over one data source; return the names."""
+    """Register `<name>_<variant>` for each variant over one data source; return the names. The
+    task's `metric_fns` are its dataset's metrics everywhere: training-time validation and
+    `lmcor evaluate`'s table (lmcor.metrics.table_metrics), main metric first."""
     names = []
     for variant in variants:
         names.append(f"{name}_{variant}")
@@ -172,6 +166,6 @@ def register_pool_task(name: str, pool_dir_by_split: Optional[Mapping[str, str]]
 
 
 def register_mixture(name: str, task_names: Sequence[str]) -> None:
-    """A mixture weighted by each task's number of training records."""
-    if name not in seqio.MixtureRegistry.names():
-        seqio.MixtureRegistry.add(name, list(task_names), default_rate=seqio.mixing_rate_num_examples)
+    """A mixture weighted by each task's number of training records; a name registered twice
+    raises, as a task's does."""
+    seqio.MixtureRegistry.add(name, list(task_names), default_rate=seqio.mixing_rate_num_examples)

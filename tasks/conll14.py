@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import gin
 
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import DatasetError
 from lmcor.tasks import common
 

@@ -5,8 +5,9 @@ original MR, deterministically: ~10% of original MRs (and every cleaned MR deriv
 go to `validation`, so no restaurant description leaks between the two. `test` is the cleaned
 test set (1,847 MRs, 4,693 references). Metrics: BLEU, ROUGE, chrF.
 """
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import import_e2e
+from lmcor.paths import data_root
 from lmcor.tasks import common
 
 VALIDATION_PERCENT = 10
@@ -14,7 +15,7 @@ METRIC_FNS = (metrics.seqio_bleu, metrics.seqio_rouge, metrics.seqio_chrf)
 
 
 def _raw(split: str):
-    return common.records_or_pool("e2e", split, lambda: import_e2e(common.data_root(), split))
+    return common.records_or_pool("e2e", split, lambda: import_e2e(data_root(), split))
 
 
 def _group_key(rec: dict) -> str:

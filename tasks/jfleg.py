@@ -4,8 +4,9 @@ Only dev (754) and test (747) exist, so the dev set is split deterministically b
 sentence: ~10% to `validation`, the rest to `train`; `test` is the JFLEG test set.
 Metric: GLEU (which also reads the source).
 """
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import import_jfleg
+from lmcor.paths import data_root
 from lmcor.tasks import common
 
 VALIDATION_PERCENT = 10
@@ -13,7 +14,7 @@ METRIC_FNS = (metrics.seqio_gleu,)
 
 
 def _raw(split: str):
-    return common.records_or_pool("jfleg", split, lambda: import_jfleg(common.data_root(), split))
+    return common.records_or_pool("jfleg", split, lambda: import_jfleg(data_root(), split))
 
 
 def train_records():

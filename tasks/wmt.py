@@ -21,9 +21,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data import paragraphs
 from lmcor.data.importers import import_wmt
+from lmcor.paths import data_root
 from lmcor.tasks import common
 
 YEARS = ("wmt21", "wmt22", "wmt23")
@@ -33,7 +34,7 @@ METRIC_FNS = (metrics.seqio_chrf, metrics.seqio_bleu)
 
 
 def year_records(year: str):
-    return common.records_or_pool(year, "test", lambda: import_wmt(common.data_root(), year))
+    return common.records_or_pool(year, "test", lambda: import_wmt(data_root(), year))
 
 
 @gin.configurable
@@ -86,7 +87,7 @@ def _year_source(year: str) -> common.PoolDataSource:
 
 def systems(year: str) -> List[str]:
     """Names of the systems submitted for `year` (empty when the data is not on this machine)."""
-    folder = os.path.join(common.data_root(), "wmt_en_de", year, "systems")
+    folder = os.path.join(data_root(), "wmt_en_de", year, "systems")
     if not os.path.isdir(folder):
         return []
     return sorted(n[:-len(".de")] for n in os.listdir(folder) if n.endswith(".de"))

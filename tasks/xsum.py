@@ -1,4 +1,4 @@
-"""XSum (extreme summarization): BBC article -> its one-sentence summary. Metric: ROUGE.
+"""XSum (extreme summarization): BBC article -> its one-sentence summary. Metrics: ROUGE, BLEU.
 
 Not shipped here: point `xsum_data.path` at either
   * the original release: `XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json` (ids per split) next to
@@ -14,13 +14,13 @@ from typing import Iterator, Optional
 
 import gin
 
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.data.importers import DatasetError
 from lmcor.tasks import common
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FILE = "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json"
-METRIC_FNS = (metrics.seqio_rouge,)
+METRIC_FNS = (metrics.seqio_rouge, metrics.seqio_bleu)
 # Social-media boilerplate lines of the BBC pages, dropped as the reference loaders do.
 _BOILERPLATE = {"Share this with", "Email", "Facebook", "Messenger", "Twitter", "Pinterest",
                 "WhatsApp", "Linkedin", "LinkedIn", "Copy this link",

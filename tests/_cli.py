@@ -12,8 +12,8 @@ def run_pool(argv, capsys):
     """`lmcor pool ARGV` in this process: (exit status, its JSON output or None, stderr)."""
     import json
 
-    from lmcor.data import pool_cli
+    from lmcor.cli import pool_command
 
-    code = pool_cli.main([str(a) for a in argv])
+    code = pool_command.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, (json.loads(out) if code == 0 else None), err

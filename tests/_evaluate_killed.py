@@ -16,7 +16,7 @@ def config(out_dir: str, pool: str, model_dir: str) -> "evaluate.EvalConfig":
 
 
 def main(out_dir: str, pool: str, model_dir: str, kill_at: int) -> None:
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     decode_ids, calls = Corrector.decode_ids, []
 

@@ -2,7 +2,7 @@
 
 usage: python tests/_multihost_worker.py TEXT_FILE OUT_DIR   (JAX_* variables name the host)
 
-Joins the job through `lmcor.distributed.initialize`, streams TEXT_FILE's lines through
+Joins the job through `lmcor.cli.distributed.initialize`, streams TEXT_FILE's lines through
 `host_shard`, runs two cross-process collectives over what it read, and writes
 OUT_DIR/host{process_index}.json for the test to check.
 """
@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from lmcor import distributed  # noqa: E402
+from lmcor.cli import distributed  # noqa: E402
+from lmcor.data.host_shard import host_shard  # noqa: E402
 
 
 def read_lines(path):
@@ -43,7 +44,7 @@ def main(text_file: str, out_dir: str) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     info = distributed.initialize(timeout_s=60)
     ids, chars = [], 0
-    for index, line in distributed.host_shard(read_lines(text_file)):
+    for index, line in host_shard(read_lines(text_file)):
         ids.append(index)
         chars += len(line)
     counts = multihost_utils.process_allgather(np.asarray(len(ids), dtype=np.int32))

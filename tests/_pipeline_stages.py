@@ -1,5 +1,5 @@
-"""Pipeline stages recorded instead of run, for tests of what a quickstart pipeline plans."""
-from lmcor import quickstart
+"""Pipeline stages recorded instead of run, for tests of what a pipeline plans."""
+from lmcor.pipeline.stages import Stages
 
 
 class Planned(Exception):
@@ -19,5 +19,5 @@ def record_stages(monkeypatch) -> list:
             raise Planned
         stages.append((name, command, rest))
 
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    monkeypatch.setattr(Stages, "run", record)
     return stages

@@ -9,10 +9,10 @@ import time
 import urllib.error
 import urllib.request
 
-from lmcor.corrector import CorrectorSettings
+from lmcor.inference.settings import CorrectorSettings
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
-from lmcor.upstream import HttpUpstream
+from lmcor.serve.upstream import HttpUpstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import sentencepiece as spm
 
-from lmcor.corrector import Corrector, CorrectorSettings
+from lmcor.inference.corrector import Corrector
+from lmcor.inference.settings import CorrectorSettings
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.models.t5 import T5, T5Config
 
@@ -47,10 +48,10 @@ def write_model_dir(model_dir, spm_path: str, params, extra_gin: str = "", step:
     an existing MODEL_DIR it adds the checkpoint `step`, as a run that trained on would.
     `overrides`: T5Config fields of the tiny preset to change (params of that shape)."""
     from lmcor.models import partitioning
-    from lmcor.training import checkpointing, models, state as state_lib
+    from lmcor.training import builders, checkpointing, state as state_lib
 
     config = tiny_config(spm_path)
-    model = models.t5_model(preset="tiny", vocab_size=config.vocab_size, **overrides)
+    model = builders.t5_model(preset="tiny", vocab_size=config.vocab_size, **overrides)
     optimizer = state_lib.make_optimizer(state_lib.make_schedule())
     state, _ = state_lib.create_state(model.init_fn, optimizer, partitioning.make_mesh(1, 1),
                                       seed=3, init_params=params)

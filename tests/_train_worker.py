@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lmcor import train as train_lib  # noqa: E402
-from lmcor.training import data as data_lib  # noqa: E402
+from lmcor.cli import train_command as train_lib  # noqa: E402
+from lmcor.training import batches  # noqa: E402
 
 BASE_BINDINGS = (
     "train.model = @t5_model()",
@@ -62,7 +62,7 @@ def reverse_task(num_shards, owned_shards, num_examples: int = 64, poison: int =
     arrays = reverse_arrays(num_examples)
     if poison >= 0:
         arrays["decoder_loss_weights"][poison, 0] = np.nan
-    return data_lib.split_shards(arrays, num_shards, owned_shards)
+    return batches.split_shards(arrays, num_shards, owned_shards)
 
 
 @gin.configurable
@@ -74,7 +74,7 @@ def reverse_prefix_task(num_shards, owned_shards, num_examples: int = 64, vocab:
     rows = np.concatenate([enc, tgt], axis=1)
     weights = np.concatenate([np.zeros_like(enc, np.float32), (tgt > 0).astype(np.float32)], 1)
     shifted = np.concatenate([rows[:, 1:], np.zeros((len(rows), 1), np.int32)], axis=1)
-    return data_lib.split_shards({"decoder_input_tokens": rows, "decoder_target_tokens": shifted,
+    return batches.split_shards({"decoder_input_tokens": rows, "decoder_target_tokens": shifted,
                                   "decoder_loss_weights": weights}, num_shards, owned_shards)
 
 

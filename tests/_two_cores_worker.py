@@ -18,9 +18,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lmcor.models import partitioning  # noqa: E402
-from lmcor.training import data as data_lib, grouped_rows, state as state_lib  # noqa: E402
+from lmcor.training import batches, grouped_rows, state as state_lib  # noqa: E402
 from lmcor.training.loop import _global_batch, _host_batch, build_step  # noqa: E402
-from lmcor.training.models import gemma_model  # noqa: E402
+from lmcor.training.builders import gemma_model  # noqa: E402
 
 STEPS, BATCH = 3, 4
 
@@ -34,7 +34,7 @@ def groups(n: int = 12):
 
 def main() -> None:
     rows = grouped_rows.grouped_rows(groups(), 128, bos_id=2)
-    source = data_lib.BatchSource({0: rows}, 1, BATCH, seed=0, length_buckets=(32, 64, 128))
+    source = batches.BatchSource({0: rows}, 1, BATCH, seed=0, length_buckets=(32, 64, 128))
     model = gemma_model(preset="tiny", lora_rank=4, freeze_embeddings=True, freeze_layers=3,
                         dtype="bfloat16", d_model=128, d_ff=512)
     mesh = partitioning.make_mesh(1, 1)

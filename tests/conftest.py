@@ -28,6 +28,33 @@ def gemma_gguf_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma_gguf_read_once():
+    """Gemma 3 270M dequantized once per test process: every later load of the same GGUF file
+    (a test's own, or one inside export, a Corrector or `lmcor generate`) gets the same arrays.
+    Dequantizing is what the GGUF tests check; the tests asking for this fixture only need the
+    weights, several times. JAX arrays cannot be changed in place, and each load gets its own
+    dict tree, so no test sees another's edits."""
+    import jax
+
+    from lmcor.checkpoints import gguf
+
+    read = gguf.load_gemma_gguf
+    loaded = {}
+
+    def load_once(path):
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in loaded:
+            loaded[key] = read(path)
+        config, params = loaded[key]
+        return config, jax.tree.map(lambda x: x, params)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "load_gemma_gguf", load_once)
+        yield
+
+
+@pytest.fixture(scope="session")
 def wmt22_pool(data_dir, tmp_path_factory):
     """`wmt22_pool(n)`: the folder of a pool holding the first n WMT22 examples (built once)."""
     import itertools

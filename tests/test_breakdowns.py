@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from lmcor.evaluation import breakdowns, evaluate, inputs, metrics
+from lmcor import metrics
+from lmcor.evaluation import breakdowns, evaluate, inputs
 from lmcor.data.importers import import_e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

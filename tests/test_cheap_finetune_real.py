@@ -14,7 +14,8 @@ from lmcor.data.task_vocab import TaskVocab
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow
+# The base weights are read by the fixtures, the LoRA run, export and the Corrector alike.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gemma_gguf_read_once")]
 
 NEW_TOKENS = 16
 
@@ -34,7 +35,7 @@ def e2e_inputs(data_dir):
 
 @pytest.fixture(scope="module")
 def base(gemma_gguf_path):
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
     return gemma_model(gguf=gemma_gguf_path)
 
 
@@ -105,7 +106,7 @@ def _write_lora_run(model_dir, gguf_path, base):
     the export of a task vocabulary is checked in tests/test_peft.py.)"""
     from lmcor.models import partitioning
     from lmcor.training import checkpointing, peft, state as state_lib
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     model = dataclasses.replace(gemma_model(gguf=gguf_path, lora_rank=4, freeze_embeddings=True),
                                 pretrained_params=base.pretrained_params)
@@ -135,13 +136,13 @@ def _write_lora_run(model_dir, gguf_path, base):
 
 def test_export_decodes_in_transformers_as_lmcor_does(tmp_path, gemma_gguf_path, base,
                                                       e2e_inputs, tokenizer):
-    from lmcor import export
-    from lmcor.corrector import Corrector
+    from lmcor.cli import export_command
+    from lmcor.inference.corrector import Corrector
 
     run = tmp_path / "run"
     run.mkdir()
     _write_lora_run(run, gemma_gguf_path, base)
-    assert export.main([str(run), f"--out={tmp_path / 'hf'}"]) == 0
+    assert export_command.main([str(run), f"--out={tmp_path / 'hf'}"]) == 0
     corrector = Corrector.from_model_dir(str(run))
     ours = corrector.decode_ids([corrector.tokenize(t) for t in e2e_inputs])[0]
     torch.set_num_threads(2)
@@ -167,9 +168,9 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
     E2E rows (source -> first reference): a few AdamW steps lower their loss."""
     from lmcor.data.importers import import_e2e
     from lmcor.models import partitioning
-    from lmcor.training import data as data_lib, state as state_lib
+    from lmcor.training import batches, state as state_lib
     from lmcor.training.loop import build_step
-    from lmcor.training.models import gemma_model
+    from lmcor.training.builders import gemma_model
 
     refs = [r["references"][0] for r in itertools.islice(import_e2e(str(data_dir), "test"), 2)]
     width = 160
@@ -183,7 +184,7 @@ def test_lora_loss_falls_on_real_e2e_rows(tmp_path, gemma_gguf_path, base, e2e_i
         rows["decoder_target_tokens"][i, :len(seq) - 1] = seq[1:]
         weights[i, len(prefix) - 1:len(seq) - 1] = 1
     rows["decoder_loss_weights"] = weights
-    source = data_lib.BatchSource({0: rows}, 1, 2, 0, shuffle=False)
+    source = batches.BatchSource({0: rows}, 1, 2, 0, shuffle=False)
     model = dataclasses.replace(
         gemma_model(gguf=gemma_gguf_path, vocab="task", lora_rank=16, freeze_embeddings=True,
                     freeze_layers=12, loss_positions="auto"),

@@ -14,7 +14,8 @@ import gin
 import pytest
 
 from lmcor import cli
-from lmcor import config as gin_config
+from lmcor import paths
+from lmcor.cli import gin_flags
 
 from _cli import one_line_error
 
@@ -49,7 +50,7 @@ def _fresh(cases):
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(json.dumps({'results': results, 'heavy': heavy}))\n")
     done = subprocess.run([sys.executable, "-P", "-c", script, json.dumps(cases)],
-                          cwd=gin_config.REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.splitlines()[-1])
     return report["results"], report["heavy"]
@@ -59,7 +60,7 @@ def _python_m(module: str, *args: str):
     """(exit status, stdout, stderr, heavy modules imported) of `python -m module args`, the
     imports read from `-X importtime`."""
     done = subprocess.run([sys.executable, "-P", "-X", "importtime", "-m", module, *args],
-                          cwd=gin_config.REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=120)
     lines = done.stderr.splitlines()
     imported = {line.rsplit("|", 1)[-1].strip() for line in lines
                 if line.startswith("import time:")}
@@ -86,7 +87,7 @@ def test_every_command_has_a_help_that_imports_no_heavy_library():
 @pytest.mark.parametrize("argv,command", [
     (["lmcor.cli", "train"], "train"), (["lmcor.cli", "evaluate"], "evaluate"),
     (["lmcor.cli", "quickstart"], "quickstart"), (["lmcor.sampling"], "sample"),
-    (["lmcor.generate"], "generate")])
+    (["lmcor.cli", "generate"], "generate"), (["lmcor.serve"], "serve")])
 def test_python_m_help_is_the_command_help_without_heavy_imports(argv, command):
     code, out, err, heavy = _python_m(*argv, "--help")
     print(f"python -m {' '.join(argv)} --help imported:", heavy)
@@ -95,7 +96,7 @@ def test_python_m_help_is_the_command_help_without_heavy_imports(argv, command):
 
 
 @pytest.mark.parametrize("module,command", [("lmcor.evaluation.evaluate", "evaluate"),
-                                            ("lmcor.quickstart", "quickstart")])
+                                            ("lmcor.pipeline.table", "pipeline")])
 def test_a_gin_command_module_run_as_a_script_names_the_command_instead(module, command):
     """Run as __main__, the module's configurables would be registered a second time when a
     Gin file imports it by name: it exits 1 with the command line to use."""
@@ -128,7 +129,7 @@ def test_gin_command_help_lists_flags_and_main_macros(command, macros, capsys):
 
 def test_the_macros_a_help_lists_are_read_by_the_gin_files():
     """A help must not advertise a macro no Gin file reads (`%NAME`): binding it would fail."""
-    text = "\n".join(p.read_text() for p in pathlib.Path(gin_config.GIN_DIR).rglob("*.gin"))
+    text = "\n".join(p.read_text() for p in pathlib.Path(paths.GIN_DIR).rglob("*.gin"))
     for name in GIN_COMMANDS:
         for macro, _ in cli.GIN_COMMANDS[name].macros:
             assert f"%{macro}" in text, (name, macro)
@@ -187,28 +188,53 @@ def test_flag_and_file_mistakes_are_one_line_before_any_heavy_import(tmp_path):
     assert "gin file not found: 'nope.gin'" in one_line_error(err, "train")
 
 
+def test_the_old_quickstart_binding_names_fail_naming_the_new_ones(tmp_path, capsys):
+    """`quickstart.*` is now `pipeline.*`: a file or flag still using the old name is refused in
+    one line naming the binding to write, before anything is imported; so is a library caller
+    parsing the old name after the imports."""
+    old = tmp_path / "old.gin"
+    old.write_text("include 'runs/quickstart.gin'\n\nquickstart.test_examples = 8\n")
+    cases = [["pipeline", f"--gin_file={old}"],
+             ["quickstart", "--gin.quickstart.test_examples=24"],
+             ["pipeline", "--gin_file=runs/quickstart.gin", "--gin.eval/quickstart.rows=[]"]]
+    wants = [rf"^bad gin file {old}: quickstart\.test_examples was renamed "
+             r"pipeline\.test_examples \(line 3\)$",
+             r"^--gin\.quickstart\.test_examples=24: quickstart\.test_examples was renamed "
+             r"pipeline\.test_examples$",
+             r"eval/quickstart\.rows was renamed eval/pipeline\.rows$"]
+    results, heavy = _fresh(cases)
+    assert heavy == []
+    for argv, want, got in zip(cases, wants, results):
+        assert got["rc"] == 2 and got["out"] == "", (argv, got)
+        assert re.search(want, one_line_error(got["err"], argv[0])), (argv, got["err"])
+    import lmcor.pipeline.table  # noqa: F401  (registers `pipeline`)
+
+    with pytest.raises(gin_flags.GinError, match=r"quickstart was renamed pipeline"):
+        gin_flags.parse_gin([], ["quickstart.rows = []"], finalize=False)
+
+
 def test_pipeline_errors_name_the_pipeline(capsys):
     assert cli.main(["pipeline", "--gin_file=nope.gin"]) == 2
     assert "gin file not found" in one_line_error(capsys.readouterr().err, "pipeline")
 
 
 def test_export_flag_mistakes_are_one_line(tmp_path, capsys):
-    from lmcor import export
+    from lmcor.cli import export_command
 
     with pytest.raises(SystemExit) as exit_:
-        export.main([str(tmp_path), f"--out={tmp_path / 'out'}", "--gin.MODEL_DIR"])
+        export_command.main([str(tmp_path), f"--out={tmp_path / 'out'}", "--gin.MODEL_DIR"])
     assert exit_.value.code == 2
     assert "--gin.MODEL_DIR needs the form" in one_line_error(capsys.readouterr().err, "export")
     with pytest.raises(SystemExit):
-        export.main([str(tmp_path)])
+        export_command.main([str(tmp_path)])
     assert "--out" in one_line_error(capsys.readouterr().err, "export")
 
 
 def test_generate_flag_mistakes_are_one_line(capsys):
-    from lmcor import generate
+    from lmcor.cli import generate_command
 
     with pytest.raises(SystemExit) as exit_:
-        generate.main(["--max_new_tokens=8"])
+        generate_command.main(["--max_new_tokens=8"])
     assert exit_.value.code == 2
     assert "--prompt" in one_line_error(capsys.readouterr().err, "generate")
 
@@ -217,7 +243,7 @@ def test_an_error_ends_an_open_progress_bar_and_shows_its_traceback_only_when_de
         capsys, monkeypatch):
     from tqdm import tqdm
 
-    from lmcor.command_errors import DEBUG_ENV, report_error
+    from lmcor.cli.command_errors import DEBUG_ENV, report_error
 
     try:  # what gin raises from inside a configurable: the reason, then where, on its own line
         raise ValueError("x.jsonl:3: field 'id': must not be empty\n"
@@ -237,4 +263,4 @@ def test_an_error_ends_an_open_progress_bar_and_shows_its_traceback_only_when_de
     err_text = capsys.readouterr().err
     assert err_text.startswith("Traceback") and err_text.endswith(
         "\nlmcor evaluate: error: gin file not found: 'no_such.gin' (also looked under "
-        f"{gin_config.GIN_DIR})\n")
+        f"{paths.GIN_DIR})\n")

@@ -8,8 +8,8 @@ import gin
 import pytest
 
 from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.gin_errors import GinError
+from lmcor.cli import gin_flags
+from lmcor.cli.gin_errors import GinError
 
 from _cli import one_line_error
 
@@ -37,15 +37,15 @@ SAMPLE_GIN = ("sample_pool.output_dir = %OUTPUT_DIR\nsample_pool.task = 'e2e'\n"
               "sample_pool.backend = None\nsample_pool.shard_size = 0\n")
 EVALUATE_GIN = ("evaluation.task = 'e2e_lmcor'\nevaluation.out_dir = %EVAL_DIR\n"
                 "evaluation.mbr_utility = 'tripwire'\n")
-QUICKSTART_GIN = ("quickstart.run_dir = %RUN_DIR\nquickstart.rows = ['finetune']\n"
-                  "quickstart.correctors = {'lmcor': 'no/such/tripwire'}\n")
+PIPELINE_GIN = ("pipeline.run_dir = %RUN_DIR\npipeline.rows = ['finetune']\n"
+                  "pipeline.correctors = {'lmcor': 'no/such/tripwire'}\n")
 
 
 @pytest.mark.parametrize("command, text, macro, typo", [
     ("sample", SAMPLE_GIN, "OUTPUT_DIR", "OUTPUT_DIRR"),
     ("evaluate", EVALUATE_GIN, "EVAL_DIR", "EVAL_DRI"),
-    ("quickstart", QUICKSTART_GIN, "RUN_DIR", "RUNDIR"),
-    ("pipeline", QUICKSTART_GIN, "RUN_DIR", "RUN_DIRS"),
+    ("quickstart", PIPELINE_GIN, "RUN_DIR", "RUNDIR"),
+    ("pipeline", PIPELINE_GIN, "RUN_DIR", "RUN_DIRS"),
 ])
 def test_a_macro_no_gin_file_reads_is_an_error_naming_the_closest(command, text, macro, typo,
                                                                    tmp_path, capsys):
@@ -64,16 +64,16 @@ def test_a_macro_only_an_included_file_or_another_binding_reads_is_used(tmp_path
     outer = _gin(tmp_path, f"include '{inner}'\n")
     import lmcor.sampling.job  # noqa: F401  (registers sample_pool)
 
-    with gin_config.command_line():
-        gin_config.parse_gin([outer], ["SEED = 3", "N = 5", "sample_pool.shard_size = %N"],
+    with gin_flags.command_line():
+        gin_flags.parse_gin([outer], ["SEED = 3", "N = 5", "sample_pool.shard_size = %N"],
                              finalize=False)
     assert gin.query_parameter("%SEED") == 3 and gin.query_parameter("%N") == 5
     gin.clear_config()
-    with gin_config.command_line(), pytest.raises(GinError, match=r"nothing reads the macro SEEDS"):
-        gin_config.parse_gin([outer], ["SEEDS = 3"], finalize=False)
+    with gin_flags.command_line(), pytest.raises(GinError, match=r"nothing reads the macro SEEDS"):
+        gin_flags.parse_gin([outer], ["SEEDS = 3"], finalize=False)
     gin.clear_config()
     # Library callers (tests, notebooks) may bind macros for files they do not parse.
-    gin_config.parse_gin([outer], ["SEEDS = 3"], finalize=False)
+    gin_flags.parse_gin([outer], ["SEEDS = 3"], finalize=False)
     assert gin.query_parameter("%SEEDS") == 3
 
 
@@ -122,13 +122,13 @@ def test_required_bindings_are_one_line_once_parsed_and_when_called(tmp_path):
     from lmcor.evaluation import evaluate
 
     gin_file = _gin(tmp_path, "EVAL_DIR = %gin.REQUIRED\n" + EVALUATE_GIN)
-    with gin_config.command_line(), pytest.raises(GinError) as err:
-        gin_config.parse_gin([gin_file], [], finalize=False)
+    with gin_flags.command_line(), pytest.raises(GinError) as err:
+        gin_flags.parse_gin([gin_file], [], finalize=False)
     assert str(err.value) == ("EVAL_DIR is required (a Gin file sets it to %gin.REQUIRED); "
                               "add --gin.EVAL_DIR=VALUE")
     gin.clear_config()
-    gin_config.parse_gin([], ["evaluation.out_dir = 'x'"], finalize=False)
-    with pytest.raises(GinError) as err, gin_config.command_line():
+    gin_flags.parse_gin([], ["evaluation.out_dir = 'x'"], finalize=False)
+    with pytest.raises(GinError) as err, gin_flags.command_line():
         evaluate.evaluation()
     assert str(err.value) == "evaluation.task is required; add --gin.evaluation.task=VALUE"
     with pytest.raises(RuntimeError, match="Required bindings for `evaluation`"):
@@ -176,9 +176,9 @@ def test_train_gin_mistakes_are_one_line(flags, want, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_export_rejects_a_misspelled_macro(tmp_path, capsys):
-    from lmcor import export
+    from lmcor.cli import export_command
 
-    code = export.main([str(tmp_path), f"--out={tmp_path / 'out'}", "--gin.MODEL_DIRR=x",
+    code = export_command.main([str(tmp_path), f"--out={tmp_path / 'out'}", "--gin.MODEL_DIRR=x",
                         "--gin.task_vocabulary.spm_model=no/such/vocab.model"])
     msg = one_line_error(capsys.readouterr().err, "export")
     print(msg)
@@ -199,7 +199,9 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
     """The stages' flags come from the pipeline configs (their train flags, ablations and test
     variants): each stage's command line must pass that command's checks, a binding nothing
     reads included. Stages are recorded instead of run; the checks are the real ones."""
-    from lmcor import quickstart
+    from lmcor import paths
+    from lmcor.pipeline import table
+    from lmcor.pipeline.stages import Stages
 
     stages = []
 
@@ -210,18 +212,18 @@ def test_every_stage_a_pipeline_plans_passes_its_flag_checks(run_file, tmp_path,
             raise _Planned
         # A training stage is done only once the trainer wrote its summary (not on SIGTERM),
         # an export once the adapter's manifest is there.
-        proof = {"train": quickstart.TRAIN_SUMMARY, "export": "adapter.json"}
+        proof = {"train": paths.TRAIN_SUMMARY, "export": "adapter.json"}
         assert writes == proof.get(command), (name, writes)
         stages.append((command, args))
 
-    monkeypatch.setattr(quickstart.Pipeline, "run", record)
+    monkeypatch.setattr(Stages, "run", record)
     dev = "data/pools/e2e_dev_e2e_attributes.jsonl.gz"  # a pool that exists; not read here
     pools = [] if run_file in ("runs/quickstart.gin", "runs/quickstart_train.gin",
                                "runs/tables/wmt.gin", "runs/tables/wmt_release.gin") else [
-        f"quickstart.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
-    gin_config.parse_gin([run_file], [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
+        f"pipeline.pools = {{'dev': {dev!r}, 'test': {dev!r}}}"]
+    gin_flags.parse_gin([run_file], [f"RUN_DIR = {str(tmp_path)!r}", *pools], finalize=False)
     with pytest.raises(_Planned):
-        quickstart.quickstart()
+        table.pipeline()
     # These two use the released corrector.
     trains = run_file not in ("runs/quickstart.gin", "runs/tables/e2e_release.gin",
                               "runs/tables/wmt_release.gin")

@@ -1,11 +1,12 @@
 import gin
 import pytest
 
-from lmcor import cli, config
+from lmcor import cli
+from lmcor.cli import gin_flags
 
 
 def test_split_gin_flags_separates_files_bindings_and_rest():
-    files, bindings, rest = config.split_gin_flags(
+    files, bindings, rest = gin_flags.split_gin_flags(
         ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.TRAIN_STEPS=5", "--seed=3", "x"])
     assert files == ["a.gin", "b.gin"]
     assert bindings == ["TRAIN_STEPS=5"]
@@ -14,17 +15,17 @@ def test_split_gin_flags_separates_files_bindings_and_rest():
 
 def test_binding_without_value_is_rejected():
     with pytest.raises(ValueError, match="--gin.NAME=VALUE"):
-        config.split_gin_flags(["--gin.TRAIN_STEPS"])
+        gin_flags.split_gin_flags(["--gin.TRAIN_STEPS"])
 
 
 def test_missing_and_malformed_gin_files_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.gin"):
-        config.parse_gin(["nope.gin"], [], finalize=False)
+        gin_flags.parse_gin(["nope.gin"], [], finalize=False)
     bad = tmp_path / "bad.gin"
     bad.write_text("this is = = not gin\n")
     gin.clear_config()
     with pytest.raises(ValueError, match="bad.gin"):
-        config.parse_gin([str(bad)], [], finalize=False)
+        gin_flags.parse_gin([str(bad)], [], finalize=False)
     gin.clear_config()
 
 
@@ -38,14 +39,14 @@ def test_includes_resolve_when_a_runs_folder_is_importable(tmp_path, monkeypatch
     imports as a namespace package; gin's `include 'runs/...'` must still find gin/runs/."""
     import gin
 
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
 
     (tmp_path / "runs" / "tables").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        gin_config.parse_gin(["runs/tables/e2e.gin"], [], finalize=False)
-        assert gin.query_parameter("quickstart.task") == "e2e"
+        gin_flags.parse_gin(["runs/tables/e2e.gin"], [], finalize=False)
+        assert gin.query_parameter("pipeline.task") == "e2e"
     finally:
         gin.clear_config()
 
@@ -72,7 +73,7 @@ def clean_gin():
 
 def _bound(binding: str):
     """What `echo` receives after parse_gin read `binding` as a command-line binding."""
-    config.parse_gin([], [binding], finalize=False)
+    gin_flags.parse_gin([], [binding], finalize=False)
     return _echo()
 
 
@@ -90,7 +91,7 @@ def test_bare_and_quoted_model_dir_bind_the_same_macro(clean_gin):
     for binding in ["MODEL_DIR=runs/x", "MODEL_DIR='runs/x'", 'MODEL_DIR="runs/x"',
                     "MODEL_DIR = runs/x"]:
         gin.clear_config()
-        config.parse_gin([], [binding], finalize=False)
+        gin_flags.parse_gin([], [binding], finalize=False)
         values.append(gin.query_parameter("%MODEL_DIR"))
     assert values == ["runs/x"] * 4
 
@@ -108,17 +109,17 @@ def test_values_gin_parses_keep_their_type(binding, want, clean_gin):
 
 
 def test_references_and_macros_stay_references(clean_gin):
-    config.parse_gin([], ["N=5", "echo.value=%N"], finalize=False)
+    gin_flags.parse_gin([], ["N=5", "echo.value=%N"], finalize=False)
     assert _echo() == 5
     gin.clear_config()
-    config.parse_gin([], ["echo.value=@three"], finalize=False)
+    gin_flags.parse_gin([], ["echo.value=@three"], finalize=False)
     assert _echo()() == 3  # an unevaluated reference: the configurable itself
 
 
 @pytest.mark.parametrize("value", ["[1, 2", "'unclosed", "{'a': 1", "'a' b", "[a]", ""])
 def test_a_value_that_does_not_parse_is_one_line_saying_how_to_write_a_string(value, clean_gin):
     with pytest.raises(ValueError) as err:
-        config.parse_gin([], [f"x={value}"], finalize=False)
+        gin_flags.parse_gin([], [f"x={value}"], finalize=False)
     msg = str(err.value)
     assert msg.startswith(f"bad gin binding --gin.x={value}: ")
     assert "a string value can be written bare (--gin.NAME=text) or quoted " \
@@ -130,7 +131,7 @@ def test_other_binding_errors_are_one_line_without_the_string_hint(clean_gin):
     for binding, reason in [("no_such_configurable.x=runs/x", "No configurable matching"),
                             ("echo.value=@no_such_ref", "No configurable matching reference")]:
         with pytest.raises(ValueError, match=reason) as err:
-            config.parse_gin([], [binding], finalize=False)
+            gin_flags.parse_gin([], [binding], finalize=False)
         assert "\n" not in str(err.value) and "string value" not in str(err.value)
         gin.clear_config()
 
@@ -139,15 +140,15 @@ def test_bindings_inside_gin_files_are_not_quoted(tmp_path, clean_gin):
     path = tmp_path / "bare.gin"
     path.write_text("MODEL_DIR = runs/x\n")
     with pytest.raises(ValueError, match="bad gin file .*bare.gin"):
-        config.parse_gin([str(path)], [], finalize=False)
+        gin_flags.parse_gin([str(path)], [], finalize=False)
 
 
 def test_quickstart_flags_for_its_stages_stay_strings(clean_gin):
-    from lmcor import quickstart
+    from lmcor.pipeline.stages import quoted
 
     for text in ["/runs/it's here", "123", "True", "[a]", "@x"]:
         gin.clear_config()
-        assert _bound(f"echo.value={quickstart._q(text)}") == text
+        assert _bound(f"echo.value={quoted(text)}") == text
 
 
 # ---------------------------------------------------------------------- each command's flags
@@ -194,10 +195,10 @@ def test_evaluate_command_takes_bare_strings(tmp_path, clean_gin, capsys):
 
 @pytest.mark.parametrize("command", ["quickstart", "pipeline"])
 def test_quickstart_and_pipeline_commands_take_bare_strings(command, tmp_path, clean_gin):
-    gin_file = _gin_file(tmp_path, "quickstart.rows = ['finetune']\n"
-                                   "quickstart.correctors = {'lmcor': %CORRECTOR}\n")
+    gin_file = _gin_file(tmp_path, "pipeline.rows = ['finetune']\n"
+                                   "pipeline.correctors = {'lmcor': %CORRECTOR}\n")
     with pytest.raises(ValueError, match=r"\['lmcor'\]: 'no/such/corrector' is not a folder"):
-        cli.main([command, f"--gin_file={gin_file}", f"--gin.quickstart.run_dir={tmp_path}/run",
+        cli.main([command, f"--gin_file={gin_file}", f"--gin.pipeline.run_dir={tmp_path}/run",
                   "--gin.CORRECTOR=no/such/corrector"])
-    assert gin.query_parameter("quickstart.run_dir") == f"{tmp_path}/run"
+    assert gin.query_parameter("pipeline.run_dir") == f"{tmp_path}/run"
     assert not (tmp_path / "run").exists()

@@ -12,9 +12,10 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from lmcor.corrector import (Corrector, CorrectorSettings, InputTooLongError, pool_record,
-                             row_bucket, row_buckets)
 from lmcor.data import preprocessors as pp
+from lmcor.data.pool_schema import pool_record
+from lmcor.inference.corrector import Corrector
+from lmcor.inference.settings import CorrectorSettings, InputTooLongError, row_bucket, row_buckets
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.data.importers import import_wmt
 
@@ -149,7 +150,8 @@ def test_a_finished_run_is_read_at_its_best_validated_step(task_spm_path, tmp_pa
     (an Orbax manager opened without the run's metric reports the latest as best)."""
     import json
 
-    from lmcor.corrector import checkpoint_step, trained_identity
+    from lmcor.checkpoints.trained_run import checkpoint_step
+    from lmcor.inference.run_dir import trained_identity
 
     config = tiny_config(task_spm_path)
     best = write_model_dir(tmp_path, task_spm_path, tiny_params(config, seed=1), step=5)
@@ -230,7 +232,7 @@ def test_validation_during_training_widens_the_task_vocabulary_once_and_keeps_it
         task_spm_path, wmt_records):
     """Periodic validation decodes with the pieces of its inputs added, as the table's test
     decode does, and reuses one widened adapter (its compiled loops) across evaluations."""
-    from lmcor.training.evaluation import Evaluator
+    from lmcor.training.validation import Evaluator
 
     full = _tiny_gemma_corrector(task_spm_path)
     ids = [full.prepare(r) for r in wmt_records]

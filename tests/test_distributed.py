@@ -1,4 +1,5 @@
-"""lmcor.distributed: host-level data sharding and multi-host initialisation.
+"""lmcor.data.host_shard (which examples each host reads) and lmcor.cli.distributed (joining a
+multi-host job).
 
 The multi-host tests run 2 and 4 real local processes (gloo collectives on CPU) over the real
 WMT22 source lines; every subprocess is time-bound so a hung coordinator fails the test
@@ -14,7 +15,8 @@ import time
 import pytest
 
 from conftest import free_port
-from lmcor import distributed
+from lmcor.cli import distributed
+from lmcor.data.host_shard import host_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "_multihost_worker.py")
@@ -94,37 +96,37 @@ def test_every_example_read_by_exactly_one_host(n_hosts, data_dir, tmp_path):
 
 def test_host_shard_of_a_count_partitions_indices():
     for count in (1, 2, 3, 4):
-        shards = [list(distributed.host_shard(10, i, count)) for i in range(count)]
+        shards = [list(host_shard(10, i, count)) for i in range(count)]
         assert sorted(x for s in shards for x in s) == list(range(10))
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    assert list(distributed.host_shard(10, 1, 4)) == [1, 5, 9]
-    assert list(distributed.host_shard(0, 0, 2)) == []
+    assert list(host_shard(10, 1, 4)) == [1, 5, 9]
+    assert list(host_shard(0, 0, 2)) == []
 
 
 def test_host_shard_of_an_iterable_streams_round_robin():
     def stream():
         yield from "abcdefg"
 
-    assert list(distributed.host_shard(stream(), 0, 3)) == ["a", "d", "g"]
-    assert list(distributed.host_shard(stream(), 2, 3)) == ["c", "f"]
+    assert list(host_shard(stream(), 0, 3)) == ["a", "d", "g"]
+    assert list(host_shard(stream(), 2, 3)) == ["c", "f"]
 
 
 def test_host_shard_of_tf_data_matches_count_split():
     tf = pytest.importorskip("tensorflow")
     ds = tf.data.Dataset.range(11)
     for i in range(4):
-        got = [int(x) for x in distributed.host_shard(ds, i, 4).as_numpy_iterator()]
-        assert got == list(distributed.host_shard(11, i, 4))
+        got = [int(x) for x in host_shard(ds, i, 4).as_numpy_iterator()]
+        assert got == list(host_shard(11, i, 4))
 
 
 def test_host_shard_defaults_to_this_process():
-    assert list(distributed.host_shard(3)) == [0, 1, 2]  # one process here
+    assert list(host_shard(3)) == [0, 1, 2]  # one process here
 
 
 @pytest.mark.parametrize("index,count", [(2, 2), (-1, 2), (0, 0)])
 def test_host_shard_rejects_bad_index(index, count):
     with pytest.raises(ValueError, match="process_index"):
-        distributed.host_shard(5, index, count)
+        host_shard(5, index, count)
 
 
 @pytest.fixture

@@ -7,14 +7,23 @@ import os
 import gin
 import pytest
 
-from lmcor.evaluation import evaluate, metrics, rerank
-from lmcor.corrector import Corrector
+from lmcor import metrics
+from lmcor.evaluation import evaluate, rerank
+from lmcor.inference.corrector import Corrector
 from lmcor.data.corrector_input import CorrectorOptions
 from lmcor.io_utils import read_lines
+from lmcor.cli import evaluate_command
 
 from _tiny_corrector import tiny_config, tiny_params, write_model_dir
 
 N = 6
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    """An evaluation leaves its correctors' run configs parsed; the next test starts without."""
+    yield
+    gin.clear_config()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +149,7 @@ def test_cli_with_task_gin_files(data_dir, tmp_path, capsys, caplog):
             "--gin.EVAL_GREEDY_GENERATOR='GPT4-5shot'",
             "--gin.evaluation.bootstrap_samples=50"]
     try:
-        assert evaluate.main(argv) == 0
+        assert evaluate_command.main(argv) == 0
     finally:
         gin.clear_config()
     out = capsys.readouterr().out
@@ -164,11 +173,11 @@ def test_cli_with_task_gin_files(data_dir, tmp_path, capsys, caplog):
     ("cross_source_gpt4_only", "wmt", {"ablation": "cross_source", "value": "GPT4-5shot only"}),
 ])
 def test_ablation_gin_files(name, task, tags):
-    from lmcor import config as gin_config
+    from lmcor.cli import gin_flags
 
     bindings = ["EVAL_DIR='/tmp/x'", "POOL_A_DEV='/p/a'", "POOL_B_TEST='/p/b'"]
     try:
-        gin_config.parse_gin(["runs/evaluate.gin", f"tasks/{task}.gin", f"ablations/{name}.gin"],
+        gin_flags.parse_gin(["runs/evaluate.gin", f"tasks/{task}.gin", f"ablations/{name}.gin"],
                              bindings, finalize=False)
         cfg = evaluate.evaluation()
         opts = CorrectorOptions()

@@ -13,10 +13,11 @@ import sys
 import gin
 import pytest
 
-from lmcor.command_errors import DEBUG_ENV
+from lmcor.cli.command_errors import DEBUG_ENV
 from lmcor.data.pool import read_pool, write_pool
 from lmcor.evaluation import evaluate
 from lmcor.io_utils import read_lines
+from lmcor.cli import evaluate_command
 
 from _cli import one_line_error
 from _evaluate_killed import config as killed_config
@@ -123,7 +124,7 @@ def test_bad_inputs_are_one_line_before_anything_is_written(pool_dir, tmp_path, 
         argv = ["--gin_file=gin/runs/evaluate.gin", "--gin_file=gin/tasks/wmt.gin",
                 f"--gin.EVAL_DIR={out}", *flags]
         try:
-            code = evaluate.main(argv)
+            code = evaluate_command.main(argv)
         finally:
             gin.clear_config()
         err = capsys.readouterr().err
@@ -156,7 +157,7 @@ def test_records_without_candidates(pool_dir, tiny_lmcor_dir, tmp_path):
         assert len(lines) == N and (lines[2] == "") == (name != "LMCor"), name
     assert all(line for line in rows["LLM greedy"][:2] + rows["LLM greedy"][3:])
 
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     gin.clear_config()
     corrector = Corrector.from_model_dir(tiny_lmcor_dir)
@@ -170,7 +171,7 @@ def test_records_without_candidates(pool_dir, tiny_lmcor_dir, tmp_path):
 
 def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
         pool_dir, tiny_lmcor_dir, tmp_path, monkeypatch):
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     whole = evaluate.evaluate(killed_config(str(tmp_path / "whole"), pool_dir, tiny_lmcor_dir))
     assert [r["decoded_batches"] for r in whole["rows"] if r["name"] == "LMCor"] == [4]
@@ -201,7 +202,7 @@ def test_kill_9_during_the_decode_then_a_rerun_decodes_only_the_missing_batches(
 def test_a_released_corrector_in_a_relative_folder_logs_no_error(monkeypatch, caplog):
     """gin looked a relative config.gin up under each of its search folders first, and logged
     an ERROR for each that lacked it, before the run went on normally."""
-    from lmcor.corrector import check_model_dir
+    from lmcor.inference.run_dir import check_model_dir
 
     monkeypatch.chdir(REPO)
     try:

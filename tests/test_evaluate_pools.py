@@ -13,6 +13,7 @@ from lmcor.data import pool, pool_release
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import read_lines
 from lmcor.tasks import common
+from lmcor.cli import evaluate_command
 
 N = 5
 
@@ -46,7 +47,7 @@ def test_pools_gin_file_from_another_directory(gin_file, pool_name, value, pool_
             f"--gin_file=gin/runs/{gin_file}", f"--gin.EVAL_DIR='{out}'",
             "--gin.evaluation.bootstrap_samples=50"]
     try:
-        assert evaluate.main(argv) == 0
+        assert evaluate_command.main(argv) == 0
     finally:
         gin.clear_config()
     results = json.loads((out / "results.json").read_text())

@@ -10,7 +10,8 @@ from lmcor.models.gemma import GemmaConfig, GemmaLM, quantize_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow
+# `ours` and `lmcor generate` read the same weights; dequantizing is checked here once, below.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gemma_gguf_read_once")]
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):",
            "Translate to German: The weather is nice today."]
@@ -167,7 +168,8 @@ def test_greedy_continuations_match(ours, ours_greedy, reference_forced):
 def test_generate_cli_prints_transformers_greedy_continuation(ours, reference, capsys):
     """`lmcor generate` (default model = this GGUF) against transformers' `generate`. The prompt ids
     come from our tokenizer, which test_tokenizer.py checks equal to transformers' own."""
-    from lmcor import cli, generate
+    from lmcor import cli
+    from lmcor.cli import generate_command
 
     prompt = PROMPTS[0]
     assert cli.main(["generate", f"--prompt={prompt}", "--max_new_tokens=16"]) == 0
@@ -181,4 +183,4 @@ def test_generate_cli_prints_transformers_greedy_continuation(ours, reference, c
     new = new[:new.index(config.eos_id)] if config.eos_id in new else new
     want = tokenizer.decode(new)
     assert want.strip() and "tokens/s" in printed.err
-    assert printed.out == generate.escape(want) + "\n"
+    assert printed.out == generate_command.escape(want) + "\n"

@@ -2,7 +2,8 @@
 in tests/test_gemma_real.py, which already holds the reference model."""
 import pytest
 
-from lmcor import cli, generate
+from lmcor import cli
+from lmcor.cli import generate_command
 
 PROMPT = "The capital of France is"
 
@@ -20,7 +21,7 @@ def test_bad_model_spec_is_one_clear_error(capsys):
 
 
 def test_escape_keeps_one_line_per_continuation():
-    assert generate.escape("a\nb\r\nc") == "a\\nb\\r\\nc"
+    assert generate_command.escape("a\nb\r\nc") == "a\\nb\\r\\nc"
 
 
 @pytest.mark.slow

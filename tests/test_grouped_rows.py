@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from lmcor.models import partitioning
-from lmcor.training import data as data_lib
+from lmcor.training import batches
 from lmcor.training import grouped_rows
-from lmcor.training.models import gemma_model
+from lmcor.training.builders import gemma_model
 from lmcor.training.step import token_losses
 
 BOS = 2
@@ -85,7 +85,7 @@ def test_groups_that_do_not_fit_a_row_repeat_their_input_and_count_every_referen
                                                   [0, 1, 2, 3, 4, 5, 6, 0]]
     assert rows["decoder_prefix_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 1],
                                                    [0, 0, 0, 1, 1, 1, 1, 0]]
-    assert data_lib.row_examples(rows).tolist() == [2, 1]
+    assert batches.row_examples(rows).tolist() == [2, 1]
     with pytest.raises(ValueError, match="does not fit a row of 5"):
         grouped_rows.grouped_rows(groups, 5, BOS)
 
@@ -115,7 +115,7 @@ def test_length_grouped_epochs_hold_every_row_once_and_batches_of_like_lengths(r
     arrays = {"decoder_segment_ids": (np.arange(64)[None] < lengths[:, None]).astype(np.int32),
               "decoder_loss_weights": (np.arange(64)[None] < lengths[:, None]).astype(np.float32),
               "row": np.arange(rows)[:, None].repeat(64, 1).astype(np.int32)}
-    source = data_lib.BatchSource({0: arrays}, 1, batch, seed=3, length_buckets=(16, 32, 64))
+    source = batches.BatchSource({0: arrays}, 1, batch, seed=3, length_buckets=(16, 32, 64))
     epochs = 4
     steps = -(-epochs * rows // batch)
     seen = np.concatenate([source.batch(t)["row"][:, 0] for t in range(steps)])
@@ -127,9 +127,9 @@ def test_length_grouped_epochs_hold_every_row_once_and_batches_of_like_lengths(r
         longest = int(lengths[b["row"][:, 0]].max())
         assert b["decoder_segment_ids"].shape[1] == grouped_rows.bucket(longest, (16, 32, 64))
     # A fresh source (a resumed run) gives the same batches.
-    again = data_lib.BatchSource({0: arrays}, 1, batch, seed=3, length_buckets=(16, 32, 64))
+    again = batches.BatchSource({0: arrays}, 1, batch, seed=3, length_buckets=(16, 32, 64))
     assert all((again.batch(t)["row"] == source.batch(t)["row"]).all() for t in range(steps))
     # Grouping pays: less padding than the same epochs' rows in shuffled order.
-    plain = data_lib.BatchSource({0: arrays}, 1, batch, seed=3)
+    plain = batches.BatchSource({0: arrays}, 1, batch, seed=3)
     widths = lambda s: sum(int(lengths[s.batch(t)["row"][:, 0]].max()) for t in range(steps))
     assert widths(source) <= widths(plain)

@@ -1,9 +1,11 @@
-"""lmcor's modules import each other without a cycle, counting imports made inside functions.
+"""lmcor's modules import each other without a cycle, in the stage order docs/architecture.md
+draws, and no library module imports the command layer; imports made inside functions count.
 
 A function-local import lets Python load two modules that need each other, but the pair still
 cannot be understood, tested or moved apart; this test reads the source, so it sees those too.
 
-    python tests/test_import_graph.py [FOLDER]   prints the cycle, if any, in FOLDER/lmcor
+    python tests/test_import_graph.py [FOLDER]   prints the cycle or out-of-order imports, if
+                                                 any, in FOLDER/lmcor
 """
 import ast
 import pathlib
@@ -14,6 +16,16 @@ PACKAGE = "lmcor"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Folders outside lmcor/ that setup.py's package_dir installs as its subpackages.
 MAPPED = {"tasks": "lmcor.tasks"}
+# The packages in the order they may import each other (docs/architecture.md): each imports only
+# the ones before it. The building blocks come first; then the data flow: pools and records,
+# sampling (which writes pools), SeqIO tasks, training, inference, evaluation, serving, the
+# pipeline that runs the commands, and the commands themselves.
+STAGES = ("lmcor.models", "lmcor.decode", "lmcor.checkpoints", "lmcor.metrics", "lmcor.data",
+          "lmcor.sampling", "lmcor.tasks", "lmcor.training", "lmcor.inference",
+          "lmcor.evaluation", "lmcor.serve", "lmcor.pipeline", "lmcor.cli")
+# The only modules outside the packages: small leaves that import nothing of lmcor.
+LEAVES = ("lmcor.paths", "lmcor.io_utils", "lmcor.compile_cache")
+CLI = "lmcor.cli"
 
 
 def module_files(root: pathlib.Path, package: str = PACKAGE) -> Dict[str, pathlib.Path]:
@@ -106,6 +118,80 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
     return None
 
 
+def layer(module: str) -> Optional[int]:
+    """Where `module` sits in the import order: -1 for a leaf, a STAGES index for a package's
+    module, None for the package root `lmcor` and anything unplaced."""
+    if module in LEAVES:
+        return -1
+    return next((i for i, stage in enumerate(STAGES)
+                 if module == stage or module.startswith(stage + ".")), None)
+
+
+def is_entry_point(module: str) -> bool:
+    """A `__main__` module runs a command; nothing imports it, so it may call lmcor.cli."""
+    return module.rsplit(".", 1)[-1] == "__main__"
+
+
+def out_of_order(graph: Dict[str, Set[str]]) -> List[str]:
+    """`a -> b` for every import of a later stage, of lmcor.cli by library code, or of
+    anything by a leaf; `a: not placed` for a module of no stage and no leaf."""
+    found = []
+    for module in sorted(graph):
+        if is_entry_point(module) or module == PACKAGE:
+            continue
+        here = layer(module)
+        if here is None:
+            found.append(f"{module}: not placed (a stage package or a leaf module)")
+            continue
+        for target in sorted(graph[module]):
+            there = layer(target)
+            same_stage = here >= 0 and there == here
+            if not same_stage and (there is None or there >= here):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_lmcor_modules_import_in_stage_order():
+    graph = import_graph(REPO)
+    loose = sorted(m for m, path in module_files(REPO).items()
+                   if path.parent == REPO / PACKAGE and path.name != "__init__.py")
+    assert loose == sorted(LEAVES), "modules outside the stage packages: " + ", ".join(loose)
+    assert set(STAGES) <= set(graph)  # every stage is a package here
+    bad = out_of_order(graph)
+    assert not bad, "imports out of stage order:\n  " + "\n  ".join(bad)
+
+
+def test_no_library_module_imports_the_cli():
+    graph = import_graph(REPO)
+    cli = STAGES.index(CLI)
+    library = [m for m in graph if layer(m) != cli and not is_entry_point(m)]
+    assert len(library) > 50
+    bad = [f"{m} -> {t}" for m in library for t in sorted(graph[m]) if layer(t) == cli]
+    assert not bad, "library code imports lmcor.cli: " + ", ".join(bad)
+
+
+def test_an_import_against_the_stage_order_is_named(tmp_path):
+    pkg = tmp_path / "lmcor"
+    for sub in ("data", "training", "cli"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "paths.py").write_text("REPO_ROOT = '.'\n")
+    (pkg / "data" / "pool.py").write_text("from lmcor import paths\n")
+    (pkg / "training" / "loop.py").write_text("from lmcor.data import pool\n")
+    (pkg / "cli" / "train_command.py").write_text("from lmcor.training import loop\n")
+    assert out_of_order(import_graph(tmp_path)) == []
+    # The data stage reaching into training, library code calling the CLI, a leaf importing.
+    (pkg / "data" / "pool.py").write_text("def f():\n    from lmcor.training import loop\n")
+    (pkg / "training" / "loop.py").write_text("from lmcor.cli import train_command\n")
+    (pkg / "paths.py").write_text("from lmcor.data import pool\n")
+    (pkg / "stray.py").write_text("")
+    assert out_of_order(import_graph(tmp_path)) == [
+        "lmcor.data.pool -> lmcor.training.loop", "lmcor.paths -> lmcor.data.pool",
+        "lmcor.stray: not placed (a stage package or a leaf module)",
+        "lmcor.training.loop -> lmcor.cli.train_command"]
+
+
 def test_lmcor_has_no_import_cycle():
     graph = import_graph(REPO)
     assert len(graph) > 10 and PACKAGE in graph  # the walk found the package
@@ -132,6 +218,8 @@ def test_a_function_local_import_cycle_is_named(tmp_path):
 
 
 if __name__ == "__main__":
-    found = find_cycle(import_graph(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REPO))
+    root = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REPO
+    found, order = find_cycle(import_graph(root)), out_of_order(import_graph(root))
     print("import cycle: " + " -> ".join(found) if found else "no import cycle")
-    sys.exit(1 if found else 0)
+    print("\n".join(["out of stage order:", *order]) if order else "stage order kept")
+    sys.exit(1 if found or order else 0)

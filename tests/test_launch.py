@@ -217,7 +217,8 @@ def test_slurm_real_run_matches_dry_run(fake_cluster):
 
 @pytest.mark.slow
 def test_slurm_launcher_starts_a_real_two_host_job(fake_cluster, data_dir, tmp_path):
-    """Launcher -> per-task env -> lmcor.distributed.initialize -> sharded read + collectives."""
+    """Launcher -> per-task env -> lmcor.cli.distributed.initialize -> sharded read ->
+    collectives."""
     env, _, out = fake_cluster
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

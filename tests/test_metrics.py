@@ -7,7 +7,7 @@ import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from lmcor.evaluation import metrics
+from lmcor import metrics
 from lmcor.io_utils import read_lines
 
 

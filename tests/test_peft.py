@@ -12,8 +12,8 @@ from flax import linen as nn
 
 from lmcor.data.task_vocab import TaskVocab
 from lmcor.training import peft
-from lmcor.training import data as data_lib
-from lmcor.training.models import gemma_model
+from lmcor.training import batches
+from lmcor.training.builders import gemma_model
 
 
 def _random_base(seed=0):
@@ -144,7 +144,7 @@ def test_task_vocab_model_logits_equal_the_full_model_at_kept_ids():
     base = _random_base()
     full = _with_base(gemma_model(preset="tiny"), base)
     batch = _batch(vocab=100)
-    source = data_lib.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
+    source = batches.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
     model = _with_base(gemma_model(preset="tiny", vocab="task"), base)
     import tempfile
     with tempfile.TemporaryDirectory() as d:
@@ -171,11 +171,11 @@ def test_base_weights_of_another_file_are_refused(tmp_path):
 
 
 def test_export_puts_a_task_embedding_back_into_the_full_table(tmp_path):
-    from lmcor.export import full_vocab_params
+    from lmcor.inference.export import full_vocab_params
 
     base = _random_base()
     batch = _batch(vocab=100)
-    source = data_lib.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
+    source = batches.BatchSource({0: {k: v.copy() for k, v in batch.items()}}, 1, 2, 0)
     full = _with_base(gemma_model(preset="tiny", lora_rank=2), base)
     model = _with_base(gemma_model(preset="tiny", lora_rank=2, vocab="task"), base)
     model = model.prepare(str(tmp_path), source)
@@ -209,7 +209,7 @@ def test_frozen_cache_fills_once_and_never_serves_other_rows(tmp_path):
     frozen, _ = model.place_frozen(mesh)
 
     def source(seed):
-        return data_lib.BatchSource({0: _batch(seed, rows=4)}, 1, 2, 0, shuffle=False)
+        return batches.BatchSource({0: _batch(seed, rows=4)}, 1, 2, 0, shuffle=False)
 
     a = source(0)
     cache = frozen_cache.FrozenCache(model, str(tmp_path), a, frozen, mesh)

@@ -234,7 +234,7 @@ def test_atomic_writes_get_the_modes_the_umask_gives(tmp_path, umask, file_mode,
     results, pools and released adapters are read by other users."""
     import numpy as np
 
-    from lmcor.checkpoints.adapter import save_adapter
+    from lmcor.checkpoints.released_adapter import save_adapter
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.gin").write_text("# a run's config\n")

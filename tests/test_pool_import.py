@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from _cli import one_line_error, run_pool
-from lmcor.data import pool_cli
+from lmcor.cli import pool_command
 from lmcor.data.pool import read_pool
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _import(data_dir, out, *flags, capsys):
 @pytest.fixture(scope="module")
 def imported(data_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("imported") / NAME
-    code = pool_cli.main(["import", "--dataset=wmt", "--split=wmt23", f"--data_dir={data_dir}",
+    code = pool_command.main(["import", "--dataset=wmt", "--split=wmt23", f"--data_dir={data_dir}",
                           f"--out={out}", f"--records={START}:", f"--generators={','.join(KEEP)}",
                           "--shard_size=3"])
     assert code == 0

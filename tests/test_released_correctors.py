@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from lmcor import config
-from lmcor.checkpoints import adapter
+from lmcor import paths
+from lmcor.checkpoints import released_adapter
 from lmcor.io_utils import file_sha256
 
-ROOT = os.path.join(config.REPO_ROOT, "data", "correctors")
+ROOT = os.path.join(paths.REPO_ROOT, "data", "correctors")
 RELEASED = sorted(os.listdir(ROOT)) if os.path.isdir(ROOT) else []
 
 
@@ -21,12 +21,12 @@ def test_the_e2e_corrector_is_released():
 @pytest.mark.parametrize("name", RELEASED)
 def test_a_released_corrector_is_its_runs_best_validated_adapter(name):
     folder = os.path.join(ROOT, name)
-    info = adapter.manifest(folder)
-    weights = os.path.join(folder, adapter.WEIGHTS)
-    assert info["format"] == adapter.FORMAT and info["dtype"] == "bfloat16"
+    info = released_adapter.manifest(folder)
+    weights = os.path.join(folder, released_adapter.WEIGHTS)
+    assert info["format"] == released_adapter.FORMAT and info["dtype"] == "bfloat16"
     assert info["sha256"] == file_sha256(weights)
     assert os.path.getsize(weights) == info["bytes"] <= 16_000_000
-    for run_file in adapter.RUN_FILES:
+    for run_file in released_adapter.RUN_FILES:
         assert os.path.isfile(os.path.join(folder, run_file)), run_file
     training = info["training"]
     assert info["step"] == training["best_step"]

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from lmcor import config
+from lmcor import paths
 from lmcor.evaluation import evaluate, published, report
 from lmcor.data.importers import import_wmt
 from lmcor.data.pool import write_pool
 from lmcor.training.logging import TrainLogger
+from lmcor.cli import report_command
 
 N = 8
 
@@ -85,7 +86,7 @@ def test_ablation_series_follow_the_evaluations(run_dir):
 
 
 def test_report_writes_markdown_and_pngs(run_dir):
-    assert report.main([str(run_dir)]) == 0
+    assert report_command.main([str(run_dir)]) == 0
     out = run_dir / "report"
     text = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -120,7 +121,7 @@ def test_one_ablation_on_two_datasets_gives_two_series(run_dir, tmp_path):
 
 
 def test_report_errors(tmp_path):
-    assert report.main([str(tmp_path)]) == 2
+    assert report_command.main([str(tmp_path)]) == 2
     bad = tmp_path / "x" / "results.json"
     bad.parent.mkdir()
     bad.write_text('{"rows": [}')
@@ -202,9 +203,9 @@ def test_refresh_errors_name_the_problem(run_dir, tmp_path):
 @pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
 def test_committed_documents_equal_their_regenerated_form(doc):
     # The numbers in the README and the results report come from docs/results/*.json only.
-    path = os.path.join(config.REPO_ROOT, doc)
+    path = os.path.join(paths.REPO_ROOT, doc)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     assert "<!-- lmcor:" in text
-    assert published.refresh_file(path, config.REPO_ROOT) == text, (
+    assert published.refresh_file(path, paths.REPO_ROOT) == text, (
         f"{doc} is stale: run `lmcor report --refresh {doc} --write`")

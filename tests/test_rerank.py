@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from lmcor.evaluation import metrics, rerank
+from lmcor import metrics
+from lmcor.evaluation import rerank
 from lmcor.data.importers import import_e2e, import_wmt
 
 

@@ -17,6 +17,7 @@ from lmcor.sampling.backends.http import HttpBackend
 from lmcor.sampling.backends.precomputed import PrecomputedBackend, PrecomputedError
 from lmcor.data.pool import read_pool
 from lmcor.sampling.prompts import PromptConfig
+from lmcor.cli import sample_command
 
 from _llm_server import FakeLLM
 
@@ -66,7 +67,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
         rerun = _run_cli(_argv(killed, server, data_dir))
         out, err = rerun.communicate(timeout=120)
         assert rerun.returncode == 0, err
-        assert sample.main(_argv(clean, server, data_dir)) == 0
+        assert sample_command.main(_argv(clean, server, data_dir)) == 0
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["counts"]["shards_written_this_run"] == N_EXAMPLES // SHARD - len(survived)
     resumed, uninterrupted = list(read_pool(str(killed))), list(read_pool(str(clean)))
@@ -80,10 +81,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
     # A finished pool reruns as a no-op; other settings are refused rather than mixed in.
     gin.clear_config()
     with FakeLLM() as server:
-        assert sample.main(_argv(killed, server, data_dir)) == 0
+        assert sample_command.main(_argv(killed, server, data_dir)) == 0
         assert server.requests == []
         gin.clear_config()
-        assert sample.main(_argv(killed, server, data_dir, "--gin.SEED=1")) == 2
+        assert sample_command.main(_argv(killed, server, data_dir, "--gin.SEED=1")) == 2
 
 
 def _write_gin(tmp_path, text):
@@ -115,7 +116,7 @@ def test_bad_configuration_is_one_clear_error(case, pattern, tmp_path, data_dir,
         argv.append(f"--gin.DATA_DIR={tmp_path / 'data'}")
     else:
         argv.remove(f"--gin.OUTPUT_DIR={tmp_path / 'out'}")
-    assert sample.main(argv) == 2
+    assert sample_command.main(argv) == 2
     err = capsys.readouterr().err
     assert len([ln for ln in err.splitlines() if ln.startswith("lmcor sample: error:")]) == 1
     assert re.search(pattern, err), err
@@ -239,7 +240,7 @@ def test_every_task_gin_samples_its_split(task, first_id, prefix, tmp_path, data
         argv = _argv(tmp_path, server, data_dir, f"--gin_file=tasks/sampling/{task}.gin",
                      "--gin.sample_pool.max_examples=2", "--gin.PromptConfig.num_shots=3")
         argv.remove("--gin_file=tasks/sampling/e2e.gin")
-        assert sample.main(argv) == 0
+        assert sample_command.main(argv) == 0
         prompt = server.requests[0][1]["prompt"]
     records = list(read_pool(str(tmp_path)))
     assert records[0]["id"] == first_id and len(records) == 2
@@ -267,8 +268,8 @@ def test_hosts_split_the_shards_and_together_equal_one_host(tmp_path, data_dir):
 
 def test_model_modules_import_after_the_job_locked_its_gin_config():
     # Fresh interpreter: the model modules must not be imported before the lock, as in the CLI.
-    code = ("from lmcor import config\n"
-            "config.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
+    code = ("from lmcor.cli import gin_flags\n"
+            "gin_flags.parse_gin(['runs/sample.gin', 'tasks/sampling/e2e.gin'], [])\n"
             "import sys\nassert 'lmcor.models.gemma' not in sys.modules\n"
             "from lmcor.sampling.backends import jax_lm\n"
             "backend = jax_lm.JaxBackend(checkpoint='gemma3-270m')\n"

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from lmcor.corrector import pool_record
+from lmcor.data.pool_schema import pool_record
 
 from _llm_server import RAMBLE, FakeLLM, reply_text
 from _serve_client import PROMPT, metrics, post, serving

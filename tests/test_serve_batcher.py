@@ -4,8 +4,8 @@ import concurrent.futures
 
 import pytest
 
-from lmcor.corrector import row_buckets
-from lmcor.serve.metrics import batch_edges
+from lmcor.inference.settings import row_buckets
+from lmcor.serve.prometheus import Metrics
 
 from _llm_server import FakeLLM
 from _serve_client import metric, metrics, post, serving
@@ -32,6 +32,4 @@ def test_concurrent_requests_are_decoded_together(corrector):
 
 
 def test_metrics_batch_edges_are_the_corrector_row_buckets():
-    from lmcor.serve.metrics import batch_edges
-
-    assert all(batch_edges(n) == row_buckets(n) for n in range(1, 40))
+    assert all(Metrics(n).batch_edges == row_buckets(n) for n in range(1, 40))

@@ -1,4 +1,4 @@
-"""The `lmcor serve` command (lmcor/serve/command.py) and the server's shutdown: a MODEL_DIR
+"""The `lmcor serve` command (lmcor/cli/serve_command.py) and the server's shutdown: a MODEL_DIR
 served by the real process, its flags checked before anything is loaded, its help, and
 SIGTERM finishing the requests in flight."""
 import concurrent.futures
@@ -14,7 +14,7 @@ import pytest
 
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
-from lmcor.upstream import HttpUpstream
+from lmcor.serve.upstream import HttpUpstream
 
 from _llm_server import FakeLLM
 from _serve_client import PROMPT, REPO, healthz, post, wait_ready
@@ -126,10 +126,10 @@ def test_cli_takes_bare_gin_strings_for_the_corrector(tmp_path, capsys):
     vocabulary, whose missing file is the first thing loading the corrector trips on."""
     import gin
 
-    from lmcor.serve import command
+    from lmcor.cli import serve_command
 
     try:
-        code = command.main([f"--corrector={tmp_path}", "--upstream=http://127.0.0.1:9/v1",
+        code = serve_command.main([f"--corrector={tmp_path}", "--upstream=http://127.0.0.1:9/v1",
                              "--port=0", "--gin.task_vocabulary.spm_model=no/such/vocab.model"])
     finally:
         gin.clear_config()
@@ -175,9 +175,9 @@ def test_cli_refuses_bad_flags_before_loading(model_dir, case):
 
 
 def test_help_describes_every_flag_and_returns_fast():
-    from lmcor.serve import command
+    from lmcor.cli import serve_command
 
-    for action in command._flags()._actions:
+    for action in serve_command._flags()._actions:
         if action.dest != "help":
             text = (action.help or "") % {"default": action.default}
             assert re.search(r"\((required|[^()]*default: [^)]+)\)$", text), (action.dest, text)
@@ -189,8 +189,9 @@ def test_help_describes_every_flag_and_returns_fast():
     assert "--gin_file" in proc.stdout and "--gin.NAME=VALUE" in proc.stdout
     assert seconds < 2.0, seconds
     # Fast because importing the command pulls in neither JAX nor TensorFlow.
-    probe = ("import sys; from lmcor.serve import command; "
-             "print([m for m in ('jax', 'tensorflow', 'lmcor.corrector') if m in sys.modules])")
+    probe = ("import sys; from lmcor.cli import serve_command; "
+             "print([m for m in ('jax', 'tensorflow', 'lmcor.inference.corrector') "
+             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=REPO, timeout=60).stdout
     assert out.strip() == "[]", out

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from lmcor.serve import command
+from lmcor.cli import serve_command
 from lmcor.serve.app import ServeApp
 from lmcor.serve.server import Server
-from lmcor.upstream import JaxUpstream
+from lmcor.serve.upstream import JaxUpstream
 
 from _llm_server import FakeLLM
 from _serve_client import PROMPT, REPO, closed_port, metric, metrics, post, serving
@@ -30,7 +30,7 @@ def _documented_connect_retries() -> int:
 
 def test_upstream_down_is_502_after_the_documented_attempts(corrector):
     retries = _documented_connect_retries()
-    assert command._flags().parse_args(["--corrector=x", "--upstream=http://h/v1"]) \
+    assert serve_command._flags().parse_args(["--corrector=x", "--upstream=http://h/v1"]) \
         .upstream_connect_retries == retries
     with serving(corrector, f"http://127.0.0.1:{closed_port()}/v1",
                  connect_retries=retries) as server:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from lmcor.corrector import Corrector
+from lmcor.inference.corrector import Corrector
 from lmcor.serve.decoder import Decoder
 
 from _llm_server import FakeLLM

@@ -8,7 +8,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.checkpoints.hf_t5 import load_t5_safetensors, t5_config_from_hf
-from lmcor.config import parse_gin
+from lmcor.cli.gin_flags import parse_gin
 from lmcor.models.partitioning import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from lmcor.models.t5 import T5, T5Config, T5LM, relative_position_bucket
 

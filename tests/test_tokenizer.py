@@ -6,7 +6,7 @@ import random
 import pytest
 
 from lmcor.checkpoints.gguf import gemma_tokenizer
-from lmcor.tokenizer import GgufVocab, SentencePieceTokenizer
+from lmcor.checkpoints.tokenizer import GgufVocab, SentencePieceTokenizer
 
 transformers = pytest.importorskip("transformers")
 

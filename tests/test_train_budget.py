@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from _train_worker import BASE_BINDINGS, reverse_arrays
-from lmcor import train as train_lib
-from lmcor.training import data as data_lib
+from lmcor.cli import train_command as train_lib
+from lmcor.training import batches
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +27,9 @@ def test_row_examples_counts_the_packed_segments_that_carry_loss():
                         [0, 0, 1, 1, 1, 1],
                         [0, 1, 0, 0, 0, 0]], np.float32)
     packed = {"decoder_loss_weights": weights, "decoder_segment_ids": segments}
-    np.testing.assert_array_equal(data_lib.row_examples(packed), [3, 1, 1])
+    np.testing.assert_array_equal(batches.row_examples(packed), [3, 1, 1])
     unpacked = {"decoder_loss_weights": weights[:, ::-1] * 0 + np.array([[1], [0], [1]])}
-    np.testing.assert_array_equal(data_lib.row_examples(unpacked), [1, 0, 1])
+    np.testing.assert_array_equal(batches.row_examples(unpacked), [1, 0, 1])
 
 
 def test_examples_per_step_follow_the_shuffled_batches():
@@ -40,8 +40,8 @@ def test_examples_per_step_follow_the_shuffled_batches():
         segments[i, :2 * k] = np.repeat(np.arange(1, k + 1), 2)
     arrays = {"decoder_loss_weights": (segments > 0).astype(np.float32),
               "decoder_segment_ids": segments, "decoder_input_tokens": segments}
-    source = data_lib.BatchSource(data_lib.split_shards(arrays, 1, [0]), 1, 4, seed=3)
-    want = [data_lib.row_examples(source.batch(t)).sum() for t in range(10)]  # crosses epochs
+    source = batches.BatchSource(batches.split_shards(arrays, 1, [0]), 1, 4, seed=3)
+    want = [batches.row_examples(source.batch(t)).sum() for t in range(10)]  # crosses epochs
     np.testing.assert_array_equal(source.examples_per_step(10), want)
 
 
@@ -106,7 +106,7 @@ def test_patience_without_a_metric_is_refused(tmp_path):
 def test_reverse_rows_hold_one_example_each():
     # The arithmetic above assumes it: the reverse task's rows are unpacked, one example each.
     arrays = reverse_arrays(16)
-    np.testing.assert_array_equal(data_lib.row_examples(arrays), np.ones(16))
+    np.testing.assert_array_equal(batches.row_examples(arrays), np.ones(16))
 
 
 # A tiny Gemma trained the cheap way (as in tests/test_train_resume.py), for the released
@@ -121,9 +121,9 @@ GEMMA_LORA = ["--gin.train.model=@gemma_model()", "--gin.gemma_model.preset='tin
 def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     import jax
 
-    from lmcor import export
-    from lmcor.checkpoints import adapter
-    from lmcor.corrector import configured_parts, restore_params, trained_params
+    from lmcor.inference import export
+    from lmcor.checkpoints import released_adapter
+    from lmcor.inference.run_dir import configured_parts, trained_params
     from lmcor.training.budget import read_history
 
     run = tmp_path / "run"
@@ -133,15 +133,15 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     gin.clear_config()
     # The run trained on synthetic ids; loading it as a corrector needs some vocabulary.
     vocab = [f"task_vocabulary.spm_model = {str(task_spm_path)!r}"]
-    model, _, _, _ = configured_parts(str(run), (), vocab)
+    model, _, _, _ = configured_parts(str(run), vocab)
     model = model.attach(str(run))
-    want = restore_params(str(run / "checkpoints"), model, None)
+    want = trained_params(str(run), model)  # the run folder at its latest step
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"adapter_{dtype}"
         export.export_adapter(str(run), str(out), dtype=dtype, gin_bindings=vocab)
-        assert {adapter.WEIGHTS, "adapter.json", "config.gin", "task_vocab.json",
+        assert {released_adapter.WEIGHTS, "adapter.json", "config.gin", "task_vocab.json",
                 "train_summary.json"} <= set(os.listdir(out))
-        info = adapter.manifest(str(out))
+        info = released_adapter.manifest(str(out))
         assert (info["step"], info["dtype"]) == (3, dtype)
         # The learning curve travels with it: the report reads the same validations.
         assert len(read_history(str(out))) >= 2 and read_history(str(out)) == read_history(str(run))
@@ -154,24 +154,24 @@ def test_a_released_adapter_loads_as_its_run_does(tmp_path, task_spm_path):
     with pytest.raises(ValueError, match="step 3 only"):
         trained_params(str(out), model, step=2)
     # A changed file is refused, and so is an adapter over the size limit.
-    path = out / adapter.WEIGHTS
+    path = out / released_adapter.WEIGHTS
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(adapter.AdapterError, match="sha256"):
+    with pytest.raises(released_adapter.AdapterError, match="sha256"):
         trained_params(str(out), model)
-    with pytest.raises(adapter.AdapterError, match="limit"):
+    with pytest.raises(released_adapter.AdapterError, match="limit"):
         export.export_adapter(str(run), str(tmp_path / "big"), max_mb=1e-6, gin_bindings=vocab)
 
 
 def test_the_export_command_takes_bare_gin_strings(tmp_path, capsys):
     """`--gin.NAME=path` without inner quotes reaches the run's configurables: the missing
     vocabulary file is the first thing loading the run trips on."""
-    from lmcor import export
+    from lmcor.cli import export_command
 
     try:
-        assert export.main([str(tmp_path), f"--out={tmp_path / 'out'}",
-                            "--gin.task_vocabulary.spm_model=no/such/vocab.model"]) == 2
+        assert export_command.main([str(tmp_path), f"--out={tmp_path / 'out'}",
+                                    "--gin.task_vocabulary.spm_model=no/such/vocab.model"]) == 2
     finally:
         gin.clear_config()
     assert "no/such/vocab.model: no such file" in capsys.readouterr().err

@@ -3,8 +3,8 @@ trainer reads them (a typo in a binding would otherwise surface only after data 
 import gin
 import pytest
 
-from lmcor import config as gin_config
-import lmcor.train  # noqa: F401  (registers the trainer's configurables)
+from lmcor.cli import gin_flags
+import lmcor.cli.train_command  # noqa: F401  (registers the trainer's configurables)
 
 
 def _resolve(value):
@@ -33,7 +33,7 @@ def clean_gin():
 def test_run_files_parse_and_bind_the_trainer(files, task, model):
     # Finalized as the CLI does, so a macro left unbound (a run file that needs a model file it
     # does not include) fails here rather than after the data has loaded.
-    gin_config.parse_gin(files, ["MODEL_DIR = '/tmp/unused'"])
+    gin_flags.parse_gin(files, ["MODEL_DIR = '/tmp/unused'"])
     assert _resolve(gin.query_parameter("seqio_train_data.task")) == task
     assert _resolve(gin.query_parameter("Evaluator.task")) == task
     assert gin.query_parameter("train.model").configurable.name == model
@@ -50,5 +50,5 @@ def test_the_train_command_takes_a_bare_model_dir(tmp_path, monkeypatch):
                                       "train.model = None\ntrain.data = None\n"
                                       "train.mesh_shape = (999, 1)\n")
     with pytest.raises(ValueError, match="mesh 999x1 needs 999 devices"):
-        lmcor.train.main(["--gin_file=run.gin", "--gin.MODEL_DIR=runs/x"])
+        lmcor.cli.train_command.main(["--gin_file=run.gin", "--gin.MODEL_DIR=runs/x"])
     assert "'runs/x'" in (tmp_path / "runs" / "x" / "config.gin").read_text()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmcor.training import step as step_lib
-from lmcor.training.models import gemma_model, t5_model
+from lmcor.training.builders import gemma_model, t5_model
 
 
 def _loss(model, params, batch):

@@ -1,4 +1,4 @@
-"""Two local processes (gloo CPU collectives via lmcor.distributed) train the tiny T5 for 10
+"""Two local processes (gloo CPU collectives via lmcor.cli.distributed) train the tiny T5 for 10
 steps, each reading only its own data shard, and report the same losses as one process that
 reads both shards."""
 import json

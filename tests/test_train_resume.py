@@ -80,13 +80,26 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def uninterrupted(request, tmp_path_factory):
-    d = tmp_path_factory.mktemp("straight")
-    rc, summary, err = _finish(_start(d, extra=MODELS[request.param]))
+def _straight_run(tmp_path_factory, kind):
+    d = tmp_path_factory.mktemp(f"straight_{kind}")
+    rc, summary, err = _finish(_start(d, extra=MODELS[kind]))
     assert rc == 0, err[-3000:]
     assert summary["step"] == STEPS and summary["stopped"] == "done"
-    return d, summary, request.param
+    return d, summary, kind
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory):
+    """The tiny T5 trained STEPS steps without interruption: the reference of the kill test,
+    and (copied) the run whose newest checkpoint the corruption test damages."""
+    return _straight_run(tmp_path_factory, "t5")
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def uninterrupted(request, tmp_path_factory):
+    if request.param == "t5":
+        return request.getfixturevalue("t5_run")
+    return _straight_run(tmp_path_factory, request.param)
 
 
 def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path):
@@ -175,34 +188,37 @@ def _truncate_largest_array_file(step_dir):
     os.truncate(biggest, os.path.getsize(biggest) // 2)
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path):
-    # The worker saves every 2 steps and keeps 2: a 6-step run leaves steps 4 and 6.
-    rc, first, err = _finish(_start(tmp_path, steps=6))
-    assert rc == 0, err[-3000:]
-    ckpt = os.path.join(tmp_path, "checkpoints")
-    assert _finalized_steps(tmp_path) == [4, 6]
-    reference = os.path.join(tmp_path, "step6_intact")
-    shutil.copytree(os.path.join(ckpt, "6"), reference)
-    _truncate_largest_array_file(os.path.join(ckpt, "6"))
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(t5_run, tmp_path):
+    # A copy of the uninterrupted run: saved every 2 steps, the latest 2 kept plus the best
+    # (step 2 by neg_step), it holds steps 2, 10 and 12.
+    straight_dir, first, _ = t5_run
+    run = tmp_path / "run"
+    shutil.copytree(straight_dir, run)
+    ckpt = os.path.join(run, "checkpoints")
+    assert _finalized_steps(run) == [2, STEPS - 2, STEPS]
+    reference = os.path.join(tmp_path, "newest_intact")
+    shutil.copytree(os.path.join(ckpt, str(STEPS)), reference)
+    _truncate_largest_array_file(os.path.join(ckpt, str(STEPS)))
 
-    rc, resumed, err = _finish(_start(tmp_path, steps=8))
+    rc, resumed, err = _finish(_start(run, steps=STEPS + 2, extra=SLOW))
     assert rc == 0, err[-3000:]
-    warning = [l for l in err.splitlines() if "checkpoint step 6" in l and "cannot be restored" in l]
-    assert len(warning) == 1 and "resuming from step 4" in warning[0], err[-3000:]
+    warning = [l for l in err.splitlines()
+               if f"checkpoint step {STEPS}" in l and "cannot be restored" in l]
+    assert len(warning) == 1 and f"resuming from step {STEPS - 2}" in warning[0], err[-3000:]
     print(warning[0])
-    # It restarted from step 4 with the data position of step 4: the same losses as the
-    # first run, and a new step 6 bit-identical to the one that was damaged.
-    assert resumed["step"] == 8 and len(resumed["losses"]) == 4
-    np.testing.assert_array_equal(resumed["losses"][:2], first["losses"][4:6])
+    # It restarted from the step before with that step's data position: the same losses as
+    # the first run, and a new newest step bit-identical to the one that was damaged.
+    assert resumed["step"] == STEPS + 2 and len(resumed["losses"]) == 4
+    np.testing.assert_array_equal(resumed["losses"][:2], first["losses"][STEPS - 2:])
     _assert_trees_equal(ocp.PyTreeCheckpointer().restore(os.path.join(reference, "state")),
-                        _params(tmp_path, 6)[1])
-    # The damaged step is kept aside, outside Orbax's step names: the new step 6 could be
-    # saved, and keep=2 counted only real steps (6 and 8, not the damaged one).
+                        _params(run, STEPS)[1])
+    # The damaged step is kept aside, outside Orbax's step names: the new step could be
+    # saved, and keep=2 counted only real steps (not the damaged one) beside the best.
     aside = [n for n in os.listdir(ckpt) if not n.isdigit()]
-    assert len(aside) == 1 and aside[0].startswith("6.corrupt-"), aside
-    assert _finalized_steps(tmp_path) == [6, 8]
-    for step in (6, 8):
-        _params(tmp_path, step)
+    assert len(aside) == 1 and aside[0].startswith(f"{STEPS}.corrupt-"), aside
+    assert _finalized_steps(run) == [2, STEPS, STEPS + 2]
+    for step in (2, STEPS, STEPS + 2):
+        _params(run, step)
 
 
 def test_no_intact_checkpoint_is_one_clear_error(tmp_path):

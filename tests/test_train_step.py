@@ -7,8 +7,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmcor.models import partitioning
-from lmcor.training import data as data_lib, state as state_lib, step as step_lib
-from lmcor.training.models import t5_model
+from lmcor.training import batches, state as state_lib, step as step_lib
+from lmcor.training.builders import t5_model
 from _train_worker import reverse_arrays
 
 
@@ -33,7 +33,7 @@ def _run(mesh, params, steps, batch_size=8, k=1):
     model, schedule, opt, state, sh = _state(mesh, params)
     step_fn = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh,
                                        num_microbatches=k)
-    source = data_lib.BatchSource({0: reverse_arrays(64)}, 1, batch_size, seed=0)
+    source = batches.BatchSource({0: reverse_arrays(64)}, 1, batch_size, seed=0)
     losses = []
     with jax.set_mesh(mesh):
         for s in range(steps):
@@ -68,7 +68,7 @@ def test_gradient_accumulation_equals_big_batch(params):
     mesh = partitioning.make_mesh(4, 2)
     model, _, _, state, _ = _state(mesh, params)
     batch = {k: jnp.asarray(v) for k, v in
-             data_lib.BatchSource({0: reverse_arrays(64)}, 1, 16, 0).batch(0).items()}
+             batches.BatchSource({0: reverse_arrays(64)}, 1, 16, 0).batch(0).items()}
     with jax.set_mesh(mesh):
         g1, (ce1, _, w1) = jax.jit(lambda p, b: step_lib.accumulate_grads(
             model.loss_inputs, p, b, None, 1, mesh))(state.params, batch)
@@ -113,7 +113,7 @@ def test_non_finite_step_keeps_the_old_state(params):
     mesh = partitioning.make_mesh(1, 1, jax.devices()[:1])
     model, schedule, opt, state, sh = _state(mesh, params)
     before = jax.tree.map(np.asarray, state.params)
-    batch = data_lib.BatchSource({0: reverse_arrays(16)}, 1, 4, 0).batch(0)
+    batch = batches.BatchSource({0: reverse_arrays(16)}, 1, 4, 0).batch(0)
     batch["decoder_loss_weights"][0, 0] = np.nan
     step_fn = step_lib.make_train_step(model.loss_inputs, opt, schedule, sh, mesh)
     with jax.set_mesh(mesh):

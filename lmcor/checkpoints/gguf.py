@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lmcor.checkpoints.gguf_file import GgufFile
 from lmcor.checkpoints.hf_gemma import params_from_hf_tensors
 from lmcor.models.gemma import GemmaConfig
-from lmcor.tokenizer import GgufVocab, SentencePieceTokenizer
+from lmcor.checkpoints.tokenizer import GgufVocab, SentencePieceTokenizer
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_K", "Q6_K")
 _ARCH = "gemma3"

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from lmcor.checkpoints.errors import CheckpointMismatchError
 from lmcor.models.gemma import GLOBAL, LOCAL, GemmaConfig
 from lmcor.models.layers import as_dtype
-from lmcor.tokenizer import SentencePieceTokenizer
+from lmcor.checkpoints.tokenizer import SentencePieceTokenizer
 
 
 @dataclasses.dataclass(frozen=True)

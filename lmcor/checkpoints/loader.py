@@ -21,7 +21,7 @@ from lmcor.checkpoints.bundled import BUNDLED, bundled_gemma_gguf_path
 from lmcor.decode.adapter import DecodeAdapter
 from lmcor.models.gemma import Gemma3, GemmaConfig, GemmaLM, quantize_params
 from lmcor.models.t5 import T5, T5Config, T5LM
-from lmcor.tokenizer import SentencePieceTokenizer
+from lmcor.checkpoints.tokenizer import SentencePieceTokenizer
 
 FORMATS = ("gguf", "safetensors")
 

@@ -1,6 +1,6 @@
 """Reads Orbax PyTree checkpoints into a target layout: lmcor's one restore path, behind the
 trainer's resume (lmcor.training.checkpointing) and loading a trained MODEL_DIR for evaluation,
-serving and export (lmcor.corrector).
+serving and export (lmcor.inference).
 
 A trainer checkpoint step is a folder of two items: `state` (a PyTree: step, params, optimizer
 state, RNG) and `data` (JSON: the data position); `item_dir` names an item's folder.

@@ -6,7 +6,6 @@
 - `importers`: the shared evaluation sets (E2E, JFLEG, WMT) as pool records.
 - `paragraphs`: paragraph-length records joined from a document's sentence-level records.
 - `pool_release`: the released pools under data/pools/ and their manifest.
-- `pool_cli`: `lmcor pool import | stats | release`.
 - `tfds_pool`: a TFDS builder turning pool shards into TFRecord splits.
 - `corrector_input`: a record's corrector input text (candidates, template, token budget); no TF.
 - `preprocessors`: the SeqIO preprocessors that build corrector examples from raw pool features.

@@ -22,6 +22,9 @@ import gin
 from absl import logging
 
 VARIANTS = ("finetune", "lmcor", "lmcor_single")
+# A comparison table's row for the corrector trained on each variant, in table order: the one
+# spelling every table, report and pipeline reads.
+ROW_NAMES = {"finetune": "fine-tuned", "lmcor_single": "LMCor single", "lmcor": "LMCor"}
 SELECTIONS = ("greedy_first", "random", "all")
 ORDERS = ("fixed", "shuffled")
 

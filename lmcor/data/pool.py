@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from lmcor.config import REPO_ROOT
+from lmcor.paths import MANIFEST, REPO_ROOT
 from lmcor.data.pool_schema import PoolError, fail, validate_record
 from lmcor.data.text_files import TextError, text_lines
 from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256
@@ -21,7 +21,7 @@ from lmcor.io_utils import _fsync_dir, atomic_open, file_sha256
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
 # A folder of released pools (data/pools/, lmcor.data.pool_release) is told apart from a
 # sampling job's folder, which has a manifest.json too, by this marker in its manifest.
-RELEASE_MANIFEST = "manifest.json"
+RELEASE_MANIFEST = MANIFEST
 RELEASE_FORMAT = "lmcor-pool-release"
 
 

@@ -3,7 +3,7 @@
 The folder holds the shards (lmcor.data.pool.write_pool) and a `manifest.json` with the
 command's settings (dataset, split, the slice of records kept, the generators kept in order),
 the sha256 of every dataset file the importer read, the commit of the code (the one
-`lmcor.config.git_revision` the sampling job records too), the counts, and the sha256 of each
+`lmcor.paths.code_version`, as the sampling job records), the counts, and the sha256 of each
 shard. `lmcor pool release` releases such a folder like a sampled one: the shard hashes tell an
 edited, added or missing shard from the import, before the records are checked.
 
@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from tqdm import tqdm
 
-from lmcor.config import git_revision
+from lmcor.paths import MANIFEST, code_version
 from lmcor.data.importers import IMPORTERS, source_files
 from lmcor.data.pool import PoolStats, pool_files, write_pool
 from lmcor.data.pool_schema import PoolError
@@ -28,7 +28,6 @@ from lmcor.io_utils import atomic_write_text, file_sha256
 
 IMPORT_FORMAT = "lmcor-pool-import"
 IMPORT_VERSION = 1
-MANIFEST = "manifest.json"
 _SLICE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
 
 
@@ -141,7 +140,7 @@ def import_pool(dataset: str, split: str, out_dir: str, data_dir: str,
     stats.files = len(paths)
     manifest = {
         "format": IMPORT_FORMAT, "version": IMPORT_VERSION, "status": "complete",
-        "code_version": git_revision(),
+        "code_version": code_version(),
         "config": {"dataset": dataset, "split": split,
                    "records": None if records is None else slice_text(records),
                    "generators": generators},

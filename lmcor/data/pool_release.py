@@ -23,7 +23,7 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
-from lmcor.config import REPO_ROOT
+from lmcor.paths import MANIFEST, REPO_ROOT
 from lmcor.data import pool_import
 from lmcor.data.pool import RELEASE_FORMAT, RELEASE_MANIFEST, read_pool, release_manifest
 from lmcor.data.pool_schema import PoolError
@@ -94,12 +94,12 @@ def _kind(manifest: Dict[str, Any]) -> str:
 
 def _pool_manifest(pool_dir: str) -> Dict[str, Any]:
     """The manifest of a finished sampling-job or import folder: complete, naming its commit."""
-    path = os.path.join(pool_dir, pool_import.MANIFEST)
+    path = os.path.join(pool_dir, MANIFEST)
     if not os.path.isdir(pool_dir):
         raise ReleaseError(f"{pool_dir}: not a pool folder")
     manifest = pool_import.read_manifest(pool_dir)
     if manifest is None:
-        raise ReleaseError(f"{pool_dir}: no {pool_import.MANIFEST}; only a pool written by the "
+        raise ReleaseError(f"{pool_dir}: no {MANIFEST}; only a pool written by the "
                            "sampling job (lmcor sample, scripts/real_pools.py) or by lmcor pool "
                            "import can be released")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
@@ -153,7 +153,7 @@ def _imported(pool_dir: str, manifest: Dict[str, Any]) -> _Expected:
     config, counts = manifest["config"], manifest.get("counts", {})
     generators = config.get("generators")
     if generators is not None and not isinstance(generators, list):
-        raise ReleaseError(f"{os.path.join(pool_dir, pool_import.MANIFEST)}: config.generators "
+        raise ReleaseError(f"{os.path.join(pool_dir, MANIFEST)}: config.generators "
                            f"is {generators!r}, not a list of names")
     return _Expected(
         counts={counts.get("examples")}, counted=f"{counts.get('examples')}",

@@ -5,7 +5,7 @@ is a PoolError whose message names where (file and line, or record number) and t
 dotted path (e.g. "candidates[2].decoding").
 """
 import math
-from typing import Any, Dict, NoReturn
+from typing import Any, Dict, NoReturn, Sequence
 
 DECODINGS = ("greedy", "sample")
 _RECORD_KEYS = {"id", "source", "references", "candidates", "meta"}
@@ -93,3 +93,16 @@ def _normalized(rec: Dict[str, Any]) -> Dict[str, Any]:
              for c in rec["candidates"]]
     return {"id": rec["id"], "source": rec["source"], "references": list(rec["references"]),
             "candidates": cands, "meta": dict(rec.get("meta") or {})}
+
+
+def pool_record(source: str, candidates: Sequence[Any], example_id: str = "request") -> dict:
+    """A pool-format record from a source and candidates (texts or pool candidate dicts);
+    bare texts count as greedy first, then samples, as the sampling job orders them."""
+    cands = []
+    for i, c in enumerate(candidates):
+        if isinstance(c, str):
+            c = {"text": c, "generator": "unknown", "prompt_id": None,
+                 "decoding": "greedy" if i == 0 else "sample", "temperature": 0.0,
+                 "logprob": None}
+        cands.append(c)
+    return {"id": example_id, "source": source, "references": [], "candidates": cands, "meta": {}}

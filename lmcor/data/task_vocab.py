@@ -24,10 +24,10 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import TASK_VOCAB
 
 SPECIAL_IDS = (0, 1, 2, 3)  # pad, EOS, BOS, unknown in Gemma's SentencePiece model
 UNK_ID = 3
-FILE_NAME = "task_vocab.json"
 
 
 class TaskVocab:
@@ -100,7 +100,7 @@ class TaskVocab:
     # ------------------------------------------------------------------ persistence
 
     def save(self, model_dir: str, base: Optional[dict] = None) -> str:
-        path = os.path.join(model_dir, FILE_NAME)
+        path = os.path.join(model_dir, TASK_VOCAB)
         atomic_write_text(path, json.dumps({
             "full_size": self.full_size, "size": self.size, "sha256": self.fingerprint(),
             "base_weights": base, "ids": self.ids.tolist()}))
@@ -108,7 +108,7 @@ class TaskVocab:
 
     @classmethod
     def load(cls, model_dir: str) -> "TaskVocab":
-        path = os.path.join(model_dir, FILE_NAME)
+        path = os.path.join(model_dir, TASK_VOCAB)
         try:
             with open(path) as f:
                 data = json.load(f)
@@ -121,4 +121,4 @@ class TaskVocab:
 
     @staticmethod
     def exists(model_dir: str) -> bool:
-        return os.path.isfile(os.path.join(model_dir, FILE_NAME))
+        return os.path.isfile(os.path.join(model_dir, TASK_VOCAB))

@@ -3,10 +3,10 @@ search, each one `lax.while_loop` inside one `jax.jit`.
 
 Modules, each importing only those above it:
   * `adapter`     - `DecodeAdapter`, the protocol of what the loops call on a model;
-  * `common`      - helpers every part shares (`NEG_INF`, `repeat_rows`, `round_up`);
+  * `arrays`      - array helpers every part shares (`NEG_INF`, `repeat_rows`, `round_up`);
   * `samplers`    - the next token from logits: greedy, temperature, top-k, top-p;
   * `beam`        - the beam-search loop and its length penalty;
-  * `sampling`    - the greedy and sampling loop;
+  * `sample_loop` - the greedy and sampling loop;
   * `executables` - compiled loops cached per adapter, and how many there are;
   * `text`        - prompt batches, stop strings and output text;
   * `runner`      - `DecodeConfig`, `Decoded`, `decode_batch` and `generate`.

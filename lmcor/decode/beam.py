@@ -8,7 +8,7 @@ a row always returns K hypotheses even if none produced EOS.
 import jax
 import jax.numpy as jnp
 
-from lmcor.decode.common import NEG_INF, repeat_rows
+from lmcor.decode.arrays import NEG_INF, repeat_rows
 
 
 def length_penalty(length, alpha):

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcor.decode import beam, executables
-from lmcor.decode.common import round_up
-from lmcor.decode.sampling import sample_loop
+from lmcor.decode.arrays import round_up
+from lmcor.decode.sample_loop import sample_loop
 from lmcor.decode.text import is_encdec, pad_prompts, stop_table, texts_of
 
 

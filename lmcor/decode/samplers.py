@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from lmcor.decode.common import NEG_INF
+from lmcor.decode.arrays import NEG_INF
 
 NUCLEUS_CAP = 1024
 

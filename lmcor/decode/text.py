@@ -3,7 +3,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from lmcor.decode.common import round_up
+from lmcor.decode.arrays import round_up
 
 
 def stop_table(tokenizer, stop: Sequence[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`lmcor evaluate`: the paper's comparison table for one task's test pool.
+"""The paper's comparison table for one task's test pool, behind `lmcor evaluate`.
 
     lmcor evaluate --gin_file=gin/runs/evaluate.gin --gin_file=gin/tasks/e2e.gin \
         --gin.EVAL_DIR=/runs/e2e/eval --gin.FINETUNE_DIR=/runs/e2e/finetune \
@@ -7,7 +7,7 @@
 Rows: LLM greedy, LLM sample, best single system (pools with several generators), MBR rerank,
 oracle, fine-tuned, LMCor single, LMCor. A row whose MODEL_DIR is unset or missing is omitted
 with a note (printed, and kept in results.json's "notes"). Every metric carries a percentile
-bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.evaluation.metrics).
+bootstrap 95% interval and a paired bootstrap test against LLM greedy (lmcor.metrics).
 A record whose pool holds no candidates gets an empty output in the pool rows and is corrected
 from its source alone; such records are counted in a note.
 
@@ -31,22 +31,19 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import gin
 from absl import logging
 
-from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.gin_command import GinFlags
-from lmcor.evaluation import breakdowns, metrics, rerank
+from lmcor.data.corrector_input import ROW_NAMES
+from lmcor import metrics
+from lmcor.evaluation import breakdowns, rerank
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
-                                     task_dataset)
+                                     task_dataset, task_metrics)
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import code_version
 from lmcor.evaluation.predictions import (cached_predictions, drop_batches, prediction_key,
                                           prediction_path, save_batches, save_predictions,
                                           saved_batches, write_inputs, write_lines)
 from lmcor.evaluation.results_table import GREEDY_ROW, METRIC_LABELS, markdown_table
 
-# Main metric first. "rougeL" is ROUGE-L over the whole output (rouge-score's rougeLsum, which
-# equals rougeL on one-line outputs).
-METRICS_BY_DATASET = {"e2e": ("bleu", "rougeL", "chrf"), "jfleg": ("gleu",),
-                      "wmt": ("chrf", "bleu"), "xsum": ("rougeL", "bleu")}
+# The table's ROUGE-L is rouge-score's rougeLsum (lmcor.metrics.seqio_fns.TABLE_METRICS).
 _BOOTSTRAP_NAME = {"rougeL": "rougeLsum"}
 
 
@@ -84,21 +81,23 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                tags: Optional[Mapping[str, object]] = None,
                breakdown: Optional[str] = "auto") -> EvalConfig:
     """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
-    a registered task (any variant: the pool is the same) or, with `pool`, just a name.
+    a registered task or mixture (any variant: the pool is the same) or, with `pool`, a dataset
+    name (e.g. "wmt22", whose `<name>_lmcor` task is registered). The table's metrics are the
+    ones that task declares (`task_metrics`), unless `metric_names` gives others.
     `num_candidates` keeps each pool's first k candidates (for every row; the correctors get
     corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
     copied into results.json for `lmcor report`'s ablation plots. `breakdown` names a grouping
     of the test inputs (lmcor.evaluation.breakdowns) to score the main metric on per group; "auto" takes
     the dataset's (E2E: by number of attributes), None none."""
     dataset = task_dataset(task)
-    family = "wmt" if dataset.startswith("wmt") else dataset
-    names = tuple(metric_names or METRICS_BY_DATASET.get(family, ("bleu", "chrf")))
+    names = tuple(metric_names or task_metrics(task))
     unknown = [m for m in names if m not in METRIC_LABELS]
     if unknown:
         raise ValueError(f"evaluation.metric_names: unknown {unknown}; known {sorted(METRIC_LABELS)}")
     if mbr_utility not in rerank.UTILITIES:
         raise ValueError(f"evaluation.mbr_utility={mbr_utility!r}; expected one of {rerank.UTILITIES}")
-    dirs = dict(zip([r for r, _ in CORRECTOR_ROWS], (finetune_dir, lmcor_single_dir, lmcor_dir)))
+    dirs = {ROW_NAMES[variant]: folder for variant, folder in (
+        ("finetune", finetune_dir), ("lmcor_single", lmcor_single_dir), ("lmcor", lmcor_dir))}
     if breakdown == "auto":
         breakdown = breakdowns.DEFAULT_BY_DATASET.get(dataset)
     if breakdown is not None and breakdown not in breakdowns.BREAKDOWNS:
@@ -163,11 +162,11 @@ def _corpus(metric: str, hyps, refs, srcs) -> float:
 
 def corrector_outputs(records: Sequence[Mapping], variant: str, model_dir: str,
                       cfg: EvalConfig, done: Sequence[str] = (), on_batch=None) -> List[str]:
-    """Decodes with the trained corrector in model_dir (lmcor.corrector: the one inference
+    """Decodes with the trained corrector in model_dir (lmcor.inference: the one inference
     path), after the `done` outputs of an interrupted decode, calling `on_batch(outputs so far)`
     after each batch. Its run config replaces the current Gin config, which evaluate() has
     already read."""
-    from lmcor.corrector import Corrector
+    from lmcor.inference.corrector import Corrector
 
     gin.clear_config()
     corrector = Corrector.from_model_dir(model_dir, gin_bindings=corrector_bindings(variant, cfg))
@@ -188,7 +187,7 @@ def _breakdown(records, outputs, refs, srcs, cfg: "EvalConfig") -> Optional[dict
 
 
 # Paired tests between trained rows: does LMCor's pool beat the same model on the source alone?
-COMPARISONS = (("LMCor", "fine-tuned"),)
+COMPARISONS = ((ROW_NAMES["lmcor"], ROW_NAMES["finetune"]),)
 
 
 def comparisons(outputs: Mapping[str, Sequence[str]], refs, srcs,
@@ -272,7 +271,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
                "closest_candidates": breakdowns.closest_candidates(
                    records, {row: outputs[row] for row, _ in CORRECTOR_ROWS if row in outputs}),
-               "notes": inputs.notes, "tags": dict(cfg.tags), "commit": gin_config.git_revision(),
+               "notes": inputs.notes, "tags": dict(cfg.tags), "commit": code_version(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),
                       json.dumps(results, indent=1, ensure_ascii=False) + "\n")
@@ -280,27 +279,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     return results
 
 
-def _main(flags: GinFlags) -> int:
-    logging.set_verbosity(logging.INFO)
-    gin_config.parse_gin(flags.files, flags.bindings, finalize=False)
-    results = evaluate(evaluation())
-    print(markdown_table(results), end="")
-    for note in results["notes"]:
-        print(f"note: {note}")
-    return 0
-
-
-# What a bad pool, folder or corrector raises (PoolError, AdapterError and BaseWeightsMismatch
-# are ValueErrors; a missing or unwritable file, an OSError): one line, exit status 2.
-INPUT_ERRORS = (OSError, ValueError)
-
-
-def main(argv=None) -> int:
-    return cli.run_gin_command("evaluate", sys.argv[1:] if argv is None else argv, _main,
-                               INPUT_ERRORS)
-
-
 if __name__ == "__main__":
-    # A Gin command runs through the CLI, which checks its flags and then imports this module
-    # under its own name; run as __main__, its configurables would be registered twice.
+    # Gin files import this module by name to register `evaluation`; run as __main__ it would
+    # register it a second time. The command is lmcor.cli's.
     sys.exit("usage: lmcor evaluate ... (or python -m lmcor.cli evaluate ...)")

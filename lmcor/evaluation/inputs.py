@@ -3,11 +3,12 @@
 `check_inputs` refuses, in one error naming the file, line and field or the Gin binding: an
 EVAL_DIR this process cannot write, a pool that does not read (missing, truncated, a bad line),
 a task that is not registered, a record with candidates but no greedy one for the LLM-greedy row,
-and a corrector folder that cannot be decoded (lmcor.corrector.check_model_dir: checkpoints,
-released weights' sha256, task vocabulary, base weights). Then the evaluation runs to its end
-without finding a mistake in what it was given after minutes of decoding.
+and a corrector folder that cannot be decoded (lmcor.inference.run_dir.check_model_dir:
+checkpoints, released weights' sha256, task vocabulary, base weights). Then the evaluation runs
+to its end without finding a mistake in what it was given after minutes of decoding.
 """
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
@@ -15,11 +16,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 
+from lmcor.data.corrector_input import ROW_NAMES, VARIANTS
 from lmcor.data.pool_schema import fail
 from lmcor.evaluation import rerank
-from lmcor.gin_errors import closest
+from lmcor.paths import TRAIN_SUMMARY
 
-CORRECTOR_ROWS = (("fine-tuned", "finetune"), ("LMCor single", "lmcor_single"), ("LMCor", "lmcor"))
+# (table row, task variant) of each trained corrector, in table order.
+CORRECTOR_ROWS = tuple((name, variant) for variant, name in ROW_NAMES.items())
 NO_MODEL_DIR = "no MODEL_DIR given"  # the note of a row left out on purpose (pool-only tables)
 
 
@@ -35,10 +38,37 @@ class Inputs:
 
 def task_dataset(task: str) -> str:
     """'e2e_lmcor_single' -> 'e2e' (the variant suffix names the input, not the data)."""
-    for variant in sorted(("finetune", "lmcor", "lmcor_single"), key=len, reverse=True):
+    for variant in sorted(VARIANTS, key=len, reverse=True):
         if task.endswith("_" + variant):
             return task[:-len(variant) - 1]
     return task
+
+
+def task_metrics(task: str) -> Tuple[str, ...]:
+    """The comparison-table metrics, main one first, that the registration of `task` declares
+    (its SeqIO metric functions, lmcor.metrics.table_metrics): the task itself, a mixture's
+    first task, or for a bare dataset name its `<name>_lmcor` task."""
+    import seqio
+
+    import lmcor.tasks  # noqa: F401  (registers the tasks)
+    from lmcor.metrics import table_metrics
+
+    tasks, mixtures = set(seqio.TaskRegistry.names()), set(seqio.MixtureRegistry.names())
+    name = task if task in tasks | mixtures else f"{task}_lmcor"
+    if name in mixtures:
+        name = seqio.get_mixture_or_task(name).tasks[0].name
+    if name not in tasks:
+        raise _no_such_task(task, tasks | mixtures, "its registered task declares the table's "
+                            "metrics (or bind evaluation.metric_names)")
+    return table_metrics(seqio.get_mixture_or_task(name).metric_fns)
+
+
+def _no_such_task(task: str, names, otherwise: str = "") -> ValueError:
+    """The error for a task name nothing registered: the closest one, else `otherwise`."""
+    close = next(iter(difflib.get_close_matches(task, sorted(names), n=1)), None)
+    hint = f"did you mean {close!r}?" if close else otherwise
+    return ValueError(f"evaluation.task={task!r} (MIXTURE_OR_TASK_NAME): no such task or "
+                      "mixture" + (f"; {hint}" if hint else ""))
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -85,9 +115,7 @@ def _task_source(task: str):
     import lmcor.tasks  # noqa: F401  (registers the tasks)
     names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if task not in names:  # asked first: seqio logs every task it knows before it refuses
-        close = closest(task, names)
-        raise ValueError(f"evaluation.task={task!r} (MIXTURE_OR_TASK_NAME): no such task or "
-                         "mixture" + (f"; did you mean {close!r}?" if close else ""))
+        raise _no_such_task(task, names)
     source = getattr(seqio.get_mixture_or_task(task), "source", None)
     if not hasattr(source, "records"):  # a mixture, or a TFDS-prepared pool
         raise ValueError(f"evaluation.task={task!r}: not a task over Python pool records; "
@@ -109,7 +137,7 @@ def reference_streams(records: Sequence[Mapping], max_references: Optional[int])
 def training_summary(model_dir: Optional[str]) -> Optional[dict]:
     """What MODEL_DIR/train_summary.json (written by the trainer) says of a corrector's
     training: examples seen, training seconds, steps, the selected step; None without one."""
-    path = os.path.join(model_dir, "train_summary.json") if model_dir else ""
+    path = os.path.join(model_dir, TRAIN_SUMMARY) if model_dir else ""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -142,7 +170,7 @@ def _check_greedy(records: Sequence[Mapping], generator: Optional[str],
 def check_inputs(cfg) -> Inputs:
     """Everything an EvalConfig's evaluation reads, checked (see the module doc). Reading the
     corrector folders' configs replaces the Gin config, which `cfg` has already been read from."""
-    from lmcor.corrector import check_model_dir
+    from lmcor.inference.run_dir import check_model_dir
 
     check_out_dir(cfg.out_dir)
     where: Dict[str, str] = {}

@@ -33,7 +33,7 @@ def prediction_key(records: Sequence[Mapping], model_dir: str, corrector_binding
     MODEL_DIR, the weights it restores, and the settings that change decoding (the evaluation's
     corrector_bindings and num_candidates). Another pool, test slice, corrector or checkpoint (a
     run trained further, a better validated step) in the same EVAL_DIR must not reuse it."""
-    from lmcor.corrector import trained_identity  # noqa: PLC0415 — loads orbax
+    from lmcor.inference.run_dir import trained_identity  # noqa: PLC0415 — loads orbax
     digest = hashlib.sha256()
     for rec in records:
         digest.update(json.dumps([rec["id"], rec["source"], rec.get("candidates")],

@@ -34,14 +34,15 @@ import platform
 import re
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from lmcor import config as gin_config
+from lmcor.data.corrector_input import ROW_NAMES
+from lmcor.paths import code_version
 from lmcor.evaluation.inputs import NO_MODEL_DIR
 from lmcor.io_utils import atomic_write_text
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
 
 FORMAT = "lmcor-results/1"
 # The row columns of the headline table, in the order a reader compares them.
-HEADLINE_ROWS = ("LLM greedy", "MBR rerank", "oracle", "fine-tuned", "LMCor single", "LMCor")
+HEADLINE_ROWS = ("LLM greedy", "MBR rerank", "oracle", *ROW_NAMES.values())
 
 _BLOCK = re.compile(r"(?P<open><!-- lmcor:(?P<kind>\w+) (?P<args>[^>]*?) -->\n)(?P<body>.*?)"
                     r"(?P<close><!-- /lmcor -->)", re.S)
@@ -90,7 +91,7 @@ def summarize(results: Sequence[Tuple[str, Mapping]], run_dir: str,
               learning: Optional[Mapping[str, Mapping]] = None) -> dict:
     """The compact, committed form of every evaluation under RUN_DIR, keyed by its folder;
     `learning` maps a folder to its `learning_summary`."""
-    report_commit = _short(gin_config.git_revision())
+    report_commit = _short(code_version())
     evaluations = {}
     for rel, res in results:
         evaluations[rel] = {

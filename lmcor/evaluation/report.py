@@ -1,4 +1,4 @@
-"""`lmcor report RUN_DIR`: every evaluation under RUN_DIR as Markdown tables and PNG plots.
+"""Every evaluation under a run folder as Markdown tables and PNG plots, behind `lmcor report`.
 
     lmcor report /runs/quickstart [--out=/runs/quickstart/report]
     lmcor report --refresh docs/results.md README.md [--write]
@@ -18,18 +18,14 @@ into one folder (RUN_DIR/report by default):
                             examples it has seen (MODEL_DIR/eval/history.jsonl), one line per
                             row, the selected checkpoint circled.
 """
-import argparse
 import glob
 import io
 import json
 import os
 import struct
-import sys
 from collections import defaultdict
 from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
-from lmcor import config as gin_config
-from lmcor.command_errors import report_error
 from lmcor.evaluation import published
 from lmcor.io_utils import atomic_write_bytes, atomic_write_text
 from lmcor.evaluation.results_table import METRIC_LABELS, markdown_table
@@ -307,31 +303,3 @@ def build_report(run_dir: str, out_dir: str) -> str:
                       json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return path
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="lmcor report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?")
-    p.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    p.add_argument("--refresh", metavar="DOC.md", nargs="+",
-                   help="print each DOC.md with its generated tables rendered again from the "
-                        "results files they name (lmcor/evaluation/published.py), instead of a report")
-    p.add_argument("--write", action="store_true", help="with --refresh: rewrite the files")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if bool(args.run_dir) == bool(args.refresh):
-        p.error("give RUN_DIR or --refresh DOC.md, not both")
-    try:
-        if args.refresh:
-            for doc in args.refresh:
-                text = published.refresh_file(doc, gin_config.REPO_ROOT, write=args.write)
-                print(doc if args.write else text, end="\n" if args.write else "")
-            return 0
-        path = build_report(args.run_dir, args.out or os.path.join(args.run_dir, "report"))
-    except (OSError, ValueError) as e:
-        return report_error("lmcor report", e)
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@
 They are registered here and not in the model modules, so that importing a model registers
 nothing: a job whose Gin config is already locked (the sampling job loads Gemma on its first
 batch) can then import the models without lifting the lock. gin/models/*.gin import this module,
-and so does lmcor.training.models, so a run's saved config.gin parses too. The selectors keep the
+and so does lmcor.training.builders, so a run's saved config.gin parses too. The selectors keep the
 model modules' names (`lmcor.models.t5.t5_config`).
 """
 import gin

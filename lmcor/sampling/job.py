@@ -1,4 +1,5 @@
-"""`lmcor sample`: few-shot prompt an LLM for a candidate pool (greedy + n samples per input).
+"""The sampling job behind `lmcor sample` (lmcor.cli.sample_command): few-shot prompt an LLM for a
+candidate pool (greedy + n samples per input).
 
     lmcor sample --gin_file=gin/runs/sample.gin --gin_file=gin/tasks/sampling/e2e.gin \
         --gin.OUTPUT_DIR=pools/e2e_test
@@ -15,28 +16,22 @@ import glob
 import json
 import logging
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 import gin
 from tqdm import tqdm
 
-from lmcor import cli
-from lmcor import config as gin_config
-from lmcor.command_errors import report_error
-from lmcor.gin_command import GinFlags
 from lmcor.sampling import prompts
-from lmcor.sampling.backends.base import Backend, BackendError, Request, SamplingParams
+from lmcor.sampling.backends.base import Backend, Request, SamplingParams
 from lmcor.data import importers
 from lmcor.data.pool import PoolStats, is_shard, pool_stats, read_pool
 from lmcor.data.pool_schema import PoolError, validate_record
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import MANIFEST, code_version, data_root
 
 log = logging.getLogger("lmcor.sampling")
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(gin_config.REPO_ROOT), "shared", "data")
 SHARD_PREFIX = "pool"
-MANIFEST = "manifest.json"
 # A pool written with other settings must not be silently extended by a rerun.
 # The backend's address may change between runs (a restarted server); the model may not.
 _RESUME_KEYS = ("task", "split", "demo_split", "max_examples", "subset_seed", "shard_size", "seed",
@@ -183,7 +178,7 @@ def _write_shard(path: str, records: Sequence[dict]) -> None:
 
 
 def _host_shards(n_shards: int, process_index: int, process_count: int) -> range:
-    from lmcor.distributed import host_shard  # noqa: PLC0415 — keeps `import lmcor.sampling.job` light
+    from lmcor.data.host_shard import host_shard
 
     return host_shard(n_shards, process_index, process_count)
 
@@ -244,7 +239,7 @@ def sample_pool(output_dir: Optional[str] = None, task: str = gin.REQUIRED,
     if shard_size < 1 or batch_size < 1:
         raise SampleError("sample_pool: shard_size and batch_size must be >= 1")
     prompt, sampling = prompt or prompts.PromptConfig(), sampling or SamplingParams()
-    data_dir = data_dir or DEFAULT_DATA_DIR
+    data_dir = data_dir or data_root()
     examples, builder = _prepare(task, split, demo_split, data_dir, prompt, max_examples,
                                  subset_seed)
     run_config = json.loads(json.dumps({  # compared with the manifest as JSON sees it
@@ -282,7 +277,7 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
     stats = pool_stats(output_dir) if has_shards else PoolStats()
     manifest = {
         "status": "complete" if stats.examples == n_examples else "partial",
-        "code_version": gin_config.git_revision(), "model": backend.generator,
+        "code_version": code_version(), "model": backend.generator,
         "prompt_variant": run_config["prompt"]["variant"],
         "counts": {**stats.to_dict(), "expected_examples": n_examples,
                    "shards_written_this_run": n_written,
@@ -301,29 +296,3 @@ def _finish(output_dir, run_config, backend, sampler, progress, n_examples, n_wr
     log.info("backend stats: %s", manifest["backend_stats"])
     return {"config": run_config, **manifest}
 
-
-def _host_settings(kwargs: dict) -> dict:
-    """sample_pool's host arguments from the distributed flags (or their environment)."""
-    from lmcor import distributed  # noqa: PLC0415
-
-    if kwargs or os.environ.get(distributed.ENV_COUNT):
-        info = distributed.initialize(**kwargs)
-        return {"process_index": info.process_index, "process_count": info.process_count}
-    return {}
-
-
-def _main(flags: GinFlags) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        hosts = _host_settings(flags.distributed)
-        gin_config.parse_gin(flags.files, flags.bindings)  # bare strings allowed: lmcor.config
-        summary = sample_pool(**hosts)
-    except (SampleError, PoolError, BackendError, ValueError, FileNotFoundError) as e:
-        return report_error("lmcor sample", e)
-    print(json.dumps({k: summary[k] for k in ("status", "counts", "backend_stats",
-                                              "wall_s_this_run", "tokens_per_s_this_run")}))
-    return 0 if summary["status"] == "complete" or hosts.get("process_count", 1) > 1 else 1
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run_gin_command("sample", sys.argv[1:] if argv is None else argv, _main)

@@ -11,11 +11,13 @@ no new dependencies. No module here imports JAX or TensorFlow at import time: th
 is loaded when the server starts.
 
 Modules, each importing only those above it:
-  * `metrics`  - Prometheus counters and histograms rendered for /metrics;
+  * `batching` - one thread that collects queued requests into batches and runs them;
+  * `upstream` - the LLM behind the proxy: an OpenAI-compatible endpoint or Gemma in JAX;
+  * `prometheus` - Prometheus counters and histograms rendered for /metrics;
   * `decoder`  - the corrector's beam search at fixed decode shapes and output lengths;
   * `batcher`  - the micro-batcher that decodes concurrent requests together;
   * `api`      - the OpenAI request checks and the reply and error bodies;
   * `app`      - `ServeApp`: start-up and warm-up state, and one request from body to reply;
-  * `server`   - the HTTP handler and server in front of a `ServeApp`;
-  * `command`  - the `lmcor serve` flags and `main`; `python -m lmcor.serve` runs it.
+  * `server`   - the HTTP handler and server in front of a `ServeApp`.
+The command's flags and `main` are lmcor.cli.serve_command; `python -m lmcor.serve` runs it.
 """

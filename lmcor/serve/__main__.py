@@ -1,6 +1,6 @@
 """`python -m lmcor.serve` is `lmcor serve`."""
 import sys
 
-from lmcor.serve.command import main
+from lmcor.cli.serve_command import main
 
 sys.exit(main())

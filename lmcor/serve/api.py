@@ -5,7 +5,7 @@ import time
 import uuid
 from typing import Tuple
 
-from lmcor.upstream import ApiError
+from lmcor.serve.upstream import ApiError
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 

@@ -10,13 +10,12 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 
-from lmcor.command_errors import one_line
 from lmcor.sampling.backends.base import Request, SamplingParams
 from lmcor.serve.api import parse_body, response
 from lmcor.serve.batcher import MicroBatcher
 from lmcor.serve.decoder import Decoder
-from lmcor.serve.metrics import Metrics
-from lmcor.upstream import ApiError
+from lmcor.serve.prometheus import Metrics
+from lmcor.serve.upstream import ApiError
 
 
 class ServeApp:
@@ -132,7 +131,8 @@ class ServeApp:
         except Exception as e:  # the server cannot become ready: say why, main() exits
             logging.exception("start-up failed")
             self._set_state({"status": "failed",
-                             "message": f"start-up failed: {type(e).__name__}: {one_line(e)}"})
+                             # As raised: `lmcor serve` prints it on one line as it exits.
+                             "message": f"start-up failed: {type(e).__name__}: {e}"})
 
     def health(self) -> Tuple[int, dict]:
         """(HTTP status, body) of /healthz: 200 only when ready to answer completions."""
@@ -173,7 +173,8 @@ class ServeApp:
         # Refused while warming up only: a request accepted before a shutdown is still served.
         if state["status"] != "ok":
             raise ApiError(503, state["message"], "unavailable")
-        from lmcor.corrector import InputTooLongError, pool_record
+        from lmcor.data.pool_schema import pool_record
+        from lmcor.inference.settings import InputTooLongError
 
         try:  # refuse an oversized source before paying for the upstream call
             self.corrector.tokenize(req["source"])

@@ -6,9 +6,9 @@ from typing import List
 
 from absl import logging
 
-from lmcor.batching import BatchWorker
+from lmcor.serve.batching import BatchWorker
 from lmcor.serve.decoder import Decoder
-from lmcor.serve.metrics import Metrics
+from lmcor.serve.prometheus import Metrics
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class MicroBatcher(BatchWorker):
         return item.length
 
     def handle(self, length: int, group: List[_Item]) -> None:
-        from lmcor.corrector import row_bucket
+        from lmcor.inference.settings import row_bucket
 
         try:
             outs = self.decoder.decode([item.ids for item in group], length,

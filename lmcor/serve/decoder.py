@@ -1,6 +1,6 @@
 """The corrector's beam search at the fixed decode shapes and output lengths a server compiles
-before it takes a request, and the cut of each output to its request's `max_tokens`."""
-import dataclasses
+before it takes a request, and the cut of each output to its request's `max_tokens`. The
+padding and the decode call are the Corrector's own (`Corrector.decode_padded`)."""
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -50,23 +50,12 @@ class Decoder:
                                f"at output length {length}")
         return min(fits)[1:]
 
-    def _run(self, token_lists: Sequence[Sequence[int]], length: int, rows: int,
-             width: Optional[int] = None, compile_only: bool = False):
-        from lmcor import decode
-
-        c = self.corrector
-        width = width or c.width_bucket(max(len(t) for t in token_lists))
-        batch = decode.pad_prompts(token_lists, encdec=c.encdec,
-                                   pad_id=int(c.lm.pad_id), bucket=width, rows=rows)
-        config = dataclasses.replace(c.decode_config, max_new_tokens=length)
-        return decode.decode_batch(c.lm, c.params, batch, config, compile_only=compile_only)
-
     def decode(self, token_lists: Sequence[Sequence[int]], length: int,
                rows: int) -> List[Tuple[List[int], bool]]:
         """Per input: (output ids without EOS, whether the corrector ended it with EOS)."""
         c = self.corrector
         width = c.width_bucket(max(len(t) for t in token_lists))
-        dec = self._run(token_lists, length, *self._shape(rows, width, length))
+        dec = c.decode_padded(token_lists, *self._shape(rows, width, length), length)
         eos, out = int(c.lm.eos_id), []
         for tokens, n in zip(dec.tokens[:len(token_lists)], dec.lengths):
             ids = [int(t) for t in tokens[:int(n)]]
@@ -78,8 +67,8 @@ class Decoder:
 
     def warm(self, rows: int, width: int, length: int):
         """Compiles the decode of this shape without running it; batches may then use it."""
-        self._run([[int(self.corrector.lm.eos_id)] * width], length, rows, width,
-                  compile_only=True)
+        self.corrector.decode_padded([[int(self.corrector.lm.eos_id)] * width], rows, width,
+                                     length, compile_only=True)
         with self._lock:
             self.compiled = (self.compiled or set()) | {(rows, width, length)}
 

@@ -10,7 +10,7 @@ from absl import logging
 
 from lmcor.serve.api import ENDPOINTS, error_payload
 from lmcor.serve.app import ServeApp
-from lmcor.upstream import ApiError
+from lmcor.serve.upstream import ApiError
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -14,8 +14,8 @@ from jax.experimental import multihost_utils
 
 from lmcor.io_utils import atomic_write_text
 from lmcor.training.logging import log_info
+from lmcor.paths import EVAL_HISTORY
 
-HISTORY = os.path.join("eval", "history.jsonl")
 
 
 def _sum_over_hosts(values: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ class ExamplePlan:
 def read_history(model_dir: str) -> list:
     """MODEL_DIR/eval/history.jsonl's records (step, examples_seen, train_seconds, metrics),
     oldest first; empty when the run has none."""
-    path = os.path.join(model_dir, HISTORY)
+    path = os.path.join(model_dir, EVAL_HISTORY)
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as f:
@@ -85,7 +85,7 @@ class EvalHistory:
     run killed before its checkpoint finished) are dropped."""
 
     def __init__(self, model_dir: str, start_step: int, main_host: bool):
-        self.path = os.path.join(model_dir, HISTORY)
+        self.path = os.path.join(model_dir, EVAL_HISTORY)
         self.main = main_host
         self.records = [r for r in read_history(model_dir) if r["step"] <= start_step]
         if self.main:

@@ -19,7 +19,7 @@ token, as the separate example's first target position does. A group that does n
 is split over several, each with the prefix.
 
 `batch_shape` gives the (length, loss positions) a batch of such rows is cut to, so that a
-length-grouped batch (lmcor.training.data, `length_buckets`) computes neither padding nor the
+length-grouped batch (lmcor.training.batches, `length_buckets`) computes neither padding nor the
 LM head at prefix positions.
 """
 from typing import Dict, Iterable, List, Sequence, Tuple

@@ -18,19 +18,24 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lmcor import distributed
 from lmcor.io_utils import atomic_write_text
 from lmcor.models import partitioning
-from lmcor.training import budget, checkpointing, data as data_lib, frozen_cache
+from lmcor.training import batches, budget, checkpointing, frozen_cache
 from lmcor.training import state as state_lib
 from lmcor.training import step as step_lib
-from lmcor.training import models  # noqa: F401  (registers the model factories with gin)
+from lmcor.training import builders  # noqa: F401  (registers the model builders with gin)
 from lmcor.training.logging import TrainLogger, log_info
 from lmcor.training.protocol import TrainModel
+from lmcor.paths import CHECKPOINTS, RUN_CONFIG, TRAIN_SUMMARY
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def _is_main_host() -> bool:
+    """Host 0 writes the run's files (config, summaries, TensorBoard); every host trains."""
+    return jax.process_index() == 0
 
 
 def _global_batch(local: dict, mesh) -> dict:
@@ -55,7 +60,7 @@ def _build_source(data_fn: Callable, batch_size: int, seed: int, data_shards: Op
     if num % jax.process_count():
         raise ValueError(f"data_shards={num} must be a multiple of the {jax.process_count()} hosts")
     owned = [s for s in range(num) if s % jax.process_count() == jax.process_index()]
-    return data_lib.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed,
+    return batches.BatchSource(data_fn(num_shards=num, owned_shards=owned), num, batch_size, seed,
                                 length_buckets=length_buckets)
 
 
@@ -124,9 +129,9 @@ class _TrainClock:
 
 
 def _write_config(model_dir: str):
-    """The run's Gin config, for `lmcor.corrector` and for reproducing the run (T5X habit)."""
-    if distributed.is_main_host():
-        atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+    """The run's Gin config, for `lmcor.inference` and for reproducing the run (T5X habit)."""
+    if _is_main_host():
+        atomic_write_text(os.path.join(model_dir, RUN_CONFIG), gin.config_str())
 
 
 def _check_finite(metrics: dict, step: int, model_dir: str):
@@ -142,7 +147,7 @@ def _evaluate_only(model, state, step, evaluator, model_dir):
     if evaluator is None:
         raise ValueError("train.evaluate_only needs train.evaluator")
     results = evaluator(model, state.params, step)
-    logger = TrainLogger(os.path.join(model_dir, "eval"), step, step, distributed.is_main_host())
+    logger = TrainLogger(os.path.join(model_dir, "eval"), step, step, _is_main_host())
     logger.scalars(step, results, prefix="eval/")
     logger.close()
     return {"step": step, "losses": [], "stopped": "evaluated", "eval": results}
@@ -174,7 +179,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     when an evaluator is set, a final evaluation: "train for 15 minutes" on a shared machine.
 
     `length_buckets` (decoder-only rows, e.g. `seqio_train_data.share_inputs`): length-grouped
-    batches cut to the bucket of their longest row (training/data.py), so a step computes
+    batches cut to the bucket of their longest row (training/batches.py), so a step computes
     neither the padding nor attention across the longest row's width.
 
     `data(num_shards, owned_shards) -> {shard: {feature: np.ndarray}}` (see training/data.py);
@@ -191,7 +196,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     model = model.fit_to_data(_max_over_hosts(source.most_loss_tokens_per_row()))
     state, step_fn, frozen = build_step(model, optimizer, schedule, mesh, seed)
     _log_sizes(state, frozen)
-    ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    ckpt = checkpointing.Checkpointer(os.path.join(model_dir, CHECKPOINTS))
     state, start, position = _restore_or_init(ckpt, state, source)
     if evaluate_only:
         return _evaluate_only(model, state, start, evaluator, model_dir)
@@ -199,11 +204,11 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     if patience is not None and (patience < 1 or not ckpt.best_metric or evaluator is None):
         raise ValueError(f"train.patience={patience} needs patience >= 1, an evaluator and "
                          f"Checkpointer.best_metric (got {ckpt.best_metric!r})")
-    history = budget.EvalHistory(model_dir, start, distributed.is_main_host())
+    history = budget.EvalHistory(model_dir, start, _is_main_host())
     cache = (frozen_cache.FrozenCache(model, model_dir, source, frozen, mesh)
              if model.cache_frozen else None)
     logger = TrainLogger(os.path.join(model_dir, "train"), plan.end, start,
-                         distributed.is_main_host())
+                         _is_main_host())
     losses, stopped = [], "budget" if plan.budgeted else "done"
     end = plan.end
     # Any host: only the main host is sure to hold the history file after a restart.
@@ -260,7 +265,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     summary = {"step": done, "examples_seen": plan.examples(done),
                "train_seconds": round(trained_s, 1), "stopped": stopped,
                "best_step": best_step, "evaluations": len(history.records)}
-    if distributed.is_main_host() and stopped != "preempted":
-        atomic_write_text(os.path.join(model_dir, "train_summary.json"),
+    if _is_main_host() and stopped != "preempted":
+        atomic_write_text(os.path.join(model_dir, TRAIN_SUMMARY),
                           json.dumps(summary, indent=1) + "\n")
     return {**summary, "losses": losses}

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from lmcor import io_utils
 from lmcor.io_utils import atomic_write_text
+from lmcor.paths import BASE_WEIGHTS
 
-BASE_FILE = "base_weights.json"
 _LAYER = re.compile(r"layers_(\d+)$")
 
 
@@ -140,13 +140,13 @@ def record_base(model_dir: str, identity: Optional[dict], extra: Optional[dict] 
     if identity is None:
         return
     check_base(model_dir, identity)
-    path = os.path.join(model_dir, BASE_FILE)
+    path = os.path.join(model_dir, BASE_WEIGHTS)
     if not os.path.exists(path) and jax.process_index() == 0:
         atomic_write_text(path, json.dumps({**identity, **(extra or {})}, indent=1))
 
 
 def check_base(model_dir: str, identity: Optional[dict]):
-    path = os.path.join(model_dir, BASE_FILE)
+    path = os.path.join(model_dir, BASE_WEIGHTS)
     if identity is None or not os.path.exists(path):
         return
     with open(path) as f:

@@ -1,5 +1,5 @@
 """What the trainer, its evaluation and MODEL_DIR loading call on a model family: the
-`TrainModel` protocol (lmcor.training.models implements it for T5 and Gemma 3).
+`TrainModel` protocol (lmcor.training.builders implements it for T5 and Gemma 3).
 
 The methods with a body here are what a model does that trains every parameter and needs
 nothing from the data or the run folder; a family subclasses the protocol to take them, and

@@ -1,6 +1,6 @@
 """Training data from SeqIO tasks/mixtures: this host's data shards, run through the model's
 feature converter (packing on by default) and held in memory as fixed-shape numpy arrays, which
-`training.data.BatchSource` turns into step-keyed batches (exact resume, no iterator state).
+`training.batches.BatchSource` turns into step-keyed batches (exact resume, no iterator state).
 
 Also `task_spm_model`, so a Gin file can bind a task vocabulary trained on the task's own text:
 `task_vocabulary.spm_model = @task_spm_model()`.
@@ -24,7 +24,7 @@ from lmcor.data import importers, vocab
 from lmcor.data.feature_converters import DecoderOnlyFeatureConverter
 from lmcor.data.pool import read_pool
 from lmcor.io_utils import file_state
-from lmcor.tasks.common import data_root
+from lmcor.paths import data_root
 from lmcor.training import grouped_rows
 
 log = logging.getLogger(__name__)
