@@ -56,6 +56,40 @@ def test_random_selection_and_shuffled_order_are_seeded_per_id():
                       for i in range(10)]
 
 
+def test_reference_candidate_shows_another_reference_never_the_target():
+    refs = [f"ref {i}" for i in range(6)]
+
+    def example(rid, target):  # one training example, as one_example_per_reference yields it
+        rec = record(rid, refs=[refs[target]])
+        return dict(rec, peer_references=[r for j, r in enumerate(refs) if j != target])
+
+    always = ci.CorrectorOptions(reference_candidate=1.0)
+    plain = ci.CorrectorOptions()
+    seen = set()
+    for i in range(24):
+        ex = example(f"id{i}", i % 6)
+        got = _candidates_of(ci.build_corrector_input(ex, "lmcor", always)[0])
+        before = _candidates_of(ci.build_corrector_input(ex, "lmcor", plain)[0])
+        changed = [j for j, (a, b) in enumerate(zip(got, before)) if a != b]
+        assert len(got) == len(before) and len(changed) == 1, (got, before)
+        assert got[changed[0]] in ex["peer_references"]
+        assert refs[i % 6] not in got
+        seen.add(changed[0])
+        assert got == _candidates_of(ci.build_corrector_input(ex, "lmcor", always)[0])
+    assert len(seen) > 1, "the planted reference always takes the same place"
+    # Evaluation and test records carry no peer references: their input is never changed.
+    assert ci.build_corrector_input(record(), "lmcor", always) == \
+        ci.build_corrector_input(record(), "lmcor", plain)
+    assert ci.build_corrector_input(example("f", 0), "finetune", always)[0] == "source: the src"
+    half = ci.CorrectorOptions(reference_candidate=0.5)
+    planted = sum(ci.build_corrector_input(example(f"h{i}", 0), "lmcor", half)[0]
+                  != ci.build_corrector_input(example(f"h{i}", 0), "lmcor", plain)[0]
+                  for i in range(200))
+    assert 70 < planted < 130
+    with pytest.raises(ValueError, match="reference_candidate"):
+        ci.CorrectorOptions(reference_candidate=1.5)
+
+
 def test_gin_binds_the_options_class_and_explicit_arguments_win():
     with gin.unlock_config():
         gin.parse_config(["corrector_options.k = 3", "corrector_options.generators = ['m1', 'm2']"])

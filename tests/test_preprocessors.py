@@ -1,6 +1,7 @@
 """SeqIO preprocessing: the corrector-example preprocessor, feature converters, task vocabulary."""
 import itertools
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -29,6 +30,19 @@ def test_seqio_preprocessor_matches_python_and_splits_references():
     assert [(e["id"], e["targets"]) for e in flat] == [(b"a", b"ref a"), (b"a", b"ref b"),
                                                       (b"b", b"only")]
     assert [pp.references_of(e) for e in flat] == [["ref a"], ["ref b"], ["only"]]
+    peers = [list(e["peer_references"]) for e in pp.one_example_per_reference(ds).as_numpy_iterator()]
+    assert peers == [[b"ref b"], [b"ref a"], []]
+    with gin.unlock_config():
+        gin.parse_config(["corrector_options.reference_candidate = 1.0"])
+    try:  # each training example may show its other reference, never its own, as a candidate
+        planted = list(pp.corrector_example(pp.one_example_per_reference(ds)).as_numpy_iterator())
+        plain_test = list(pp.corrector_example(ds).as_numpy_iterator())
+    finally:
+        gin.clear_config()
+    assert b"ref b" in planted[0]["inputs"] and b"ref a" not in planted[0]["inputs"]
+    assert b"ref a" in planted[1]["inputs"] and b"ref b" not in planted[1]["inputs"]
+    assert planted[2]["inputs"] == flat[2]["inputs"]  # one reference: nothing to show
+    assert plain_test[0]["inputs"].decode() == ci.build_corrector_input(recs[0], "lmcor")[0]
     whole = list(pp.corrector_example(ds).as_numpy_iterator())
     assert pp.references_of(whole[0]) == ["ref a", "ref b"]
     assert whole[0]["inputs"].decode() == ci.build_corrector_input(recs[0], "lmcor")[0]

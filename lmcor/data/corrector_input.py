@@ -48,6 +48,11 @@ class CorrectorOptions:
     max_input_tokens: Optional[int] = None
     max_candidate_tokens: Optional[int] = None
     output_marker: str = ""
+    # Training only: the chance that one candidate, at a random place, is replaced by another
+    # reference of the same input (never the example's target). A corrector that has only seen
+    # candidates worse than its own output learns to rewrite every candidate; this shows it
+    # good ones to keep. Only training splits carry the other references (`peer_references`).
+    reference_candidate: float = 0.0
 
     def __post_init__(self):
         if self.generators is not None:  # a Gin list, kept hashable like the other fields
@@ -58,6 +63,9 @@ class CorrectorOptions:
             raise ValueError(f"corrector_options.order={self.order!r}; expected one of {ORDERS}")
         if self.k < 1:
             raise ValueError(f"corrector_options.k={self.k}; expected >= 1")
+        if not 0.0 <= self.reference_candidate <= 1.0:
+            raise ValueError(f"corrector_options.reference_candidate={self.reference_candidate}; "
+                             "expected a probability in [0, 1]")
         for name in ("max_input_tokens", "max_candidate_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -170,6 +178,22 @@ def select_candidates(record: Mapping[str, Any], variant: str,
     return [c["text"] for c in cands]
 
 
+def plant_peer_reference(record: Mapping[str, Any], cands: List[str],
+                         opts: CorrectorOptions) -> List[str]:
+    """`cands` with one of them replaced, with probability `opts.reference_candidate`, by one
+    of the record's `peer_references` (the references that are not its target). Seeded by the
+    record id and target, so each (input, reference) example draws its own."""
+    peers = record.get("peer_references") or ()
+    if not (cands and peers and opts.reference_candidate):
+        return cands
+    rng = _rng(opts, f"{record['id']}:{record['references'][0]}", "reference")
+    if rng.random() >= opts.reference_candidate:
+        return cands
+    out = list(cands)
+    out[rng.randrange(len(out))] = rng.choice(list(peers))
+    return out
+
+
 def format_input(source: str, candidates: Optional[Sequence[str]], separator: str,
                  marker: str = "") -> str:
     """`source: S` (no-candidate baseline) or `source: S <sep> candidates: c1 <sep> c2`, then
@@ -263,7 +287,8 @@ def build_corrector_input(record: Mapping[str, Any], variant: str,
         raise ValueError(f"unknown task variant {variant!r}; expected one of {VARIANTS}")
     opts = opts or CorrectorOptions()
     source_only = variant == "finetune" or (allow_no_candidates and not record["candidates"])
-    cands = [] if source_only else select_candidates(record, variant, opts)
+    cands = [] if source_only else plant_peer_reference(
+        record, select_candidates(record, variant, opts), opts)
     if opts.max_input_tokens is None:
         text, report = format_input(record["source"], None if source_only else cands,
                                     opts.separator, opts.output_marker), TruncationReport()

@@ -42,9 +42,11 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _record_from_arrays(example_id, source, references, texts, generators, decodings) -> Dict:
+def _record_from_arrays(example_id, source, references, peers, texts, generators,
+                        decodings) -> Dict:
     return {"id": _text(example_id), "source": _text(source),
             "references": [_text(r) for r in references],
+            "peer_references": [_text(r) for r in peers],
             "candidates": [{"text": _text(t), "generator": _text(g), "decoding": _text(d)}
                            for t, g, d in zip(texts, generators, decodings)]}
 
@@ -67,8 +69,9 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
         limit = sequence_length["inputs"] - int(output_features["inputs"].add_eos)
         opts = dataclasses.replace(opts, max_input_tokens=min(limit, opts.max_input_tokens or limit))
 
-    def build(example_id, source, references, texts, generators, decodings):
-        rec = _record_from_arrays(example_id, source, references, texts, generators, decodings)
+    def build(example_id, source, references, peers, texts, generators, decodings):
+        rec = _record_from_arrays(example_id, source, references, peers, texts, generators,
+                                  decodings)
         text, report = build_corrector_input(rec, variant, opts, vocab)
         refs = json.dumps(rec["references"], ensure_ascii=False)
         return (text.encode("utf-8"), refs.encode("utf-8"),
@@ -77,8 +80,9 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
 
     def fn(ex):
         c = ex["candidates"]
+        peers = ex.get("peer_references", tf.zeros([0], tf.string))  # training splits only
         out = tf.numpy_function(
-            build, [ex["id"], ex["source"], ex["references"], c["text"], c["generator"],
+            build, [ex["id"], ex["source"], ex["references"], peers, c["text"], c["generator"],
                     c["decoding"]],
             [tf.string, tf.string, tf.int32, tf.int32, tf.int32], stateful=False)
         for t in out:
@@ -92,10 +96,17 @@ def corrector_example(dataset: tf.data.Dataset, output_features=None, sequence_l
 
 
 def one_example_per_reference(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Raw pool features with R references -> R copies, each holding one of them."""
+    """Raw pool features with R references -> R copies, each holding one of them as its
+    `references` and the other R - 1 as `peer_references` (corrector_options.reference_candidate
+    may show one of those to the corrector as a candidate)."""
     def split(ex):
-        refs = tf.data.Dataset.from_tensor_slices(ex["references"])
-        return refs.map(lambda ref: {**ex, "references": tf.reshape(ref, [1])})
+        refs = ex["references"]
+
+        def one(i):
+            return {**ex, "references": refs[i:i + 1],
+                    "peer_references": tf.concat([refs[:i], refs[i + 1:]], 0)}
+
+        return tf.data.Dataset.range(tf.size(refs, out_type=tf.int64)).map(one)
 
     return dataset.flat_map(split)
 

@@ -67,6 +67,7 @@ class EvalConfig:
     num_candidates: Optional[int] = None
     tags: Mapping[str, object] = dataclasses.field(default_factory=dict)
     breakdown: Optional[str] = None
+    plant_reference: bool = False
 
 
 @gin.configurable
@@ -79,7 +80,7 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                bootstrap_samples: int = 1000, seed: int = 0, batch_size: int = 16,
                corrector_bindings: Sequence[str] = (), num_candidates: Optional[int] = None,
                tags: Optional[Mapping[str, object]] = None,
-               breakdown: Optional[str] = "auto") -> EvalConfig:
+               breakdown: Optional[str] = "auto", plant_reference: bool = False) -> EvalConfig:
     """Gin entry point (gin/runs/evaluate.gin binds it from the task file's macros). `task` is
     a registered task or mixture (any variant: the pool is the same) or, with `pool`, a dataset
     name (e.g. "wmt22", whose `<name>_lmcor` task is registered). The table's metrics are the
@@ -88,7 +89,9 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
     corrector_options.k = k); `tags` (e.g. {"ablation": "num_candidates", "value": 3}) are
     copied into results.json for `lmcor report`'s ablation plots. `breakdown` names a grouping
     of the test inputs (lmcor.evaluation.breakdowns) to score the main metric on per group; "auto" takes
-    the dataset's (E2E: by number of attributes), None none."""
+    the dataset's (E2E: by number of attributes), None none. `plant_reference` runs the
+    keep-a-good-candidate probe (`inputs.planted`): each input's first reference replaces the
+    greedy candidate and leaves the references."""
     dataset = task_dataset(task)
     names = tuple(metric_names or task_metrics(task))
     unknown = [m for m in names if m not in METRIC_LABELS]
@@ -105,7 +108,8 @@ def evaluation(task: str = gin.REQUIRED, out_dir: str = gin.REQUIRED, split: str
                          f"{sorted(breakdowns.BREAKDOWNS)}")
     return EvalConfig(task, dataset, out_dir, split, pool, dirs, greedy_generator, mbr_utility, names,
                       max_references, max_examples, bootstrap_samples, seed, batch_size,
-                      tuple(corrector_bindings), num_candidates, dict(tags or {}), breakdown)
+                      tuple(corrector_bindings), num_candidates, dict(tags or {}), breakdown,
+                      plant_reference)
 
 
 # ---------------------------------------------------------------------- scoring

@@ -103,10 +103,29 @@ def load_records(cfg, where: Optional[Dict[str, str]] = None) -> List[dict]:
             break
         if cfg.num_candidates is not None:
             rec = dict(rec, candidates=rec["candidates"][:cfg.num_candidates])
+        if cfg.plant_reference:
+            rec = planted(rec, cfg.greedy_generator)
+            if rec is None:
+                continue
         out.append(rec)
     if not out:
         raise ValueError(f"{cfg.pool or cfg.task}: no records in split {cfg.split!r}")
     return out
+
+
+def planted(record: Mapping, generator: Optional[str] = None) -> Optional[dict]:
+    """The keep-a-good-candidate probe on one record: its first reference takes the place of
+    the greedy candidate that the LLM-greedy row reads (`generator`'s, if given) and leaves the
+    references. That row then scores a known-good output against the other references, and a
+    corrector that keeps a good candidate scores close to it. None for a record with fewer than
+    two references or no such greedy candidate (the probe skips it)."""
+    refs, cands = record["references"], [dict(c) for c in record["candidates"]]
+    greedy = [i for i, c in enumerate(cands) if c["decoding"] == "greedy"
+              and (generator is None or c["generator"] == generator)]
+    if len(refs) < 2 or not greedy:
+        return None
+    cands[greedy[0]]["text"] = refs[0]
+    return dict(record, references=list(refs[1:]), candidates=cands)
 
 
 def _task_source(task: str):
