@@ -46,8 +46,6 @@ class DecodeConfig:
     top_p: float = 1.0
     num_samples: int = 1
     beam_size: int = 1
-    # Beam search's length penalty exponent: finished beams rank by log-prob / ((5 + len) / 6)
-    # ** alpha (decode.beam.length_penalty), so a larger alpha favours longer outputs.
     alpha: float = 0.6
     stop: tuple[str, ...] = ()
     extra_eos_ids: tuple[int, ...] = ()

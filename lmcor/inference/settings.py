@@ -31,8 +31,6 @@ class CorrectorSettings:
     alpha: float = 0.6
     max_decode_tokens: int = 128
     max_input_tokens: int = 1024
-    # A batch's inputs are padded to one of a few widths that grow geometrically (`widths`),
-    # so inputs of varied lengths share a few compiled executables instead of one each.
     length_bucket: int = 32
     length_growth: float = 1.25
     # A task-vocabulary corrector reads and writes every piece of the inputs it corrects, not

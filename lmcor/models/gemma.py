@@ -46,7 +46,6 @@ _PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-    # The defaults are Gemma 3 270M's (the bundled GGUF); loaders build one from a file's metadata.
     vocab_size: int = 262_144
     d_model: int = 640
     d_ff: int = 2048
