@@ -7,6 +7,7 @@ feature, JSON) and the metric functions score against all of them.
 """
 import functools
 import hashlib
+import itertools
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import gin
@@ -30,14 +31,20 @@ OUTPUT_FEATURES = {
 @gin.configurable
 def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None) -> Mapping:
     """Pools that replace a raw split: folders written by `lmcor sample` or released files, e.g.
-    `pool_overrides.by_dataset = {"e2e": {"dev": "/pools/e2e_dev", "test": "/pools/e2e_test"}}`."""
+    `pool_overrides.by_dataset = {"e2e": {"dev": "/pools/e2e_dev", "test": "/pools/e2e_test"}}`.
+    A list of pools for one split reads each in turn: every input once per pool, each time with
+    that pool's candidates (a corrector trained on candidates from several prompts or LLMs)."""
     return by_dataset or {}
 
 
 def records_or_pool(dataset: str, raw_split: str, importer: RecordsFn) -> Iterator[dict]:
-    """The pool configured for (dataset, raw split) if any, else the raw data's records."""
-    pool_dir = pool_overrides().get(dataset, {}).get(raw_split)
-    return read_pool(resolve_pool_path(pool_dir)) if pool_dir else iter(importer())
+    """The pool(s) configured for (dataset, raw split) if any, else the raw data's records."""
+    pools = pool_overrides().get(dataset, {}).get(raw_split)
+    if not pools:
+        return iter(importer())
+    if isinstance(pools, str):
+        pools = [pools]
+    return itertools.chain.from_iterable(read_pool(resolve_pool_path(p)) for p in pools)
 
 
 def in_holdout(key: str, percent: int) -> bool:

@@ -1,6 +1,7 @@
 """The flags a pipeline builds for its stages (training rows, ablations, test
 variants, budgets, the GPU scale) parse with the real Gin files and bind what they mean to."""
 import json
+import os
 import subprocess
 import sys
 
@@ -31,7 +32,7 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
     from lmcor.cli import gin_flags
     from lmcor.tasks.common import pool_overrides
 
-    pools = {"dev": "/p/dev", "test": "/p/test"}
+    pools = {"dev": ["/p/dev_a", "/p/dev_b"], "test": "/p/test"}  # two dev pools: both read
     args = pipeline_table._train_args("e2e", "finetune", str(tmp_path / "m"), pools, 7,
                                   ["--gin_file=models/t5_1_1_tiny.gin",
                                    "--gin_file=runs/train_corrector.gin"])
@@ -45,6 +46,14 @@ def test_built_flags_parse_with_the_real_gin_files(tmp_path):
         assert pool_overrides() == {"e2e": pools}
     finally:
         gin.clear_config()
+
+
+def test_only_the_dev_split_reads_several_pools():
+    dev = ["data/pools/e2e_dev_e2e_attributes.jsonl.gz", "data/pools/e2e_dev_e2e_mr.jsonl.gz"]
+    found = pipeline_table._absolute_pools("dev", dev)
+    assert [p.endswith(d) and os.path.isfile(p) for p, d in zip(found, dev)] == [True, True]
+    with pytest.raises(ValueError, match=r"pipeline.pools\['test'\]: one pool"):
+        pipeline_table._absolute_pools("test", dev)
 
 
 @pytest.mark.parametrize("run_file", ["runs/quickstart_train.gin", "runs/tables/e2e.gin",

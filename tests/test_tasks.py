@@ -118,6 +118,29 @@ def with_pools(sampled_pools):
     gin.bind_parameter("pool_overrides.by_dataset", None)
 
 
+def test_a_list_of_pools_reads_every_input_once_per_pool():
+    """Two released E2E dev pools (prompts A and B) as one split: each pool's records in turn,
+    each MR on the same side of the validation hold-out in both, with its own pool's candidates."""
+    from lmcor.data.pool import read_pool, resolve_pool_path
+    from lmcor.tasks import e2e
+
+    a, b = (f"data/pools/e2e_dev_e2e_{v}.jsonl.gz" for v in ("attributes", "mr"))
+    by_id = [{r["id"]: r for r in read_pool(resolve_pool_path(p))} for p in (a, b)]
+    gin.bind_parameter("pool_overrides.by_dataset", {"e2e": {"dev": [a, b]}})
+    try:
+        train, held = list(e2e.train_records()), list(e2e.validation_records())
+    finally:
+        gin.bind_parameter("pool_overrides.by_dataset", None)
+    for part in (train, held):
+        half = len(part) // 2
+        assert len(part) == 2 * half and [r["id"] for r in part[:half]] == \
+            [r["id"] for r in part[half:]]
+        for pool, records in zip(by_id, (part[:half], part[half:])):
+            assert all(r["candidates"] == pool[r["id"]]["candidates"] for r in records)
+    assert len(train) + len(held) == 2 * len(by_id[0])
+    assert by_id[0][train[0]["id"]]["candidates"] != by_id[1][train[0]["id"]]["candidates"]
+
+
 def test_e2e_and_jfleg_lmcor_read_a_sampled_pool(data_dir, with_pools):
     first = next(import_e2e(data_dir, "test"))
     single = _built("e2e_lmcor_single", "test", 1)[0]

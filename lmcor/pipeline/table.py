@@ -64,7 +64,7 @@ def budget_flags(budget: Optional[Mapping[str, int]]) -> List[str]:
     return [f"--gin.train.{BUDGET_KEYS[k]}={v!r}" for k, v in (budget or {}).items()]
 
 
-def _train_args(task: str, row: str, model_dir: str, pools: Dict[str, str], steps: int,
+def _train_args(task: str, row: str, model_dir: str, pools: Mapping[str, object], steps: int,
                 flags: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
     """`flags` name the run file (e.g. --gin_file=runs/gemma_corrector.gin) and its settings;
     the row only picks the task variant, so every row shares one recipe. `extra` (an
@@ -100,6 +100,17 @@ def _released_correctors(correctors: Optional[Mapping[str, str]],
     return out
 
 
+def _absolute_pools(split: str, path):
+    """A split's pool, or list of pools (dev only: the corrector trains on each in turn), as
+    absolute paths; relative ones are found as `resolve_pool_path` finds them."""
+    if isinstance(path, str):
+        return os.path.abspath(resolve_pool_path(path))
+    if split == "test":
+        raise ValueError(f"pipeline.pools['test']: one pool, not {path!r} (a table scores one "
+                         "candidate source; evaluate each pool as its own table)")
+    return [os.path.abspath(resolve_pool_path(p)) for p in path]
+
+
 def _limit(train_steps: int, budget: Optional[Mapping[str, int]]) -> str:
     budget = budget or {}
     if "examples" in budget:
@@ -109,7 +120,7 @@ def _limit(train_steps: int, budget: Optional[Mapping[str, int]]) -> str:
 
 @gin.configurable
 def pipeline(run_dir: str = gin.REQUIRED, task: str = "e2e",
-               pools: Optional[Dict[str, str]] = None, sample: bool = True,
+               pools: Optional[Mapping[str, object]] = None, sample: bool = True,
                train_examples: int = 64,
                test_examples: Optional[int] = 32, train_steps: int = 300,
                budget: Optional[Mapping[str, int]] = None,
@@ -123,7 +134,7 @@ def pipeline(run_dir: str = gin.REQUIRED, task: str = "e2e",
                test_variants: Optional[Mapping[str, Sequence[str]]] = None,
                test_variant_rows: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
-    "test": DIR}, e.g. from scripts/real_pools.py) skips sampling, as does `sample=False` with
+    "test": DIR}, e.g. from scripts/real_pools.py; "dev" may list several) skips sampling, as does `sample=False` with
     no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
     and `test_examples` takes the first test inputs (None: all of them). `ablations` / `test_variants` map a name
     to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
@@ -170,8 +181,7 @@ def pipeline(run_dir: str = gin.REQUIRED, task: str = "e2e",
                     + len(rows) * (2 if evaluate_adapters else 1) + 2
                     + 2 * len(ablations) + len(test_variants))
     if not sample:
-        pools = {split: os.path.abspath(resolve_pool_path(path))
-                 for split, path in (pools or {}).items()}
+        pools = {split: _absolute_pools(split, path) for split, path in (pools or {}).items()}
     else:
         pools = {split: os.path.join(pipe.run_dir, "pools", f"{task}_{split}")
                  for split in ("dev", "test")}
