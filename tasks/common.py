@@ -29,7 +29,7 @@ OUTPUT_FEATURES = {
 
 
 @gin.configurable
-def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, str]]] = None) -> Mapping:
+def pool_overrides(by_dataset: Optional[Mapping[str, Mapping[str, object]]] = None) -> Mapping:
     """Pools that replace a raw split: folders written by `lmcor sample` or released files, e.g.
     `pool_overrides.by_dataset = {"e2e": {"dev": "/pools/e2e_dev", "test": "/pools/e2e_test"}}`.
     A list of pools for one split reads each in turn: every input once per pool, each time with

@@ -134,13 +134,14 @@ def pipeline(run_dir: str = gin.REQUIRED, task: str = "e2e",
                test_variants: Optional[Mapping[str, Sequence[str]]] = None,
                test_variant_rows: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Runs every stage into run_dir; returns the report's path. `pools` ({"dev": DIR,
-    "test": DIR}, e.g. from scripts/real_pools.py; "dev" may list several) skips sampling, as does `sample=False` with
-    no pools (the task's own data: WMT's system outputs); `train_examples` then does not apply
-    and `test_examples` takes the first test inputs (None: all of them). `ablations` / `test_variants` map a name
-    to Gin flags (e.g. ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc.
-    `ablation_train_flags` go to every ablation's training only (e.g. keep fewer checkpoints:
-    `lmcor evaluate` does not know the trainer's configurables). A test variant evaluates the
-    `lmcor` row's corrector (trained or from `correctors`) unless `test_variant_rows` names its rows (e.g. every row of the
+    "test": DIR}, e.g. from scripts/real_pools.py; "dev" may list several) skips sampling, as
+    does `sample=False` with no pools (the task's own data: WMT's system outputs);
+    `train_examples` then does not apply and `test_examples` takes the first test inputs (None:
+    all of them). `ablations` / `test_variants` map a name to Gin flags (e.g.
+    ["--gin_file=ablations/num_candidates_2.gin"]); see the module doc. `ablation_train_flags` go
+    to every ablation's training only (e.g. keep fewer checkpoints: `lmcor evaluate` does not
+    know the trainer's configurables). A test variant evaluates the `lmcor` row's corrector
+    (trained or from `correctors`) unless `test_variant_rows` names its rows (e.g. every row of the
     table on the whole test set: {"full_test": ["finetune", "lmcor_single", "lmcor"]}).
     `budget` (see `budget_flags`) ends each training run by examples seen and validation;
     `train_steps` stays the cap. `correctors` maps a row to a trained corrector folder (a
