@@ -4,8 +4,20 @@ The cleaned training split is not shipped, so the dev set (1,484 distinct MRs) i
 original MR, deterministically: ~10% of original MRs (and every cleaned MR derived from them)
 go to `validation`, so no restaurant description leaks between the two. `test` is the cleaned
 test set (1,847 MRs, 4,693 references). Metrics: BLEU, ROUGE, chrF.
+
+`validation_swapped` is the hold-out with every name, eatType, food and near value swapped for
+another of the training split's (lmcor.data.slot_values): the dev split holds nearly one food
+and one eatType, the test set all of them, so a corrector that only writes the values it saw
+scores well on `validation` and not on this. `value_swap.rate` applies the same swap to
+training records (augmentation).
 """
+import functools
+from typing import Dict, List, Sequence
+
+import gin
+
 from lmcor import metrics
+from lmcor.data import slot_values
 from lmcor.data.importers import import_e2e
 from lmcor.paths import data_root
 from lmcor.tasks import common
@@ -23,12 +35,46 @@ def _group_key(rec: dict) -> str:
     return (rec["meta"].get("orig_mrs") or [rec["source"]])[0]
 
 
-def train_records():
+SWAP_SLOTS = ("name", "eatType", "food", "near")
+
+
+@gin.configurable
+def value_swap(rate: float = 0.0, slots: Sequence[str] = SWAP_SLOTS, seed: int = 0):
+    """Training augmentation: each of `slots` in a training MR takes another value of that slot
+    (drawn uniformly from the training split's values) with probability `rate`."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"value_swap.rate={rate}; expected a probability in [0, 1]")
+    return rate, tuple(slots), seed
+
+
+def _plain_train_records():
     return (r for r in _raw("dev") if not common.in_holdout(_group_key(r), VALIDATION_PERCENT))
+
+
+@functools.lru_cache(maxsize=4)
+def _train_values(pools_key: str, slots: Sequence[str]) -> Dict[str, List[str]]:
+    del pools_key  # the cache key: the configured pools decide the records
+    return slot_values.inventory(_plain_train_records(), slots)
+
+
+def _swapped(records, rate: float, slots: Sequence[str], seed: str):
+    values = _train_values(repr(common.pool_overrides().get("e2e")), tuple(slots))
+    return (slot_values.swap_record(r, values, rate, seed) for r in records)
+
+
+def train_records():
+    rate, slots, seed = value_swap()
+    records = _plain_train_records()
+    return _swapped(records, rate, slots, f"train:{seed}") if rate else records
 
 
 def validation_records():
     return (r for r in _raw("dev") if common.in_holdout(_group_key(r), VALIDATION_PERCENT))
+
+
+def validation_swapped_records():
+    # Fixed, whatever training binds: every swappable value swapped, one draw per MR.
+    return _swapped(validation_records(), 1.0, SWAP_SLOTS, "validation")
 
 
 def test_records():
@@ -36,5 +82,6 @@ def test_records():
 
 
 SOURCE = common.PoolDataSource({"train": train_records, "validation": validation_records,
+                                "validation_swapped": validation_swapped_records,
                                 "test": test_records})
 TASKS = common.register_variants("e2e", SOURCE, METRIC_FNS)
