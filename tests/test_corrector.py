@@ -271,3 +271,24 @@ def test_decoding_longest_first_gives_each_record_its_own_output_and_resumes_in_
     # decodes the rest and still returns record order.
     assert saved[-1] == [alone[i] for i in longest_first]
     assert by_length.correct(records, batch_size=1, done=saved[0]) == alone
+
+
+def test_a_sampling_corrector_draws_from_its_model_and_repeats_by_seed(task_spm_path,
+                                                                       wmt_records):
+    """corrector_settings.temperature > 0 samples: near-zero temperature is the greedy
+    output; at temperature 1 each seed gives its own outputs, the same ones every time."""
+    shared = shared_corrector(task_spm_path)
+
+    def sampled(temperature, seed):
+        settings = dataclasses.replace(shared.settings, beam_size=1, temperature=temperature,
+                                       seed=seed)
+        return Corrector(shared.lm, shared.params, shared.vocab, shared.options,
+                         settings).correct(wmt_records, batch_size=4)
+
+    greedy = sampled(0.0, 0)
+    assert sampled(1e-4, 0) == greedy
+    first = sampled(1.0, 0)
+    assert first == sampled(1.0, 0)
+    assert first != sampled(1.0, 1) and first != greedy
+    with pytest.raises(ValueError, match="set beam_size = 1 to sample"):
+        CorrectorSettings(beam_size=2, temperature=0.6)

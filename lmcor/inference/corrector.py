@@ -45,7 +45,8 @@ class Corrector:
         self.encdec = decode.is_encdec(self.lm)
         self.decode_config = decode.DecodeConfig(
             max_new_tokens=self.settings.max_decode_tokens, beam_size=self.settings.beam_size,
-            alpha=self.settings.alpha)
+            alpha=self.settings.alpha, temperature=self.settings.temperature,
+            top_p=self.settings.top_p)
         self._lock = threading.Lock()
         self.truncated_tokens = 0  # removed by the training-time token budget, summed
 
@@ -106,7 +107,8 @@ class Corrector:
     def decode_padded(self, token_lists: Sequence[Sequence[int]], rows: int,
                       width: Optional[int] = None, max_new_tokens: Optional[int] = None,
                       compile_only: bool = False) -> decode.Decoded:
-        """The one beam-search call: prepared inputs padded to `rows` x `width` (default: the
+        """The one decode call (beam search; sampling when corrector_settings.temperature > 0):
+        prepared inputs padded to `rows` x `width` (default: the
         bucket of the longest input), decoded for `max_new_tokens` (default: the settings')
         -> the batch's `decode.Decoded`; `compile_only` compiles that shape and runs nothing."""
         width = width or self.width_bucket(max(len(t) for t in token_lists))
@@ -116,7 +118,7 @@ class Corrector:
         config = self.decode_config if max_new_tokens is None else dataclasses.replace(
             self.decode_config, max_new_tokens=max_new_tokens)
         return decode.decode_batch(self.lm, self.params, batch, config,
-                                   compile_only=compile_only)
+                                   seed=self.settings.seed, compile_only=compile_only)
 
     def decode_ids(self, token_lists: Sequence[Sequence[int]], rows: Optional[int] = None,
                    compile_only: bool = False):

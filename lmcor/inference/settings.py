@@ -39,6 +39,13 @@ class CorrectorSettings:
     # Decode the longest inputs first, in batches of like lengths (decode.length_order): for
     # inputs of very different lengths (WMT paragraphs). It changes which inputs share a batch.
     order_by_length: bool = False
+    # temperature > 0 samples (beam_size 1) instead of searching: a trained corrector as a
+    # candidate source of its own (docs/evaluation.md, "Candidate sources"). One draw per input,
+    # from the random stream of `seed` and the input's row in its batch, so a sampled decode
+    # repeats exactly at the same batch size; another seed gives another sample.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -48,6 +55,12 @@ class CorrectorSettings:
                      "length_growth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"corrector_settings.{name}={getattr(self, name)}; expected >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"corrector_settings: temperature={self.temperature}, top_p="
+                             f"{self.top_p}; expected temperature >= 0 and 0 < top_p <= 1")
+        if self.temperature > 0 and self.beam_size > 1:
+            raise ValueError(f"corrector_settings: temperature={self.temperature} samples, "
+                             f"beam_size={self.beam_size} searches; set beam_size = 1 to sample")
 
     @property
     def widths(self) -> Tuple[int, ...]:
