@@ -209,3 +209,36 @@ def test_committed_documents_equal_their_regenerated_form(doc):
     assert "<!-- lmcor:" in text
     assert published.refresh_file(path, paths.REPO_ROOT) == text, (
         f"{doc} is stale: run `lmcor report --refresh {doc} --write`")
+
+
+def _source_eval(value, scores):
+    rows = [{"name": name, "metrics": {"bleu": {"score": s, "low": s - 1, "high": s + 1}}}
+            for name, s in scores.items()]
+    return {"main_metric": "bleu", "tags": {"ablation": "source", "value": value}, "rows": rows}
+
+
+def test_sources_block_sets_sources_side_by_side_and_says_where_lmcor_is_below(tmp_path):
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps({"format": published.FORMAT, "evaluations": {
+        "eval": _source_eval("A", {"LLM greedy": 20.0, "MBR rerank": 19.0, "fine-tuned": 28.0,
+                                   "LMCor": 33.5}),
+        "variants/b/eval": _source_eval("B", {"LLM greedy": 24.0, "MBR rerank": 21.0,
+                                              "LMCor": 33.0}),
+        "variants/probe/eval": _source_eval("probe", {"LLM greedy": 53.0, "MBR rerank": 22.0,
+                                                      "LMCor": 41.0})}}))
+    doc = (f"<!-- lmcor:sources spread sources.json:eval sources.json:variants/b/eval -->\n"
+           f"<!-- /lmcor -->\n<!-- lmcor:sources sources.json:eval "
+           f"sources.json:variants/probe/eval -->\n<!-- /lmcor -->\n")
+    cells = [[c.strip() for c in line.strip("|").split("|")]
+             for line in published.refresh(doc, str(tmp_path)).splitlines()
+             if line.startswith("|")]
+    assert cells[0] == ["row (BLEU)", "A", "B", "spread"]
+    assert cells[2] == ["LLM greedy", "20.00 [19.00, 21.00]", "24.00 [23.00, 25.00]", "4.00"]
+    assert cells[4] == ["fine-tuned", "28.00 [27.00, 29.00]", "—", "—"]
+    assert cells[5] == ["LMCor", "33.50 [32.50, 34.50]", "33.00 [32.00, 34.00]", "0.50"]
+    assert cells[6] == ["LMCor − max(greedy, MBR)", "+13.50", "+9.00", "—"]
+    assert cells[7] == ["row (BLEU)", "A", "probe"]
+    assert cells[-1] == ["LMCor − max(greedy, MBR)", "+13.50", "**-12.00: below**"]
+    with pytest.raises(ValueError, match="takes \\[spread\\] FILE.json:KEY"):
+        published.refresh("<!-- lmcor:sources spread sources.json:eval -->\n<!-- /lmcor -->",
+                          str(tmp_path))

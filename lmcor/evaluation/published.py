@@ -23,7 +23,8 @@ closing comment:
 `headline FILE:KEY ...` is one line per evaluation with each row's main metric and interval;
 `learning FILE KEY` is the learning curves of that evaluation's trained rows (validation
 metric at each evaluation's examples seen, the checkpoint the table used in bold), the text
-form of the report's learning_<eval>.png.
+form of the report's learning_<eval>.png. `sources [spread] FILE:KEY FILE:KEY ...` puts
+evaluations of one corrector on several candidate sources side by side (`render_sources`).
 Paths are relative to the repository root. `lmcor report --refresh DOC.md` prints DOC.md with
 every block regenerated (`--write` rewrites it in place); a test checks that the committed
 documents equal that output.
@@ -139,15 +140,24 @@ def render_table(path: str, key: str) -> str:
             f"{ev['dataset']}; commit {ev.get('commit') or data['commit']}, {data['machine']}.\n")
 
 
-def render_headline(specs: Sequence[str]) -> str:
-    """One line per FILE:KEY: the main metric [95 % CI] of every headline row it has."""
-    evals: List[Tuple[Mapping, Mapping]] = []
+def _evaluations(specs: Sequence[str], block: str) -> List[Tuple[str, Mapping]]:
+    """(KEY, evaluation) for each FILE:KEY."""
+    evals = []
     for spec in specs:
         path, _, key = spec.rpartition(":")
         if not path:
-            raise ValueError(f"headline entry {spec!r}: expected FILE.json:KEY")
-        data = load(path)
-        evals.append((data, _evaluation(data, key, path)))
+            raise ValueError(f"{block} entry {spec!r}: expected FILE.json:KEY")
+        evals.append((key, _evaluation(load(path), key, path)))
+    return evals
+
+
+def _cell(m: Mapping) -> str:
+    return f"{m['score']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
+
+
+def render_headline(specs: Sequence[str]) -> str:
+    """One line per FILE:KEY: the main metric [95 % CI] of every headline row it has."""
+    evals = _evaluations(specs, "headline")
     present = {r["name"] for _, ev in evals for r in ev["rows"]}
     columns = [name for name in HEADLINE_ROWS if name in present]
     lines = ["| task (test inputs) | metric | " + " | ".join(columns) + " |",
@@ -164,10 +174,48 @@ def render_headline(specs: Sequence[str]) -> str:
             if m is None:
                 cells.append("—")
                 continue
-            text = f"{m['score']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
+            text = _cell(m)
             cells.append(f"**{text}**" if m["score"] == best and name != "oracle" else text)
         lines.append(f"| {ev['dataset']} ({ev['num_examples']:,}) | "
                      f"{METRIC_LABELS.get(main, main)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_sources(specs: Sequence[str], spread: bool = False) -> str:
+    """One corrector over several candidate sources: a column per FILE:KEY (headed by its
+    `tags` value), a row per table row with its main metric [95 % CI]; with `spread`, each
+    row's max - min over the columns. A last row gives LMCor against the better of the
+    source's greedy and MBR rows, and says so where LMCor is below it."""
+    evals = _evaluations(specs, "sources")
+    mains = {ev["main_metric"] for _, ev in evals}
+    if len(mains) != 1:
+        raise ValueError(f"sources block: evaluations with different main metrics {sorted(mains)}")
+    main = mains.pop()
+    heads = [str((ev.get("tags") or {}).get("value", key)) for key, ev in evals]
+    names = list(dict.fromkeys(r["name"] for _, ev in evals for r in ev["rows"]))
+    by_eval = [{r["name"]: r["metrics"][main] for r in ev["rows"]} for _, ev in evals]
+    label = METRIC_LABELS.get(main, main)
+    lines = [f"| row ({label}) | " + " | ".join(heads) + (" | spread |" if spread else " |"),
+             "|" + "---|" * (len(heads) + 1 + spread)]
+    for name in names:
+        found = [b[name] for b in by_eval if name in b]
+        cells = [_cell(b[name]) if name in b else "—" for b in by_eval]
+        if spread:
+            scores = [m["score"] for m in found]
+            cells.append(f"{max(scores) - min(scores):.2f}" if len(scores) > 1 else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lmcor = ROW_NAMES["lmcor"]
+    if any(lmcor in b for b in by_eval):
+        cells = []
+        for b in by_eval:
+            rivals = [b[n]["score"] for n in ("LLM greedy", "MBR rerank") if n in b]
+            if lmcor not in b or not rivals:
+                cells.append("—")
+                continue
+            gap = b[lmcor]["score"] - max(rivals)
+            cells.append(f"{gap:+.2f}" if gap >= 0 else f"**{gap:+.2f}: below**")
+        lines.append(f"| {lmcor} − max(greedy, MBR) | " + " | ".join(cells)
+                     + (" | — |" if spread else " |"))
     return "\n".join(lines) + "\n"
 
 
@@ -205,8 +253,17 @@ def _headline_block(args: Sequence[str], root: str) -> str:
     return render_headline([os.path.join(root, a) for a in args])
 
 
+def _sources_block(args: Sequence[str], root: str) -> str:
+    spread = bool(args) and args[0] == "spread"
+    specs = args[1:] if spread else args
+    if len(specs) < 2:
+        raise ValueError(f"`lmcor:sources` takes [spread] FILE.json:KEY FILE.json:KEY ..., got "
+                         f"{' '.join(args)!r}")
+    return render_sources([os.path.join(root, a) for a in specs], spread)
+
+
 _RENDERERS = {"table": _table_block, "headline": _headline_block,
-              "learning": _learning_block}
+              "learning": _learning_block, "sources": _sources_block}
 
 
 def refresh(text: str, root: str) -> str:
