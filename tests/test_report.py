@@ -227,7 +227,7 @@ def test_sources_block_sets_sources_side_by_side_and_says_where_lmcor_is_below(t
         "variants/probe/eval": _source_eval("probe", {"LLM greedy": 53.0, "MBR rerank": 22.0,
                                                       "LMCor": 41.0})}}))
     doc = (f"<!-- lmcor:sources spread sources.json:eval sources.json:variants/b/eval -->\n"
-           f"<!-- /lmcor -->\n<!-- lmcor:sources sources.json:eval "
+           f"<!-- /lmcor -->\n<!-- lmcor:sources sources.json:eval=first_source "
            f"sources.json:variants/probe/eval -->\n<!-- /lmcor -->\n")
     cells = [[c.strip() for c in line.strip("|").split("|")]
              for line in published.refresh(doc, str(tmp_path)).splitlines()
@@ -237,7 +237,7 @@ def test_sources_block_sets_sources_side_by_side_and_says_where_lmcor_is_below(t
     assert cells[4] == ["fine-tuned", "28.00 [27.00, 29.00]", "—", "—"]
     assert cells[5] == ["LMCor", "33.50 [32.50, 34.50]", "33.00 [32.00, 34.00]", "0.50"]
     assert cells[6] == ["LMCor − max(greedy, MBR)", "+13.50", "+9.00", "—"]
-    assert cells[7] == ["row (BLEU)", "A", "probe"]
+    assert cells[7] == ["row (BLEU)", "first source", "probe"]
     assert cells[-1] == ["LMCor − max(greedy, MBR)", "+13.50", "**-12.00: below**"]
     with pytest.raises(ValueError, match="takes \\[spread\\] FILE.json:KEY"):
         published.refresh("<!-- lmcor:sources spread sources.json:eval -->\n<!-- /lmcor -->",

@@ -23,7 +23,7 @@ closing comment:
 `headline FILE:KEY ...` is one line per evaluation with each row's main metric and interval;
 `learning FILE KEY` is the learning curves of that evaluation's trained rows (validation
 metric at each evaluation's examples seen, the checkpoint the table used in bold), the text
-form of the report's learning_<eval>.png. `sources [spread] FILE:KEY FILE:KEY ...` puts
+form of the report's learning_<eval>.png. `sources [spread] FILE:KEY[=LABEL] ...` puts
 evaluations of one corrector on several candidate sources side by side (`render_sources`).
 Paths are relative to the repository root. `lmcor report --refresh DOC.md` prints DOC.md with
 every block regenerated (`--write` rewrites it in place); a test checks that the committed
@@ -183,15 +183,17 @@ def render_headline(specs: Sequence[str]) -> str:
 
 def render_sources(specs: Sequence[str], spread: bool = False) -> str:
     """One corrector over several candidate sources: a column per FILE:KEY (headed by its
-    `tags` value), a row per table row with its main metric [95 % CI]; with `spread`, each
+    `tags` value, or LABEL where the spec is FILE:KEY=LABEL, "_" read as a space), a row per table row with its main metric [95 % CI]; with `spread`, each
     row's max - min over the columns. A last row gives LMCor against the better of the
     source's greedy and MBR rows, and says so where LMCor is below it."""
-    evals = _evaluations(specs, "sources")
+    labels = [spec.partition("=")[2].replace("_", " ") for spec in specs]
+    evals = _evaluations([spec.partition("=")[0] for spec in specs], "sources")
     mains = {ev["main_metric"] for _, ev in evals}
     if len(mains) != 1:
         raise ValueError(f"sources block: evaluations with different main metrics {sorted(mains)}")
     main = mains.pop()
-    heads = [str((ev.get("tags") or {}).get("value", key)) for key, ev in evals]
+    heads = [label or str((ev.get("tags") or {}).get("value", key))
+             for label, (key, ev) in zip(labels, evals)]
     names = list(dict.fromkeys(r["name"] for _, ev in evals for r in ev["rows"]))
     by_eval = [{r["name"]: r["metrics"][main] for r in ev["rows"]} for _, ev in evals]
     label = METRIC_LABELS.get(main, main)
