@@ -8,13 +8,12 @@ test set (1,847 MRs, 4,693 references). Metrics: BLEU, ROUGE, chrF.
 `validation_swapped` is the hold-out with every name, eatType, food and near value swapped for
 another of the training split's (lmcor.data.slot_values): the dev split holds nearly one food
 and one eatType, the test set all of them, so a corrector that only writes the values it saw
-scores well on `validation` and not on this. `value_swap.rate` applies the same swap to
-training records (augmentation).
+scores well on `validation` and not on this. `value_swap.rate` (bound in lmcor.data.slot_values,
+which a reload of this module leaves registered once) applies the same swap to training records
+(augmentation).
 """
 import functools
 from typing import Dict, List, Sequence
-
-import gin
 
 from lmcor import metrics
 from lmcor.data import slot_values
@@ -35,18 +34,6 @@ def _group_key(rec: dict) -> str:
     return (rec["meta"].get("orig_mrs") or [rec["source"]])[0]
 
 
-SWAP_SLOTS = ("name", "eatType", "food", "near")
-
-
-@gin.configurable
-def value_swap(rate: float = 0.0, slots: Sequence[str] = SWAP_SLOTS, seed: int = 0):
-    """Training augmentation: each of `slots` in a training MR takes another value of that slot
-    (drawn uniformly from the training split's values) with probability `rate`."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"value_swap.rate={rate}; expected a probability in [0, 1]")
-    return rate, tuple(slots), seed
-
-
 def _plain_train_records():
     return (r for r in _raw("dev") if not common.in_holdout(_group_key(r), VALIDATION_PERCENT))
 
@@ -63,7 +50,7 @@ def _swapped(records, rate: float, slots: Sequence[str], seed: str):
 
 
 def train_records():
-    rate, slots, seed = value_swap()
+    rate, slots, seed = slot_values.value_swap()
     records = _plain_train_records()
     return _swapped(records, rate, slots, f"train:{seed}") if rate else records
 
@@ -74,7 +61,7 @@ def validation_records():
 
 def validation_swapped_records():
     # Fixed, whatever training binds: every swappable value swapped, one draw per MR.
-    return _swapped(validation_records(), 1.0, SWAP_SLOTS, "validation")
+    return _swapped(validation_records(), 1.0, slot_values.SWAP_SLOTS, "validation")
 
 
 def test_records():

@@ -91,6 +91,6 @@ def test_e2e_training_and_validation_swaps_spread_the_rare_values():
         # eatType[restaurant]", may find no value left that the MR does not hold).
         firsts = {s: i for i, (s, _) in reversed(list(enumerate(old)))}
         for i, ((slot, was), (_, now)) in enumerate(zip(old, new)):
-            assert (was != now) if slot in e2e.SWAP_SLOTS and firsts[slot] == i else \
-                (slot in e2e.SWAP_SLOTS or was == now)
+            assert (was != now) if slot in sv.SWAP_SLOTS and firsts[slot] == i else \
+                (slot in sv.SWAP_SLOTS or was == now)
         assert len(a["references"]) == len(b["references"])

@@ -13,6 +13,11 @@ import random
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
+import gin
+
+# E2E's slots whose values the dev split barely varies (the name and near values of test are
+# half unseen too); the others take few values, all well covered.
+SWAP_SLOTS = ("name", "eatType", "food", "near")
 _SLOT = re.compile(r"([^,\[\]]+?)\[([^\]]*)\]")
 
 
@@ -109,3 +114,13 @@ def swap_record(record: Mapping[str, Any], values: Mapping[str, Sequence[str]], 
     meta["swapped_values"] = swaps
     out["meta"] = meta
     return out
+
+
+@gin.configurable
+def value_swap(rate: float = 0.0, slots: Sequence[str] = SWAP_SLOTS, seed: int = 0):
+    """Training augmentation (a task reads it for its training records): each of `slots` in a
+    training MR takes another value of that slot, drawn uniformly from the training split's
+    values, with probability `rate` -> (rate, slots, seed)."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"value_swap.rate={rate}; expected a probability in [0, 1]")
+    return rate, tuple(slots), seed
