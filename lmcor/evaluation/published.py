@@ -182,10 +182,11 @@ def render_headline(specs: Sequence[str]) -> str:
 
 
 def render_sources(specs: Sequence[str], spread: bool = False) -> str:
-    """One corrector over several candidate sources: a column per FILE:KEY (headed by its
-    `tags` value, or LABEL where the spec is FILE:KEY=LABEL, "_" read as a space), a row per table row with its main metric [95 % CI]; with `spread`, each
-    row's max - min over the columns. A last row gives LMCor against the better of the
-    source's greedy and MBR rows, and says so where LMCor is below it."""
+    """One corrector over several candidate sources: a column per FILE:KEY, headed by its
+    `tags` value or by LABEL where the spec is FILE:KEY=LABEL ("_" read as a space); a row per
+    table row with its main metric [95 % CI]; with `spread`, each row's max - min over the
+    columns. A last row gives LMCor against the better of the source's greedy and MBR rows,
+    and says so where LMCor is below it."""
     labels = [spec.partition("=")[2].replace("_", " ") for spec in specs]
     evals = _evaluations([spec.partition("=")[0] for spec in specs], "sources")
     mains = {ev["main_metric"] for _, ev in evals}
@@ -200,10 +201,9 @@ def render_sources(specs: Sequence[str], spread: bool = False) -> str:
     lines = [f"| row ({label}) | " + " | ".join(heads) + (" | spread |" if spread else " |"),
              "|" + "---|" * (len(heads) + 1 + spread)]
     for name in names:
-        found = [b[name] for b in by_eval if name in b]
         cells = [_cell(b[name]) if name in b else "—" for b in by_eval]
         if spread:
-            scores = [m["score"] for m in found]
+            scores = [b[name]["score"] for b in by_eval if name in b]
             cells.append(f"{max(scores) - min(scores):.2f}" if len(scores) > 1 else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lmcor = ROW_NAMES["lmcor"]

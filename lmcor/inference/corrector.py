@@ -107,10 +107,10 @@ class Corrector:
     def decode_padded(self, token_lists: Sequence[Sequence[int]], rows: int,
                       width: Optional[int] = None, max_new_tokens: Optional[int] = None,
                       compile_only: bool = False) -> decode.Decoded:
-        """The one decode call (beam search; sampling when corrector_settings.temperature > 0):
-        prepared inputs padded to `rows` x `width` (default: the
-        bucket of the longest input), decoded for `max_new_tokens` (default: the settings')
-        -> the batch's `decode.Decoded`; `compile_only` compiles that shape and runs nothing."""
+        """The one decode call (beam search, or sampling when corrector_settings.temperature >
+        0): prepared inputs padded to `rows` x `width` (default: the bucket of the longest
+        input), decoded for `max_new_tokens` (default: the settings') -> the batch's
+        `decode.Decoded`; `compile_only` compiles that shape and runs nothing."""
         width = width or self.width_bucket(max(len(t) for t in token_lists))
         # pad_prompts rounds the width up to a multiple of `bucket`: exactly `width` here.
         batch = decode.pad_prompts(token_lists, encdec=self.encdec,
