@@ -104,14 +104,16 @@ def _decode_len(fam, n, seed=0, **kw):
     return decode.decode_batch(fam["lm"], fam["params"], fam["batch"], config, seed=seed)
 
 
-def _reference_greedy(fam):
-    """Argmax loop over the full forward pass, no cache: the ground truth for cached greedy."""
+def _reference_greedy(fam, lowered=(), penalty=0.0):
+    """Argmax loop over the full forward pass, no cache: the ground truth for cached greedy.
+    The ids in `lowered` lose `penalty` from their logits before each argmax; log-probs stay
+    the model's own."""
     rows = fam["batch"][next(iter(fam["batch"]))].shape[0]
     generated = np.zeros((rows, STEPS), np.int32)
     total = np.zeros(rows)
     for t in range(STEPS):
         logits = fam["full_logits"](fam["batch"], jnp.asarray(generated))[:, t]
-        tok = np.asarray(jnp.argmax(logits, axis=-1))
+        tok = np.asarray(jnp.argmax(logits.at[:, list(lowered)].add(-penalty), axis=-1))
         total += np.asarray(jax.nn.log_softmax(logits))[np.arange(rows), tok]
         generated[:, t] = tok
     return generated, total
@@ -155,6 +157,24 @@ def test_eos_stops_one_row_while_others_continue(family):
     assert np.all(out.tokens[0, pos + 1:] == family["lm"].pad_id)
     np.testing.assert_array_equal(out.tokens[1], g.tokens[1])
     assert out.lengths[1] == g.lengths[1]
+
+
+def test_eos_penalty_lowers_the_end_tokens_before_each_choice(family):
+    g, eos = family["greedy"], family["lm"].eos_id
+    # A token that row 0 emits mid-way, declared an EOS: a penalty beyond every logit gap must
+    # make every row write on past both ends, as an argmax loop over the lowered logits does.
+    tok = int(next(t for p, t in enumerate(g.tokens[0]) if 0 < p < STEPS - 1))
+    out = _decode(family, extra_eos_ids=(tok,), eos_penalty=1e9)
+    ref, ref_lp = _reference_greedy(family, lowered=(eos, tok), penalty=1e9)
+    assert np.all(out.lengths == STEPS)
+    np.testing.assert_array_equal(out.tokens, ref)
+    np.testing.assert_allclose(out.model_logprobs, ref_lp, rtol=1e-4, atol=1e-4)
+    # A negative penalty as large ends every row, greedy or beam, on its first token.
+    for beam_size in (1, 2):
+        out = _decode(family, beam_size=beam_size, eos_penalty=-1e9)
+        assert np.all(out.lengths == 1) and np.all(out.tokens[:, 0] == eos)
+    out = _decode(family, beam_size=2, eos_penalty=1e9)
+    assert np.all(out.lengths == STEPS) and not np.any(out.tokens == eos)
 
 
 # --------------------------------------------------------------------------- sampling

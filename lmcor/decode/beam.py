@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lmcor.decode.arrays import NEG_INF, repeat_rows
+from lmcor.decode.samplers import lower_eos
 
 
 def length_penalty(length, alpha):
@@ -30,6 +31,8 @@ def _expand(state, i, logits, eos_ids, alpha, opts):
     """Extends every live beam by every token; keeps the K best live and K best finished."""
     b, k = state["live_lp"].shape
     vocab = logits.shape[-1]
+    if opts["eos_penalty"]:
+        logits = lower_eos(logits, eos_ids, opts["eos_penalty"])
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
     cand = (state["live_lp"][..., None] + lp).reshape(b, k * vocab)
     # With E EOS ids at most E*K of the best (E+1)*K candidates end a beam, so >= K stay live.

@@ -12,6 +12,9 @@ Log-probabilities returned per sequence (sums over the generated tokens, EOS inc
                        sampling: under the distribution actually sampled from (after
                        temperature, top-k and top-p), i.e. the probability of drawing it.
   * `model_logprobs` - always under the model's unscaled distribution.
+With `eos_penalty` set, greedy and beam `logprobs` (and beam's `model_logprobs`) are under the
+distribution decoded from, with EOS lowered; greedy and sampling `model_logprobs` stay the
+model's own.
 Beam search also returns `scores`: the log-prob divided by the GNMT length penalty
 ((5 + length) / 6) ** alpha, which is what the beams are ranked by.
 """
@@ -54,6 +57,9 @@ class DecodeConfig:
     # a greedy output and its samples share one prefill (the paper's pool in one call).
     greedy_first: bool = False
     max_new_tokens_bucket: Optional[int] = None
+    # Lowers every EOS logit by this much before each choice (all modes): > 0 writes longer
+    # outputs. A static part of the compiled loop, so 0 leaves the loop as it was.
+    eos_penalty: float = 0.0
 
     def __post_init__(self):
         checks = [
@@ -167,7 +173,8 @@ def _decode_sample(lm, params, batch, config, eos, table, seed, compile_only=Fal
     opts = dict(greedy=config.mode == "greedy", top_k=min(config.top_k, int(lm.vocab_size)),
                 use_top_p=config.top_p < 1.0, num_samples=config.num_samples,
                 greedy_first=config.greedy_first,
-                max_new_tokens=bucket or config.max_new_tokens, pad_id=int(lm.pad_id))
+                max_new_tokens=bucket or config.max_new_tokens, pad_id=int(lm.pad_id),
+                eos_penalty=float(config.eos_penalty))
     args = [params, batch, jax.random.key(seed), eos, table,
             jnp.float32(config.temperature or 1.0), jnp.float32(config.top_p)]
     if bucket is not None:
@@ -187,7 +194,7 @@ def _decode_sample(lm, params, batch, config, eos, table, seed, compile_only=Fal
 
 def _decode_beam(lm, params, batch, config, eos, num_eos, compile_only=False):
     opts = dict(beam_size=config.beam_size, max_new_tokens=config.max_new_tokens,
-                pad_id=int(lm.pad_id), num_eos=num_eos)
+                pad_id=int(lm.pad_id), num_eos=num_eos, eos_penalty=float(config.eos_penalty))
     run = executables.loop_for(lm, "beam", beam.beam_loop, opts)
     args = (params, batch, eos, jnp.float32(config.alpha))
     if compile_only:

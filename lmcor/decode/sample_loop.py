@@ -19,6 +19,9 @@ def stop_hit(recent, table):
 
 def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
     """Chooses token i for every row and folds it into the loop state."""
+    model_logits = logits
+    if opts["eos_penalty"]:
+        logits = samplers.lower_eos(logits, eos_ids, opts["eos_penalty"])
     tok, lp, mlp = samplers.choose(logits, jax.random.fold_in(key, i), greedy=opts["greedy"],
                                    top_k=opts["top_k"], use_top_p=opts["use_top_p"],
                                    temperature=temperature, top_p=top_p)
@@ -28,6 +31,8 @@ def _record(state, i, logits, key, eos_ids, table, opts, temperature, top_p):
                                            temperature=temperature, top_p=top_p)
         tok, lp, mlp = (jnp.where(first, best, tok), jnp.where(first, best_lp, lp),
                         jnp.where(first, best_lp, mlp))
+    if opts["eos_penalty"]:  # choose() saw the lowered EOS: take the model's own log-prob
+        mlp = samplers.token_logprob(model_logits.astype(jnp.float32), tok)
     done = state["done"]
     tok = jnp.where(done, opts["pad_id"], tok)
     recent = jnp.concatenate([state["recent"][:, 1:], tok[:, None]], axis=1)

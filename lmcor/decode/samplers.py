@@ -57,7 +57,7 @@ def argmax_logprob(x):
     log-sum-exp needs only one more pass (jax.nn.logsumexp would take the maximum again)."""
     if x.shape[-1] < 4096:
         tok = argmax(x)
-        return tok, _token_logprob(x, tok)
+        return tok, token_logprob(x, tok)
     xb, width = _blocks(x)
     n, blocks, _ = xb.shape
     block_max = _block_max(xb)
@@ -85,7 +85,14 @@ def largest(x, k: int):
     return vals, ids.astype(jnp.int32)
 
 
-def _token_logprob(logits, tok):
+def lower_eos(logits, eos_ids, penalty: float):
+    """[N, V] logits with every EOS id's lowered by `penalty` (ids < 0 are padding): a
+    decoder that ends too early writes on where it would have stopped by a small margin."""
+    is_eos = jnp.isin(jnp.arange(logits.shape[-1]), eos_ids)
+    return jnp.where(is_eos, logits - penalty, logits)
+
+
+def token_logprob(logits, tok):
     picked = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
@@ -124,7 +131,7 @@ def _sample_sorted(key, vals, idx, top_p, use_top_p):
         vals = nucleus(vals, top_p)
     j = jax.random.categorical(key, vals, axis=-1)
     tok = jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return tok, _token_logprob(vals, j)
+    return tok, token_logprob(vals, j)
 
 
 def _nucleus_threshold(scaled, top_p, iters: int = 40):
@@ -154,7 +161,7 @@ def _sample_top_p(key, scaled, top_p):
         probs, threshold = _nucleus_threshold(scaled, top_p)
         masked = jnp.where(probs >= threshold[:, None], scaled, NEG_INF)
         tok = inverse_cdf(key, masked)
-        return tok, _token_logprob(masked, tok)
+        return tok, token_logprob(masked, tok)
 
     return jax.lax.cond(jnp.all(covered), within_cap, whole_vocab, None)
 
@@ -173,5 +180,5 @@ def choose(logits, key, *, greedy: bool, top_k: int, use_top_p: bool, temperatur
         tok, lp = _sample_top_p(key, scaled, top_p)
     else:
         tok = inverse_cdf(key, scaled)
-        lp = _token_logprob(scaled, tok)
-    return tok, lp, _token_logprob(logits, tok)
+        lp = token_logprob(scaled, tok)
+    return tok, lp, token_logprob(logits, tok)

@@ -46,7 +46,7 @@ class Corrector:
         self.decode_config = decode.DecodeConfig(
             max_new_tokens=self.settings.max_decode_tokens, beam_size=self.settings.beam_size,
             alpha=self.settings.alpha, temperature=self.settings.temperature,
-            top_p=self.settings.top_p)
+            top_p=self.settings.top_p, eos_penalty=self.settings.eos_penalty)
         self._lock = threading.Lock()
         self.truncated_tokens = 0  # removed by the training-time token budget, summed
 

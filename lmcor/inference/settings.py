@@ -46,6 +46,9 @@ class CorrectorSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    # > 0 lowers the end-of-output logit by this much at every step (decode.DecodeConfig), for
+    # a corrector whose outputs stop short of the references (E2E: attributes left out).
+    eos_penalty: float = 0.0
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
