@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lmcor import metrics
-from lmcor.evaluation import breakdowns, evaluate, inputs
+from lmcor.evaluation import breakdowns, evaluate, inputs, slot_mentions
 from lmcor.data.importers import import_e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +38,37 @@ def test_evaluate_scores_every_row_on_each_group(tmp_path):
             assert bd["scores"][row["name"]][group["label"]] == pytest.approx(want)
     table = (tmp_path / "results.md").read_text()
     assert "BLEU by attributes:" in table and "| LLM greedy |" in table.split("by attributes")[1]
+    named = results["slot_mentions"]
+    assert list(named["rates"]) == ["reference"] + [row["name"] for row in results["rows"]]
+    assert "| reference |" in table.split("Values named in the outputs")[1]
     with pytest.raises(ValueError, match="breakdown"):
         evaluate.evaluation(task="e2e", out_dir=str(tmp_path), breakdown="by_color")
+
+
+def test_slot_mentions_count_each_mr_value_an_output_names():
+    records = [{"source": "name[The Eagle], eatType[pub], food[Italian], area[riverside], "
+                          "priceRange[cheap]"},
+               {"source": "name[Alimentum], food[Fast food], near[Burger King], "
+                          "area[city centre]"}]
+    references = ["The Eagle is a cheap Italian pub by the river.",
+                  "Alimentum, near Burger King in the city centre, serves fast food."]
+    outputs = {"short": ["The Eagle is a pub on the riverside.",
+                         "Alimentum serves fast food in the center, near Burger King."],
+               "wrong": ["Eagles are pubs.", "The Alimentum sells Fast Food."]}
+    table = slot_mentions.mentions(records, references, outputs)
+    # Holding: name 2, eatType 1, food 2, near 1, area 2 (the price range is not counted).
+    assert table["slots"] == [["name", 2], ["eatType", 1], ["food", 2], ["near", 1], ["area", 2]]
+    assert table["rates"]["reference"] == {"name": 1, "eatType": 1, "food": 1, "near": 1,
+                                           "area": 1, "all": 1}
+    # "short" leaves Italian out of the first output; "center" names the city centre.
+    assert table["rates"]["short"] == {"name": 1, "eatType": 1, "food": 0.5, "near": 1,
+                                       "area": 1, "all": 0.5}
+    # "Eagles" is not "The Eagle"; the second names its name and food (any case) only.
+    assert table["rates"]["wrong"] == {"name": 0.5, "eatType": 1, "food": 0.5, "near": 0,
+                                       "area": 0, "all": 0}
+    assert table["groups"] == [{"label": "2–4", "examples": 1}, {"label": "5", "examples": 1}]
+    assert table["all_by_group"]["short"] == {"2–4": 1, "5": 0}
+    assert slot_mentions.for_dataset("wmt", records, references, outputs) is None
 
 
 def test_wmt_paragraphs_by_source_words_cover_the_test_half_at_its_edges():

@@ -33,7 +33,7 @@ from absl import logging
 
 from lmcor.data.corrector_input import ROW_NAMES
 from lmcor import metrics
-from lmcor.evaluation import breakdowns, rerank
+from lmcor.evaluation import breakdowns, rerank, slot_mentions
 from lmcor.evaluation.inputs import (CORRECTOR_ROWS, Inputs, check_inputs, corrector_bindings,
                                      task_dataset, task_metrics)
 from lmcor.io_utils import atomic_write_text
@@ -275,6 +275,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                "breakdown": _breakdown(records, outputs, refs, srcs, cfg),
                "closest_candidates": breakdowns.closest_candidates(
                    records, {row: outputs[row] for row, _ in CORRECTOR_ROWS if row in outputs}),
+               "slot_mentions": slot_mentions.for_dataset(cfg.dataset, records, refs[0], outputs),
                "notes": inputs.notes, "tags": dict(cfg.tags), "commit": code_version(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     atomic_write_text(os.path.join(cfg.out_dir, "results.json"),

@@ -2,7 +2,7 @@
 prints it and `lmcor report` and the README embed it."""
 from typing import Mapping
 
-from lmcor.evaluation import breakdowns
+from lmcor.evaluation import breakdowns, slot_mentions
 
 METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "gleu": "GLEU", "ter": "TER"}
 # Every other row is tested against this one; its own Δ and p are left blank.
@@ -50,4 +50,6 @@ def markdown_table(results: Mapping) -> str:
                      f"paired bootstrap p = {c['p_value']:.3f}")
     by_group = breakdowns.markdown(results.get("breakdown"), METRIC_LABELS[names[0]])
     closest = breakdowns.closest_markdown(results.get("closest_candidates"))
-    return "\n".join(lines) + "\n" + "".join(f"\n{part}" for part in (by_group, closest) if part)
+    named = slot_mentions.markdown(results.get("slot_mentions"))
+    return "\n".join(lines) + "\n" + "".join(f"\n{part}" for part in (by_group, closest, named)
+                                             if part)
